@@ -1,0 +1,1 @@
+"""Shared, stage-independent pieces: config, images, preprocessing, models and the bundle format."""

@@ -1,0 +1,158 @@
+"""The bundle: model.safetensors + bundle.json, everything a later stage needs to rebuild and use a model."""
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save_file
+
+from core.errors import UserError
+from core.fsio import atomic_dir
+from core.models import HEAD_ATTR, HeadSpec, build_model
+from core.preprocess import EvalSpec
+
+SCHEMA_VERSION = 1
+BUNDLE_FORMAT = "imgclf-bundle"
+WEIGHTS_FILE = "model.safetensors"
+RECORD_FILE = "bundle.json"
+
+
+@dataclass
+class BundleRecord:
+    """What bundle.json holds. `classes` are folder names in index order; `display_names` match them."""
+
+    arch: str
+    classes: list[str]
+    preprocess: EvalSpec
+    display_names: list[str] = field(default_factory=list)
+    head: HeadSpec = field(default_factory=HeadSpec)
+    head_path: str = ""
+    metrics: dict[str, Any] = field(default_factory=dict)
+    lineage: dict[str, Any] = field(default_factory=dict)
+    schema_version: int = SCHEMA_VERSION
+    format: str = BUNDLE_FORMAT
+
+    def __post_init__(self) -> None:
+        if not self.display_names:
+            self.display_names = list(self.classes)
+        if len(self.display_names) != len(self.classes):
+            raise ValueError("display_names must have one entry per class")
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.classes)
+
+    def to_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        d["preprocess"] = self.preprocess.to_dict()
+        d["num_classes"] = self.num_classes
+        return {"format": d.pop("format"), "schema_version": d.pop("schema_version"), **d}
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any], source: str = "bundle") -> "BundleRecord":
+        check_schema(d, source)
+        try:
+            return cls(
+                arch=d["arch"],
+                classes=list(d["classes"]),
+                preprocess=EvalSpec.from_dict(d["preprocess"]),
+                display_names=list(d.get("display_names") or []),
+                head=HeadSpec(**d.get("head", {})),
+                head_path=d.get("head_path", ""),
+                metrics=dict(d.get("metrics", {})),
+                lineage=dict(d.get("lineage", {})),
+                schema_version=int(d["schema_version"]),
+            )
+        except (KeyError, TypeError, ValueError) as exc:
+            raise UserError(f"{source}: malformed model record ({type(exc).__name__}: {exc})") from None
+
+
+def check_schema(d: dict[str, Any], source: str) -> None:
+    if d.get("format") != BUNDLE_FORMAT:
+        raise UserError(f"{source} is not an imgclf model record (format={d.get('format')!r})")
+    version = d.get("schema_version")
+    if not isinstance(version, int):
+        raise UserError(f"{source}: model record has no schema_version")
+    if version > SCHEMA_VERSION:
+        raise UserError(f"{source} uses bundle schema v{version}, newer than this imgclf supports "
+                        f"(v{SCHEMA_VERSION}); upgrade imgclf (pip install -U) to read it")
+
+
+def load_display_names(classes: list[str], cat_to_name: Path | None) -> list[str]:
+    """Display names from cat_to_name.json ({folder: name}); a class missing there keeps its folder name."""
+    if cat_to_name is None or not cat_to_name.is_file():
+        return list(classes)
+    try:
+        mapping = json.loads(cat_to_name.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise UserError(f"{cat_to_name} is not valid JSON: {exc}") from None
+    if not isinstance(mapping, dict):
+        raise UserError(f"{cat_to_name} must map class folder names to display names")
+    return [str(mapping.get(c, c)) for c in classes]
+
+
+def _unwrap(model: torch.nn.Module) -> torch.nn.Module:
+    model = getattr(model, "_orig_mod", model)  # torch.compile
+    return getattr(model, "module", model)  # DDP
+
+
+def save_bundle(directory: str | Path, model: torch.nn.Module, record: BundleRecord) -> Path:
+    """Write the bundle atomically: `directory` is either the old complete bundle or the new one."""
+    model = _unwrap(model)
+    record.head_path = getattr(model, HEAD_ATTR, record.head_path)
+    record.lineage.setdefault("created", time.strftime("%Y-%m-%dT%H:%M:%S%z"))
+    record.lineage.setdefault("torch", torch.__version__)
+    state = {k: v.detach().to("cpu").contiguous() for k, v in model.state_dict().items()}
+    directory = Path(directory)
+    with atomic_dir(directory) as tmp:
+        save_file(state, str(tmp / WEIGHTS_FILE), metadata={"format": BUNDLE_FORMAT})
+        (tmp / RECORD_FILE).write_text(json.dumps(record.to_dict(), indent=2) + "\n")
+    return directory
+
+
+def resolve_bundle_dir(path: str | Path) -> Path:
+    p = Path(path)
+    if p.is_file() and p.name in (RECORD_FILE, WEIGHTS_FILE):
+        p = p.parent
+    if not p.exists():
+        raise UserError(f"bundle not found: {p}")
+    if not (p / RECORD_FILE).is_file():
+        hint = f"; did you mean {p / 'best'}?" if (p / "best" / RECORD_FILE).is_file() else \
+            " (a bundle is a folder with bundle.json and model.safetensors, e.g. runs/<name>/best)"
+        raise UserError(f"{p} is not a model bundle: no {RECORD_FILE}{hint}")
+    if not (p / WEIGHTS_FILE).is_file():
+        raise UserError(f"{p} is not a complete model bundle: {WEIGHTS_FILE} is missing")
+    return p
+
+
+def read_record(path: str | Path) -> BundleRecord:
+    p = resolve_bundle_dir(path)
+    try:
+        d = json.loads((p / RECORD_FILE).read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise UserError(f"{p / RECORD_FILE} is not valid JSON ({exc}); the bundle is damaged") from None
+    return BundleRecord.from_dict(d, str(p / RECORD_FILE))
+
+
+def load_bundle(path: str | Path, map_location: str | torch.device = "cpu") -> tuple[torch.nn.Module, BundleRecord]:
+    """Rebuild the trained model from a bundle folder alone. Returns (model in eval mode, record)."""
+    p = resolve_bundle_dir(path)
+    record = read_record(p)
+    model = build_model(record.arch, record.num_classes, record.head, pretrained="none")
+    try:
+        state = load_file(str(p / WEIGHTS_FILE), device=str(map_location))
+    except (SafetensorError, OSError, ValueError) as exc:
+        raise UserError(f"{p / WEIGHTS_FILE} is corrupt or unreadable ({exc}); re-copy or re-train the bundle") \
+            from None
+    try:
+        model.load_state_dict(state)
+    except RuntimeError as exc:
+        first = str(exc).splitlines()[0]
+        raise UserError(f"{p / WEIGHTS_FILE} does not match its record ({record.arch}, "
+                        f"{record.num_classes} classes): {first}") from None
+    return model.to(map_location).eval(), record

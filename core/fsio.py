@@ -1,0 +1,73 @@
+"""Atomic file and directory writes: a kill never leaves a half-written file under the final name."""
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Any, Iterator
+
+
+@contextlib.contextmanager
+def atomic_path(dest: str | os.PathLike, suffix: str = "") -> Iterator[Path]:
+    """Yield a temp path beside `dest`; on success it is fsynced and renamed over `dest`."""
+    dest = Path(dest)
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{dest.name}.", suffix=suffix + ".tmp", dir=dest.parent)
+    os.close(fd)
+    tmp_path = Path(tmp)
+    try:
+        yield tmp_path
+        with open(tmp_path, "rb+") as fh:
+            os.fsync(fh.fileno())
+        os.replace(tmp_path, dest)
+    finally:
+        tmp_path.unlink(missing_ok=True)
+
+
+def write_bytes_atomic(dest: str | os.PathLike, data: bytes) -> None:
+    with atomic_path(dest) as tmp:
+        tmp.write_bytes(data)
+
+
+def write_text_atomic(dest: str | os.PathLike, text: str) -> None:
+    write_bytes_atomic(dest, text.encode("utf-8"))
+
+
+def write_json_atomic(dest: str | os.PathLike, obj: Any) -> None:
+    write_text_atomic(dest, json.dumps(obj, indent=2, sort_keys=False) + "\n")
+
+
+@contextlib.contextmanager
+def atomic_dir(dest: str | os.PathLike) -> Iterator[Path]:
+    """Yield a fresh temp directory beside `dest`; on success it replaces `dest` whole.
+
+    The old directory is moved aside first and removed after the swap, so at every instant
+    `dest` is either the complete old version or the complete new one (plus, after a crash
+    in the tiny window between the two renames, a `.old` sibling that `recover_dir` restores).
+    """
+    dest = Path(dest)
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{dest.name}.", suffix=".tmp", dir=dest.parent))
+    try:
+        yield tmp
+        old = dest.with_name(f".{dest.name}.old")
+        if old.exists():
+            shutil.rmtree(old)
+        if dest.exists():
+            os.replace(dest, old)
+        os.replace(tmp, dest)
+        shutil.rmtree(old, ignore_errors=True)
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp, ignore_errors=True)
+
+
+def recover_dir(dest: str | os.PathLike) -> None:
+    """Restore `dest` from its `.old` sibling if a crash hit between atomic_dir's two renames."""
+    dest = Path(dest)
+    old = dest.with_name(f".{dest.name}.old")
+    if old.exists() and not dest.exists():
+        os.replace(old, dest)

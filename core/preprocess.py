@@ -1,0 +1,141 @@
+"""Preprocessing specs and their transforms. Images travel as uint8 CHW; normalization runs on the device.
+
+Keeping mean/std out of the CPU transforms means the same uint8 tensor feeds training, the ONNX
+graph (normalization inside) and serving, and transfers to the GPU at a quarter of float32's size.
+"""
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from typing import Any, Callable
+
+import torch
+from PIL import Image
+from torchvision.transforms import InterpolationMode
+from torchvision.transforms import v2 as T
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+INTERPOLATIONS = {
+    "nearest": InterpolationMode.NEAREST,
+    "bilinear": InterpolationMode.BILINEAR,
+    "bicubic": InterpolationMode.BICUBIC,
+}
+
+
+@dataclass
+class EvalSpec:
+    """The eval preprocessing a model was trained with: Resize(shorter side) → CenterCrop → normalize."""
+
+    resize: int = 256
+    crop: int = 224
+    interpolation: str = "bilinear"
+    mean: tuple[float, float, float] = IMAGENET_MEAN
+    std: tuple[float, float, float] = IMAGENET_STD
+
+    def to_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        d["mean"], d["std"] = list(self.mean), list(self.std)
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> "EvalSpec":
+        return cls(
+            resize=int(d["resize"]),
+            crop=int(d["crop"]),
+            interpolation=str(d.get("interpolation", "bilinear")),
+            mean=tuple(float(x) for x in d["mean"]),  # type: ignore[arg-type]
+            std=tuple(float(x) for x in d["std"]),  # type: ignore[arg-type]
+        )
+
+
+@dataclass
+class AugmentSpec:
+    """Train-time augmentation, applied in this order: rotation → random resized crop → flip → center crop.
+
+    `size` is the random-resized-crop output (default: the eval crop); when it is larger than the
+    crop, a center crop follows (the Caltech tutorial's RandomResizedCrop(256) → CenterCrop(224)).
+    `enabled: false` trains on the eval transform (the CIFAR tutorial).
+    """
+
+    enabled: bool = True
+    rotation: float = 0.0
+    scale: tuple[float, float] = (0.08, 1.0)
+    ratio: tuple[float, float] = (3 / 4, 4 / 3)
+    size: int | None = None
+    hflip: float = 0.5
+    color_jitter: float = 0.0
+
+
+def interpolation_mode(name: str) -> InterpolationMode:
+    try:
+        return INTERPOLATIONS[name]
+    except KeyError:
+        raise ValueError(f"unknown interpolation {name!r}; valid: {', '.join(INTERPOLATIONS)}") from None
+
+
+def eval_transform(spec: EvalSpec) -> Callable[[Image.Image], torch.Tensor]:
+    """PIL RGB image → uint8 tensor [3, crop, crop], exactly as at validation time."""
+    return T.Compose([
+        T.PILToTensor(),
+        T.Resize(spec.resize, interpolation=interpolation_mode(spec.interpolation), antialias=True),
+        T.CenterCrop(spec.crop),
+    ])
+
+
+def train_transform(aug: AugmentSpec, spec: EvalSpec) -> Callable[[Image.Image], torch.Tensor]:
+    """PIL RGB image → augmented uint8 tensor [3, crop, crop]."""
+    if not aug.enabled:
+        return eval_transform(spec)
+    interp = interpolation_mode(spec.interpolation)
+    size = aug.size or spec.crop
+    steps: list[Any] = [T.PILToTensor()]
+    if aug.rotation:
+        steps.append(T.RandomRotation(aug.rotation, interpolation=interp))
+    steps.append(T.RandomResizedCrop(size, scale=tuple(aug.scale), ratio=tuple(aug.ratio),
+                                     interpolation=interp, antialias=True))
+    if aug.hflip:
+        steps.append(T.RandomHorizontalFlip(aug.hflip))
+    if aug.color_jitter:
+        cj = aug.color_jitter
+        steps.append(T.ColorJitter(brightness=cj, contrast=cj, saturation=cj))
+    if size != spec.crop:
+        steps.append(T.CenterCrop(spec.crop))
+    return T.Compose(steps)
+
+
+class Normalize(torch.nn.Module):
+    """uint8 (or 0..255 float) NCHW → normalized float. Lives on the device and inside exported graphs."""
+
+    def __init__(self, mean: tuple[float, ...], std: tuple[float, ...]):
+        super().__init__()
+        m = torch.tensor(mean, dtype=torch.float32).view(1, -1, 1, 1) * 255.0
+        s = torch.tensor(std, dtype=torch.float32).view(1, -1, 1, 1) * 255.0
+        self.register_buffer("mean", m, persistent=False)
+        self.register_buffer("inv_std", 1.0 / s, persistent=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return (x.to(self.mean.dtype) - self.mean) * self.inv_std
+
+
+class WithPreprocessing(torch.nn.Module):
+    """A classifier that takes uint8 RGB [N, 3, crop, crop] and returns logits: what export and serve run."""
+
+    def __init__(self, model: torch.nn.Module, spec: EvalSpec):
+        super().__init__()
+        self.normalize = Normalize(spec.mean, spec.std)
+        self.model = model
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        return self.model(self.normalize(images))
+
+
+def default_spec_for(crop: int, resize: int | None = None, **kw: Any) -> EvalSpec:
+    """The tutorials' 256→224 ratio applied to any crop size."""
+    return EvalSpec(resize=resize or round(crop * 256 / 224), crop=crop, **kw)
+
+
+__all__ = [
+    "AugmentSpec", "EvalSpec", "IMAGENET_MEAN", "IMAGENET_STD", "INTERPOLATIONS", "Normalize",
+    "WithPreprocessing", "default_spec_for", "eval_transform", "interpolation_mode", "train_transform",
+]
