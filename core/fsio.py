@@ -9,6 +9,11 @@ import tempfile
 from pathlib import Path
 from typing import Any, Iterator
 
+# mkstemp/mkdtemp create 0600/0700 entries; give results the mode a plain open()/mkdir() would,
+# so run outputs on a shared cluster stay readable by the group. Read once: os.umask both sets and gets.
+_UMASK = os.umask(0o022)
+os.umask(_UMASK)
+
 
 @contextlib.contextmanager
 def atomic_path(dest: str | os.PathLike, suffix: str = "") -> Iterator[Path]:
@@ -22,6 +27,7 @@ def atomic_path(dest: str | os.PathLike, suffix: str = "") -> Iterator[Path]:
         yield tmp_path
         with open(tmp_path, "rb+") as fh:
             os.fsync(fh.fileno())
+        os.chmod(tmp_path, 0o666 & ~_UMASK)
         os.replace(tmp_path, dest)
     finally:
         tmp_path.unlink(missing_ok=True)
@@ -53,6 +59,7 @@ def atomic_dir(dest: str | os.PathLike) -> Iterator[Path]:
     tmp = Path(tempfile.mkdtemp(prefix=f".{dest.name}.", suffix=".tmp", dir=dest.parent))
     try:
         yield tmp
+        os.chmod(tmp, 0o777 & ~_UMASK)
         old = dest.with_name(f".{dest.name}.old")
         if old.exists():
             shutil.rmtree(old)

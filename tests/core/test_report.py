@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import csv
 import json
+import os
 import warnings
 
 import numpy as np
@@ -98,6 +99,13 @@ def test_metrics_csv_writes_floats_compactly_and_unwraps_numpy_and_torch_scalars
     rows = [{"loss": 1 / 3, "lr": 1e-5, "acc": np.float32(0.25), "step": torch.tensor(7)}]
     report.write_metrics_csv(rows, tmp_path / "m.csv")
     assert (tmp_path / "m.csv").read_text().splitlines()[1] == "0.333333,1e-05,0.25,7"
+
+
+def test_report_files_get_the_permissions_a_plain_open_would_give(tmp_path):
+    report.write_metrics_csv([{"epoch": 1}], tmp_path / "metrics.csv")
+    plain = tmp_path / "plain.txt"
+    plain.write_text("x")
+    assert os.stat(tmp_path / "metrics.csv").st_mode == os.stat(plain).st_mode  # not mkstemp's 0600
 
 
 def test_per_class_csv_has_one_row_per_class(tmp_path):
