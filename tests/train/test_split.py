@@ -1,0 +1,211 @@
+"""train/split.py: exact per-class counts, seeded determinism, no file lost or duplicated, safe --move."""
+from __future__ import annotations
+
+import errno
+import hashlib
+import json
+import os
+import subprocess
+import sys
+from collections import Counter
+from pathlib import Path
+
+import pytest
+from PIL import Image
+
+from train import split
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def make_src(root: Path, sizes: dict[str, int]) -> Path:
+    """SRC/<class>/img_<i>.png, every image a distinct 4x4 colour so file bytes identify it."""
+    for c, (cls, n) in enumerate(sizes.items()):
+        (root / cls).mkdir(parents=True)
+        for i in range(n):
+            Image.new("RGB", (4, 4), (c * 40, i, 255 - i)).save(root / cls / f"img_{i:03d}.png")
+    return root
+
+
+def digests(root: Path) -> Counter:
+    """Multiset of the image contents under root (symlinks followed)."""
+    return Counter(hashlib.sha256(p.read_bytes()).hexdigest()
+                   for p in root.rglob("*.png") if p.is_file())
+
+
+def run(*argv) -> int:
+    try:
+        return split.main([str(a) for a in argv])
+    except SystemExit as exc:
+        return exc.code
+
+
+def manifest(dst: Path) -> dict:
+    return json.loads((dst / split.MANIFEST).read_text())
+
+
+def on_disk(dst: Path, split_name: str, cls: str) -> list[str]:
+    folder = dst / split_name / cls
+    return sorted(p.name for p in folder.iterdir()) if folder.exists() else []
+
+
+@pytest.fixture
+def src(tmp_path) -> Path:
+    return make_src(tmp_path / "src", {"cat": 10, "dog": 7, "eel": 1, "fox": 2, "gnu": 3})
+
+
+# ─── counts ────────────────────────────────────────────────────────────────────────────────────
+
+def test_counts_per_class_are_exact_on_disk_and_in_the_manifest(src, tmp_path):
+    assert run(src, tmp_path / "dst") == 0
+    expected = {"cat": [8, 1, 1], "dog": [5, 1, 1], "eel": [1, 0, 0], "fox": [2, 0, 0], "gnu": [2, 1, 0]}
+    for cls, counts in expected.items():
+        assert [len(on_disk(tmp_path / "dst", s, cls)) for s in split.SPLITS] == counts, cls
+        assert list(manifest(tmp_path / "dst")["counts"][cls].values()) == counts
+
+
+def test_largest_remainder_counts_sum_to_n_and_stay_within_one_of_the_exact_share():
+    for ratios in [(0.75, 0.125, 0.125), (0.7, 0.2, 0.1), (0.8, 0.2), (1 / 3, 1 / 3, 1 / 3)]:
+        for n in range(3, 60):
+            counts = split.split_counts(n, ratios)
+            assert sum(counts) == n
+            assert all(abs(c - n * r) < 1 for c, r in zip(counts, ratios)), (n, ratios, counts)
+
+
+def test_a_one_image_class_goes_to_train_even_when_train_has_the_smallest_share():
+    assert split.split_counts(1, (0.1, 0.45, 0.45)) == [1, 0, 0]
+    assert split.split_counts(2, (0.1, 0.45, 0.45)) == [1, 1, 0]
+    assert split.split_counts(0, (0.75, 0.125, 0.125)) == [0, 0, 0]
+
+
+def test_two_ratios_make_train_and_valid_only(src, tmp_path):
+    assert run(src, tmp_path / "dst", "--ratios", 0.8, 0.2) == 0
+    assert sorted(p.name for p in (tmp_path / "dst").iterdir()) == [split.MANIFEST, "train", "valid"]
+    assert manifest(tmp_path / "dst")["counts"]["cat"] == {"train": 8, "valid": 2}
+
+
+# ─── determinism ───────────────────────────────────────────────────────────────────────────────
+
+def test_same_seed_gives_the_same_assignment_and_another_seed_a_different_one(src, tmp_path):
+    for name, seed in [("a", 0), ("b", 0), ("c", 1)]:
+        assert run(src, tmp_path / name, "--seed", seed) == 0
+    files = {name: manifest(tmp_path / name)["files"] for name in "abc"}
+    assert files["a"] == files["b"]
+    assert files["a"]["cat"] != files["c"]["cat"]
+
+
+def test_a_class_split_does_not_change_when_other_classes_are_added(tmp_path):
+    few = make_src(tmp_path / "few", {"cat": 10})
+    many = make_src(tmp_path / "many", {"ant": 9, "cat": 10, "zebra": 5})
+    run(few, tmp_path / "d1")
+    run(many, tmp_path / "d2")
+    assert manifest(tmp_path / "d1")["files"]["cat"] == manifest(tmp_path / "d2")["files"]["cat"]
+
+
+# ─── no loss, no duplicates ────────────────────────────────────────────────────────────────────
+
+def test_copy_keeps_every_image_exactly_once_and_leaves_src_untouched(src, tmp_path):
+    before = digests(src)
+    assert run(src, tmp_path / "dst") == 0
+    assert digests(tmp_path / "dst") == before
+    assert digests(src) == before
+
+
+def test_non_image_files_are_not_split_but_listed(src, tmp_path, capsys):
+    (src / "cat" / "notes.txt").write_text("x")
+    (src / "cat" / ".hidden.png").write_bytes(b"")
+    (src / "labels.csv").write_text("x")
+    assert run(src, tmp_path / "dst") == 0
+    assert sorted(manifest(tmp_path / "dst")["skipped"]) == ["cat/.hidden.png", "cat/notes.txt", "labels.csv"]
+    assert not list((tmp_path / "dst").rglob("notes.txt"))
+    assert "skipped 3 files" in capsys.readouterr().out
+
+
+def test_move_empties_src_of_images_and_dst_holds_them_all(src, tmp_path):
+    (src / "cat" / "notes.txt").write_text("x")
+    before = digests(src)
+    assert run(src, tmp_path / "dst", "--move") == 0
+    assert digests(tmp_path / "dst") == before
+    assert [p.name for p in src.rglob("*") if p.is_file()] == ["notes.txt"]
+
+
+def test_a_failing_move_puts_every_moved_file_back(src, tmp_path, monkeypatch):
+    before = digests(src)
+    calls = []
+
+    def flaky_move(a, b):
+        calls.append(a)
+        if len(calls) == 6:
+            raise OSError(errno.EIO, "disk fell off")
+        return os.replace(a, b)
+
+    monkeypatch.setitem(split.TRANSFER, "move", flaky_move)
+    with pytest.raises(OSError, match="disk fell off"):
+        run(src, tmp_path / "dst", "--move")
+    assert digests(src) == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["src"]  # no DST, no staging folder
+
+
+def test_link_makes_hard_links_to_the_src_files(src, tmp_path):
+    assert run(src, tmp_path / "dst", "--link") == 0
+    first = sorted(manifest(tmp_path / "dst")["files"]["cat"]["train"])[0]
+    assert os.path.samefile(tmp_path / "dst" / "train" / "cat" / first, src / "cat" / first)
+
+
+def test_link_falls_back_to_symlinks_across_file_systems(src, tmp_path, monkeypatch):
+    def cross_device(a, b):
+        raise OSError(errno.EXDEV, "Invalid cross-device link")
+
+    monkeypatch.setattr(split.os, "link", cross_device)
+    assert run(src, tmp_path / "dst", "--link") == 0
+    linked = tmp_path / "dst" / "train" / "eel" / "img_000.png"
+    assert linked.is_symlink() and linked.resolve() == (src / "eel" / "img_000.png").resolve()
+
+
+# ─── refusals ──────────────────────────────────────────────────────────────────────────────────
+
+def test_refuses_a_non_empty_dst_and_writes_nothing(src, tmp_path, capsys):
+    dst = tmp_path / "dst"
+    dst.mkdir()
+    (dst / "keep.txt").write_text("mine")
+    assert run(src, dst) == 2
+    assert "is not empty" in capsys.readouterr().err
+    assert [p.name for p in dst.iterdir()] == ["keep.txt"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["dst", "src"]
+
+
+def test_an_existing_empty_dst_is_filled(src, tmp_path):
+    (tmp_path / "dst").mkdir()
+    assert run(src, tmp_path / "dst") == 0
+    assert digests(tmp_path / "dst") == digests(src)
+
+
+@pytest.mark.parametrize("ratios", [["0.5", "0.5", "0"], ["1.0"], ["0.5", "0.6"], ["0.25"] * 4, ["0.5", "nan"]])
+def test_refuses_ratios_that_are_not_two_or_three_positive_shares_summing_to_one(src, tmp_path, ratios, capsys):
+    assert run(src, tmp_path / "dst", "--ratios", *ratios) == 2
+    assert "--ratios" in capsys.readouterr().err
+    assert not (tmp_path / "dst").exists()
+
+
+def test_refuses_a_missing_src_or_one_without_images(tmp_path, capsys):
+    assert run(tmp_path / "nope", tmp_path / "dst") == 2
+    assert "is not a folder" in capsys.readouterr().err
+    (tmp_path / "empty" / "cat").mkdir(parents=True)
+    (tmp_path / "empty" / "cat" / "notes.txt").write_text("x")
+    assert run(tmp_path / "empty", tmp_path / "dst") == 2
+    assert "no class folder with images" in capsys.readouterr().err
+
+
+def test_refuses_a_dst_inside_src(src, capsys):
+    assert run(src, src / "splits") == 2
+    assert "inside SRC" in capsys.readouterr().err
+
+
+def test_cli_as_a_script_prints_the_summary_and_exits_2_without_traceback(src, tmp_path):
+    cmd = [sys.executable, str(REPO / "train" / "split.py"), str(src), str(tmp_path / "dst")]
+    ok = subprocess.run(cmd, capture_output=True, text=True, cwd=tmp_path)
+    assert ok.returncode == 0, ok.stderr
+    assert ok.stdout.splitlines()[1].split() == ["train", "5", "18"]
+    again = subprocess.run(cmd, capture_output=True, text=True, cwd=tmp_path)
+    assert again.returncode == 2
+    assert again.stderr.startswith("error: DST") and "Traceback" not in again.stderr
