@@ -1,0 +1,180 @@
+"""Model backends behind one call: uint8 [N, 3, crop, crop] → float32 logits [N, classes] on the CPU.
+
+The model file says which backend is natural (bundle folder → torch, model.onnx → onnxruntime,
+model.engine → TensorRT); labels and preprocessing always come from the file's own record.
+"""
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+from typing import Protocol
+
+import numpy as np
+import torch
+
+from core.bundle import RECORD_FILE, BundleRecord, load_bundle, read_record
+from core.errors import UserError
+from core.model_record import ONNX_INPUT, ONNX_OUTPUT, read_engine_sidecar, read_onnx_record
+from core.preprocess import WithPreprocessing
+
+
+class Backend(Protocol):
+    device: torch.device  # where input batches should live
+    description: str      # printed at start: what runs, on what
+
+    def __call__(self, images: torch.Tensor) -> torch.Tensor: ...
+
+
+def model_kind(path: str | Path) -> str:
+    p = Path(path)
+    if p.is_dir() or p.name == RECORD_FILE:
+        return "torch"
+    kinds = {".onnx": "onnx", ".engine": "tensorrt", ".plan": "tensorrt"}
+    if p.suffix.lower() in kinds:
+        if not p.is_file():
+            raise UserError(f"model file not found: {p}")
+        return kinds[p.suffix.lower()]
+    if not p.exists():
+        raise UserError(f"model not found: {p} (give a bundle folder, model.onnx or model.engine)")
+    raise UserError(f"cannot tell what model {p} is; give a bundle folder (runs/<name>/best), "
+                    "a .onnx file or a .engine file")
+
+
+def load_record(path: str | Path) -> BundleRecord:
+    """The model's own record (labels, display names, preprocessing), without loading weights."""
+    readers: dict[str, Callable[[Path], BundleRecord]] = {
+        "torch": read_record,
+        "onnx": lambda p: read_onnx_record(p)[0],
+        "tensorrt": lambda p: read_engine_sidecar(p)[0],
+    }
+    return readers[model_kind(path)](Path(path))
+
+
+def resolve_device(device: str, state_device: torch.device | None = None) -> torch.device:
+    """auto → this process's GPU (cuda:<local rank> under accelerate launch) when there is one, else CPU."""
+    if device == "cpu":
+        return torch.device("cpu")
+    if device in ("auto", "cuda"):
+        if torch.cuda.is_available():
+            return state_device if state_device is not None and state_device.type == "cuda" else torch.device("cuda")
+        if device == "cuda":
+            raise UserError("--device cuda asked for, but torch sees no CUDA GPU here; use --device cpu")
+        return torch.device("cpu")
+    raise UserError(f"unknown --device {device!r}; valid: auto, cuda, cpu")
+
+
+def open_backend(model: str | Path, backend: str, device: torch.device, providers: list[str] | None = None,
+                 allow_cpu: bool = False) -> Backend:
+    natural = model_kind(model)
+    chosen = natural if backend == "auto" else backend
+    if chosen not in OPENERS:
+        raise UserError(f"unknown --backend {backend!r}; valid: auto, {', '.join(OPENERS)}")
+    if chosen != natural:
+        raise UserError(f"--backend {chosen} cannot run {model} (a {natural} model); convert it with "
+                        f"`python export/main.py <bundle>` or pass --backend auto")
+    if providers and chosen != "onnx":
+        raise UserError("--providers applies to onnxruntime only (a model.onnx file)")
+    return OPENERS[chosen](Path(model), device, providers, allow_cpu)
+
+
+# ─── torch: the bundle itself ─────────────────────────────────────────────────────────────────
+
+class TorchBackend:
+    def __init__(self, bundle: Path, device: torch.device):
+        model, record = load_bundle(bundle, map_location=device)
+        self.net = WithPreprocessing(model, record.preprocess).to(device).eval()
+        self.device = device
+        gpu = device.type == "cuda"
+        self.amp_dtype = torch.bfloat16 if gpu and torch.cuda.is_bf16_supported() else torch.float16
+        self.memory_format = torch.channels_last if gpu else torch.contiguous_format
+        if gpu:
+            self.net = self.net.to(memory_format=torch.channels_last)
+        precision = str(self.amp_dtype).replace("torch.", "") if gpu else "fp32"
+        self.description = f"torch {record.arch} on {device} ({precision})"
+
+    @torch.inference_mode()
+    def __call__(self, images: torch.Tensor) -> torch.Tensor:
+        x = images.to(self.device, non_blocking=True).contiguous(memory_format=self.memory_format)
+        with torch.autocast(self.device.type, dtype=self.amp_dtype, enabled=self.device.type == "cuda"):
+            return self.net(x).float().cpu()
+
+
+def _open_torch(model: Path, device: torch.device, providers, allow_cpu) -> Backend:
+    return TorchBackend(model, device)
+
+
+# ─── onnxruntime ──────────────────────────────────────────────────────────────────────────────
+
+PROVIDERS = {"tensorrt": "TensorrtExecutionProvider", "cuda": "CUDAExecutionProvider",
+             "cpu": "CPUExecutionProvider"}
+
+
+def choose_providers(requested: list[str] | None, device: torch.device, allow_cpu: bool,
+                     available: list[str]) -> list[str]:
+    """The execution providers to ask for, in priority order; never a quiet CPU fallback on a GPU machine.
+
+    Default on a GPU: CUDA (TensorRT EP only when named: it builds an engine at every start, and
+    model.engine is the TensorRT route). CPU joins only with --allow-cpu, or when the device is the CPU.
+    """
+    if requested:
+        names = [PROVIDERS.get(r.strip().lower(), r.strip()) for r in requested if r.strip()]
+        missing = [n for n in names if n not in available]
+        if missing:
+            raise UserError(f"onnxruntime here lacks {', '.join(missing)} (available: {', '.join(available)}); "
+                            "for GPU providers install the gpu extra: pip install '.[gpu]'")
+        return names
+    if device.type == "cpu":
+        return [PROVIDERS["cpu"]]
+    if PROVIDERS["cuda"] in available:
+        return [PROVIDERS["cuda"]] + ([PROVIDERS["cpu"]] if allow_cpu else [])
+    if allow_cpu:
+        return [PROVIDERS["cpu"]]
+    raise UserError("this machine has a GPU but onnxruntime has no CUDAExecutionProvider (is the CPU wheel "
+                    "installed? pip install '.[gpu]'); pass --allow-cpu to run on the CPU, or --device cpu")
+
+
+class OnnxBackend:
+    def __init__(self, model: Path, device: torch.device, providers: list[str] | None, allow_cpu: bool):
+        import onnxruntime as ort
+
+        read_onnx_record(model)  # refuses a file without imgclf metadata before the session is built
+        wanted = choose_providers(providers, device, allow_cpu, ort.get_available_providers())
+        options = ort.SessionOptions()
+        options.log_severity_level = 3
+        try:
+            self.session = ort.InferenceSession(str(model), sess_options=options, providers=wanted)
+        except Exception as exc:  # noqa: BLE001 - onnxruntime raises its own untyped errors
+            raise UserError(f"onnxruntime cannot load {model}: {exc}") from None
+        used = self.session.get_providers()
+        lost = [p for p in wanted if p not in used]
+        if lost and not allow_cpu:  # ort drops a provider whose libraries fail to load, silently
+            raise UserError(f"onnxruntime could not start {', '.join(lost)} (running: {', '.join(used)}); "
+                            "check the CUDA/TensorRT libraries, or pass --allow-cpu to accept this")
+        self._check_io(model)
+        self.device = torch.device("cpu")  # batches go in as numpy
+        self.description = f"onnxruntime providers: {', '.join(used)}"
+
+    def _check_io(self, model: Path) -> None:
+        inputs, outputs = self.session.get_inputs(), [o.name for o in self.session.get_outputs()]
+        if inputs[0].name != ONNX_INPUT or inputs[0].type != "tensor(uint8)" or ONNX_OUTPUT not in outputs:
+            raise UserError(f"{model} does not take uint8 '{ONNX_INPUT}' → '{ONNX_OUTPUT}'; "
+                            "re-export it with `python export/main.py <bundle>`")
+
+    def __call__(self, images: torch.Tensor) -> torch.Tensor:
+        x = np.ascontiguousarray(images.cpu().numpy())
+        (logits,) = self.session.run([ONNX_OUTPUT], {ONNX_INPUT: x})
+        return torch.from_numpy(np.asarray(logits, dtype=np.float32))
+
+
+def _open_onnx(model: Path, device: torch.device, providers, allow_cpu) -> Backend:
+    return OnnxBackend(model, device, providers, allow_cpu)
+
+
+def _open_tensorrt(model: Path, device: torch.device, providers, allow_cpu) -> Backend:
+    from serve.trt import TensorRTBackend  # tensorrt is imported only when an engine is served
+
+    return TensorRTBackend(model, device)
+
+
+OPENERS: dict[str, Callable[..., Backend]] = {"torch": _open_torch, "onnx": _open_onnx,
+                                              "tensorrt": _open_tensorrt}

@@ -1,0 +1,44 @@
+"""--show: classify one image (file or URL), print its top-k, and save the tutorials' figure."""
+from __future__ import annotations
+
+import os
+import sys
+import urllib.parse
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from core.images import BadImage, decode_image
+from core.preprocess import EvalSpec, eval_transform
+from core.report import plot_topk
+from serve.backends import Backend
+from serve.discover import Item, is_url
+from serve.sources import SourceError, read_bytes
+from serve.writer import Layout, error_row, ok_row
+
+
+def default_figure_path(source: str) -> Path:
+    name = urllib.parse.urlparse(source).path if is_url(source) else source
+    stem = Path(os.path.basename(name.rstrip("/")) or "image").stem or "image"
+    return Path(f"{stem}_topk.png")
+
+
+def show_one(item: Item, backend: Backend, spec: EvalSpec, layout: Layout, figure: Path,
+             timeout: float) -> dict[str, Any]:
+    """The row for `item`; prints the top-k (or the error) and writes the figure when it decodes."""
+    try:
+        if item.error:
+            raise BadImage(item.error)
+        image = decode_image(read_bytes(item, timeout))
+    except (SourceError, BadImage) as exc:
+        print(f"{item.path}: error: {exc}", file=sys.stderr)
+        return error_row(layout, item.path, str(exc))
+    probs = torch.softmax(backend(eval_transform(spec)(image)[None]), dim=1)[0].numpy()
+    row = ok_row(layout, item.path, probs)
+    print(f"{item.path}")
+    for rank, i in enumerate(probs.argsort()[::-1][: layout.topk], start=1):
+        print(f"  {rank}. {layout.display_names[i]:<30} {probs[i]:.4f}  (label {layout.classes[i]})")
+    plot_topk(image, probs, list(layout.display_names), layout.topk, figure, title=os.path.basename(item.path))
+    print(f"figure: {figure}")
+    return row

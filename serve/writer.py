@@ -1,0 +1,268 @@
+"""The predictions file: CSV (or JSONL) rows written whole and flushed every batch; resume and part merging.
+
+A kill loses at most the batch in flight: every batch is one write of complete lines, and a torn
+last line (a kill inside that write) is cut off when the file is resumed.
+"""
+from __future__ import annotations
+
+import csv
+import heapq
+import io
+import json
+import os
+import re
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from core.errors import UserError
+from core.fsio import atomic_path
+
+FORMATS = ("csv", "jsonl")
+SEQ = "seq"  # extra first column of per-process part files: the stream position, for the merge
+PROB_DECIMALS = 6
+
+
+@dataclass(frozen=True)
+class Layout:
+    """What the rows hold. Column names follow the requested k (top5_* by default)."""
+
+    classes: tuple[str, ...]
+    display_names: tuple[str, ...]
+    topk: int = 5
+    probs: bool = False
+    fmt: str = "csv"
+
+    @property
+    def columns(self) -> list[str]:
+        k = f"top{self.topk}"
+        per_class = [f"prob_{c}" for c in self.classes] if self.probs else []
+        return ["path", "status", "label", "display_name", "prob", f"{k}_labels", f"{k}_probs", "error", *per_class]
+
+    @property
+    def topk_columns(self) -> tuple[str, str]:
+        return f"top{self.topk}_labels", f"top{self.topk}_probs"
+
+
+# ─── rows ─────────────────────────────────────────────────────────────────────────────────────
+
+def ok_row(layout: Layout, path: str, probs: np.ndarray) -> dict[str, Any]:
+    order = np.argsort(-probs, kind="stable")[: layout.topk]
+    best = int(order[0])
+    labels_col, probs_col = layout.topk_columns
+    row = {"path": path, "status": "ok", "label": layout.classes[best], "display_name": layout.display_names[best],
+           "prob": float(probs[best]), labels_col: [layout.classes[i] for i in order],
+           probs_col: [float(probs[i]) for i in order], "error": ""}
+    if layout.probs:
+        row.update({f"prob_{c}": float(p) for c, p in zip(layout.classes, probs)})
+    return row
+
+
+def error_row(layout: Layout, path: str, reason: str) -> dict[str, Any]:
+    labels_col, probs_col = layout.topk_columns
+    row = {"path": path, "status": "error", "label": None, "display_name": None, "prob": None,
+           labels_col: [], probs_col: [], "error": reason}
+    if layout.probs:
+        row.update({f"prob_{c}": None for c in layout.classes})
+    return row
+
+
+def _cell(value: Any) -> str:
+    """CSV text for a value; already-formatted strings (rows read back for a merge) pass unchanged."""
+    if value is None:
+        return ""
+    if isinstance(value, float):
+        return f"{value:.{PROB_DECIMALS}f}"
+    if isinstance(value, list):
+        return "|".join(_cell(v) for v in value)
+    return str(value)
+
+
+def _json_value(value: Any) -> Any:
+    if isinstance(value, float):
+        return round(value, PROB_DECIMALS)
+    if isinstance(value, list):
+        return [_json_value(v) for v in value]
+    return value
+
+
+def encode(layout: Layout, rows: Iterable[dict[str, Any]], seq: bool = False) -> str:
+    """Complete lines for `rows` in the layout's column order (a part file's lines start with seq)."""
+    columns = ([SEQ] if seq else []) + layout.columns
+    if layout.fmt == "jsonl":
+        return "".join(json.dumps({c: _json_value(r.get(c)) for c in columns}, ensure_ascii=False) + "\n"
+                       for r in rows)
+    buf = io.StringIO()
+    writer = csv.writer(buf, lineterminator="\n")
+    writer.writerows([_cell(r.get(c)) for c in columns] for r in rows)
+    return buf.getvalue()
+
+
+def header(layout: Layout, seq: bool = False) -> str:
+    if layout.fmt == "jsonl":
+        return ""
+    buf = io.StringIO()
+    csv.writer(buf, lineterminator="\n").writerow(([SEQ] if seq else []) + layout.columns)
+    return buf.getvalue()
+
+
+# ─── writing ──────────────────────────────────────────────────────────────────────────────────
+
+class RowWriter:
+    """Appends batches of rows to one file; each batch is one write of whole lines, then flushed."""
+
+    def __init__(self, path: str | Path, layout: Layout, append: bool = False, seq: bool = False):
+        self.layout, self.seq = layout, seq
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fresh = not append or not path.exists() or path.stat().st_size == 0
+        self.fh = open(path, "a" if append else "w", encoding="utf-8", newline="")
+        if fresh:
+            self.fh.write(header(layout, seq))
+            self.fh.flush()
+
+    def write(self, rows: list[dict[str, Any]]) -> None:
+        if rows:
+            self.fh.write(encode(self.layout, rows, self.seq))
+            self.fh.flush()
+
+    def close(self) -> None:
+        self.fh.close()
+
+    def __enter__(self) -> RowWriter:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
+# ─── reading back: resume, merge, evaluation ──────────────────────────────────────────────────
+
+def repair_tail(path: str | Path) -> int:
+    """Cut a torn last line (a kill inside a write). Returns the number of bytes removed."""
+    path = Path(path)
+    size = path.stat().st_size
+    if size == 0:
+        return 0
+    with open(path, "rb+") as fh:
+        pos = size
+        while pos > 0:
+            step = min(65536, pos)
+            fh.seek(pos - step)
+            block = fh.read(step)
+            nl = block.rfind(b"\n")
+            if nl >= 0:
+                keep = pos - step + nl + 1
+                break
+            pos -= step
+        else:
+            keep = 0
+        if keep < size:
+            fh.truncate(keep)
+    return size - keep
+
+
+def check_layout(path: str | Path, layout: Layout, seq: bool = False) -> None:
+    """Refuse to append to a file whose columns differ (another model, --topk or --probs)."""
+    expected = ([SEQ] if seq else []) + layout.columns
+    first = _first_line(Path(path))
+    if first is None:
+        return
+    found = _columns_of(first, layout.fmt)
+    if found != expected:
+        raise UserError(f"{path} has different columns than this run would write ({_diff(found, expected)}); "
+                        "use the same model, --topk, --probs and --format, or pass --overwrite")
+
+
+def _first_line(path: Path) -> str | None:
+    with open(path, encoding="utf-8", errors="replace", newline="") as fh:
+        line = fh.readline()
+    return line if line.endswith("\n") else None
+
+
+def _columns_of(line: str, fmt: str) -> list[str] | None:
+    if fmt == "jsonl":
+        try:
+            obj = json.loads(line)
+        except json.JSONDecodeError:
+            return None
+        return list(obj) if isinstance(obj, dict) else None
+    return next(csv.reader([line]))
+
+
+def _diff(found: list[str] | None, expected: list[str]) -> str:
+    if found is None:
+        return "it is not a predictions file in this format"
+    extra, missing = [c for c in found if c not in expected], [c for c in expected if c not in found]
+    parts = ([f"unexpected {', '.join(extra[:4])}"] if extra else []) + \
+        ([f"missing {', '.join(missing[:4])}"] if missing else [])
+    return "; ".join(parts) or "column order differs"
+
+
+def iter_rows(path: str | Path, layout: Layout) -> Iterator[dict[str, Any]]:
+    """Rows of a predictions (or part) file as dicts; CSV values stay text."""
+    with open(path, encoding="utf-8", newline="") as fh:
+        if layout.fmt == "jsonl":
+            for line in fh:
+                if line.strip():
+                    yield json.loads(line)
+        else:
+            yield from csv.DictReader(fh)
+
+
+def done_paths(path: str | Path, layout: Layout) -> set[str]:
+    path = Path(path)
+    return {r["path"] for r in iter_rows(path, layout)} if path.exists() else set()
+
+
+def part_path(out: str | Path, rank: int) -> Path:
+    out = Path(out)
+    return out.with_name(f"{out.name}.part{rank}")
+
+
+def existing_parts(out: str | Path) -> list[Path]:
+    out = Path(out)
+    pattern = re.compile(re.escape(out.name) + r"\.part\d+$")
+    if not out.parent.is_dir():
+        return []
+    return sorted(p for p in out.parent.iterdir() if pattern.fullmatch(p.name))
+
+
+def merge_parts(out: str | Path, layout: Layout, parts: list[Path], append: bool,
+                skip: set[str] | None = None) -> int:
+    """Merge per-process part files (each in stream order) into `out` in stream order, streaming.
+
+    Appends after a resumed file's rows, or writes a new file atomically; then removes the parts.
+    Returns the number of rows merged.
+    """
+    skip = skip or set()
+    for p in parts:
+        repair_tail(p)
+    streams = [iter_rows(p, layout) for p in parts]
+    merged = (r for r in heapq.merge(*streams, key=lambda r: int(r[SEQ])) if r["path"] not in skip)
+    if append and Path(out).exists():
+        count = _append_rows(out, layout, merged)
+    else:
+        with atomic_path(out) as tmp:
+            count = _append_rows(tmp, layout, merged, fresh=True)
+    for p in parts:
+        p.unlink(missing_ok=True)
+    return count
+
+
+def _append_rows(path: str | Path, layout: Layout, rows: Iterator[dict[str, Any]], fresh: bool = False) -> int:
+    count, block = 0, []
+    with open(path, "w" if fresh else "a", encoding="utf-8", newline="") as fh:
+        fh.write(header(layout) if fresh else "")
+        for row in rows:
+            block.append(row)
+            if len(block) == 1024:
+                fh.write(encode(layout, block))
+                count, block = count + len(block), []
+        fh.write(encode(layout, block))
+        fh.flush()
+        os.fsync(fh.fileno())
+    return count + len(block)
