@@ -75,3 +75,35 @@ def read_engine_sidecar(engine: str | Path) -> tuple[BundleRecord, dict[str, Any
         return BundleRecord.from_dict(d["record"], str(side)), dict(d["engine"])
     except (json.JSONDecodeError, KeyError, TypeError) as exc:
         raise UserError(f"{side} is damaged ({type(exc).__name__}: {exc}); rebuild the engine") from None
+
+
+def sha256_file(path: str | Path, chunk: int = 1 << 20) -> str:
+    """Hex sha256 of a file, read in chunks: ties model.onnx to its weights and an engine to its ONNX."""
+    import hashlib
+
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        while block := fh.read(chunk):
+            h.update(block)
+    return h.hexdigest()
+
+
+def check_engine_host(engine: str | Path, facts: dict[str, Any], *, tensorrt_version: str, gpu_name: str,
+                      compute_capability: tuple[int, int] | list[int]) -> None:
+    """Refuse an engine built for another GPU or TensorRT version (TensorRT engines are not portable).
+
+    `facts` is the "engine" part of model.engine.json; the other arguments describe this machine.
+    """
+    here = {"tensorrt_version": tensorrt_version, "gpu_name": gpu_name,
+            "compute_capability": list(compute_capability)}
+    built = {k: facts.get(k) for k in here}
+    built["compute_capability"] = list(built["compute_capability"] or [])
+    diffs = [f"{k} {built[k]} (this machine: {here[k]})" for k in here if built[k] != here[k]]
+    if not diffs:
+        return
+    bundle = facts.get("bundle_path") or "<bundle>"
+    profile = facts.get("profile") or {}
+    rebuild = (f"python export/main.py {bundle} --tensorrt --precision {facts.get('precision', 'fp16')}"
+               f" --max-batch {profile.get('max', 64)}")
+    raise UserError(f"{engine} was built for another machine: {'; '.join(diffs)}. TensorRT engines only run "
+                    f"where they were built; rebuild it here with `{rebuild}`, or serve model.onnx instead")

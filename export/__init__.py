@@ -1,0 +1,1 @@
+"""Export stage: bundle → model.onnx (+ TensorRT engine), gated on parity with PyTorch."""

@@ -1,0 +1,160 @@
+"""Bundle model → model.onnx: uint8 images in, logits out, the bundle record and export facts in metadata_props."""
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from core.bundle import WEIGHTS_FILE, BundleRecord
+from core.errors import UserError
+from core.model_record import (
+    ONNX_EXPORT_KEY,
+    ONNX_INPUT,
+    ONNX_OUTPUT,
+    ONNX_PROBS,
+    ONNX_RECORD_KEY,
+    sha256_file,
+)
+from core.preprocess import WithPreprocessing
+
+# Opset 18 is the newest the TorchScript exporter and TensorRT 10's parser both handle well, and what the
+# dynamo exporter emits natively (no version conversion pass).
+OPSET = 18
+DEFAULT_EXPORTER = "dynamo"
+# torch.export needs an upper bound for a symbolic dim; the ONNX axis itself stays unbounded ("batch").
+MAX_BATCH_DIM = 1 << 16
+
+
+class ExportGraph(nn.Module):
+    """What goes into the ONNX file: normalization + classifier, and optionally softmax probabilities."""
+
+    def __init__(self, model: nn.Module, record: BundleRecord, probs: bool = False):
+        super().__init__()
+        self.net = WithPreprocessing(model, record.preprocess)
+        self.probs = probs
+
+    def forward(self, images: torch.Tensor):  # the parameter name is the dynamo exporter's input name
+        logits = self.net(images)
+        return (logits, torch.softmax(logits, dim=1)) if self.probs else logits
+
+
+def output_names(probs: bool) -> list[str]:
+    return [ONNX_OUTPUT, ONNX_PROBS] if probs else [ONNX_OUTPUT]
+
+
+def _example(record: BundleRecord) -> torch.Tensor:
+    # Batch 2, not 1: torch.export specializes a size-1 dim to a constant, which would pin the batch axis.
+    crop = record.preprocess.crop
+    return torch.randint(0, 256, (2, 3, crop, crop), dtype=torch.uint8, generator=torch.Generator().manual_seed(0))
+
+
+def _export_dynamo(graph: nn.Module, example: torch.Tensor, dest: Path, opset: int, outputs: list[str]) -> None:
+    from torch.export import Dim
+
+    batch = Dim("batch", min=1, max=MAX_BATCH_DIM)
+    torch.onnx.export(graph, (example,), str(dest), dynamo=True, input_names=[ONNX_INPUT],
+                      output_names=outputs, opset_version=opset, dynamic_shapes={"images": {0: batch}},
+                      external_data=False, optimize=True, verbose=False)
+
+
+def _export_torchscript(graph: nn.Module, example: torch.Tensor, dest: Path, opset: int,
+                        outputs: list[str]) -> None:
+    axes = {name: {0: "batch"} for name in [ONNX_INPUT, *outputs]}
+    torch.onnx.export(graph, (example,), str(dest), dynamo=False, input_names=[ONNX_INPUT],
+                      output_names=outputs, opset_version=opset, dynamic_axes=axes, do_constant_folding=True)
+
+
+EXPORTERS: dict[str, Callable[[nn.Module, torch.Tensor, Path, int, list[str]], None]] = {
+    "dynamo": _export_dynamo,
+    "torchscript": _export_torchscript,
+}
+
+
+def _exporter_version(name: str) -> str:
+    if name == "dynamo":
+        import onnxscript
+
+        return f"onnxscript {onnxscript.__version__}"
+    return f"torch.onnx torchscript {torch.__version__}"
+
+
+def export_facts(exporter: str, opset: int, bundle_dir: Path, probs: bool) -> dict[str, Any]:
+    import onnx
+    import torchvision
+
+    return {
+        "opset": opset,
+        "exporter": exporter,
+        "exporter_version": _exporter_version(exporter),
+        "torch": torch.__version__,
+        "torchvision": torchvision.__version__,
+        "onnx": onnx.__version__,
+        "weights_sha256": sha256_file(bundle_dir / WEIGHTS_FILE),
+        "bundle_path": str(bundle_dir.resolve()),
+        "input": ONNX_INPUT,
+        "outputs": output_names(probs),
+        "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+    }
+
+
+def _run_exporter(exporter: str, graph: nn.Module, example: torch.Tensor, dest: Path, opset: int,
+                  outputs: list[str]) -> None:
+    """Run exactly the chosen exporter; its failure is reported with the other one suggested, never hidden."""
+    other = next(name for name in EXPORTERS if name != exporter)
+    try:
+        with torch.inference_mode(False), torch.no_grad():
+            EXPORTERS[exporter](graph, example, dest, opset, outputs)
+    except Exception as exc:  # noqa: BLE001 - exporter internals raise anything; the user needs the gist
+        first = (str(exc).strip().splitlines() or [""])[0][:300]
+        raise UserError(f"the {exporter} ONNX exporter failed ({type(exc).__name__}: {first}); "
+                        f"try --exporter {other}") from None
+
+
+def _embed_metadata(dest: Path, record: BundleRecord, facts: dict[str, Any]) -> None:
+    """Write the record and facts into metadata_props, check the graph's contract, run onnx.checker."""
+    import onnx
+
+    model = onnx.load(str(dest))
+    del model.metadata_props[:]
+    for key, value in ((ONNX_RECORD_KEY, record.to_dict()), (ONNX_EXPORT_KEY, facts)):
+        model.metadata_props.add(key=key, value=json.dumps(value))
+    model.doc_string = f"imgclf {record.arch}, {record.num_classes} classes; uint8 RGB NCHW in, logits out"
+    _check_contract(model, record, facts["outputs"])
+    onnx.checker.check_model(model, full_check=True)
+    onnx.save(model, str(dest))
+
+
+def _check_contract(model, record: BundleRecord, outputs: list[str]) -> None:
+    """The serve contract: one uint8 input `images` [batch, 3, crop, crop] and the named float outputs."""
+    import onnx
+
+    inputs = [i for i in model.graph.input if i.name not in {t.name for t in model.graph.initializer}]
+    crop = record.preprocess.crop
+    shape = [d.dim_param or d.dim_value for d in inputs[0].type.tensor_type.shape.dim] if inputs else []
+    problems = []
+    if [i.name for i in inputs] != [ONNX_INPUT] or inputs[0].type.tensor_type.elem_type != onnx.TensorProto.UINT8:
+        problems.append(f"inputs {[i.name for i in inputs]} are not one uint8 '{ONNX_INPUT}'")
+    elif not isinstance(shape[0], str) or shape[1:] != [3, crop, crop]:
+        problems.append(f"input shape {shape} is not [batch, 3, {crop}, {crop}] with a dynamic batch")
+    if [o.name for o in model.graph.output] != outputs:
+        problems.append(f"outputs {[o.name for o in model.graph.output]} are not {outputs}")
+    if problems:
+        raise RuntimeError("exported graph breaks the model.onnx contract: " + "; ".join(problems))
+
+
+def export_onnx(model: nn.Module, record: BundleRecord, bundle_dir: Path, dest: Path, exporter: str = DEFAULT_EXPORTER,
+                opset: int = OPSET, probs: bool = False) -> dict[str, Any]:
+    """Export to `dest` (normally a temp path) and return the export facts embedded in it."""
+    if exporter not in EXPORTERS:
+        raise UserError(f"unknown exporter {exporter!r}; valid: {', '.join(EXPORTERS)}")
+    graph = ExportGraph(model, record, probs).eval()
+    outputs = output_names(probs)
+    facts = export_facts(exporter, opset, bundle_dir, probs)
+    _run_exporter(exporter, graph, _example(record), dest, opset, outputs)
+    _embed_metadata(dest, record, facts)
+    return facts

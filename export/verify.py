@@ -1,0 +1,181 @@
+"""The export gate: an exported model must give PyTorch's answers on real images, or the export fails.
+
+Every backend is reduced to one shape, `logits = run(uint8 batch)`, so torch, onnxruntime and TensorRT
+are compared (and timed) by the same code.
+"""
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from core.errors import UserError
+from core.model_record import ONNX_INPUT, ONNX_OUTPUT
+
+Runner = Callable[[torch.Tensor], torch.Tensor]  # uint8 [N,3,H,W] (CPU) → float32 logits [N,C] (CPU)
+
+
+@dataclass(frozen=True)
+class Gate:
+    """Pass criteria against PyTorch fp32. None = reported, not gated."""
+
+    min_top1: float | None
+    max_dprob: float | None
+
+
+GATES = {
+    "fp32": Gate(min_top1=1.0, max_dprob=1e-4),
+    "fp16": Gate(min_top1=0.995, max_dprob=None),
+    "int8": Gate(min_top1=None, max_dprob=None),  # int8 reports its accuracy delta; calibration decides quality
+}
+
+# What each --provider asks onnxruntime for, in priority order. TF32 off so CUDA is compared in true fp32.
+PROVIDERS: dict[str, list[Any]] = {
+    "cpu": ["CPUExecutionProvider"],
+    "cuda": [("CUDAExecutionProvider", {"use_tf32": "0"}), "CPUExecutionProvider"],
+    "tensorrt": ["TensorrtExecutionProvider", ("CUDAExecutionProvider", {"use_tf32": "0"}), "CPUExecutionProvider"],
+}
+
+
+def _name(p: Any) -> str:
+    return p[0] if isinstance(p, tuple) else p
+
+
+# ── runners ──────────────────────────────────────────────────────────────────────────────────────────
+
+def torch_runner(module: torch.nn.Module, device: str = "cpu") -> Runner:
+    module = module.to(device).eval()
+
+    def run(x: torch.Tensor) -> torch.Tensor:
+        with torch.inference_mode():
+            out = module(x.to(device))
+        out = out[0] if isinstance(out, tuple) else out
+        return out.float().cpu()
+
+    return run
+
+
+def provider_chain(provider: str, allow_cpu: bool) -> list[Any]:
+    """The providers to ask onnxruntime for; a missing accelerator is an error unless CPU is allowed."""
+    import onnxruntime as ort
+
+    if provider not in PROVIDERS:
+        raise UserError(f"unknown --provider {provider!r}; valid: {', '.join(PROVIDERS)}")
+    primary = _name(PROVIDERS[provider][0])
+    available = ort.get_available_providers()
+    if primary in available:
+        return PROVIDERS[provider]
+    if allow_cpu:
+        return PROVIDERS["cpu"]
+    raise UserError(f"--provider {provider} needs onnxruntime's {primary}, but this onnxruntime offers only "
+                    f"{', '.join(available)}; install onnxruntime-gpu (pip install '.[gpu]') or pass "
+                    "--allow-cpu to verify on CPU")
+
+
+def ort_session(path: Path, provider: str, allow_cpu: bool):
+    """An InferenceSession on exactly the asked provider; a CPU fallback is an error unless allowed."""
+    import onnxruntime as ort
+
+    chain = provider_chain(provider, allow_cpu)
+    primary = _name(PROVIDERS[provider][0])
+    opts = ort.SessionOptions()
+    opts.log_severity_level = 3  # onnxruntime's own fallback warning is replaced by the check below
+    sess = ort.InferenceSession(str(path), opts, providers=chain)
+    if primary not in sess.get_providers() and not allow_cpu:
+        raise UserError(f"onnxruntime could not start {primary} (the session runs on "
+                        f"{', '.join(sess.get_providers())}); check the CUDA/cuDNN/TensorRT libraries "
+                        "or pass --allow-cpu")
+    return sess
+
+
+def ort_runner(sess, output: str = ONNX_OUTPUT) -> Runner:
+    def run(x: torch.Tensor) -> torch.Tensor:
+        return torch.from_numpy(sess.run([output], {ONNX_INPUT: x.cpu().numpy()})[0])
+
+    return run
+
+
+def run_batched(run: Runner, images: torch.Tensor, batch: int = 32) -> torch.Tensor:
+    return torch.cat([run(images[i:i + batch]) for i in range(0, len(images), batch)])
+
+
+# ── comparison ───────────────────────────────────────────────────────────────────────────────────────
+
+def compare(ref: torch.Tensor, got: torch.Tensor, paths: list[str], labels: list[int],
+            display_names: list[str]) -> dict[str, Any]:
+    """Parity figures of `got` against the reference logits, and where they diverge most."""
+    ref, got = ref.double(), got.double()
+    dprob = (ref.softmax(1) - got.softmax(1)).abs().amax(1)
+    dlogit = (ref - got).abs().amax(1)
+    ref_top, got_top = ref.argmax(1), got.argmax(1)
+    agree = ref_top == got_top
+    worst = int(dprob.argmax())
+    out: dict[str, Any] = {
+        "n": len(paths),
+        "top1_agreement": float(agree.double().mean()),
+        "max_abs_logit": float(dlogit.max()),
+        "max_abs_prob": float(dprob.max()),
+        "mean_abs_prob": float(dprob.mean()),
+        "worst": {"path": paths[worst], "abs_prob": float(dprob[worst]),
+                  "torch_logits": [round(v, 6) for v in ref[worst].tolist()],
+                  "exported_logits": [round(v, 6) for v in got[worst].tolist()]},
+        "disagreements": [{"path": paths[i], "torch": display_names[int(ref_top[i])],
+                           "exported": display_names[int(got_top[i])]}
+                          for i in (~agree).nonzero().flatten().tolist()[:10]],
+    }
+    out["accuracy"] = _accuracy(ref_top, got_top, labels)
+    return out
+
+
+def _accuracy(ref_top: torch.Tensor, got_top: torch.Tensor, labels: list[int]) -> dict[str, Any] | None:
+    """Accuracy of both against folder labels, when the images sit in class folders."""
+    lab = torch.tensor(labels)
+    known = lab >= 0
+    if not bool(known.any()):
+        return None
+    torch_acc = float((ref_top[known] == lab[known]).double().mean())
+    got_acc = float((got_top[known] == lab[known]).double().mean())
+    return {"n": int(known.sum()), "torch": torch_acc, "exported": got_acc, "delta": got_acc - torch_acc}
+
+
+def judge(parity: dict[str, Any], gate: Gate) -> list[str]:
+    """Reasons the gate fails (empty list: passed)."""
+    reasons = []
+    if gate.min_top1 is not None and parity["top1_agreement"] < gate.min_top1:
+        reasons.append(f"top-1 agreement {parity['top1_agreement']:.2%} < {gate.min_top1:.1%}")
+    if gate.max_dprob is not None and parity["max_abs_prob"] > gate.max_dprob:
+        reasons.append(f"max |Δprob| {parity['max_abs_prob']:.3g} > {gate.max_dprob:g}")
+    return reasons
+
+
+def check_batches(ref: Runner, got: Runner, images: torch.Tensor, sizes: list[int],
+                  num_classes: int, gate: Gate) -> tuple[dict[str, Any], list[str]]:
+    """Run the dynamic batch axis at each size (real images tiled to fill) against the reference."""
+    figures, reasons = {}, []
+    for b in sizes:
+        x = images[torch.arange(b) % len(images)]
+        r, g = ref(x), got(x)
+        if tuple(g.shape) != (b, num_classes):
+            reasons.append(f"batch {b}: output shape {tuple(g.shape)} != {(b, num_classes)}")
+            continue
+        dprob = float((r.double().softmax(1) - g.double().softmax(1)).abs().max())
+        figures[str(b)] = {"max_abs_prob": dprob}
+        if gate.max_dprob is not None and dprob > gate.max_dprob:
+            reasons.append(f"batch {b}: max |Δprob| {dprob:.3g} > {gate.max_dprob:g}")
+    return figures, reasons
+
+
+def verify(ref: Runner, got: Runner, samples, display_names: list[str], gate: Gate,
+           batch_sizes: list[int], ref_logits: torch.Tensor | None = None) -> dict[str, Any]:
+    """The whole gate for one exported format: parity on the samples plus the batch-size check."""
+    ref_logits = run_batched(ref, samples.images) if ref_logits is None else ref_logits
+    parity = compare(ref_logits, run_batched(got, samples.images), samples.paths, samples.labels, display_names)
+    parity["batches"], batch_reasons = check_batches(ref, got, samples.images, batch_sizes,
+                                                     len(display_names), gate)
+    parity["gate"] = {"min_top1": gate.min_top1, "max_abs_prob": gate.max_dprob}
+    parity["failures"] = judge(parity, gate) + batch_reasons
+    parity["passed"] = not parity["failures"]
+    return parity
