@@ -1,0 +1,253 @@
+"""The epoch loop: train steps, validation, best bundle, last/ checkpoint, early stopping, preemption.
+
+No per-step host sync: losses and hit counts accumulate on the device and are read every
+`train.log_every` steps and at epoch end. The global torch RNG is reseeded from (seed, rank, epoch,
+step) before every step, so dropout draws are the same in a resumed run as in an uninterrupted one.
+"""
+from __future__ import annotations
+
+import dataclasses
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from accelerate import Accelerator, skip_first_batches
+from accelerate.utils import gather_object
+from tqdm.auto import tqdm
+
+from core.bundle import BundleRecord, save_bundle
+from core.config import Config
+from core.errors import UserError
+from core.fsio import write_text_atomic
+from core.models import HeadSpec, backbone_frozen_eval, set_backbone_trainable
+from core.report import plot_curves, write_metrics_csv
+from train.checkpoint import TrainerState, save_last
+from train.data import TrainData
+from train.evaluate import EvalResult, evaluate
+from train.signals import StopFlag
+
+BEST_DIR = "best"
+
+
+def step_seed(seed: int, rank: int, epoch: int, step: int) -> int:
+    return int(np.random.SeedSequence([seed, rank, epoch, step, 1]).generate_state(1)[0])
+
+
+def better(new: dict[str, Any], best: dict[str, Any] | None) -> bool:
+    """Highest validation accuracy wins; a tie goes to the lower validation loss."""
+    if best is None:
+        return True
+    return (new["valid_acc"], -new["valid_loss"]) > (best["valid_acc"], -best["valid_loss"])
+
+
+def backbone_trainable(freeze: str | int, epoch: int) -> bool:
+    if isinstance(freeze, int):
+        return epoch >= freeze
+    return freeze == "none"
+
+
+@dataclasses.dataclass
+class Parts:
+    """The prepared training objects."""
+
+    model: torch.nn.Module
+    optimizer: torch.optim.Optimizer
+    scheduler: Any
+    train_loader: Any
+    valid_loader: Any
+    sampler: Any  # the EpochSampler inside train_loader
+    prepare: Callable[[torch.Tensor], torch.Tensor]  # uint8 batch → normalized float on the device
+    criterion: torch.nn.Module
+
+
+class Trainer:
+    def __init__(self, cfg: Config, data: TrainData, run_dir: Path, accelerator: Accelerator, parts: Parts,
+                 stop: StopFlag, lineage: dict[str, Any]):
+        self.cfg, self.data, self.run_dir, self.acc, self.p = cfg, data, run_dir, accelerator, parts
+        self.stop, self.lineage = stop, lineage
+        self.unwrapped = accelerator.unwrap_model(parts.model)
+
+    # ------------------------------------------------------------------ helpers
+
+    def log(self, text: str) -> None:
+        if self.acc.is_main_process:
+            tqdm.write(text)
+
+    def _agree(self, epoch_bad: list[str]) -> tuple[bool, int]:
+        """(stop requested anywhere, bad images this epoch everywhere); one tiny all-reduce when distributed."""
+        if self.acc.num_processes == 1:
+            return self.stop.received is not None, len(epoch_bad)
+        flags = torch.tensor([float(self.stop.received is not None), float(len(epoch_bad))], device=self.acc.device)
+        stop, bad = self.acc.reduce(flags, reduction="sum").tolist()
+        return stop > 0, int(bad)
+
+    def _check_bad(self, bad_count: int, epoch_bad: list[str]) -> None:
+        limit = self.cfg.data.max_bad_fraction * len(self.data.train)
+        if bad_count <= limit:
+            return
+        notes = sorted(set(gather_object(epoch_bad)))
+        shown = "; ".join(n.replace("\t", ": ") for n in notes[:20])
+        more = f" (and {len(notes) - 20} more)" if len(notes) > 20 else ""
+        raise UserError(f"{len(notes)} of {len(self.data.train)} training images cannot be decoded, more than "
+                        f"data.max_bad_fraction={self.cfg.data.max_bad_fraction}: {shown}{more}; fix or remove them")
+
+    def _set_mode(self, epoch: int) -> None:
+        trainable = backbone_trainable(self.cfg.model.freeze, epoch)
+        if isinstance(self.cfg.model.freeze, int):
+            set_backbone_trainable(self.unwrapped, trainable)
+        self.p.model.train()
+        if not trainable:
+            backbone_frozen_eval(self.unwrapped)
+
+    # ------------------------------------------------------------------ one epoch of training
+
+    def train_epoch(self, epoch: int, state: TrainerState) -> dict[str, float] | None:
+        """Train one epoch from `state.step`; return train metrics, or None when stopped by a signal."""
+        acc, p, cfg = self.acc, self.p, self.cfg
+        self._set_mode(epoch)
+        p.sampler.set_epoch(epoch)
+        skip = state.step
+        loader = p.train_loader if not skip else skip_first_batches(p.train_loader, skip)
+        part = state.partial or {}
+        loss_sum = torch.tensor(part.get("loss_sum", 0.0), device=acc.device)
+        hits = torch.tensor(part.get("hits", 0.0), device=acc.device)
+        seen, seconds = int(part.get("seen", 0)), float(part.get("seconds", 0.0))
+        epoch_bad: list[str] = list(part.get("epoch_bad", []))
+        since_check, start = 0, time.perf_counter()
+        bar = tqdm(total=len(p.train_loader), initial=skip, desc=f"epoch {epoch + 1}/{cfg.train.epochs}",
+                   disable=not acc.is_main_process, leave=False, dynamic_ncols=True)
+        for step, (images, labels, bad) in enumerate(loader, start=skip):
+            epoch_bad.extend(bad)
+            if len(labels):
+                loss, logits = self._step(images, labels, epoch, step)
+                loss_sum += loss.detach().float() * len(labels)
+                hits += (logits.detach().argmax(dim=1) == labels).sum()
+                seen += len(labels)
+            elif acc.num_processes > 1:
+                raise UserError(f"a whole training batch could not be decoded: {'; '.join(bad)}")
+            bar.update(1)
+            since_check += 1
+            if not acc.sync_gradients or (acc.num_processes > 1 and since_check < cfg.train.log_every):
+                continue
+            since_check = 0
+            stop, bad_count = self._agree(epoch_bad)
+            self._check_bad(bad_count, epoch_bad)
+            if acc.num_processes > 1 or step % cfg.train.log_every == 0 or stop:
+                elapsed = seconds + time.perf_counter() - start
+                bar.set_postfix(loss=f"{loss_sum.item() / max(seen, 1):.4f}", acc=f"{hits.item() / max(seen, 1):.3f}",
+                                img_s=f"{seen * acc.num_processes / max(elapsed, 1e-9):.0f}", refresh=False)
+            if stop and step + 1 < len(p.train_loader):
+                bar.close()
+                state.epoch, state.step = epoch, step + 1
+                state.partial = {"loss_sum": loss_sum.item(), "hits": hits.item(), "seen": seen,
+                                 "seconds": seconds + time.perf_counter() - start, "epoch_bad": epoch_bad}
+                return None
+        bar.close()
+        seconds += time.perf_counter() - start
+        return self._train_summary(loss_sum, hits, seen, seconds, epoch_bad, state)
+
+    def _step(self, images: torch.Tensor, labels: torch.Tensor, epoch: int, step: int):
+        acc, p = self.acc, self.p
+        with acc.accumulate(p.model):
+            torch.manual_seed(step_seed(self.cfg.run.seed, acc.process_index, epoch, step))
+            logits = p.model(p.prepare(images))
+            loss = p.criterion(logits, labels)
+            acc.backward(loss)
+            if acc.sync_gradients and self.cfg.train.max_grad_norm > 0:
+                acc.clip_grad_norm_(p.model.parameters(), self.cfg.train.max_grad_norm)
+            p.optimizer.step()
+            p.scheduler.step()
+            p.optimizer.zero_grad(set_to_none=True)
+        return loss, logits
+
+    def _train_summary(self, loss_sum, hits, seen, seconds, epoch_bad, state) -> dict[str, float]:
+        acc = self.acc
+        totals = acc.reduce(torch.stack([loss_sum.double(), hits.double(),
+                                         torch.tensor(float(seen), device=acc.device, dtype=torch.float64)]),
+                            reduction="sum")
+        loss_total, hit_total, n = totals.tolist()
+        all_bad = gather_object(epoch_bad) if acc.num_processes > 1 else epoch_bad
+        self._check_bad(len(set(all_bad)), epoch_bad)
+        state.bad_files = sorted(set(state.bad_files) | set(all_bad))
+        return {"train_loss": loss_total / max(n, 1), "train_acc": hit_total / max(n, 1),
+                "images_per_s": n / max(seconds, 1e-9), "train_seconds": seconds}
+
+    # ------------------------------------------------------------------ epoch end
+
+    def validate(self) -> EvalResult:
+        return evaluate(self.acc, self.p.model, self.p.valid_loader, self.p.prepare)
+
+    def end_epoch(self, epoch: int, train: dict[str, float], valid: EvalResult, seconds: float,
+                  state: TrainerState) -> bool:
+        """Record the epoch, keep the best bundle; return True when early stopping says stop."""
+        row = {"epoch": epoch + 1, "train_loss": train["train_loss"], "train_acc": train["train_acc"],
+               "valid_loss": valid.loss, "valid_acc": valid.acc, "valid_top5": valid.top5,
+               "lr": self.p.optimizer.param_groups[0]["lr"], "images_per_s": train["images_per_s"],
+               "epoch_seconds": seconds}
+        state.rows.append(row)
+        metrics = {**row, "valid_n": valid.n}
+        is_best = better(metrics, state.best)
+        if is_best:
+            state.best, state.epochs_since_best = metrics, 0
+        else:
+            state.epochs_since_best += 1
+        state.epoch, state.step, state.partial = epoch + 1, 0, {}
+        if self.acc.is_main_process:
+            if is_best:
+                self.save_best(metrics)
+            self.write_reports(state)
+        self.log(_summary(epoch, self.cfg.train.epochs, row, valid.n, is_best))
+        patience = self.cfg.train.early_stopping_patience
+        return bool(patience) and state.epochs_since_best >= patience
+
+    def save_best(self, metrics: dict[str, Any]) -> None:
+        cfg = self.cfg
+        record = BundleRecord(arch=cfg.model.arch, classes=list(self.data.classes),
+                              display_names=list(self.data.display_names), preprocess=cfg.preprocess.spec(),
+                              head=_head_spec(cfg), metrics=dict(metrics), lineage=dict(self.lineage))
+        save_bundle(self.run_dir / BEST_DIR, self.unwrapped, record)
+
+    def write_reports(self, state: TrainerState) -> None:
+        write_metrics_csv(state.rows, self.run_dir / "metrics.csv")
+        plot_curves(state.rows, self.run_dir / "curves.png")
+        if state.bad_files:
+            write_text_atomic(self.run_dir / "bad_files.txt", "\n".join(state.bad_files) + "\n")
+
+    # ------------------------------------------------------------------ the loop
+
+    def fit(self, state: TrainerState) -> TrainerState:
+        """Run epochs from `state` to the end, an early stop, or a signal (then last/ is saved and we return)."""
+        while state.epoch < self.cfg.train.epochs and not state.finished:
+            epoch, start = state.epoch, time.perf_counter()
+            prior = float((state.partial or {}).get("seconds", 0.0))
+            train = self.train_epoch(epoch, state)
+            if train is None:
+                self.log(f"stop requested ({self.stop.received.name if self.stop.received else 'signal'}): "
+                         f"saving {self.run_dir / 'last'} at epoch {epoch + 1}, step {state.step}")
+                save_last(self.acc, self.run_dir, state)
+                return state
+            valid = self.validate()
+            seconds = prior + time.perf_counter() - start
+            state.finished = self.end_epoch(epoch, train, valid, seconds, state)
+            if state.finished:
+                self.log(f"early stopping: no better validation score for {state.epochs_since_best} epochs")
+            save_last(self.acc, self.run_dir, state)
+            if self._agree([])[0]:
+                self.log(f"stop requested: {self.run_dir / 'last'} saved after epoch {epoch + 1}")
+                return state
+        state.finished = True
+        return state
+
+
+def _head_spec(cfg: Config) -> HeadSpec:
+    return HeadSpec(hidden=list(cfg.model.head.hidden), dropout=cfg.model.head.dropout)
+
+
+def _summary(epoch: int, epochs: int, row: dict[str, Any], n_valid: int, is_best: bool) -> str:
+    return (f"epoch {epoch + 1}/{epochs}  train loss {row['train_loss']:.4f} acc {row['train_acc']:.3f}  "
+            f"valid loss {row['valid_loss']:.4f} acc {row['valid_acc']:.3f} top5 {row['valid_top5']:.3f} "
+            f"(n={n_valid})  lr {row['lr']:.2e}  {row['images_per_s']:.0f} img/s  {row['epoch_seconds']:.1f}s"
+            + ("  *best" if is_best else ""))

@@ -1,0 +1,69 @@
+"""Exact distributed evaluation: per-image results gathered with gather_for_metrics, summed once at the end.
+
+Every image is counted exactly once whatever the number of processes: gather_for_metrics drops the
+samples Accelerate repeats to even out the last batch, and unreadable images (label IGNORE_LABEL,
+see train.data.collate_eval) are masked out of every metric.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from accelerate import Accelerator
+from torch import nn
+
+from train.data import IGNORE_LABEL
+
+
+@dataclass
+class EvalResult:
+    n: int
+    loss: float
+    acc: float
+    top5: float
+    probs: np.ndarray | None = None
+    targets: np.ndarray | None = None
+
+    def as_metrics(self, prefix: str) -> dict[str, float | int]:
+        return {f"{prefix}_loss": self.loss, f"{prefix}_acc": self.acc, f"{prefix}_top5": self.top5,
+                f"{prefix}_n": self.n}
+
+
+def _per_image(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """[N, 4]: loss, top-1 hit, top-5 hit, counted (0 for unreadable images)."""
+    logits = logits.float()
+    valid = labels != IGNORE_LABEL
+    target = labels.clamp(min=0)
+    loss = F.cross_entropy(logits, target, reduction="none")
+    top = logits.topk(min(5, logits.shape[1]), dim=1).indices
+    hit1 = top[:, 0] == target
+    hit5 = (top == target[:, None]).any(dim=1)
+    return torch.stack([loss, hit1.float(), hit5.float(), valid.float()], dim=1) * valid[:, None].float()
+
+
+@torch.no_grad()
+def evaluate(accelerator: Accelerator, model: nn.Module, loader, prepare: nn.Module,
+             keep_probs: bool = False) -> EvalResult:
+    """Run `model(prepare(images))` over `loader`; with keep_probs, also return softmax probs and targets."""
+    model.eval()
+    totals = torch.zeros(4, dtype=torch.float64, device=accelerator.device)
+    probs, targets = [], []
+    for images, labels, _bad in loader:
+        with accelerator.autocast():
+            logits = model(prepare(images)).float()
+        outputs = (_per_image(logits, labels), labels) + ((logits,) if keep_probs else ())
+        gathered = accelerator.gather_for_metrics(outputs)
+        totals += gathered[0].sum(dim=0).double()
+        if keep_probs:
+            targets.append(gathered[1])
+            probs.append(torch.softmax(gathered[2], dim=1))
+    loss_sum, hit1, hit5, n = totals.tolist()  # the one device sync of the whole evaluation
+    denom = max(n, 1.0)
+    result = EvalResult(round(n), loss_sum / denom, hit1 / denom, hit5 / denom)
+    if keep_probs and targets:
+        all_targets, all_probs = torch.cat(targets).cpu(), torch.cat(probs).cpu()
+        keep = all_targets != IGNORE_LABEL
+        result.probs, result.targets = all_probs[keep].numpy(), all_targets[keep].numpy()
+    return result

@@ -1,0 +1,228 @@
+"""One training run end to end: accelerator, run folder, data, model, the epoch loop, the test evaluation."""
+from __future__ import annotations
+
+import math
+import os
+import subprocess
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import torch
+import yaml
+from accelerate import Accelerator, DataLoaderConfiguration
+from accelerate.utils import (
+    DistributedDataParallelKwargs,
+    broadcast_object_list,
+    parse_flag_from_env,
+    set_seed,
+)
+
+from core.bundle import load_bundle
+from core.config import Config
+from core.errors import UserError
+from core.fsio import write_text_atomic
+from core.models import HeadSpec, build_model, set_backbone_trainable
+from core.preprocess import Normalize, WithPreprocessing
+from core.report import write_batch_grid, write_evaluation
+from train.checkpoint import LAST_DIR, TrainerState, is_complete, latest_run_with_last, load_last, resume_dir
+from train.data import TrainData, eval_loader, load_data, preview_batch, train_loader
+from train.engine import BEST_DIR, Parts, Trainer
+from train.evaluate import evaluate
+from train.optim import build_optimizer, build_scheduler
+from train.signals import StopFlag
+
+PREVIEW_IMAGES = 16
+
+
+# ---------------------------------------------------------------------------------------- accelerator
+
+
+def resolve_mixed_precision(setting: str, cpu: bool, env: str | None = None) -> str:
+    """`auto`: bf16 on GPUs that support it, else fp16 on GPU, fp32 on CPU; an accelerate config's
+    explicit bf16/fp16 (ACCELERATE_MIXED_PRECISION) is honoured."""
+    if setting != "auto":
+        return setting
+    if cpu:
+        return "no"
+    if env in ("bf16", "fp16"):
+        return env
+    return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
+
+
+def make_accelerator(cfg: Config) -> Accelerator:
+    cpu = parse_flag_from_env("ACCELERATE_USE_CPU") or not torch.cuda.is_available()
+    mp = resolve_mixed_precision(cfg.train.mixed_precision, cpu, os.environ.get("ACCELERATE_MIXED_PRECISION"))
+    # Unfreezing after N epochs changes which parameters get gradients; DDP must then look each step.
+    ddp = DistributedDataParallelKwargs(find_unused_parameters=isinstance(cfg.model.freeze, int)
+                                        and cfg.model.freeze > 0)
+    return Accelerator(cpu=cpu, mixed_precision=mp, gradient_accumulation_steps=cfg.train.grad_accum_steps,
+                       kwargs_handlers=[ddp], dataloader_config=DataLoaderConfiguration(non_blocking=not cpu))
+
+
+def on_main(accelerator: Accelerator, fn: Callable[[], Any]) -> Any:
+    """Run `fn` on the main process and hand its result (or its UserError) to every process."""
+    box: list[Any] = [None]
+    if accelerator.is_main_process:
+        try:
+            box[0] = ("ok", fn())
+        except UserError as exc:
+            box[0] = ("error", str(exc))
+    if accelerator.num_processes > 1:
+        broadcast_object_list(box, from_process=0)
+    kind, value = box[0]
+    if kind == "error":
+        raise UserError(value)
+    return value
+
+
+# ---------------------------------------------------------------------------------------- run folder
+
+
+def _new_run_dir(out: Path, stem: str) -> Path:
+    base = out / f"{stem}-{time.strftime('%Y%m%d-%H%M%S')}"
+    run_dir, i = base, 2
+    while run_dir.exists():
+        run_dir, i = base.with_name(f"{base.name}-{i}"), i + 1
+    return run_dir
+
+
+def resolve_run(cfg: Config, stem: str) -> tuple[Path, Path | None]:
+    """(run folder, last/ to resume from or None) from run.name, run.output_dir and train.resume."""
+    out, name, resume = Path(cfg.run.output_dir), cfg.run.name, cfg.train.resume
+    if resume and resume != "auto":
+        last = resume_dir(resume)
+        return (out / name if name else last.parent), last
+    if resume == "auto":
+        run_dir = out / name if name else latest_run_with_last(out, f"{stem}-")
+        if run_dir is not None and is_complete(run_dir / LAST_DIR):
+            return run_dir, run_dir / LAST_DIR
+        return (run_dir or _new_run_dir(out, stem)), None
+    if name:
+        run_dir = out / name
+        if (run_dir / LAST_DIR).exists() or (run_dir / BEST_DIR).exists():
+            raise UserError(f"run folder {run_dir} already holds a run; continue it with train.resume=auto "
+                            "or choose another run.name")
+        return run_dir, None
+    return _new_run_dir(out, stem), None
+
+
+def git_commit() -> str | None:
+    try:
+        out = subprocess.run(["git", "rev-parse", "HEAD"], check=False, cwd=Path(__file__).resolve().parent,
+                             capture_output=True, text=True, timeout=5)
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return (out.stdout.strip() or None) if out.returncode == 0 else None
+
+
+def write_run_files(cfg: Config, data: TrainData, run_dir: Path) -> None:
+    run_dir.mkdir(parents=True, exist_ok=True)
+    write_text_atomic(run_dir / "config.yaml", yaml.safe_dump(cfg.to_dict(), sort_keys=False))
+    images, labels = preview_batch(data.train, cfg.run.seed, PREVIEW_IMAGES)
+    if len(images):
+        write_batch_grid(images, [data.display_names[y] for y in labels], run_dir / "train_batch.png")
+
+
+# ---------------------------------------------------------------------------------------- model
+
+
+def _input_prep(cfg: Config, device: torch.device, channels_last: bool) -> Callable[[torch.Tensor], torch.Tensor]:
+    normalize = Normalize(tuple(cfg.preprocess.mean), tuple(cfg.preprocess.std)).to(device)
+    if not channels_last:
+        return normalize
+    return lambda x: normalize(x).contiguous(memory_format=torch.channels_last)
+
+
+def build_parts(cfg: Config, data: TrainData, accelerator: Accelerator) -> Parts:
+    t = cfg.train
+    on_gpu = accelerator.device.type == "cuda"
+    model = build_model(cfg.model.arch, len(data.classes), HeadSpec(list(cfg.model.head.hidden),
+                        cfg.model.head.dropout), cfg.model.pretrained)
+    if cfg.model.freeze == "backbone":
+        set_backbone_trainable(model, False)  # before DDP wraps it, so DDP only syncs the head
+    if t.sync_bn and accelerator.num_processes > 1 and on_gpu:
+        model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)
+    channels_last = t.channels_last and on_gpu
+    if channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    optimizer = build_optimizer(model.parameters(), t.optimizer)
+    steps_per_epoch = math.ceil(math.ceil(len(data.train) / t.batch_size) / t.grad_accum_steps)
+    scheduler = build_scheduler(optimizer, t.scheduler, steps_per_epoch, t.epochs)
+    workers = cfg.data.num_workers
+    tl = train_loader(data.train, t.batch_size, cfg.run.seed, workers, pin=on_gpu)
+    vl = eval_loader(data.valid, t.eval_batch_size or 2 * t.batch_size, workers, pin=on_gpu)
+    sampler = tl.sampler
+    model, optimizer, scheduler, tl, vl = accelerator.prepare(model, optimizer, scheduler, tl, vl)
+    if t.compile:
+        model = torch.compile(model)
+    criterion = torch.nn.CrossEntropyLoss(label_smoothing=t.label_smoothing)
+    return Parts(model, optimizer, scheduler, tl, vl, sampler, _input_prep(cfg, accelerator.device, channels_last),
+                 criterion)
+
+
+# ---------------------------------------------------------------------------------------- test evaluation
+
+
+def evaluate_test(cfg: Config, data: TrainData, run_dir: Path, accelerator: Accelerator) -> dict | None:
+    """Evaluate the saved best bundle (what ships, not the in-memory model) on the test split."""
+    if data.test is None or not (run_dir / BEST_DIR).is_dir():
+        return None
+    model, record = load_bundle(run_dir / BEST_DIR)
+    model = accelerator.prepare_model(WithPreprocessing(model, record.preprocess), evaluation_mode=True)
+    batch = cfg.train.eval_batch_size or 2 * cfg.train.batch_size
+    loader = accelerator.prepare_data_loader(
+        eval_loader(data.test, batch, cfg.data.num_workers, pin=accelerator.device.type == "cuda"))
+    result = evaluate(accelerator, model, loader, lambda x: x, keep_probs=True)
+    if not accelerator.is_main_process:
+        return None
+    images = []
+    for i in range(len(data.test)):
+        if len(images) == PREVIEW_IMAGES:
+            break
+        x, _, _ = data.test[i]
+        if x is not None:
+            images.append(x)
+    return write_evaluation(run_dir, result.probs, result.targets, record.classes, record.display_names,
+                            torch.stack(images) if images else None)
+
+
+# ---------------------------------------------------------------------------------------- the run
+
+
+def _restore(accelerator: Accelerator, cfg: Config, last: Path | None) -> TrainerState:
+    if last is None:
+        return TrainerState(config_hash=cfg.hash())
+    state = load_last(accelerator, last)
+    accelerator.print(f"resuming from {last}: epoch {state.epoch + 1}, step {state.step}")
+    if state.config_hash and state.config_hash != cfg.hash():
+        accelerator.print("warning: the config differs from the one this checkpoint was trained with")
+    return state
+
+
+def train(cfg: Config, stem: str) -> int:
+    """Train as configured; return the process exit code (0, or 128+signal when preempted)."""
+    accelerator = make_accelerator(cfg)
+    set_seed(cfg.run.seed, device_specific=True)
+    run_dir, last = on_main(accelerator, lambda: resolve_run(cfg, stem))
+    with accelerator.main_process_first():  # a download (CIFAR-10, pretrained weights) happens once
+        data = load_data(cfg)
+        parts = build_parts(cfg, data, accelerator)
+    if accelerator.is_main_process:
+        write_run_files(cfg, data, run_dir)
+    lineage = {"config_hash": cfg.hash(), "git_commit": git_commit(), "dataset": data.lineage}
+    accelerator.print(f"run folder {run_dir} | {len(data.classes)} classes, {len(data.train)} train / "
+                      f"{len(data.valid)} valid images | {accelerator.num_processes} process(es) on "
+                      f"{accelerator.device.type}, mixed precision {accelerator.mixed_precision}")
+    state = _restore(accelerator, cfg, last)
+    with StopFlag() as stop:
+        state = Trainer(cfg, data, run_dir, accelerator, parts, stop, lineage).fit(state)
+    if not state.finished:
+        return stop.exit_code
+    accelerator.wait_for_everyone()
+    metrics = evaluate_test(cfg, data, run_dir, accelerator)
+    best = state.best or {}
+    accelerator.print(f"best epoch {best.get('epoch')}: valid acc {best.get('valid_acc', 0):.3f} → "
+                      f"{run_dir / BEST_DIR}" + (f" | test acc {metrics['accuracy']:.3f}" if metrics else ""))
+    return 0
