@@ -16,3 +16,14 @@ def resnet_export(tmp_path_factory, demo_root) -> dict:
     out = root / "run" / "export"
     report = json.loads((out / "export_report.json").read_text())
     return {"rc": rc, "bundle": bundle, "out": out, "onnx": out / "model.onnx", "report": report}
+
+
+@pytest.fixture(scope="session")
+def cnn_export(tmp_path_factory, demo_root) -> dict:
+    """cifar_cnn at 32 px through the TorchScript exporter into --out: a quick file for --verify-only tests."""
+    root = tmp_path_factory.mktemp("cnn")
+    bundle = save_tiny_bundle(root / "run" / "best", arch="cifar_cnn")
+    out = root / "dist"
+    rc = run_export(bundle, "--images", demo_root / "valid", "--exporter", "torchscript", "--no-bench",
+                    "--out", out)
+    return {"rc": rc, "bundle": bundle, "out": out, "onnx": out / "model.onnx"}

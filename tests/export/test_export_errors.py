@@ -1,0 +1,98 @@
+"""Mistakes a user can fix: one `error:` line, exit 2, and no model.onnx (or any partial file) left behind."""
+from __future__ import annotations
+
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from tests.export.export_helpers import edit_record, run_export, save_tiny_bundle
+
+from core.bundle import WEIGHTS_FILE
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def _one_error_line(capsys) -> str:
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: "), lines
+    return lines[0]
+
+
+def _not_a_bundle(tmp_path, make_bundle):
+    (tmp_path / "empty").mkdir()
+    return [tmp_path / "empty"], "is not a model bundle"
+
+
+def _newer_schema(tmp_path, make_bundle):
+    bundle = make_bundle(arch="cifar_cnn")
+    edit_record(bundle, schema_version=99)
+    return [bundle], "newer than this imgclf supports"
+
+
+def _corrupt_weights(tmp_path, make_bundle):
+    bundle = make_bundle(arch="cifar_cnn")
+    (bundle / WEIGHTS_FILE).write_bytes(b"\x00" * 64)
+    return [bundle], "is corrupt or unreadable"
+
+
+def _unwritable_out(tmp_path, make_bundle):
+    (tmp_path / "a_file").write_text("x")  # a folder cannot be made under a file, even by root
+    return [make_bundle(arch="cifar_cnn"), "--out", tmp_path / "a_file" / "export"], "cannot write to output folder"
+
+
+def _onnx_without_verify_only(tmp_path, make_bundle):
+    (tmp_path / "given.onnx").write_bytes(b"")
+    return [tmp_path / "given.onnx"], "use --verify-only"
+
+
+def _trt_flag_without_tensorrt(tmp_path, make_bundle):
+    return [make_bundle(arch="cifar_cnn"), "--precision", "int8"], "--precision only apply with --tensorrt"
+
+
+@pytest.mark.parametrize("case", [_not_a_bundle, _newer_schema, _corrupt_weights, _unwritable_out,
+                                  _onnx_without_verify_only, _trt_flag_without_tensorrt],
+                         ids=lambda f: f.__name__.strip("_"))
+def test_bad_input_exits_2_with_one_line_and_no_model_file(case, tmp_path, make_bundle, capsys):
+    argv, message = case(tmp_path, make_bundle)
+    assert run_export(*argv, "--exporter", "torchscript", "--no-bench") == 2
+    assert message in _one_error_line(capsys)
+    assert not [p for p in tmp_path.rglob("*") if p.name.startswith(("model.onnx", ".model.onnx"))]
+
+
+def test_missing_tensorrt_says_how_to_install_it_before_any_export(make_bundle, tmp_path, monkeypatch, capsys):
+    monkeypatch.setitem(sys.modules, "tensorrt", None)  # makes `import tensorrt` fail even where it is installed
+    out = tmp_path / "out"
+    assert run_export(make_bundle(arch="cifar_cnn"), "--tensorrt", "--out", out) == 2
+    assert "pip install '.[gpu]'" in _one_error_line(capsys)
+    assert list(out.iterdir()) == []
+
+
+def test_verify_only_refuses_a_bundle_with_other_weights(cnn_export, tmp_path, capsys):
+    other = save_tiny_bundle(tmp_path / "other", arch="cifar_cnn", seed=1)
+    assert run_export(cnn_export["onnx"], "--verify-only", "--bundle", other, "--out", tmp_path) == 2
+    assert "sha256 differs" in _one_error_line(capsys)
+
+
+def test_verify_only_asks_for_bundle_when_the_recorded_one_is_gone(cnn_export, tmp_path, capsys):
+    moved = tmp_path / "moved"
+    shutil.copytree(cnn_export["bundle"], moved / "best")
+    onnx_copy = tmp_path / "model.onnx"
+    shutil.copy(cnn_export["onnx"], onnx_copy)
+    shutil.rmtree(cnn_export["bundle"])
+    try:
+        assert run_export(onnx_copy, "--verify-only") == 2
+        assert "pass it with --bundle DIR" in _one_error_line(capsys)
+    finally:
+        shutil.copytree(moved / "best", cnn_export["bundle"])  # the session fixture stays usable
+
+
+def test_the_script_runs_from_any_directory_and_fails_in_one_line(tmp_path):
+    proc = subprocess.run([sys.executable, str(REPO / "export" / "main.py"), str(tmp_path)], cwd=tmp_path,
+                          capture_output=True, text=True, timeout=120, env={"PATH": "/usr/bin:/bin",
+                                                                             "OMP_NUM_THREADS": "1"})
+    assert proc.returncode == 2
+    assert proc.stderr.strip().splitlines() == [f"error: {tmp_path} is not a model bundle: no bundle.json "
+                                                "(a bundle is a folder with bundle.json and model.safetensors, "
+                                                "e.g. runs/<name>/best)"]
