@@ -212,6 +212,17 @@ def finish(out: Path, layout: Layout, args: argparse.Namespace, state: PartialSt
         merge_parts(out, layout, existing_parts(out), append=args.resume)
 
 
+def process_state(device: str) -> PartialState:
+    """Rank and world size. Without CUDA the state must be told `cpu`, or under a launcher each process
+    would think itself alone and all of them would write the same file."""
+    state = PartialState(cpu=device == "cpu" or not torch.cuda.is_available())
+    launched = int(os.environ.get("WORLD_SIZE", "1"))
+    if state.num_processes != launched:
+        raise UserError(f"launched as {launched} processes but accelerate set up {state.num_processes}; "
+                        "launch with `accelerate launch --num_processes N serve/main.py ...`")
+    return state
+
+
 # ─── entry ────────────────────────────────────────────────────────────────────────────────────
 
 def show(args: argparse.Namespace, layout: Layout, spec, state: PartialState) -> int:
@@ -239,7 +250,7 @@ def main(argv: list[str] | None = None) -> int:
     record = load_record(args.model)
     layout = Layout(tuple(record.classes), tuple(record.display_names), args.topk,
                     args.probs or args.evaluate, output_format(args))
-    state = PartialState(cpu=args.device == "cpu")
+    state = process_state(args.device)
     if args.show:
         return show(args, layout, record.preprocess, state)
     if args.evaluate:

@@ -1,0 +1,110 @@
+"""Decoding: the CPU path is exactly the training eval transform; EXIF orientation honoured; bounded streaming."""
+from __future__ import annotations
+
+import io
+import itertools
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image, ImageOps
+
+from core.images import decode_image
+from core.preprocess import EvalSpec, eval_transform
+from serve.decode import ORIENT, DecodePipeline, cpu_decode, gpu_decode, probe_jpeg, spec_key
+from serve.discover import Item
+from tests.serve.helpers import jpeg_bytes, picture, save_picture
+
+SPEC = EvalSpec(resize=37, crop=32)
+
+
+def _exif_jpeg(img: Image.Image, orientation: int) -> bytes:
+    exif = Image.Exif()
+    exif[0x0112] = orientation
+    return jpeg_bytes(img, quality=100, subsampling=0, exif=exif.tobytes())
+
+
+def test_cpu_path_equals_core_eval_transform_exactly(tmp_path):
+    path = save_picture(tmp_path / "p.png", seed=3, size=(70, 45))
+    expected = eval_transform(SPEC)(decode_image(path))
+    got = cpu_decode(path.read_bytes(), spec_key(SPEC))
+    assert got.dtype == np.uint8 and got.shape == (3, 32, 32)
+    assert torch.equal(torch.from_numpy(got), expected)
+
+
+def test_cpu_path_returns_the_reason_for_a_bad_file():
+    assert "empty file" in cpu_decode(b"", spec_key(SPEC))
+    assert "not an image" in cpu_decode(b"plain text", spec_key(SPEC))
+
+
+@pytest.mark.parametrize("orientation", range(1, 9))
+def test_orientation_ops_match_pil_exif_transpose(orientation):
+    stored = picture(seed=orientation, size=(9, 6))
+    exif = Image.Exif()
+    exif[0x0112] = orientation
+    buf = io.BytesIO()
+    stored.save(buf, "PNG", exif=exif.tobytes())  # lossless, so the comparison is exact
+    upright = torch.from_numpy(np.array(ImageOps.exif_transpose(Image.open(buf)))).permute(2, 0, 1)
+    got = ORIENT[orientation](torch.from_numpy(np.array(stored)).permute(2, 0, 1))
+    assert torch.equal(got, upright)
+
+
+def test_probe_sends_plain_jpegs_to_the_gpu_and_the_rest_to_the_cpu():
+    img = picture(seed=1, size=(32, 32))
+    assert probe_jpeg(_exif_jpeg(img, 6)) == 6
+    assert probe_jpeg(jpeg_bytes(img)) == 1
+    assert probe_jpeg(jpeg_bytes(img.convert("CMYK"))) is None
+    assert probe_jpeg(jpeg_bytes(img, progressive=True)) is None
+    buf = io.BytesIO()
+    img.save(buf, "PNG")
+    assert probe_jpeg(buf.getvalue()) is None
+    assert probe_jpeg(jpeg_bytes(img)[:40]) is None  # truncated header
+
+
+def test_exif_rotated_jpeg_decodes_like_its_upright_copy(tmp_path):
+    upright = picture(seed=2, size=(64, 48))  # multiples of 8: lossless-ish JPEG rotation at q100 4:4:4
+    (tmp_path / "up.jpg").write_bytes(_exif_jpeg(upright, 1))
+    (tmp_path / "rot.jpg").write_bytes(_exif_jpeg(upright.transpose(Image.Transpose.ROTATE_90), 6))
+    items = [Item(str(tmp_path / n), n) for n in ("up.jpg", "rot.jpg")]
+    with DecodePipeline(SPEC) as pipe:
+        (batch,) = list(pipe.batches(items, 8))
+    up, rot = batch.images.float()
+    assert (up - rot).abs().mean() < 1.0
+    ignored = eval_transform(SPEC)(Image.open(tmp_path / "rot.jpg").convert("RGB")).float()
+    assert (up - ignored).abs().mean() > 10  # the stored pixels really are rotated
+
+
+def test_worker_processes_give_the_same_batches_as_inline_decoding(tmp_path):
+    items = [Item(str(save_picture(tmp_path / f"{i}.png", seed=i)), f"{i}.png") for i in range(5)]
+    items.append(Item(str(tmp_path / "missing.jpg"), "missing.jpg"))
+    with DecodePipeline(SPEC, workers=0) as inline, DecodePipeline(SPEC, workers=1) as procs:
+        a, b = list(inline.batches(items, 4)), list(procs.batches(items, 4))
+    missing = "file not found (deleted or a broken symlink)"
+    assert [x.errors for x in a] == [x.errors for x in b] == [["", "", "", ""], ["", missing]]
+    assert all(torch.equal(x.images, y.images) for x, y in zip(a, b))
+
+
+def test_pipeline_streams_with_bounded_look_ahead(tmp_path):
+    path = str(save_picture(tmp_path / "one.png"))
+    pulled = itertools.count()
+
+    def endless():
+        while next(pulled) < 100_000:
+            yield Item(path, "one.png")
+
+    with DecodePipeline(SPEC, depth=2) as pipe:
+        stream = pipe.batches(endless(), 4)
+        next(stream), next(stream)
+    assert next(pulled) <= 4 * 8  # the two batches consumed plus a few look-ahead batches, not the stream
+
+
+@pytest.mark.gpu
+def test_gpu_path_matches_the_cpu_eval_transform_within_tolerance():
+    key, device = spec_key(EvalSpec(resize=73, crop=64)), torch.device("cuda")
+    datas = [jpeg_bytes(picture(seed=s, size=(120, 90)), quality=95) for s in range(4)]
+    datas.append(_exif_jpeg(picture(seed=9, size=(96, 64)).transpose(Image.Transpose.ROTATE_90), 6))
+    gpu = gpu_decode(datas, [probe_jpeg(d) for d in datas], key, device)
+    for data, img in zip(datas, gpu):
+        cpu = torch.from_numpy(cpu_decode(data, key))
+        assert img is not None and img.shape == cpu.shape
+        assert (img.cpu().float() - cpu.float()).abs().mean() < 2.0
