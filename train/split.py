@@ -56,7 +56,7 @@ def check_ratios(ratios: list[float]) -> tuple[float, ...]:
         raise UserError(f"--ratios must all be positive, got {' '.join(map(str, ratios))}")
     if abs(sum(ratios) - 1.0) > RATIO_TOLERANCE:
         raise UserError(f"--ratios must sum to 1, got {' '.join(map(str, ratios))} (sum {sum(ratios):g})")
-    return tuple(ratios)
+    return tuple(r / sum(ratios) for r in ratios)  # exactly 1, so counts can never overshoot
 
 
 def split_counts(n: int, ratios: tuple[float, ...]) -> list[int]:
@@ -173,20 +173,27 @@ def _move_back(done: list[tuple[Path, Path]]) -> list[str]:
     return stuck
 
 
+def _undo(stage: Path, done: list[tuple[Path, Path]], mode: str) -> str:
+    """Clean up after a failed transfer; return what became of the files, for the error line."""
+    stuck = _move_back(done) if mode == "move" else []
+    if stuck:
+        return f"{len(stuck)} moved files could not be put back; they are in {stage} (origins in {stage / PLAN})"
+    shutil.rmtree(stage, ignore_errors=True)
+    return "every moved file was put back" if mode == "move" else "nothing was written to DST"
+
+
 def transfer(plan: dict[str, dict[str, list[str]]], src: Path, stage: Path, mode: str) -> None:
     done: list[tuple[Path, Path]] = []
+    a = src
     try:
         for a, b in _pairs(plan, src, stage):
             b.parent.mkdir(parents=True, exist_ok=True)
             TRANSFER[mode](a, b)
             done.append((a, b))
-    except BaseException:
-        stuck = _move_back(done) if mode == "move" else []
-        if stuck:
-            print(f"error: {len(stuck)} moved files could not be put back; they are in {stage} "
-                  f"(where each came from: {stage / PLAN})", file=sys.stderr)
-        else:
-            shutil.rmtree(stage, ignore_errors=True)
+    except OSError as exc:  # disk full, permissions, a file vanishing: fixable, so one line
+        raise UserError(f"{mode} failed at {a}: {exc.strerror or exc}; {_undo(stage, done, mode)}") from None
+    except BaseException:  # Ctrl-C included
+        print(f"interrupted: {_undo(stage, done, mode)}", file=sys.stderr)
         raise
 
 
