@@ -38,7 +38,7 @@ def main(argv: list[str] | None = None) -> int:
     from train.run import train  # heavy imports (torch, accelerate) only after the config is known good
 
     try:
-        return train(cfg, stem)
+        return train(cfg, stem).exit_code
     except UserError:
         if _is_main_rank():
             raise

@@ -6,6 +6,7 @@ import os
 import subprocess
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -40,15 +41,16 @@ PREVIEW_IMAGES = 16
 
 
 def resolve_mixed_precision(setting: str, cpu: bool, env: str | None = None) -> str:
-    """`auto`: bf16 on GPUs that support it, else fp16 on GPU, fp32 on CPU; an accelerate config's
-    explicit bf16/fp16 (ACCELERATE_MIXED_PRECISION) is honoured."""
+    """`auto`: bf16 on GPUs that support it, else fp16 on GPU, fp32 on CPU. An accelerate config's
+    explicit fp16 (ACCELERATE_MIXED_PRECISION) is honoured; its bf16 is what `auto` picks anyway."""
     if setting != "auto":
         return setting
     if cpu:
         return "no"
-    if env in ("bf16", "fp16"):
-        return env
-    return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
+    bf16 = torch.cuda.is_bf16_supported()
+    if env == "fp16" or not bf16:
+        return "fp16"
+    return "bf16"
 
 
 def make_accelerator(cfg: Config) -> Accelerator:
@@ -201,8 +203,17 @@ def _restore(accelerator: Accelerator, cfg: Config, last: Path | None) -> Traine
     return state
 
 
-def train(cfg: Config, stem: str) -> int:
-    """Train as configured; return the process exit code (0, or 128+signal when preempted)."""
+@dataclass
+class RunResult:
+    exit_code: int  # 0, or 128 + signal number when preempted (last/ saved)
+    run_dir: Path
+    state: TrainerState
+    model: torch.nn.Module  # the trained model as it ended (unwrapped, on its device)
+    test_metrics: dict | None = None
+
+
+def train(cfg: Config, stem: str) -> RunResult:
+    """Train as configured: the epoch loop, then the best bundle's evaluation on test/ when present."""
     accelerator = make_accelerator(cfg)
     set_seed(cfg.run.seed, device_specific=True)
     run_dir, last = on_main(accelerator, lambda: resolve_run(cfg, stem))
@@ -217,12 +228,14 @@ def train(cfg: Config, stem: str) -> int:
                       f"{accelerator.device.type}, mixed precision {accelerator.mixed_precision}")
     state = _restore(accelerator, cfg, last)
     with StopFlag() as stop:
-        state = Trainer(cfg, data, run_dir, accelerator, parts, stop, lineage).fit(state)
+        trainer = Trainer(cfg, data, run_dir, accelerator, parts, stop, lineage)
+        state = trainer.fit(state)
+    result = RunResult(0 if state.finished else stop.exit_code, run_dir, state, trainer.unwrapped)
     if not state.finished:
-        return stop.exit_code
+        return result
     accelerator.wait_for_everyone()
-    metrics = evaluate_test(cfg, data, run_dir, accelerator)
-    best = state.best or {}
+    result.test_metrics = evaluate_test(cfg, data, run_dir, accelerator)
+    best, test = state.best or {}, result.test_metrics
     accelerator.print(f"best epoch {best.get('epoch')}: valid acc {best.get('valid_acc', 0):.3f} → "
-                      f"{run_dir / BEST_DIR}" + (f" | test acc {metrics['accuracy']:.3f}" if metrics else ""))
-    return 0
+                      f"{run_dir / BEST_DIR}" + (f" | test acc {test['accuracy']:.3f}" if test else ""))
+    return result

@@ -1,0 +1,83 @@
+"""In-process training runs: what lands in the bundle, and how bad images, pretrained weights and CIFAR-10 behave."""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+
+import pytest
+import torch
+import torchvision
+from safetensors.torch import load_file
+
+from core.bundle import load_bundle, read_record
+from core.demo_data import make_demo_dataset
+from core.errors import UserError
+
+
+def _folder_with_classes(root, names, per_split=None):
+    """A demo data set whose class folders are renamed to `names` (in the demo's class order)."""
+    make_demo_dataset(root, num_classes=len(names), per_split=per_split or {"train": 3, "valid": 2}, size=36)
+    for split in ("train", "valid"):
+        for i, name in enumerate(names):
+            os.rename(root / split / str(i + 1), root / split / f"tmp_{name}")
+        for name in names:
+            os.rename(root / split / f"tmp_{name}", root / split / name)
+    (root / "cat_to_name.json").write_text(json.dumps({n: f"flower {n}" for n in names}))
+    return root
+
+
+def test_class_folders_are_ordered_as_strings_and_named_from_cat_to_name(tmp_path, train_inproc):
+    root = _folder_with_classes(tmp_path / "data", ["2", "10", "1"])
+    result = train_inproc(f"data.root={root}", "train.epochs=1", "model.arch=cifar_cnn", "run.name=order")
+    record = read_record(result.run_dir / "best")
+    assert record.classes == ["1", "10", "2"]
+    assert record.display_names == ["flower 1", "flower 10", "flower 2"]
+
+
+def test_load_bundle_reproduces_the_trained_models_logits_exactly(tmp_path, train_inproc, small_root):
+    result = train_inproc(f"data.root={small_root}", "train.epochs=1", "model.head.hidden=[16]",
+                          "model.head.dropout=0.2", "run.name=logits")
+    assert result.state.best["epoch"] == 1  # one epoch: the best model is the model training ended with
+    loaded, _ = load_bundle(result.run_dir / "best")
+    trained = result.model.eval()
+    x = torch.randn(6, 3, 32, 32, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        assert torch.equal(loaded(x), trained(x))
+
+
+def test_an_unreadable_training_image_is_skipped_and_listed(tmp_path, train_inproc, small_root):
+    root = tmp_path / "data"
+    shutil.copytree(small_root, root)
+    bad = root / "train" / "2" / "broken.jpg"
+    bad.write_bytes(b"\xff\xd8\xff\xe0 this is not a jpeg")
+    result = train_inproc(f"data.root={root}", "train.epochs=1", "model.arch=cifar_cnn",
+                          "data.max_bad_fraction=0.05", "run.name=bad")
+    assert result.exit_code == 0
+    listed = (result.run_dir / "bad_files.txt").read_text().splitlines()
+    assert [line.split("\t")[0] for line in listed] == [str(bad)]
+    assert read_record(result.run_dir / "best").metrics["valid_n"] == 12
+
+
+def test_too_many_unreadable_training_images_abort_with_their_names(tmp_path, train_inproc, small_root):
+    root = tmp_path / "data"
+    shutil.copytree(small_root, root)
+    (root / "train" / "1" / "broken.png").write_bytes(b"not a png")
+    with pytest.raises(UserError, match=r"1 of 25 training images cannot be decoded.*broken\.png"):
+        train_inproc(f"data.root={root}", "train.epochs=1", "model.arch=cifar_cnn", "data.max_bad_fraction=0")
+
+
+def test_imagenet_weights_come_from_the_torch_cache_without_network(tmp_path, monkeypatch, train_inproc, small_root):
+    weights = torchvision.models.ResNet18_Weights.DEFAULT
+    torch.manual_seed(123)
+    state = torchvision.models.resnet18().state_dict()
+    cache = tmp_path / "torch_home" / "hub" / "checkpoints"
+    cache.mkdir(parents=True)
+    torch.save(state, cache / os.path.basename(weights.url))
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch_home"))
+    result = train_inproc(f"data.root={small_root}", "train.epochs=1", "model.pretrained=imagenet",
+                          "model.freeze=backbone", "run.name=pre")
+    trained = load_file(str(result.run_dir / "best" / "model.safetensors"))
+    backbone = [k for k in state if not k.startswith("fc.")]
+    assert all(torch.equal(trained[k], state[k]) for k in backbone)  # frozen, BN statistics included
+    assert trained["fc.output.weight"].shape == (4, 512)
