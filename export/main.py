@@ -1,4 +1,4 @@
-"""`python export/main.py BUNDLE`: bundle → model.onnx (+ TensorRT engine), kept only if it equals PyTorch on real images."""
+"""`python export/main.py BUNDLE`: bundle → model.onnx (+ TensorRT engine), kept only if it equals PyTorch."""
 from __future__ import annotations
 
 import sys
@@ -55,8 +55,8 @@ def log(msg: str) -> None:
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python export/main.py", description=__doc__)
     p.add_argument("source", help="bundle folder (runs/<name>/best), or model.onnx with --verify-only")
-    p.add_argument("--out", help="output folder (default: <bundle>/../export; with --verify-only: beside the ONNX)")
-    p.add_argument("--images", help="folder of real images for the parity gate (default: the bundle's valid_dir)")
+    p.add_argument("--out", help="output folder (default <bundle>/../export; --verify-only: beside the ONNX)")
+    p.add_argument("--images", help="real images for the parity gate (default: the bundle's valid_dir)")
     p.add_argument("--max-images", type=int, default=256, help="cap on parity images (evenly spaced sample)")
     p.add_argument("--exporter", choices=sorted(onnx_export.EXPORTERS), default=onnx_export.DEFAULT_EXPORTER)
     p.add_argument("--opset", type=int, default=onnx_export.OPSET)
@@ -65,17 +65,17 @@ def build_parser() -> argparse.ArgumentParser:
                    help="onnxruntime execution provider for the gate and speed check")
     p.add_argument("--allow-cpu", action="store_true", help="accept onnxruntime running on CPU when the "
                    "asked provider is unavailable (recorded in the report)")
-    p.add_argument("--max-batch", type=int, default=64, help="largest batch checked (and TensorRT profile max)")
+    p.add_argument("--max-batch", type=int, default=64, help="largest batch checked; TensorRT profile max")
     p.add_argument("--no-bench", action="store_true", help="skip the speed check")
     p.add_argument("--verify-only", action="store_true", help="re-run the gate on an existing model.onnx")
     p.add_argument("--bundle", help="with --verify-only: the bundle to compare against (default: the one "
                    "recorded in the ONNX export facts)")
     trt = p.add_argument_group("TensorRT")
-    trt.add_argument("--tensorrt", action="store_true", help="also build model.engine (needs pip install '.[gpu]')")
-    trt.add_argument("--precision", choices=("fp32", "fp16", "int8"), help="engine precision (default fp16)")
+    trt.add_argument("--tensorrt", action="store_true", help="also build model.engine (pip install '.[gpu]')")
+    trt.add_argument("--precision", choices=list(verify.GATES), help="engine precision (default fp16)")
     trt.add_argument("--opt-batch", type=int, help="profile opt batch (default: --max-batch)")
     trt.add_argument("--workspace-gb", type=float, help="builder workspace limit in GiB (default 4)")
-    trt.add_argument("--timing-cache", help="timing cache file, reused across builds (default <out>/timing.cache)")
+    trt.add_argument("--timing-cache", help="timing cache, reused across builds (default <out>/timing.cache)")
     trt.add_argument("--calib-images", help="int8 calibration images (default: the bundle's train_dir)")
     trt.add_argument("--calib-max", type=int, default=512, help="cap on int8 calibration images")
     return p
@@ -91,7 +91,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     if args.verify_only and (args.tensorrt or args.probs):
         raise UserError("--verify-only checks an existing model.onnx; drop --tensorrt/--probs")
     if args.bundle and not args.verify_only:
-        raise UserError("--bundle only applies with --verify-only (an export takes the bundle as its first argument)")
+        raise UserError("--bundle only applies with --verify-only (export takes the bundle as its argument)")
     for flag in ("max_images", "max_batch", "calib_max"):
         if getattr(args, flag) < 1:
             raise UserError(f"--{flag.replace('_', '-')} must be at least 1")
@@ -99,7 +99,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 
 def prepare_out(out: Path) -> Path:
-    """Create --out and prove it writable before any work, so a bad folder fails in a second, not after export."""
+    """Create --out and prove it writable before any work: a bad folder fails at once, not after export."""
     if out.exists() and not out.is_dir():
         raise UserError(f"--out {out} is a file, not a folder; choose a folder with --out")
     try:
@@ -108,7 +108,8 @@ def prepare_out(out: Path) -> Path:
         os.close(fd)
         os.unlink(probe)
     except OSError as exc:
-        raise UserError(f"cannot write to output folder {out} ({exc.strerror or exc}); choose another with --out") \
+        reason = exc.strerror or exc
+        raise UserError(f"cannot write to output folder {out} ({reason}); choose another with --out") \
             from None
     return out
 
@@ -120,12 +121,13 @@ def gate_sizes(max_batch: int) -> list[int]:
 # ── the ONNX gate (shared by export and --verify-only) ───────────────────────────────────────────────
 
 def record_mismatch(onnx_record: dict[str, Any], bundle_record: dict[str, Any]) -> list[str]:
-    return [f"metadata {k} differs from the bundle's" for k in RECORD_FIELDS if onnx_record.get(k) != bundle_record.get(k)]
+    return [f"metadata {k} differs from the bundle's" for k in RECORD_FIELDS
+            if onnx_record.get(k) != bundle_record.get(k)]
 
 
 def gate_onnx(onnx_path: Path, model, record, samples: smp.Samples, args, report: dict[str, Any],
               bundle_record=None):
-    """Parity of onnxruntime against PyTorch fp32 on the samples, and the embedded record against the bundle's.
+    """Parity of onnxruntime with PyTorch fp32 on the samples, and of the embedded record with the bundle's.
 
     `record` supplies the preprocessing (with --verify-only: the ONNX's own, as serve will use it).
     Raises GateFailed; returns (session, torch reference runner, reference logits).
@@ -185,9 +187,10 @@ def engine_options(args, out: Path):
     from export import tensorrt_engine as te
 
     te.require_tensorrt()  # fail in a second, before the export, when it is missing
-    return te.EngineOptions(precision=args.precision or "fp16", max_batch=args.max_batch, opt_batch=args.opt_batch,
-                            workspace_gb=args.workspace_gb or 4.0,
-                            timing_cache=Path(args.timing_cache) if args.timing_cache else out / "timing.cache")
+    cache = Path(args.timing_cache) if args.timing_cache else out / "timing.cache"
+    return te.EngineOptions(precision=args.precision or "fp16", max_batch=args.max_batch,
+                            opt_batch=args.opt_batch, workspace_gb=args.workspace_gb or 4.0,
+                            timing_cache=cache)
 
 
 def calibration_images(args, record) -> torch.Tensor | None:
@@ -210,11 +213,12 @@ def tensorrt_stage(stack, onnx_tmp: Path, ctx: dict[str, Any], report: dict[str,
     info = te.build_engine(onnx_tmp, eng_tmp, record.preprocess.crop, opts, ctx.get("calib"))
     report["times_s"]["tensorrt_build"] = info["build_s"]
     report["tensorrt"] = info
-    side_tmp.write_text(te.sidecar_json(te.sidecar(record.to_dict(), opts, sha256_file(onnx_tmp), ctx["bundle"])))
+    side = te.sidecar(record.to_dict(), opts, sha256_file(onnx_tmp), ctx["bundle"])
+    side_tmp.write_text(te.sidecar_json(side))
     runner = te.EngineRunner(eng_tmp.read_bytes())
     t = time.perf_counter()
-    parity = verify.verify(ctx["ref"], runner, ctx["samples"], record.display_names, verify.GATES[opts.precision],
-                           gate_sizes(args.max_batch), ctx["ref_logits"])
+    parity = verify.verify(ctx["ref"], runner, ctx["samples"], record.display_names,
+                           verify.GATES[opts.precision], gate_sizes(args.max_batch), ctx["ref_logits"])
     report["times_s"]["verify_tensorrt"] = round(time.perf_counter() - t, 3)
     report["parity"]["tensorrt"] = parity
     log(rep.parity_line(f"tensorrt {opts.precision}", parity))
@@ -224,13 +228,13 @@ def tensorrt_stage(stack, onnx_tmp: Path, ctx: dict[str, Any], report: dict[str,
 
 
 def export_stages(stack, ctx: dict[str, Any], report: dict[str, Any]) -> None:
-    """Export → gate → (engine → gate) → bench, all on temp files that are renamed only if every gate passes."""
+    """Export → gate → (engine → gate) → bench, on temp files renamed only when every gate has passed."""
     args, out, model, record = ctx["args"], ctx["out"], ctx["model"], ctx["record"]
     onnx_tmp = stack.enter_context(atomic_path(out / ONNX_FILE))
     log(f"exporting {record.arch} with the {args.exporter} exporter, opset {args.opset} ...")
     t = time.perf_counter()
-    report["export"] = onnx_export.export_onnx(model, record, ctx["bundle"], onnx_tmp, args.exporter, args.opset,
-                                               args.probs)
+    report["export"] = onnx_export.export_onnx(model, record, ctx["bundle"], onnx_tmp, args.exporter,
+                                               args.opset, args.probs)
     report["times_s"]["export_onnx"] = round(time.perf_counter() - t, 3)
     log(f"exported in {report['times_s']['export_onnx']:.1f} s ({onnx_tmp.stat().st_size / 2**20:.2f} MB); "
         "onnx.checker passed")
@@ -255,7 +259,8 @@ def export(args) -> int:
            "trt": trt_opts}
     if trt_opts is not None and trt_opts.precision == "int8":
         ctx["calib"] = calibration_images(args, record)
-    report = rep.new_report("export", bundle=str(bundle.resolve()), out=str(out.resolve()), inputs=samples.describe())
+    report = rep.new_report("export", bundle=str(bundle.resolve()), out=str(out.resolve()),
+                            inputs=samples.describe())
     _inputs_log(samples)
     try:
         with contextlib.ExitStack() as stack:
@@ -263,7 +268,9 @@ def export(args) -> int:
     except GateFailed as exc:
         return fail(report, out / EXPORT_REPORT, exc)
     report["status"] = "passed"
-    made = [out / ONNX_FILE] + ([out / ENGINE_FILE, engine_sidecar_path(out / ENGINE_FILE)] if trt_opts else [])
+    made = [out / ONNX_FILE]
+    if trt_opts is not None:
+        made += [out / ENGINE_FILE, engine_sidecar_path(out / ENGINE_FILE)]
     report["files"] = {p.name: rep.file_info(p) for p in made}
     rep.write_report(out / EXPORT_REPORT, report)
     log(f"wrote {', '.join(str(p) for p in made)} and {out / EXPORT_REPORT}")
@@ -276,8 +283,8 @@ def bundle_for(onnx_path: Path, facts: dict[str, Any], given: str | None) -> Pat
     """--bundle, else the bundle recorded at export time; its weights must be the ones that were exported."""
     where = given or facts.get("bundle_path")
     if not where or not Path(where).exists():
-        raise UserError(f"the bundle {onnx_path.name} was exported from ({where or 'not recorded'}) is not on this "
-                        "machine; pass it with --bundle DIR")
+        raise UserError(f"the bundle {onnx_path.name} was exported from ({where or 'not recorded'}) is not "
+                        "on this machine; pass it with --bundle DIR")
     bundle = resolve_bundle_dir(where)
     want = facts.get("weights_sha256")
     if want and sha256_file(bundle / WEIGHTS_FILE) != want:

@@ -1,4 +1,4 @@
-"""Bundle model → model.onnx: uint8 images in, logits out, the bundle record and export facts in metadata_props."""
+"""Bundle model → model.onnx: uint8 images in, logits out, record and export facts in metadata_props."""
 from __future__ import annotations
 
 import json
@@ -50,10 +50,12 @@ def output_names(probs: bool) -> list[str]:
 def _example(record: BundleRecord) -> torch.Tensor:
     # Batch 2, not 1: torch.export specializes a size-1 dim to a constant, which would pin the batch axis.
     crop = record.preprocess.crop
-    return torch.randint(0, 256, (2, 3, crop, crop), dtype=torch.uint8, generator=torch.Generator().manual_seed(0))
+    g = torch.Generator().manual_seed(0)
+    return torch.randint(0, 256, (2, 3, crop, crop), dtype=torch.uint8, generator=g)
 
 
-def _export_dynamo(graph: nn.Module, example: torch.Tensor, dest: Path, opset: int, outputs: list[str]) -> None:
+def _export_dynamo(graph: nn.Module, example: torch.Tensor, dest: Path, opset: int,
+                   outputs: list[str]) -> None:
     from torch.export import Dim
 
     batch = Dim("batch", min=1, max=MAX_BATCH_DIM)
@@ -137,7 +139,8 @@ def _check_contract(model, record: BundleRecord, outputs: list[str]) -> None:
     crop = record.preprocess.crop
     shape = [d.dim_param or d.dim_value for d in inputs[0].type.tensor_type.shape.dim] if inputs else []
     problems = []
-    if [i.name for i in inputs] != [ONNX_INPUT] or inputs[0].type.tensor_type.elem_type != onnx.TensorProto.UINT8:
+    uint8 = bool(inputs) and inputs[0].type.tensor_type.elem_type == onnx.TensorProto.UINT8
+    if [i.name for i in inputs] != [ONNX_INPUT] or not uint8:
         problems.append(f"inputs {[i.name for i in inputs]} are not one uint8 '{ONNX_INPUT}'")
     elif not isinstance(shape[0], str) or shape[1:] != [3, crop, crop]:
         problems.append(f"input shape {shape} is not [batch, 3, {crop}, {crop}] with a dynamic batch")
@@ -147,8 +150,8 @@ def _check_contract(model, record: BundleRecord, outputs: list[str]) -> None:
         raise RuntimeError("exported graph breaks the model.onnx contract: " + "; ".join(problems))
 
 
-def export_onnx(model: nn.Module, record: BundleRecord, bundle_dir: Path, dest: Path, exporter: str = DEFAULT_EXPORTER,
-                opset: int = OPSET, probs: bool = False) -> dict[str, Any]:
+def export_onnx(model: nn.Module, record: BundleRecord, bundle_dir: Path, dest: Path,
+                exporter: str = DEFAULT_EXPORTER, opset: int = OPSET, probs: bool = False) -> dict[str, Any]:
     """Export to `dest` (normally a temp path) and return the export facts embedded in it."""
     if exporter not in EXPORTERS:
         raise UserError(f"unknown exporter {exporter!r}; valid: {', '.join(EXPORTERS)}")

@@ -1,4 +1,4 @@
-"""export_report.json / verify_report.json: what was made, how long it took, how equal it is, how fast it runs."""
+"""export_report.json / verify_report.json: what was made, how long it took, how equal and how fast it is."""
 from __future__ import annotations
 
 import platform
@@ -15,7 +15,8 @@ from core.model_record import sha256_file
 
 def file_info(path: Path) -> dict[str, Any]:
     size = path.stat().st_size
-    return {"path": str(path.resolve()), "bytes": size, "mb": round(size / 2**20, 3), "sha256": sha256_file(path)}
+    return {"path": str(path.resolve()), "bytes": size, "mb": round(size / 2**20, 3),
+            "sha256": sha256_file(path)}
 
 
 def versions() -> dict[str, str]:
@@ -44,8 +45,9 @@ def write_report(path: Path, report: dict[str, Any]) -> Path:
 
 def parity_line(fmt: str, parity: dict[str, Any]) -> str:
     verdict = "PASS" if parity["passed"] else "FAIL: " + "; ".join(parity["failures"])
-    return (f"{fmt}: top-1 agreement {parity['top1_agreement']:.2%}, max |Δprob| {parity['max_abs_prob']:.2e}, "
-            f"max |Δlogit| {parity['max_abs_logit']:.2e} on {parity['n']} images → {verdict}")
+    return (f"{fmt}: top-1 agreement {parity['top1_agreement']:.2%}, "
+            f"max |Δprob| {parity['max_abs_prob']:.2e}, max |Δlogit| {parity['max_abs_logit']:.2e} "
+            f"on {parity['n']} images → {verdict}")
 
 
 def divergence_lines(parity: dict[str, Any]) -> list[str]:

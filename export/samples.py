@@ -1,4 +1,4 @@
-"""The parity gate's inputs: real images decoded and preprocessed exactly as serve does, or a loud random fallback."""
+"""The parity gate's inputs: real images, decoded and preprocessed as serve does, or loud random tensors."""
 from __future__ import annotations
 
 import os
@@ -56,7 +56,8 @@ def load_samples(root: Path, spec: EvalSpec, classes: list[str], cap: int, sourc
         raise UserError(f"image folder not found: {root}")
     files = find_images(root, cap)
     if not files:
-        raise UserError(f"no images under {root} (looked for {', '.join(sorted(IMAGE_EXTENSIONS))}, recursively)")
+        exts = ", ".join(sorted(IMAGE_EXTENSIONS))
+        raise UserError(f"no images under {root} (looked for {exts}, recursively)")
     transform = eval_transform(spec)
     class_index = {c: i for i, c in enumerate(classes)}
     tensors, paths, labels, skipped = [], [], [], []

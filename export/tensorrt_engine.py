@@ -1,8 +1,8 @@
-"""TensorRT: build model.engine from model.onnx, run an engine on CUDA torch tensors, write and check its sidecar.
+"""TensorRT: build model.engine from model.onnx, run it on CUDA torch tensors, write and check its sidecar.
 
 tensorrt is imported only inside these functions, so the rest of export never needs it installed.
 Written against the TensorRT 10 Python API (explicit batch, named I/O tensors, execute_async_v3).
-Not named tensorrt.py: `python export/main.py` puts export/ on sys.path, where that name would shadow the package.
+Not named tensorrt.py: were export/ on sys.path (a script run), that name would shadow the real package.
 """
 from __future__ import annotations
 
@@ -19,7 +19,7 @@ from core.fsio import write_bytes_atomic
 from core.model_record import ONNX_INPUT, ONNX_OUTPUT, check_engine_host, read_engine_sidecar
 
 PIP_HINT = "--tensorrt needs the tensorrt package, which is not installed: pip install '.[gpu]'"
-PRECISIONS = ("fp32", "fp16", "int8")
+_LOGGER = None
 
 
 def require_tensorrt():
@@ -31,6 +31,14 @@ def require_tensorrt():
     if not torch.cuda.is_available():
         raise UserError("--tensorrt needs an NVIDIA GPU with CUDA, and torch sees none on this machine")
     return trt
+
+
+def _logger(trt):
+    """One logger for every builder and runtime: TensorRT warns when they are given different ones."""
+    global _LOGGER
+    if _LOGGER is None:
+        _LOGGER = trt.Logger(trt.Logger.WARNING)
+    return _LOGGER
 
 
 @dataclass
@@ -70,7 +78,7 @@ def _shape(batch: int, crop: int) -> tuple[int, int, int, int]:
 
 def _add_profile(builder, config, crop: int, profile: dict[str, int]):
     p = builder.create_optimization_profile()
-    p.set_shape(ONNX_INPUT, _shape(profile["min"], crop), _shape(profile["opt"], crop), _shape(profile["max"], crop))
+    p.set_shape(ONNX_INPUT, *(_shape(profile[k], crop) for k in ("min", "opt", "max")))
     config.add_optimization_profile(p)
     return p
 
@@ -102,7 +110,7 @@ def build_engine(onnx_path: Path, dest: Path, crop: int, opts: EngineOptions,
                  calib_images: torch.Tensor | None = None) -> dict[str, Any]:
     """Build a serialized engine into `dest`; returns build figures. Timing cache read and saved back."""
     trt = require_tensorrt()
-    logger = trt.Logger(trt.Logger.WARNING)
+    logger = _logger(trt)
     builder = trt.Builder(logger)
     network, parser = _parse_onnx(trt, builder, logger, onnx_path)
     config = builder.create_builder_config()
@@ -126,10 +134,10 @@ def build_engine(onnx_path: Path, dest: Path, crop: int, opts: EngineOptions,
 
 
 def make_calibrator(trt, images: torch.Tensor | None, cache: Path | None, batch: int = 32):
-    """An entropy calibrator over uint8 training images; the calibration cache is read if present and saved."""
+    """An entropy calibrator over uint8 training images; its cache is read when present, and saved."""
     if images is None or len(images) == 0:
-        raise UserError("--precision int8 needs calibration images: pass --calib-images DIR (training images), "
-                        "or export a bundle whose lineage records its train_dir")
+        raise UserError("--precision int8 needs calibration images: pass --calib-images DIR (training "
+                        "images), or export a bundle whose lineage records its train_dir")
     n = max(batch, (len(images) // batch) * batch)  # whole batches, tiling when there are fewer than one
     data = images[torch.arange(n) % len(images)].contiguous()
 
@@ -160,9 +168,12 @@ def make_calibrator(trt, images: torch.Tensor | None, cache: Path | None, batch:
 
 # ── sidecar ──────────────────────────────────────────────────────────────────────────────────────────
 
-def sidecar(record_dict: dict[str, Any], opts: EngineOptions, onnx_sha256: str, bundle_dir: Path) -> dict[str, Any]:
-    engine = {**host_facts(), "precision": opts.precision, "profile": opts.profile(), "onnx_sha256": onnx_sha256,
-              "input": ONNX_INPUT, "output": ONNX_OUTPUT, "workspace_gb": opts.workspace_gb,
+def sidecar(record_dict: dict[str, Any], opts: EngineOptions, onnx_sha256: str,
+            bundle_dir: Path) -> dict[str, Any]:
+    """model.engine.json: the bundle record plus what ties the engine to its GPU, TensorRT and ONNX file."""
+    engine = {**host_facts(), "precision": opts.precision, "profile": opts.profile(),
+              "onnx_sha256": onnx_sha256, "input": ONNX_INPUT, "output": ONNX_OUTPUT,
+              "workspace_gb": opts.workspace_gb,
               "bundle_path": str(bundle_dir.resolve()), "created": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
     return {"record": record_dict, "engine": engine}
 
@@ -179,10 +190,10 @@ class EngineRunner:
     def __init__(self, blob: bytes):
         trt = require_tensorrt()
         self._trt = trt
-        self.runtime = trt.Runtime(trt.Logger(trt.Logger.WARNING))
+        self.runtime = trt.Runtime(_logger(trt))
         self.engine = self.runtime.deserialize_cuda_engine(blob)
         if self.engine is None:
-            raise UserError("TensorRT could not deserialize the engine (corrupt, or built by another version); "
+            raise UserError("TensorRT could not deserialize the engine (corrupt, or from another version); "
                             "rebuild it with `python export/main.py <bundle> --tensorrt`")
         self.context = self.engine.create_execution_context()
         names = [self.engine.get_tensor_name(i) for i in range(self.engine.num_io_tensors)]

@@ -4,12 +4,13 @@ from __future__ import annotations
 import json
 
 import pytest
+
 from tests.export.export_helpers import run_export, save_tiny_bundle
 
 
 @pytest.fixture(scope="session")
 def resnet_export(tmp_path_factory, demo_root) -> dict:
-    """resnet18 at 32 px through the default (dynamo) exporter, default --out, batches up to 32, with bench."""
+    """resnet18 at 32 px, default (dynamo) exporter, default --out, batches up to 32, with the speed check."""
     root = tmp_path_factory.mktemp("resnet")
     bundle = save_tiny_bundle(root / "run" / "best")
     rc = run_export(bundle, "--images", demo_root / "valid", "--max-batch", 32)
@@ -20,7 +21,7 @@ def resnet_export(tmp_path_factory, demo_root) -> dict:
 
 @pytest.fixture(scope="session")
 def cnn_export(tmp_path_factory, demo_root) -> dict:
-    """cifar_cnn at 32 px through the TorchScript exporter into --out: a quick file for --verify-only tests."""
+    """cifar_cnn at 32 px via the TorchScript exporter into --out: a quick file for --verify-only tests."""
     root = tmp_path_factory.mktemp("cnn")
     bundle = save_tiny_bundle(root / "run" / "best", arch="cifar_cnn")
     out = root / "dist"

@@ -42,7 +42,7 @@ def edit_record(bundle: Path, **changes) -> None:
 
 
 def corrupt_head(src: Path, dest: Path) -> str:
-    """Copy an ONNX file with one weight tensor changed: +10 on the first row of the classifier's output layer."""
+    """Copy an ONNX file with one weight tensor changed: +10 on row 0 of the classifier's output layer."""
     model = onnx.load(str(src))
     init = next(i for i in model.graph.initializer if i.name.endswith("output.weight"))
     w = numpy_helper.to_array(init).copy()

@@ -7,9 +7,9 @@ import sys
 from pathlib import Path
 
 import pytest
-from tests.export.export_helpers import edit_record, run_export, save_tiny_bundle
 
 from core.bundle import WEIGHTS_FILE
+from tests.export.export_helpers import edit_record, run_export, save_tiny_bundle
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -39,7 +39,8 @@ def _corrupt_weights(tmp_path, make_bundle):
 
 def _unwritable_out(tmp_path, make_bundle):
     (tmp_path / "a_file").write_text("x")  # a folder cannot be made under a file, even by root
-    return [make_bundle(arch="cifar_cnn"), "--out", tmp_path / "a_file" / "export"], "cannot write to output folder"
+    argv = [make_bundle(arch="cifar_cnn"), "--out", tmp_path / "a_file" / "export"]
+    return argv, "cannot write to output folder"
 
 
 def _onnx_without_verify_only(tmp_path, make_bundle):
@@ -61,8 +62,9 @@ def test_bad_input_exits_2_with_one_line_and_no_model_file(case, tmp_path, make_
     assert not [p for p in tmp_path.rglob("*") if p.name.startswith(("model.onnx", ".model.onnx"))]
 
 
-def test_missing_tensorrt_says_how_to_install_it_before_any_export(make_bundle, tmp_path, monkeypatch, capsys):
-    monkeypatch.setitem(sys.modules, "tensorrt", None)  # makes `import tensorrt` fail even where it is installed
+def test_missing_tensorrt_says_how_to_install_it_before_any_export(make_bundle, tmp_path, monkeypatch,
+                                                                   capsys):
+    monkeypatch.setitem(sys.modules, "tensorrt", None)  # `import tensorrt` fails even where installed
     out = tmp_path / "out"
     assert run_export(make_bundle(arch="cifar_cnn"), "--tensorrt", "--out", out) == 2
     assert "pip install '.[gpu]'" in _one_error_line(capsys)
@@ -93,6 +95,6 @@ def test_the_script_runs_from_any_directory_and_fails_in_one_line(tmp_path):
                           capture_output=True, text=True, timeout=120, env={"PATH": "/usr/bin:/bin",
                                                                              "OMP_NUM_THREADS": "1"})
     assert proc.returncode == 2
-    assert proc.stderr.strip().splitlines() == [f"error: {tmp_path} is not a model bundle: no bundle.json "
-                                                "(a bundle is a folder with bundle.json and model.safetensors, "
-                                                "e.g. runs/<name>/best)"]
+    assert proc.stderr.strip().splitlines() == [
+        f"error: {tmp_path} is not a model bundle: no bundle.json (a bundle is a folder with bundle.json "
+        "and model.safetensors, e.g. runs/<name>/best)"]

@@ -5,12 +5,12 @@ import json
 import shutil
 
 import onnxruntime
-from tests.export.export_helpers import corrupt_head, edit_record, run_export
 
 from core.images import is_image_file
 from core.preprocess import EvalSpec
 from export import onnx_export
 from export.samples import RANDOM_WARNING, find_images, load_samples
+from tests.export.export_helpers import corrupt_head, edit_record, run_export
 
 
 def _report(path):
@@ -95,7 +95,8 @@ def test_a_failing_exporter_is_reported_not_replaced_by_the_other(make_bundle, t
 
 def test_without_images_the_gate_runs_on_random_tensors_and_says_so(make_bundle, tmp_path, capsys):
     out = tmp_path / "out"
-    assert run_export(make_bundle(arch="cifar_cnn"), "--exporter", "torchscript", "--no-bench", "--out", out) == 0
+    bundle = make_bundle(arch="cifar_cnn")
+    assert run_export(bundle, "--exporter", "torchscript", "--no-bench", "--out", out) == 0
     inputs = _report(out / "export_report.json")["inputs"]
     assert inputs["source"] == "random" and inputs["warning"] == RANDOM_WARNING
     assert "WARNING: no real images" in capsys.readouterr().err
@@ -110,8 +111,8 @@ def test_the_bundles_validation_folder_is_used_when_reachable(make_bundle, demo_
     assert (inputs["source"], inputs["root"], inputs["count"]) == ("valid_dir", str(demo_root / "valid"), 20)
 
 
-def test_asking_for_cuda_without_it_is_an_error_unless_allow_cpu(make_bundle, demo_root, tmp_path, monkeypatch,
-                                                                 capsys):
+def test_asking_for_cuda_without_it_is_an_error_unless_allow_cpu(make_bundle, demo_root, tmp_path,
+                                                                 monkeypatch, capsys):
     monkeypatch.setattr(onnxruntime, "get_available_providers", lambda: ["CPUExecutionProvider"])
     bundle, out = make_bundle(arch="cifar_cnn"), tmp_path / "out"
     args = [bundle, "--images", demo_root / "valid", "--exporter", "torchscript", "--no-bench", "--out", out,

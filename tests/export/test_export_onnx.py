@@ -1,17 +1,17 @@
-"""model.onnx: the serve contract (uint8 `images` in, `logits` out, dynamic batch) and the record in its metadata."""
+"""model.onnx: the serve contract (uint8 `images` in, `logits` out, dynamic batch), and the record inside."""
 from __future__ import annotations
 
 import onnx
 import onnxruntime as ort
 import pytest
 import torch
-from tests.export.export_helpers import run_export, save_tiny_bundle
 
 from core.bundle import WEIGHTS_FILE, load_bundle, read_record
 from core.images import decode_image
 from core.model_record import ONNX_INPUT, ONNX_OUTPUT, ONNX_PROBS, read_onnx_record, sha256_file
 from core.preprocess import WithPreprocessing, eval_transform
 from export.onnx_export import OPSET
+from tests.export.export_helpers import run_export, save_tiny_bundle
 
 
 def _dims(value_info) -> list:

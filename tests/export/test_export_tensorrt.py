@@ -1,4 +1,4 @@
-"""TensorRT: an engine is tied to its GPU and TensorRT version; building and gating need a GPU (skipped here)."""
+"""TensorRT: an engine is tied to its GPU and TensorRT version; building and gating need a GPU."""
 from __future__ import annotations
 
 import importlib.util
@@ -6,15 +6,17 @@ import json
 
 import pytest
 import torch
-from tests.export.export_helpers import run_export
 
 from core.errors import UserError
 from core.model_record import check_engine_host, read_engine_sidecar, sha256_file
+from tests.export.export_helpers import run_export
 
 BUILT = {"tensorrt_version": "10.3.0", "gpu_name": "NVIDIA H100 80GB HBM3", "compute_capability": [9, 0],
-         "precision": "fp16", "profile": {"min": 1, "opt": 256, "max": 256}, "bundle_path": "/runs/flowers/best"}
+         "precision": "fp16", "profile": {"min": 1, "opt": 256, "max": 256},
+         "bundle_path": "/runs/flowers/best"}
 HERE = {"tensorrt_version": "10.3.0", "gpu_name": "NVIDIA H100 80GB HBM3", "compute_capability": (9, 0)}
-needs_tensorrt = pytest.mark.skipif(importlib.util.find_spec("tensorrt") is None, reason="tensorrt not installed")
+needs_tensorrt = pytest.mark.skipif(importlib.util.find_spec("tensorrt") is None,
+                                    reason="tensorrt not installed")
 
 
 def test_engine_is_accepted_on_the_gpu_and_version_it_was_built_for():
