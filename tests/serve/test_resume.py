@@ -81,3 +81,14 @@ def _probs(seed: int):
 
     p = np.random.default_rng(seed).random(2)
     return p / p.sum()
+
+
+def test_resume_folds_the_parts_of_a_killed_multi_process_run(bundle, photos, tmp_path):
+    out, ref = tmp_path / "p.csv", tmp_path / "ref.csv"
+    serve(bundle, photos, "--out", ref, "--workers", 0)
+    layout = Layout(("1", "2", "3", "4"), ("circle", "square", "triangle", "cross"))
+    finished = read_rows(ref)[:2]  # what rank 0 had written to its part file before the kill
+    with RowWriter(part_path(out, 0), layout, seq=True) as w:
+        w.write([{**r, "seq": i} for i, r in enumerate(finished)])
+    serve(bundle, photos, "--out", out, "--resume", "--workers", 0)
+    assert read_rows(out) == read_rows(ref) and existing_parts(out) == []

@@ -1,0 +1,173 @@
+"""Throughput of each serving stage (discovery, decode, model, end to end) next to the tutorials' naive
+predictor (PIL + torchvision transforms in a DataLoader, fp32), measured in one run on the same JPEGs.
+
+    python serve/bench.py --images 64 --arch resnet18 --size 64          # CPU, well under a minute
+    python serve/bench.py --images 4096 --arch resnet50 --batch-size 256  # a GPU
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+if __package__ in (None, ""):  # `python serve/bench.py` puts serve/ on sys.path, not the repo
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import numpy as np
+import torch
+from PIL import Image
+from torch.utils.data import DataLoader, Dataset
+from torchvision import transforms as T1
+from tqdm import tqdm
+
+from core.bundle import BundleRecord, save_bundle
+from core.demo_data import make_image
+from core.errors import cli_entry
+from core.models import HeadSpec, build_model
+from core.preprocess import EvalSpec, default_spec_for
+from serve.backends import load_record, open_backend, resolve_device
+from serve.decode import DecodePipeline
+from serve.discover import iter_items
+from serve.main import classify, default_workers
+from serve.writer import Layout, RowWriter
+
+UNIQUE_IMAGES = 32  # synthetic JPEGs are copies of a few unique ones: generating noise is slower than decoding
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(prog="serve/bench.py", description=__doc__.splitlines()[0])
+    p.add_argument("--folder", help="benchmark on these images instead of synthetic ones")
+    p.add_argument("--images", type=int, default=512, help="how many synthetic JPEGs to write")
+    p.add_argument("--image-size", type=int, default=500, help="synthetic JPEG side (±10%%)")
+    p.add_argument("--model", help="bundle / model.onnx / model.engine to time (default: untrained --arch)")
+    p.add_argument("--arch", default="resnet50")
+    p.add_argument("--size", type=int, default=224, help="model crop for --arch (resize = size·256/224)")
+    p.add_argument("--batch-size", type=int)
+    p.add_argument("--workers", type=int, help="CPU decoding processes (default: cores − 1)")
+    p.add_argument("--device", default="auto", choices=["auto", "cuda", "cpu"])
+    return p.parse_args(argv)
+
+
+def synthetic_jpegs(root: Path, n: int, side: int) -> Path:
+    root.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(0)
+    blobs = []
+    for i in range(min(n, UNIQUE_IMAGES)):
+        w, h = (int(side * rng.uniform(0.9, 1.1)) for _ in range(2))
+        path = root / f"u{i}.jpg"
+        make_image(i, rng, (w, h)).save(path, quality=90)
+        blobs.append(path.read_bytes())
+        path.unlink()
+    for i in range(n):
+        (root / f"{i // 1000:04d}").mkdir(exist_ok=True)
+        (root / f"{i // 1000:04d}" / f"img_{i:07d}.jpg").write_bytes(blobs[i % len(blobs)])
+    return root
+
+
+def untrained_bundle(root: Path, arch: str, size: int) -> Path:
+    model = build_model(arch, 10, HeadSpec(), pretrained="none")
+    record = BundleRecord(arch=arch, classes=[str(i) for i in range(10)], preprocess=default_spec_for(size))
+    return save_bundle(root / "bundle", model, record)
+
+
+def _rate(n: int, seconds: float) -> str:
+    return f"{n / max(seconds, 1e-9):>10,.0f}"
+
+
+def time_discovery(folder: Path) -> tuple[int, float]:
+    t = time.perf_counter()
+    n = sum(1 for _ in iter_items([str(folder)]))
+    return n, time.perf_counter() - t
+
+
+def time_decode(folder: Path, spec: EvalSpec, device: torch.device, workers: int, bs: int) -> float:
+    with DecodePipeline(spec, device, workers) as pipe:
+        t = time.perf_counter()
+        for batch in pipe.batches(iter_items([str(folder)]), bs):
+            batch.images.sum().item()  # wait for the device
+        return time.perf_counter() - t
+
+
+def time_model(backend, spec: EvalSpec, n: int, bs: int) -> float:
+    x = torch.randint(0, 256, (bs, 3, spec.crop, spec.crop), dtype=torch.uint8, device=backend.device)
+    backend(x)  # warm-up: cuDNN autotune, lazy allocations
+    t = time.perf_counter()
+    for _ in range(max(1, n // bs)):
+        backend(x)
+    return (time.perf_counter() - t) * n / (max(1, n // bs) * bs)
+
+
+def time_end_to_end(folder: Path, backend, record, spec, device, workers: int, bs: int, out: Path) -> float:
+    layout = Layout(tuple(record.classes), tuple(record.display_names))
+    with DecodePipeline(spec, device, workers) as pipe, RowWriter(out, layout) as writer, \
+            tqdm(disable=True) as bar:
+        t = time.perf_counter()
+        classify(pipe, backend, layout, iter_items([str(folder)]), writer, bs, bar, 0.0)
+        return time.perf_counter() - t
+
+
+class _PILFolder(Dataset):
+    """The tutorials' predict(): open with PIL, torchvision transforms to a normalized float tensor."""
+
+    def __init__(self, paths: list[str], spec: EvalSpec):
+        self.paths = paths
+        self.tf = T1.Compose([T1.Resize(spec.resize), T1.CenterCrop(spec.crop), T1.ToTensor(),
+                              T1.Normalize(spec.mean, spec.std)])
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def __getitem__(self, i: int) -> torch.Tensor:
+        return self.tf(Image.open(self.paths[i]).convert("RGB"))
+
+
+def time_naive(folder: Path, model_path: str, spec: EvalSpec, device: torch.device, workers: int, bs: int) -> float:
+    from core.bundle import load_bundle
+
+    model = load_bundle(model_path, map_location=device)[0]  # plain fp32 module, no autocast
+    paths = [it.source for it in iter_items([str(folder)])]
+    loader = DataLoader(_PILFolder(paths, spec), batch_size=bs, num_workers=workers)
+    t = time.perf_counter()
+    with torch.no_grad():
+        for x in loader:
+            torch.softmax(model(x.to(device)), dim=1).topk(min(5, 10)).indices.cpu()
+    return time.perf_counter() - t
+
+
+@cli_entry
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    device = resolve_device(args.device)
+    workers = default_workers(device, 1) if args.workers is None else args.workers
+    bs = args.batch_size or (256 if device.type == "cuda" else 32)
+    with tempfile.TemporaryDirectory(prefix="imgclf-bench-") as tmp:
+        tmp = Path(tmp)
+        folder = Path(args.folder) if args.folder else synthetic_jpegs(tmp / "jpegs", args.images, args.image_size)
+        model_path = args.model or str(untrained_bundle(tmp, args.arch, args.size))
+        record = load_record(model_path)
+        spec = record.preprocess
+        backend = open_backend(model_path, "auto", device)
+        n, t_disc = time_discovery(folder)
+        print(f"{n} images in {folder}; model {backend.description}; batch {bs}; {workers} decode workers; "
+              f"crop {spec.crop}", flush=True)
+        print(f"{'stage':<58}{'images/s':>10}")
+        print(f"{'discovery (os.scandir walk)':<58}{_rate(n, t_disc)}")
+        print(f"{'decode, CPU path (PIL + eval transform in processes)':<58}"
+              f"{_rate(n, time_decode(folder, spec, torch.device('cpu'), workers, bs))}", flush=True)
+        if device.type == "cuda":
+            print(f"{'decode, GPU path (nvJPEG batched + resize/crop)':<58}"
+                  f"{_rate(n, time_decode(folder, spec, device, workers, bs))}", flush=True)
+        print(f"{'model only (uint8 in, logits out)':<58}{_rate(n, time_model(backend, spec, n, bs))}", flush=True)
+        t_e2e = time_end_to_end(folder, backend, record, spec, device, workers, bs, tmp / "preds.csv")
+        print(f"{'end to end (serve: read, decode, model, CSV)':<58}{_rate(n, t_e2e)}", flush=True)
+        if args.model is None or Path(model_path).is_dir():
+            t_naive = time_naive(folder, model_path, spec, device, workers, bs)
+            print(f"{'naive baseline (PIL + transforms in DataLoader, fp32)':<58}{_rate(n, t_naive)}")
+            print(f"end to end vs naive: {t_naive / t_e2e:.2f}x")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
