@@ -1,0 +1,87 @@
+"""train/bench.py: the CPU-size smoke run prints every row and the ratios; the batch-size search halves on OOM."""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from train.bench import largest_batch_that_fits, main
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def test_smoke_run_prints_all_four_paths_and_their_ratios(tmp_path):
+    out = tmp_path / "bench.json"
+    cmd = [sys.executable, str(REPO / "train" / "bench.py"), "--models", "resnet18", "--size", "32",
+           "--steps", "2", "--warmup", "1", "--batch-size", "4", "--tutorial-batch-size", "4",
+           "--workers", "0", "--tutorial-workers", "0", "--threads", "2", "--synthetic", "8",
+           "--image-size", "48", "--cache", str(tmp_path / "data"), "--out", str(out)]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    proc = subprocess.run(cmd, check=False, capture_output=True, text=True, env=env, timeout=300, cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    lines = proc.stdout.splitlines()
+    for label in ("model only", "CPU decode", "GPU decode", "tutorial loop"):
+        row = next(line for line in lines if label in line)
+        assert float(row.split("img/s")[0].split()[-1]) > 0
+    ratio_line = next(line for line in lines if "ratios:" in line)
+    for name in ("gpu/model", "cpu/model", "gpu/tutorial", "cpu/tutorial"):
+        assert name in ratio_line
+    saved = json.loads(out.read_text())["models"]["resnet18"]
+    assert [r["path"] for r in saved["rows"]] == ["model", "cpu", "gpu", "tutorial"]
+    assert saved["ratios"]["gpu/model"] == pytest.approx(saved["rows"][2]["images_per_s"] /
+                                                         saved["rows"][0]["images_per_s"])
+    assert len(list((tmp_path / "data").rglob("*.jpg"))) == 8
+
+
+def test_batch_search_halves_until_a_step_fits():
+    tried = []
+
+    def try_batch(n: int) -> None:
+        tried.append(n)
+        if n > 48:
+            raise torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+
+    assert largest_batch_that_fits(try_batch, 512) == 32
+    assert tried == [512, 256, 128, 64, 32]
+
+
+def test_batch_search_does_not_hide_errors_other_than_oom():
+    def broken(n: int) -> None:
+        raise RuntimeError("mat1 and mat2 shapes cannot be multiplied")
+
+    with pytest.raises(RuntimeError, match="shapes"):
+        largest_batch_that_fits(broken, 64)
+
+
+def test_batch_search_gives_up_with_a_user_error_when_nothing_fits(capsys):
+    def never(n: int) -> None:
+        raise torch.cuda.OutOfMemoryError("CUDA out of memory")
+
+    from core.errors import UserError
+
+    with pytest.raises(UserError, match="does not fit"):
+        largest_batch_that_fits(never, 8)
+
+
+@pytest.mark.parametrize(("argv", "message"), [
+    (["--paths", "model,fastest"], "unknown --paths fastest"),
+    (["--steps", "0"], "must be >= 1"),
+])
+def test_bad_flags_are_one_line_user_errors(argv, message, capsys):
+    with pytest.raises(SystemExit) as exc:
+        main(argv)
+    assert exc.value.code == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error: ") and message in err and "\n" not in err
+
+
+def test_a_data_folder_without_class_images_is_a_user_error(tmp_path, capsys):
+    (tmp_path / "empty_class").mkdir()
+    with pytest.raises(SystemExit) as exc:
+        main(["--data", str(tmp_path), "--device", "cpu"])
+    assert exc.value.code == 2 and "no images under" in capsys.readouterr().err
