@@ -80,6 +80,14 @@ def test_metrics_are_plain_json_types():
     assert json.loads(json.dumps(m)) == m
 
 
+def test_an_empty_evaluation_gives_zeros_not_nan(tmp_path):
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        m = report.write_evaluation(tmp_path, np.zeros((0, 2)), np.zeros(0, dtype=np.int64), ["a", "b"], None)
+    assert (m["n"], m["accuracy"], m["top5"], m["loss"]) == (0, 0.0, 0.0, 0.0)
+    assert m["confusion_matrix"] == [[0, 0], [0, 0]] and (tmp_path / "confusion_matrix.png").exists()
+
+
 def test_metrics_reject_a_probability_column_count_that_does_not_match_classes():
     with pytest.raises(ValueError, match="3 columns but there are 2 classes"):
         report.classification_metrics(PROBS, TARGETS, ["a", "b"])
