@@ -1,0 +1,107 @@
+"""Two CPU processes under `accelerate launch`: every image is seen exactly once per epoch across ranks.
+
+The data set is our GPU path's byte reader (EncodedImages) over 13 files — odd on purpose, so the last
+batch does not divide evenly and Accelerate pads it with repeats that gather_for_metrics must drop.
+"""
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+import textwrap
+from collections import Counter
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[2]
+N, BATCH, RANKS, EPOCHS = 13, 3, 2, 2
+
+SCRIPT = textwrap.dedent("""
+    import json, sys
+    from pathlib import Path
+    import torch
+    from accelerate import Accelerator
+    from torch.utils.data import DataLoader
+    from train.gpu_data import EncodedImages, collate_encoded
+
+    folder, out = Path(sys.argv[1]), Path(sys.argv[2])
+    samples = [(str(folder / f"{i:03d}.bin"), i % 2) for i in range(__N__)]
+    acc = Accelerator(cpu=True)
+    loader = acc.prepare(DataLoader(EncodedImages(samples, threads=2), batch_size=__BATCH__, shuffle=True,
+                                    collate_fn=collate_encoded))
+    report = {"rank": acc.process_index, "world": acc.num_processes, "epochs": []}
+    for epoch in range(__EPOCHS__):
+        loader.set_epoch(epoch)
+        local, gathered, deduped = [], [], []
+        for batch in loader:
+            # the file's content is its index: proves the bytes travelled with the right key
+            assert [int(bytes(d.tolist())) for d in batch.data] == batch.indices.tolist()
+            local += batch.indices.tolist()
+            gathered += acc.gather(batch.indices).tolist()
+            deduped += acc.gather_for_metrics(batch.indices).tolist()
+        report["epochs"].append({"local": local, "gathered": gathered, "deduped": deduped})
+    (out / f"rank{acc.process_index}.json").write_text(json.dumps(report))
+""").replace("__N__", str(N)).replace("__BATCH__", str(BATCH)).replace("__EPOCHS__", str(EPOCHS))
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def reports(tmp_path_factory) -> list[dict]:
+    tmp = tmp_path_factory.mktemp("sharding")
+    folder = tmp / "files"
+    folder.mkdir()
+    for i in range(N):
+        (folder / f"{i:03d}.bin").write_bytes(str(i).encode())
+    (tmp / "shard.py").write_text(SCRIPT)
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO), "ACCELERATE_USE_CPU": "true"}
+    # `--cpu --num_processes 2` starts ONE process in accelerate 1.x (its simple launcher needs mpirun for
+    # more); --multi_gpu takes the torchrun launcher and Accelerator(cpu=True) makes it a gloo CPU group.
+    cmd = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", str(RANKS),
+           "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
+           "--main_process_port", str(free_port()), str(tmp / "shard.py"), str(folder), str(tmp)]
+    proc = subprocess.run(cmd, check=False, capture_output=True, text=True, env=env, timeout=300, cwd=tmp)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    reports = [json.loads((tmp / f"rank{r}.json").read_text()) for r in range(RANKS)]
+    assert all(r["world"] == RANKS for r in reports)
+    return reports
+
+
+pytestmark = pytest.mark.slow
+
+
+def test_gather_for_metrics_sees_every_image_exactly_once_per_epoch(reports):
+    for rank in reports:
+        for epoch in rank["epochs"]:
+            assert sorted(epoch["deduped"]) == list(range(N))
+
+
+def test_without_dedupe_the_only_extras_are_the_padding_repeats(reports):
+    padded = -(-N // (BATCH * RANKS)) * BATCH * RANKS  # every rank runs the same number of full batches
+    for epoch in reports[0]["epochs"]:
+        extras = Counter(epoch["gathered"]) - Counter(range(N))
+        assert len(epoch["gathered"]) == padded
+        assert sum(extras.values()) == padded - N
+        assert set(extras) <= set(range(N))  # repeats of real images, nothing invented
+
+
+def test_ranks_read_disjoint_shards_that_cover_the_epoch(reports):
+    for e in range(EPOCHS):
+        shards = [Counter(r["epochs"][e]["local"]) for r in reports]
+        assert set(shards[0]) | set(shards[1]) == set(range(N))
+        assert len(shards[0]) == len(shards[1])  # even split: no rank waits on another at the last step
+        overlap = sum((shards[0] & shards[1]).values())
+        assert overlap <= BATCH * RANKS - N % (BATCH * RANKS)  # only padding can land on both ranks
+
+
+def test_each_epoch_is_a_new_shuffle_shared_by_all_ranks(reports):
+    first, second = (reports[0]["epochs"][e]["gathered"] for e in range(EPOCHS))
+    assert first != second
+    assert reports[0]["epochs"][0]["gathered"] == reports[1]["epochs"][0]["gathered"]
