@@ -184,7 +184,8 @@ def run(args: argparse.Namespace, state: PartialState, layout: Layout, spec, out
         done = prepare_output(out, layout, args, state)
         multi = state.num_processes > 1
         target = part_path(out, state.process_index) if multi else out
-        bar = tqdm(total=args.limit, unit="img", dynamic_ncols=True, mininterval=0.5,
+        share = -(-args.limit // state.num_processes) if args.limit else None
+        bar = tqdm(total=share, unit="img", dynamic_ncols=True, mininterval=0.5,
                    disable=args.no_progress or not state.is_main_process,
                    desc=f"rank 0/{state.num_processes}" if multi else "classify")
         with RowWriter(target, layout, append=args.resume and not multi, seq=multi) as writer, bar:

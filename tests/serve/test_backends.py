@@ -2,6 +2,8 @@
 from __future__ import annotations
 
 import json
+import sys
+import types
 
 import pytest
 import torch
@@ -9,7 +11,6 @@ import torch
 from core.bundle import read_record
 from core.errors import UserError
 from serve.backends import PROVIDERS, choose_providers
-from serve.trt import check_engine_matches, engine_facts, normalize_cc
 from tests.serve.helpers import export_onnx, read_rows, same_predictions, serve
 
 CPU, CUDA, TRT = PROVIDERS["cpu"], PROVIDERS["cuda"], PROVIDERS["tensorrt"]
@@ -59,26 +60,28 @@ def test_named_providers_are_used_in_order_or_refused_when_missing():
         choose_providers(["cuda", "cpu"], gpu, False, [CPU])
 
 
-def test_engine_built_for_another_gpu_or_tensorrt_is_refused_with_a_rebuild_hint(tmp_path):
-    built = engine_facts({"tensorrt_version": "10.3.0", "gpu_name": "NVIDIA A100-SXM4-80GB",
-                          "compute_capability": [8, 0]})
-    here = {"tensorrt": "10.3.0", "gpu": "NVIDIA H100 80GB HBM3", "compute_capability": "9.0"}
-    with pytest.raises(UserError, match="A100.*H100.*8.0.*9.0.*rebuild"):
-        check_engine_matches(tmp_path / "model.engine", built, here)
-    check_engine_matches(tmp_path / "model.engine", {**built, "gpu": here["gpu"], "compute_capability": "9.0"},
-                         here)
+def _engine_with_sidecar(bundle, folder, **facts):
+    engine = folder / "model.engine"
+    engine.write_bytes(b"not really an engine")
+    sidecar = {"record": read_record(bundle).to_dict(), "engine": facts}
+    (folder / "model.engine.json").write_text(json.dumps(sidecar))
+    return engine
 
 
-@pytest.mark.parametrize("value", [(8, 6), [8, 6], "8.6", "sm_86", 86])
-def test_compute_capability_spellings_normalize(value):
-    assert normalize_cc(value) == "8.6"
+def test_engine_built_for_another_gpu_is_refused_with_a_rebuild_hint(bundle, tmp_path, monkeypatch):
+    engine = _engine_with_sidecar(bundle, tmp_path, tensorrt_version="10.3.0", gpu_name="NVIDIA A100-SXM4-80GB",
+                                  compute_capability=[8, 0], precision="fp16", profile={"max": 64})
+    monkeypatch.setitem(sys.modules, "tensorrt", types.SimpleNamespace(__version__="10.3.0"))
+    monkeypatch.setattr(torch.cuda, "get_device_name", lambda *a: "NVIDIA H100 80GB HBM3")
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda *a: (9, 0))
+    from serve.trt import TensorRTBackend
+
+    with pytest.raises(UserError, match=r"another machine: gpu_name NVIDIA A100.*H100.*rebuild it here"):
+        TensorRTBackend(engine, torch.device("cuda"))
 
 
 def test_serving_an_engine_without_a_gpu_is_a_clear_user_error(bundle, photos, tmp_path, capsys):
-    engine = tmp_path / "model.engine"
-    engine.write_bytes(b"not really an engine")
-    sidecar = {"record": read_record(bundle).to_dict(), "engine": {"tensorrt": "10.3.0"}}
-    (tmp_path / "model.engine.json").write_text(json.dumps(sidecar))
+    engine = _engine_with_sidecar(bundle, tmp_path, tensorrt_version="10.3.0")
     with pytest.raises(SystemExit) as exc:
         serve(engine, photos, "--out", tmp_path / "p.csv", "--device", "cpu")
     assert exc.value.code == 2 and "needs a CUDA GPU" in capsys.readouterr().err
