@@ -10,7 +10,7 @@ from __future__ import annotations
 import os
 import queue
 import threading
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -105,7 +105,7 @@ def collate_encoded(samples: list[EncodedSample]) -> EncodedBatch:
 
 @dataclass
 class DeviceBatch:
-    images: torch.Tensor  # float [N, 3, crop, crop], normalized, on the device
+    images: torch.Tensor  # float [N, 3, crop, crop] normalized (uint8 with normalize=False), on the device
     labels: torch.Tensor  # int64 [N] on the device
     valid: torch.Tensor  # bool [N] on the device; False where the file was bad (image zero-filled)
     bad: list[tuple[int, str]]  # (dataset index, reason) of the bad files in this batch
@@ -119,10 +119,11 @@ class GpuPipeline:
     """
 
     def __init__(self, spec: EvalSpec, device: torch.device | str, aug: AugmentSpec | None = None,
-                 seed: int = 0, channels_last: bool = False):
+                 seed: int = 0, channels_last: bool = False, normalize: bool = True):
         self.spec, self.aug, self.seed = spec, aug, seed
         self.device = torch.device(device)
-        self.normalize = Normalize(spec.mean, spec.std).to(self.device)
+        # normalize=False hands out uint8 batches, for a loop that normalizes itself (train.engine's prepare)
+        self.normalize = Normalize(spec.mean, spec.std).to(self.device) if normalize else None
         self.channels_last = channels_last
 
     def images_uint8(self, data: Sequence[torch.Tensor], indices: torch.Tensor, epoch: int | torch.Tensor,
@@ -148,8 +149,8 @@ class GpuPipeline:
         """`epoch` overrides the batch's own epochs (those come from an (epoch, index) sampler)."""
         images, errors = self.images_uint8(batch.data, batch.indices, batch.epochs if epoch is None else epoch,
                                            batch.read_errors)
-        x = self.normalize(images)
-        if self.channels_last:
+        x = self.normalize(images) if self.normalize is not None else images
+        if self.channels_last and self.normalize is not None:
             x = x.contiguous(memory_format=torch.channels_last)
         valid = torch.ones(len(batch), dtype=torch.bool)
         valid[list(errors)] = False
@@ -219,6 +220,25 @@ def prefetch(batches: Iterable[EncodedBatch], pipeline: GpuPipeline, epoch: int 
         worker.join()
 
 
+def engine_batches(batches: Iterable[EncodedBatch], pipeline: GpuPipeline, name: Callable[[int], str],
+                   ignore_label: int | None = None, depth: int = 2) -> Iterator[tuple[torch.Tensor, torch.Tensor, list[str]]]:
+    """The (images, labels, bad notes) tuples train.engine takes from its CPU loaders, from the GPU path.
+
+    Bad files become notes `"<name>\t<reason>"`. Training (ignore_label None) drops them like
+    collate_train; evaluation keeps the zero image with `ignore_label`, like collate_eval, so every
+    batch keeps its size for gather_for_metrics. Images are whatever the pipeline makes (uint8 when
+    built with normalize=False, so the engine's own prepare() still normalizes).
+    """
+    for b in prefetch(batches, pipeline, depth=depth):
+        notes = [f"{name(i)}\t{reason}" for i, reason in b.bad]
+        if not b.bad:
+            yield b.images, b.labels, notes
+        elif ignore_label is None:
+            yield b.images[b.valid], b.labels[b.valid], notes
+        else:
+            yield b.images, torch.where(b.valid, b.labels, ignore_label), notes
+
+
 def resolve_decode(mode: str, device: torch.device | str) -> str:
     """`data.decode` → 'gpu' or 'cpu': auto picks the GPU path when training runs on CUDA."""
     choices = {"cpu": "cpu", "gpu": "gpu", "auto": "gpu" if torch.device(device).type == "cuda" else "cpu"}
@@ -226,4 +246,4 @@ def resolve_decode(mode: str, device: torch.device | str) -> str:
 
 
 __all__ = ["DeviceBatch", "EncodedBatch", "EncodedImages", "EncodedSample", "GpuPipeline", "collate_encoded",
-           "prefetch", "resolve_decode"]
+           "engine_batches", "prefetch", "resolve_decode"]

@@ -1,12 +1,21 @@
 """The GPU data path end to end: file bytes through a DataLoader, decode + augment + normalize per batch."""
 from __future__ import annotations
 
+from pathlib import Path
+
 import torch
 from torch.utils.data import DataLoader
 
 from core.images import decode_image, is_image_file
 from core.preprocess import AugmentSpec, EvalSpec, Normalize, eval_transform
-from train.gpu_data import EncodedImages, GpuPipeline, collate_encoded, prefetch, resolve_decode
+from train.gpu_data import (
+    EncodedImages,
+    GpuPipeline,
+    collate_encoded,
+    engine_batches,
+    prefetch,
+    resolve_decode,
+)
 
 
 def folder_samples(root) -> list[tuple[str, int]]:
@@ -99,3 +108,19 @@ def test_decode_auto_picks_the_gpu_path_only_on_cuda():
     assert resolve_decode("auto", "cuda:0") == "gpu"
     assert resolve_decode("auto", "cpu") == "cpu"
     assert resolve_decode("gpu", "cpu") == "gpu" and resolve_decode("cpu", "cuda") == "cpu"
+
+
+def test_engine_batches_drop_bad_files_in_training_and_keep_their_slot_for_evaluation(demo_root, tmp_path):
+    samples = folder_samples(demo_root / "valid")[:3]
+    (tmp_path / "broken.png").write_bytes(b"\x89PNG not really")
+    samples.insert(1, (str(tmp_path / "broken.png"), 2))
+    name = lambda i: Path(samples[i][0]).name
+    spec = EvalSpec(40, 32)
+    pipe = GpuPipeline(spec, "cpu", normalize=False)
+    images, labels, notes = next(engine_batches(loader(samples, batch_size=4), pipe, name))
+    assert images.dtype == torch.uint8 and images.shape == (3, 3, 32, 32)
+    assert labels.tolist() == [samples[k][1] for k in (0, 2, 3)]
+    assert len(notes) == 1 and notes[0].startswith("broken.png\t") and "not an image" in notes[0]
+    assert (images[0].int() - eval_transform(spec)(decode_image(samples[0][0])).int()).abs().max() <= 1
+    images, labels, notes = next(engine_batches(loader(samples, batch_size=4), pipe, name, ignore_label=-100))
+    assert images.shape == (4, 3, 32, 32) and labels.tolist()[1] == -100 and len(notes) == 1
