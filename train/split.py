@@ -8,7 +8,7 @@ from largest remainders, so they sum exactly to the class size and train always 
 DST is built in a hidden staging folder beside it and renamed into place at the end, so it is
 either absent or complete. --move plans everything first, writes the plan, then moves, and moves
 files back if anything fails. Only image files (core.images.is_image_file) are split; the rest
-stay where they are and are listed.
+stay where they are and are listed, except SRC/cat_to_name.json, which is copied to DST.
 """
 from __future__ import annotations
 
@@ -34,6 +34,7 @@ from core.images import is_image_file  # noqa: E402
 SPLITS = ("train", "valid", "test")
 MANIFEST = "split_manifest.json"
 PLAN = "split_plan.json"  # written into the staging folder before --move touches a file
+LABEL_MAP = "cat_to_name.json"  # display names travel along (copied, whatever the mode)
 RATIO_TOLERANCE = 1e-6
 SHOW_SKIPPED = 5
 
@@ -114,7 +115,7 @@ def scan_source(src: Path) -> Source:
                 source.classes[entry.name] = images
             else:
                 source.empty.append(entry.name)
-        elif entry.is_file():
+        elif entry.is_file() and entry.name != LABEL_MAP:
             source.skipped.append(entry.name)
     if not source.classes:
         raise UserError(f"SRC {src} has no class folder with images in it; expected SRC/<class>/<image files>")
@@ -237,6 +238,22 @@ def summary(manifest: dict, dst: Path) -> str:
     return "\n".join(lines)
 
 
+def make_stage(src: Path, dst: Path, manifest: dict) -> Path:
+    """The hidden folder beside DST that becomes DST, holding the plan and the label map before any image."""
+    stage = None
+    try:  # a failure here has touched nothing in SRC
+        dst.parent.mkdir(parents=True, exist_ok=True)
+        stage = Path(tempfile.mkdtemp(prefix=f".{dst.name}.", suffix=".partial", dir=dst.parent))
+        (stage / PLAN).write_text(json.dumps(manifest, indent=2) + "\n")
+        if (src / LABEL_MAP).is_file():
+            shutil.copy2(src / LABEL_MAP, stage / LABEL_MAP)
+        return stage
+    except OSError as exc:
+        if stage is not None:
+            shutil.rmtree(stage, ignore_errors=True)
+        raise UserError(f"cannot write into {dst.parent}: {exc.strerror or exc}") from None
+
+
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="train/split.py", description=__doc__.split("\n\n")[0])
     p.add_argument("src", help="folder with one subfolder of images per class")
@@ -264,9 +281,7 @@ def main(argv: list[str] | None = None) -> int:
     check_destination(src, dst)
     plan = {cls: assign(files, ratios, args.seed, cls) for cls, files in source.classes.items()}
     manifest = build_manifest(args, ratios, source, plan)
-    dst.parent.mkdir(parents=True, exist_ok=True)
-    stage = Path(tempfile.mkdtemp(prefix=f".{dst.name}.", suffix=".partial", dir=dst.parent))
-    (stage / PLAN).write_text(json.dumps(manifest, indent=2) + "\n")
+    stage = make_stage(src, dst, manifest)
     transfer(plan, src, stage, args.mode)
     (stage / PLAN).rename(stage / MANIFEST)
     os.chmod(stage, 0o777 & ~_umask())  # mkdtemp made it 0700; DST should look like a plain mkdir

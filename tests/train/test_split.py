@@ -121,6 +121,14 @@ def test_non_image_files_are_not_split_but_listed(src, tmp_path, capsys):
     assert "skipped 3 files" in capsys.readouterr().out
 
 
+def test_cat_to_name_json_is_copied_to_dst_in_every_mode(src, tmp_path):
+    (src / "cat_to_name.json").write_text('{"cat": "Felis catus"}')
+    assert run(src, tmp_path / "dst", "--move") == 0
+    assert json.loads((tmp_path / "dst" / "cat_to_name.json").read_text()) == {"cat": "Felis catus"}
+    assert (src / "cat_to_name.json").exists()
+    assert manifest(tmp_path / "dst")["skipped"] == []
+
+
 def test_move_empties_src_of_images_and_dst_holds_them_all(src, tmp_path):
     (src / "cat" / "notes.txt").write_text("x")
     before = digests(src)
