@@ -27,6 +27,7 @@ from serve.sources import SourceError, read_bytes
 T = TypeVar("T")
 CropKey = tuple[int, int, str]  # (resize, crop, interpolation): all decoding needs; normalization is on the device
 JPEG_MAGIC = b"\xff\xd8\xff"
+JPEG_END = b"\xff\xd9"
 EXIF_ORIENTATION = 0x0112
 
 # EXIF orientation → the tensor op PIL's ImageOps.exif_transpose applies (CHW, so H=-2, W=-1).
@@ -76,11 +77,11 @@ def _init_worker() -> None:
 def probe_jpeg(data: bytes) -> int | None:
     """The EXIF orientation when nvJPEG can take these bytes, else None (→ CPU path).
 
-    Header only: CMYK/YCCK, progressive, non-JPEG and oversized images go to the CPU decoder,
-    which handles them robustly (and applies the decompression-bomb guard).
+    Header only: CMYK/YCCK, progressive, truncated, non-JPEG and oversized images go to the CPU
+    decoder, which handles them robustly (and applies the decompression-bomb guard).
     """
-    if not data.startswith(JPEG_MAGIC):
-        return None
+    if not data.startswith(JPEG_MAGIC) or not data.rstrip(b"\x00")[-2:] == JPEG_END:
+        return None  # no end-of-image marker: the CPU decoder refuses it; nvJPEG might fill it with grey
     try:
         with Image.open(io.BytesIO(data)) as im:
             w, h = im.size

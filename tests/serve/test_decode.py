@@ -59,6 +59,7 @@ def test_probe_sends_plain_jpegs_to_the_gpu_and_the_rest_to_the_cpu():
     img.save(buf, "PNG")
     assert probe_jpeg(buf.getvalue()) is None
     assert probe_jpeg(jpeg_bytes(img)[:40]) is None  # truncated header
+    assert probe_jpeg(jpeg_bytes(img)[:-100]) is None  # truncated scan: no end-of-image marker
 
 
 def test_exif_rotated_jpeg_decodes_like_its_upright_copy(tmp_path):
@@ -96,6 +97,33 @@ def test_pipeline_streams_with_bounded_look_ahead(tmp_path):
         stream = pipe.batches(endless(), 4)
         next(stream), next(stream)
     assert next(pulled) <= 4 * 8  # the two batches consumed plus a few look-ahead batches, not the stream
+
+
+def test_device_decode_path_runs_on_cpu_too_and_matches_the_cpu_path():
+    """torchvision decodes JPEG lists on the CPU as well, so the batch/fallback/orientation logic of the
+    GPU path is checked here; the GPU test below checks nvJPEG itself."""
+    key = spec_key(SPEC)
+    datas = [jpeg_bytes(picture(seed=1, size=(60, 44))), _exif_jpeg(picture(seed=2, size=(64, 48)), 8),
+             b"\xff\xd8\xff not a jpeg after all"]
+    decoded = gpu_decode(datas, [1, 8, 1], key, torch.device("cpu"))
+    assert decoded[2] is None  # the batch call failed on it; the others survived the one-by-one retry
+    for data, img in zip(datas[:2], decoded):
+        assert (img.float() - torch.from_numpy(cpu_decode(data, key)).float()).abs().mean() < 1.0
+
+
+def test_pipeline_routes_each_file_to_the_right_decoder_with_the_same_outcome(tmp_path):
+    upright = picture(seed=5, size=(64, 48))
+    files = {"plain.jpg": jpeg_bytes(upright), "exif.jpg": _exif_jpeg(upright, 3),
+             "cmyk.jpg": jpeg_bytes(upright.convert("CMYK")), "cut.jpg": jpeg_bytes(upright)[:-200],
+             "text.jpg": b"hello"}
+    for name, data in files.items():
+        (tmp_path / name).write_bytes(data)
+    save_picture(tmp_path / "p.png", seed=6)
+    items = [Item(str(tmp_path / n), n) for n in [*files, "p.png"]]
+    with DecodePipeline(SPEC) as cpu, DecodePipeline(SPEC, device="cpu", gpu_decode=True) as device:
+        (a,), (b,) = list(cpu.batches(items, 8)), list(device.batches(items, 8))
+    assert a.errors == b.errors and [bool(e) for e in a.errors] == [False, False, False, True, True, False]
+    assert (a.images.float() - b.images.float()).abs().mean() < 1.0
 
 
 @pytest.mark.gpu
