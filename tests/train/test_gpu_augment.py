@@ -226,3 +226,19 @@ def test_eval_batch_equals_core_eval_transform_on_decoded_jpegs(tmp_path, interp
     want = torch.stack([eval_transform(spec)(p) for p in pils])
     diff = (got.int() - want.int()).abs()
     assert diff.max() <= 1 and diff.float().mean() < 0.3
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("rotation", [0.0, 30.0])
+def test_cuda_gives_the_same_batch_as_cpu_within_float_rounding(rotation):
+    torch.manual_seed(0)
+    images = [TF.gaussian_blur(torch.randint(0, 256, (3, 60 + 13 * k, 90), dtype=torch.uint8), [5, 5])
+              for k in range(5)]
+    aug, spec = AugmentSpec(rotation=rotation, color_jitter=0.2), EvalSpec(resize=40, crop=32)
+    idx = torch.arange(5)
+    on_cpu = train_batch(images, idx, seed=1, epoch=0, aug=aug, spec=spec)
+    on_gpu = train_batch([im.cuda() for im in images], idx, seed=1, epoch=0, aug=aug, spec=spec)
+    assert on_gpu.is_cuda
+    diff = (on_gpu.cpu().int() - on_cpu.int()).abs()
+    assert diff.float().mean() < 0.05 and diff.max() <= 2
+    assert (eval_batch([im.cuda() for im in images], spec).cpu().int() - eval_batch(images, spec).int()).abs().max() <= 1

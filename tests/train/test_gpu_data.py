@@ -3,6 +3,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
 import torch
 from torch.utils.data import DataLoader
 
@@ -124,3 +125,14 @@ def test_engine_batches_drop_bad_files_in_training_and_keep_their_slot_for_evalu
     assert (images[0].int() - eval_transform(spec)(decode_image(samples[0][0])).int()).abs().max() <= 1
     images, labels, notes = next(engine_batches(loader(samples, batch_size=4), pipe, name, ignore_label=-100))
     assert images.shape == (4, 3, 32, 32) and labels.tolist()[1] == -100 and len(notes) == 1
+
+
+@pytest.mark.gpu
+def test_prefetch_on_cuda_matches_the_cpu_pipeline(demo_root):
+    samples = folder_samples(demo_root / "train")
+    aug, spec = AugmentSpec(rotation=10.0), EvalSpec(40, 32)
+    on_cpu = [b.images for b in prefetch(loader(samples), GpuPipeline(spec, "cpu", aug, seed=2), epoch=1)]
+    on_gpu = [b for b in prefetch(loader(samples), GpuPipeline(spec, "cuda", aug, seed=2, channels_last=True), epoch=1)]
+    assert all(b.images.is_cuda and b.images.is_contiguous(memory_format=torch.channels_last) for b in on_gpu)
+    for a, b in zip(on_cpu, on_gpu):
+        assert (a - b.images.cpu()).abs().max() < 0.1  # within a couple of uint8 levels after normalization
