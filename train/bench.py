@@ -1,5 +1,6 @@
-"""Training throughput benchmark: model-only ceiling, our CPU- and GPU-decode data paths, and the tutorials'
-loop, per model, in one run, with the ratios. Runs on CPU at tiny sizes too (CI smoke test).
+"""Training images/s per model: model-only ceiling, our CPU- and GPU-decode paths, the tutorials' loop, ratios.
+
+All rows come from one run on one machine. Runs on CPU at tiny sizes too (CI smoke test).
 
     python train/bench.py --models resnet50 --batch-size 256 --amp --channels-last --compile
     python train/bench.py --models densenet161 --freeze-backbone --amp --channels-last --data /data/flowers/train
@@ -369,8 +370,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     ap.add_argument("--compile", action="store_true", help="torch.compile the model (our paths)")
     ap.add_argument("--freeze-backbone", action="store_true", help="train the head only (the Flowers recipe)")
     ap.add_argument("--paths", default=",".join(PATHS), help=f"which rows to run, from {','.join(PATHS)}")
-    ap.add_argument("--tutorial-batch-size", type=int, default=64)
-    ap.add_argument("--tutorial-workers", type=int, default=4)
+    ap.add_argument("--tutorial-batch-size", type=int, default=64, help="the Flowers tutorial's batch size")
+    ap.add_argument("--tutorial-workers", type=int, default=4, help="the Flowers tutorial's DataLoader workers")
     ap.add_argument("--device", default="auto", help="auto (cuda if available), cuda, cpu")
     ap.add_argument("--out", help="also write the rows and ratios to this JSON file")
     args = ap.parse_args(argv)
