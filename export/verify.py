@@ -84,6 +84,7 @@ def ort_session(path: Path, provider: str, allow_cpu: bool):
     primary = _name(PROVIDERS[provider][0])
     opts = ort.SessionOptions()
     opts.log_severity_level = 3  # onnxruntime's own fallback warning is replaced by the check below
+    opts.intra_op_num_threads = torch.get_num_threads()  # same CPU threads as torch: a fair speed check
     sess = ort.InferenceSession(str(path), opts, providers=chain)
     if primary not in sess.get_providers() and not allow_cpu:
         raise UserError(f"onnxruntime could not start {primary} (the session runs on "
