@@ -58,7 +58,6 @@ class Parts:
     scheduler: Any
     train_loader: Any
     valid_loader: Any
-    sampler: Any  # the EpochSampler inside train_loader
     prepare: Callable[[torch.Tensor], torch.Tensor]  # uint8 batch → normalized float on the device
     criterion: torch.nn.Module
 
@@ -108,7 +107,8 @@ class Trainer:
         """Train one epoch from `state.step`; return train metrics, or None when stopped by a signal."""
         acc, p, cfg = self.acc, self.p, self.cfg
         self._set_mode(epoch)
-        p.sampler.set_epoch(epoch)
+        # Through the prepared loader: its __iter__ re-applies its own epoch counter to our sampler.
+        p.train_loader.set_epoch(epoch)
         skip = state.step
         loader = p.train_loader if not skip else skip_first_batches(p.train_loader, skip)
         part = state.partial or {}

@@ -155,13 +155,11 @@ def build_parts(cfg: Config, data: TrainData, accelerator: Accelerator) -> Parts
     workers = cfg.data.num_workers
     tl = train_loader(data.train, t.batch_size, cfg.run.seed, workers, pin=on_gpu)
     vl = eval_loader(data.valid, t.eval_batch_size or 2 * t.batch_size, workers, pin=on_gpu)
-    sampler = tl.sampler
     model, optimizer, scheduler, tl, vl = accelerator.prepare(model, optimizer, scheduler, tl, vl)
     if t.compile:
         model = torch.compile(model)
     criterion = torch.nn.CrossEntropyLoss(label_smoothing=t.label_smoothing)
-    return Parts(model, optimizer, scheduler, tl, vl, sampler, _input_prep(cfg, accelerator.device, channels_last),
-                 criterion)
+    return Parts(model, optimizer, scheduler, tl, vl, _input_prep(cfg, accelerator.device, channels_last), criterion)
 
 
 # ---------------------------------------------------------------------------------------- test evaluation
