@@ -59,7 +59,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--images", help="real images for the parity gate (default: the bundle's valid_dir)")
     p.add_argument("--max-images", type=int, default=256, help="cap on parity images (evenly spaced sample)")
     p.add_argument("--exporter", choices=sorted(onnx_export.EXPORTERS), default=onnx_export.DEFAULT_EXPORTER,
-                   help="torch.onnx path (default dynamo); if it fails the other is suggested, never swapped in")
+                   help="torch.onnx path (default dynamo); on failure the other is suggested, not used")
     p.add_argument("--opset", type=int, default=onnx_export.OPSET, help="ONNX opset (default %(default)s)")
     p.add_argument("--probs", action="store_true", help="add a softmax output 'probs' beside 'logits'")
     p.add_argument("--provider", choices=sorted(verify.PROVIDERS), default="cpu",

@@ -77,17 +77,13 @@ def test_verify_only_refuses_a_bundle_with_other_weights(cnn_export, tmp_path, c
     assert "sha256 differs" in _one_error_line(capsys)
 
 
-def test_verify_only_asks_for_bundle_when_the_recorded_one_is_gone(cnn_export, tmp_path, capsys):
-    moved = tmp_path / "moved"
-    shutil.copytree(cnn_export["bundle"], moved / "best")
-    onnx_copy = tmp_path / "model.onnx"
-    shutil.copy(cnn_export["onnx"], onnx_copy)
-    shutil.rmtree(cnn_export["bundle"])
-    try:
-        assert run_export(onnx_copy, "--verify-only") == 2
-        assert "pass it with --bundle DIR" in _one_error_line(capsys)
-    finally:
-        shutil.copytree(moved / "best", cnn_export["bundle"])  # the session fixture stays usable
+def test_verify_only_asks_for_bundle_when_the_recorded_one_is_gone(tmp_path, capsys):
+    bundle = save_tiny_bundle(tmp_path / "run" / "best", arch="cifar_cnn")
+    assert run_export(bundle, "--exporter", "torchscript", "--no-bench", "--out", tmp_path / "dist") == 0
+    shutil.rmtree(bundle)
+    capsys.readouterr()
+    assert run_export(tmp_path / "dist" / "model.onnx", "--verify-only") == 2
+    assert "pass it with --bundle DIR" in _one_error_line(capsys)
 
 
 def test_the_script_runs_from_any_directory_and_fails_in_one_line(tmp_path):
