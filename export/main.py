@@ -96,6 +96,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     for flag in ("max_images", "max_batch", "calib_max"):
         if getattr(args, flag) < 1:
             raise UserError(f"--{flag.replace('_', '-')} must be at least 1")
+    if args.opt_batch is not None and not 1 <= args.opt_batch <= args.max_batch:
+        raise UserError(f"--opt-batch must be between 1 and --max-batch ({args.max_batch})")
     return args
 
 
@@ -194,10 +196,11 @@ def engine_options(args, out: Path):
                             timing_cache=cache)
 
 
-def calibration_images(args, record) -> torch.Tensor | None:
+def calibration_images(args, record) -> torch.Tensor:
     root = Path(args.calib_images) if args.calib_images else smp.lineage_dir(record, "train_dir")
     if root is None:
-        return None
+        raise UserError("--precision int8 needs calibration images: pass --calib-images DIR (training "
+                        "images); this bundle records no reachable train_dir")
     return smp.load_samples(root, record.preprocess, record.classes, args.calib_max, "train_dir").images
 
 
@@ -259,7 +262,7 @@ def export(args) -> int:
     ctx = {"args": args, "out": out, "bundle": bundle, "model": model, "record": record, "samples": samples,
            "trt": trt_opts}
     if trt_opts is not None and trt_opts.precision == "int8":
-        ctx["calib"] = calibration_images(args, record)
+        ctx["calib"] = calibration_images(args, record)  # before the export: a missing folder fails now
     report = rep.new_report("export", bundle=str(bundle.resolve()), out=str(out.resolve()),
                             inputs=samples.describe())
     _inputs_log(samples)

@@ -86,9 +86,9 @@ def _add_profile(builder, config, crop: int, profile: dict[str, int]):
 def _load_timing_cache(config, path: Path | None):
     blob = path.read_bytes() if path is not None and path.is_file() else b""
     cache = config.create_timing_cache(blob)
-    if not config.set_timing_cache(cache, ignore_mismatch=False):
+    if not config.set_timing_cache(cache, False):  # (cache, ignore_mismatch)
         # A cache from another GPU or TensorRT version: start a fresh one rather than fail the build.
-        config.set_timing_cache(config.create_timing_cache(b""), ignore_mismatch=False)
+        config.set_timing_cache(config.create_timing_cache(b""), False)
     return len(blob)
 
 

@@ -52,9 +52,16 @@ def _trt_flag_without_tensorrt(tmp_path, make_bundle):
     return [make_bundle(arch="cifar_cnn"), "--precision", "int8"], "--precision only apply with --tensorrt"
 
 
-@pytest.mark.parametrize("case", [_not_a_bundle, _newer_schema, _corrupt_weights, _unwritable_out,
-                                  _onnx_without_verify_only, _trt_flag_without_tensorrt],
-                         ids=lambda f: f.__name__.strip("_"))
+def _opt_batch_above_max(tmp_path, make_bundle):
+    argv = [make_bundle(arch="cifar_cnn"), "--tensorrt", "--max-batch", 8, "--opt-batch", 16]
+    return argv, "--opt-batch must be between 1 and --max-batch (8)"
+
+
+BAD_INPUTS = [_not_a_bundle, _newer_schema, _corrupt_weights, _unwritable_out, _onnx_without_verify_only,
+              _trt_flag_without_tensorrt, _opt_batch_above_max]
+
+
+@pytest.mark.parametrize("case", BAD_INPUTS, ids=lambda f: f.__name__.strip("_"))
 def test_bad_input_exits_2_with_one_line_and_no_model_file(case, tmp_path, make_bundle, capsys):
     argv, message = case(tmp_path, make_bundle)
     assert run_export(*argv, "--exporter", "torchscript", "--no-bench") == 2
