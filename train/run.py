@@ -122,6 +122,8 @@ def git_commit() -> str | None:
 def write_run_files(cfg: Config, data: TrainData, run_dir: Path) -> None:
     run_dir.mkdir(parents=True, exist_ok=True)
     write_text_atomic(run_dir / "config.yaml", yaml.safe_dump(cfg.to_dict(), sort_keys=False))
+    if (run_dir / "train_batch.png").is_file():  # a resumed run: the same seed would draw the same batch
+        return
     images, labels = preview_batch(data.train, cfg.run.seed, PREVIEW_IMAGES)
     if len(images):
         write_batch_grid(images, [data.display_names[y] for y in labels], run_dir / "train_batch.png")
@@ -138,6 +140,9 @@ def _input_prep(cfg: Config, device: torch.device, channels_last: bool) -> Calla
 
 
 def build_parts(cfg: Config, data: TrainData, accelerator: Accelerator) -> Parts:
+    if cfg.data.decode == "gpu":
+        raise UserError("data.decode: gpu is not wired into the training loop yet (train/gpu_data.py has the "
+                        "pieces); use cpu, or auto (= cpu for now)")
     t = cfg.train
     on_gpu = accelerator.device.type == "cuda"
     model = build_model(cfg.model.arch, len(data.classes), HeadSpec(list(cfg.model.head.hidden),

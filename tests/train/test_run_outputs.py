@@ -81,3 +81,13 @@ def test_imagenet_weights_come_from_the_torch_cache_without_network(tmp_path, mo
     backbone = [k for k in state if not k.startswith("fc.")]
     assert all(torch.equal(trained[k], state[k]) for k in backbone)  # frozen, BN statistics included
     assert trained["fc.output.weight"].shape == (4, 512)
+
+
+def test_early_stopping_ends_the_run_after_patience_epochs_without_a_better_score(tmp_path, train_inproc,
+                                                                                   small_root):
+    # lr 0 and no BatchNorm: every epoch scores exactly like the first, and a tie is not an improvement.
+    result = train_inproc(f"data.root={small_root}", "model.arch=cifar_cnn", "train.epochs=6",
+                          "train.optimizer.name=sgd", "train.optimizer.lr=0", "train.scheduler.name=none",
+                          "train.early_stopping_patience=2", "run.name=patience")
+    assert result.exit_code == 0 and len(result.state.rows) == 3
+    assert read_record(result.run_dir / "best").metrics["epoch"] == 1
