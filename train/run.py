@@ -139,16 +139,22 @@ def _input_prep(cfg: Config, device: torch.device, channels_last: bool) -> Calla
     return lambda x: normalize(x).contiguous(memory_format=torch.channels_last)
 
 
-def build_parts(cfg: Config, data: TrainData, accelerator: Accelerator) -> Parts:
+def make_model(cfg: Config, data: TrainData) -> torch.nn.Module:
+    """The model before Accelerate sees it; building it may download pretrained weights."""
     if cfg.data.decode == "gpu":
         raise UserError("data.decode: gpu is not wired into the training loop yet (train/gpu_data.py has the "
                         "pieces); use cpu, or auto (= cpu for now)")
-    t = cfg.train
-    on_gpu = accelerator.device.type == "cuda"
-    model = build_model(cfg.model.arch, len(data.classes), HeadSpec(list(cfg.model.head.hidden),
-                        cfg.model.head.dropout), cfg.model.pretrained)
+    head = HeadSpec(list(cfg.model.head.hidden), cfg.model.head.dropout)
+    model = build_model(cfg.model.arch, len(data.classes), head, cfg.model.pretrained)
     if cfg.model.freeze == "backbone":
         set_backbone_trainable(model, False)  # before DDP wraps it, so DDP only syncs the head
+    return model
+
+
+def build_parts(cfg: Config, data: TrainData, model: torch.nn.Module, accelerator: Accelerator) -> Parts:
+    """Collective (DDP wraps the model): every process calls it, outside main_process_first."""
+    t = cfg.train
+    on_gpu = accelerator.device.type == "cuda"
     if t.sync_bn and accelerator.num_processes > 1 and on_gpu:
         model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)
     channels_last = t.channels_last and on_gpu
@@ -222,7 +228,8 @@ def train(cfg: Config, stem: str) -> RunResult:
     run_dir, last = on_main(accelerator, lambda: resolve_run(cfg, stem))
     with accelerator.main_process_first():  # a download (CIFAR-10, pretrained weights) happens once
         data = load_data(cfg)
-        parts = build_parts(cfg, data, accelerator)
+        model = make_model(cfg, data)
+    parts = build_parts(cfg, data, model, accelerator)
     if accelerator.is_main_process:
         write_run_files(cfg, data, run_dir)
     lineage = {"config_hash": cfg.hash(), "git_commit": git_commit(), "dataset": data.lineage}

@@ -23,13 +23,17 @@ RUN_FILES = ["best/model.safetensors", "best/bundle.json", "last/trainer_state.j
 
 
 def _launch(tmp_path, processes: int, *overrides: str) -> subprocess.CompletedProcess:
-    cmd = accelerate_launch("--config_file", str(CONFIGS / "accelerate" / "cpu.yaml"), "--cpu",
-                            "--num_processes", str(processes), "--main_process_port", str(free_port()),
-                            str(MAIN), "--config", str(DEMO_RECIPE), f"run.output_dir={tmp_path / 'runs'}",
-                            "data.num_workers=0", *overrides)
-    proc = subprocess.run(cmd, check=False, cwd=tmp_path, env=subprocess_env(tmp_path), capture_output=True, text=True,
-                          timeout=600)
+    # `--cpu --num_processes 2` starts ONE process in accelerate 1.x (its CPU launcher wants mpirun for more):
+    # --multi_gpu takes the torchrun launcher, and ACCELERATE_USE_CPU=1 makes that a gloo group on the CPU.
+    hardware = (["--config_file", str(CONFIGS / "accelerate" / "cpu.yaml"), "--cpu", "--num_processes", "1"]
+                if processes == 1 else ["--multi_gpu", "--num_processes", str(processes), "--num_machines", "1",
+                                        "--mixed_precision", "no", "--dynamo_backend", "no"])
+    cmd = accelerate_launch(*hardware, "--main_process_port", str(free_port()), str(MAIN), "--config",
+                            str(DEMO_RECIPE), f"run.output_dir={tmp_path / 'runs'}", "data.num_workers=0", *overrides)
+    proc = subprocess.run(cmd, check=False, cwd=tmp_path, env=subprocess_env(tmp_path), capture_output=True,
+                          text=True, timeout=300)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert f"{processes} process(es) on cpu" in proc.stdout
     return proc
 
 
