@@ -46,6 +46,17 @@ def write_json_atomic(dest: str | os.PathLike, obj: Any) -> None:
     write_text_atomic(dest, json.dumps(obj, indent=2, sort_keys=False) + "\n")
 
 
+def _plain_modes(root: Path) -> None:
+    """Give a finished temp tree the modes plain open()/mkdir() would have: some writers
+    (safetensors, mkstemp) create owner-only files, which a shared run folder must not keep."""
+    os.chmod(root, 0o777 & ~_UMASK)
+    for base, dirs, files in os.walk(root):
+        for d in dirs:
+            os.chmod(os.path.join(base, d), 0o777 & ~_UMASK)
+        for f in files:
+            os.chmod(os.path.join(base, f), 0o666 & ~_UMASK)
+
+
 @contextlib.contextmanager
 def atomic_dir(dest: str | os.PathLike) -> Iterator[Path]:
     """Yield a fresh temp directory beside `dest`; on success it replaces `dest` whole.
@@ -59,7 +70,7 @@ def atomic_dir(dest: str | os.PathLike) -> Iterator[Path]:
     tmp = Path(tempfile.mkdtemp(prefix=f".{dest.name}.", suffix=".tmp", dir=dest.parent))
     try:
         yield tmp
-        os.chmod(tmp, 0o777 & ~_UMASK)
+        _plain_modes(tmp)
         old = dest.with_name(f".{dest.name}.old")
         if old.exists():
             shutil.rmtree(old)

@@ -83,3 +83,9 @@ def test_display_names_come_from_cat_to_name_with_folder_fallback(tmp_path):
     p.write_text(json.dumps({"1": "pink primrose", "2": "hard-leaved pocket orchid"}))
     assert load_display_names(["1", "10", "2"], p) == ["pink primrose", "10", "hard-leaved pocket orchid"]
     assert load_display_names(["a"], None) == ["a"]
+
+
+def test_bundle_files_are_readable_by_others_like_any_plain_file(tmp_path):
+    save_bundle(tmp_path / "b", build_model("cifar_cnn", 3, HeadSpec([16], 0.3)), _record())
+    for name in ("model.safetensors", "bundle.json"):
+        assert (tmp_path / "b" / name).stat().st_mode & 0o044 == 0o044, name
