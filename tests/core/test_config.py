@@ -107,3 +107,8 @@ def test_every_shipped_recipe_loads():
     assert {"flowers102_densenet161", "flowers102_vgg16", "caltech101_resnet50", "cifar10_cnn", "demo"} <= names
     for p in recipes:
         load_config(p)
+
+
+def test_readme_config_reference_matches_the_code():
+    readme = (REPO / "README.md").read_text()
+    assert reference_markdown() in readme, "README config table is stale: paste `python -m core.config` output"
