@@ -25,10 +25,12 @@ from core.config import Config
 from core.errors import UserError
 from core.images import IMAGE_EXTENSIONS, BadImage, decode_image, is_image_file
 from core.preprocess import eval_transform, train_transform
+from train.gpu_data import EncodedImages, collate_encoded
 
 SPLIT_DIRS = {"train": ("train",), "valid": ("valid", "val", "validation"), "test": ("test",)}
 CAT_TO_NAME = "cat_to_name.json"
 IGNORE_LABEL = -1  # eval placeholder for an unreadable image: keeps batch sizes, masked out of metrics
+READ_THREADS = 8  # GPU path: file reads per worker in flight (I/O, so threads overlap well)
 
 
 # ------------------------------------------------------------------------------------------ sources
@@ -288,6 +290,19 @@ def train_loader(ds: ImageDataset, batch_size: int, seed: int, num_workers: int,
 def eval_loader(ds: ImageDataset, batch_size: int, num_workers: int, pin: bool) -> DataLoader:
     return DataLoader(ds, batch_size=batch_size, shuffle=False, num_workers=num_workers,
                       collate_fn=collate_eval, pin_memory=pin, persistent_workers=num_workers > 0)
+
+
+def encoded_train_loader(samples: Sequence[tuple[str, int]], batch_size: int, seed: int,
+                         num_workers: int) -> DataLoader:
+    """GPU path: file bytes in the CPU path's (epoch, index) order; the device decodes and augments them."""
+    return DataLoader(EncodedImages(samples, threads=READ_THREADS), batch_size=batch_size,
+                      sampler=EpochSampler(len(samples), seed), num_workers=num_workers,
+                      collate_fn=collate_encoded, persistent_workers=num_workers > 0, drop_last=False)
+
+
+def encoded_eval_loader(samples: Sequence[tuple[str, int]], batch_size: int, num_workers: int) -> DataLoader:
+    return DataLoader(EncodedImages(samples, threads=READ_THREADS), batch_size=batch_size, shuffle=False,
+                      num_workers=num_workers, collate_fn=collate_encoded, persistent_workers=num_workers > 0)
 
 
 def preview_batch(ds: ImageDataset, seed: int, n: int = 16) -> tuple[torch.Tensor, list[int]]:

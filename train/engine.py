@@ -27,6 +27,7 @@ from core.report import plot_curves, write_metrics_csv
 from train.checkpoint import TrainerState, save_last
 from train.data import TrainData
 from train.evaluate import EvalResult, evaluate
+from train.feed import Feed
 from train.signals import StopFlag
 
 BEST_DIR = "best"
@@ -60,6 +61,7 @@ class Parts:
     valid_loader: Any
     prepare: Callable[[torch.Tensor], torch.Tensor]  # uint8 batch → normalized float on the device
     criterion: torch.nn.Module
+    feed: Feed  # data.decode's path: turns the prepared loaders' batches into (uint8 images, labels, notes)
 
 
 class Trainer:
@@ -119,7 +121,7 @@ class Trainer:
         since_check, start = 0, time.perf_counter()
         bar = tqdm(total=len(p.train_loader), initial=skip, desc=f"epoch {epoch + 1}/{cfg.train.epochs}",
                    disable=not acc.is_main_process, leave=False, dynamic_ncols=True)
-        for step, (images, labels, bad) in enumerate(loader, start=skip):
+        for step, (images, labels, bad) in enumerate(p.feed.train_batches(loader), start=skip):
             epoch_bad.extend(bad)
             if len(labels):
                 loss, logits = self._step(images, labels, epoch, step)
@@ -178,7 +180,7 @@ class Trainer:
     # ------------------------------------------------------------------ epoch end
 
     def validate(self) -> EvalResult:
-        return evaluate(self.acc, self.p.model, self.p.valid_loader, self.p.prepare)
+        return evaluate(self.acc, self.p.model, self.p.feed.eval_batches(self.p.valid_loader), self.p.prepare)
 
     def end_epoch(self, epoch: int, train: dict[str, float], valid: EvalResult, seconds: float,
                   state: TrainerState) -> bool:

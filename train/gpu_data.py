@@ -1,17 +1,16 @@
 """The GPU data path for training: encoded file bytes from a DataLoader (thread-pool reads), decode +
 augment + normalize on the device in batches. Device-agnostic: on CPU it runs the same code (for tests).
 
-Integration (train.data.decode: gpu): build the DataLoader over `EncodedImages` with `collate_encoded`,
-let `accelerator.prepare` shard it as usual (a plain dataclass batch, so Accelerate leaves the bytes on
-the host), then per step `batch = pipeline(raw, epoch)` gives normalized float images on the device.
+Used by train.feed for `data.decode: gpu`: the DataLoader over `EncodedImages` with `collate_encoded` is
+sharded by `accelerator.prepare` as usual (a plain dataclass batch, so Accelerate leaves the bytes on the
+host), and `engine_batches` turns it into the trainer's (images, labels, notes) tuples on the device.
 """
 from __future__ import annotations
 
 import os
-import queue
-import threading
+from collections import deque
 from collections.abc import Callable, Iterable, Iterator, Sequence
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -162,62 +161,64 @@ class GpuPipeline:
 # ------------------------------------------------------------------------------ overlap with the step
 
 
+_END = object()  # sentinel: the loader has no more batches
+
+
 def prefetch(batches: Iterable[EncodedBatch], pipeline: GpuPipeline, epoch: int | None = None,
              depth: int = 2) -> Iterator[DeviceBatch]:
-    """Run the pipeline `depth` batches ahead in a background thread (on its own CUDA stream on GPU).
+    """Run the pipeline up to `depth` batches ahead in a background thread (on its own CUDA stream on GPU).
 
-    The consumer's stream waits on an event instead of the host, so no step blocks on data that is
-    already being prepared; tensors are marked as used by the consumer's stream before it sees them.
+    The loader itself is pulled here, in the consumer's thread and order. An Accelerate loader's
+    `end_of_dataloader` (read by gather_for_metrics to trim the padding of the last distributed batch,
+    and by gradient accumulation to sync) is set back to each batch's own value just before that batch
+    is handed out, and the loader is not stepped past its last batch until that batch has been used, so
+    it stays the active dataloader meanwhile. The consumer's stream waits on an event, not the host.
     """
-    cuda = pipeline.device.type == "cuda"
-    side = torch.cuda.Stream(pipeline.device) if cuda else None
-    q: queue.Queue = queue.Queue(maxsize=depth)
-    stop = threading.Event()
-    done = object()
+    side = torch.cuda.Stream(pipeline.device) if pipeline.device.type == "cuda" else None
 
-    def put(item: tuple) -> bool:
-        while not stop.is_set():
-            try:
-                q.put(item, timeout=0.1)
-                return True
-            except queue.Full:
-                continue
-        return False
+    def run(raw: EncodedBatch) -> tuple[DeviceBatch, torch.cuda.Event | None]:
+        if side is None:
+            return pipeline(raw, epoch), None
+        with torch.cuda.stream(side):
+            out = pipeline(raw, epoch)
+            event = torch.cuda.Event()
+            event.record(side)
+        return out, event
 
-    def produce() -> None:
-        try:
-            for raw in batches:
-                if side is None:
-                    out, event = pipeline(raw, epoch), None
-                else:
-                    with torch.cuda.stream(side):
-                        out = pipeline(raw, epoch)
-                        event = torch.cuda.Event()
-                        event.record(side)
-                if not put((out, event)):
-                    return
-            put((done, None))
-        except BaseException as exc:  # noqa: BLE001 -- re-raised in the consumer thread
-            put((exc, None))
+    source = iter(batches)
+    pending: deque[tuple[Future, bool | None]] = deque()
+    exhausted = False
+    pool = ThreadPoolExecutor(1, thread_name_prefix="imgclf-gpu-data")
 
-    worker = threading.Thread(target=produce, name="imgclf-gpu-data", daemon=True)
-    worker.start()
-    try:
-        while True:
-            item, event = q.get()
-            if item is done:
+    def top_up() -> None:
+        nonlocal exhausted
+        while not exhausted and len(pending) <= depth:
+            raw = next(source, _END)
+            if raw is _END:
+                exhausted = True
                 return
-            if isinstance(item, BaseException):
-                raise item
+            last = getattr(batches, "end_of_dataloader", None)  # Accelerate loaders: True on their last batch
+            pending.append((pool.submit(run, raw), last))
+            exhausted = bool(last)
+
+    try:
+        top_up()
+        while pending:
+            future, last = pending.popleft()
+            top_up()
+            item, event = future.result()
+            if last is not None:
+                batches.end_of_dataloader = last  # type: ignore[attr-defined]
             if event is not None:
                 current = torch.cuda.current_stream(pipeline.device)
                 current.wait_event(event)
                 for t in (item.images, item.labels, item.valid):
                     t.record_stream(current)
             yield item
-    finally:  # also when the consumer stops early: let the producer thread finish
-        stop.set()
-        worker.join()
+        for _ in source:  # past the last batch: an Accelerate loader now ends its epoch (and leaves gradient state)
+            pass
+    finally:  # also when the consumer stops early: drop queued work, wait for the running batch
+        pool.shutdown(wait=True, cancel_futures=True)
 
 
 def engine_batches(batches: Iterable[EncodedBatch], pipeline: GpuPipeline, name: Callable[[int], str],

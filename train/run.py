@@ -28,9 +28,10 @@ from core.models import HeadSpec, build_model, set_backbone_trainable
 from core.preprocess import Normalize, WithPreprocessing
 from core.report import write_batch_grid, write_evaluation
 from train.checkpoint import LAST_DIR, TrainerState, is_complete, latest_run_with_last, load_last, resume_dir
-from train.data import TrainData, eval_loader, load_data, preview_batch, train_loader
+from train.data import TrainData, eval_loader, load_data
 from train.engine import BEST_DIR, Parts, Trainer
 from train.evaluate import evaluate
+from train.feed import FEEDS, Feed, decode_mode
 from train.optim import build_optimizer, build_scheduler
 from train.signals import StopFlag
 
@@ -119,12 +120,12 @@ def git_commit() -> str | None:
     return (out.stdout.strip() or None) if out.returncode == 0 else None
 
 
-def write_run_files(cfg: Config, data: TrainData, run_dir: Path) -> None:
+def write_run_files(cfg: Config, data: TrainData, feed: Feed, run_dir: Path) -> None:
     run_dir.mkdir(parents=True, exist_ok=True)
     write_text_atomic(run_dir / "config.yaml", yaml.safe_dump(cfg.to_dict(), sort_keys=False))
     if (run_dir / "train_batch.png").is_file():  # a resumed run: the same seed would draw the same batch
         return
-    images, labels = preview_batch(data.train, cfg.run.seed, PREVIEW_IMAGES)
+    images, labels = feed.preview(PREVIEW_IMAGES)
     if len(images):
         write_batch_grid(images, [data.display_names[y] for y in labels], run_dir / "train_batch.png")
 
@@ -141,9 +142,6 @@ def _input_prep(cfg: Config, device: torch.device, channels_last: bool) -> Calla
 
 def make_model(cfg: Config, data: TrainData) -> torch.nn.Module:
     """The model before Accelerate sees it; building it may download pretrained weights."""
-    if cfg.data.decode == "gpu":
-        raise UserError("data.decode: gpu is not wired into the training loop yet (train/gpu_data.py has the "
-                        "pieces); use cpu, or auto (= cpu for now)")
     head = HeadSpec(list(cfg.model.head.hidden), cfg.model.head.dropout)
     model = build_model(cfg.model.arch, len(data.classes), head, cfg.model.pretrained)
     if cfg.model.freeze == "backbone":
@@ -151,7 +149,8 @@ def make_model(cfg: Config, data: TrainData) -> torch.nn.Module:
     return model
 
 
-def build_parts(cfg: Config, data: TrainData, model: torch.nn.Module, accelerator: Accelerator) -> Parts:
+def build_parts(cfg: Config, feed: Feed, data: TrainData, model: torch.nn.Module,
+                accelerator: Accelerator) -> Parts:
     """Collective (DDP wraps the model): every process calls it, outside main_process_first."""
     t = cfg.train
     on_gpu = accelerator.device.type == "cuda"
@@ -163,14 +162,13 @@ def build_parts(cfg: Config, data: TrainData, model: torch.nn.Module, accelerato
     optimizer = build_optimizer(model.parameters(), t.optimizer)
     steps_per_epoch = math.ceil(math.ceil(len(data.train) / t.batch_size) / t.grad_accum_steps)
     scheduler = build_scheduler(optimizer, t.scheduler, steps_per_epoch, t.epochs)
-    workers = cfg.data.num_workers
-    tl = train_loader(data.train, t.batch_size, cfg.run.seed, workers, pin=on_gpu)
-    vl = eval_loader(data.valid, t.eval_batch_size or 2 * t.batch_size, workers, pin=on_gpu)
+    tl, vl = feed.loaders(t.batch_size, t.eval_batch_size or 2 * t.batch_size, pin=on_gpu)
     model, optimizer, scheduler, tl, vl = accelerator.prepare(model, optimizer, scheduler, tl, vl)
     if t.compile:
         model = torch.compile(model)
     criterion = torch.nn.CrossEntropyLoss(label_smoothing=t.label_smoothing)
-    return Parts(model, optimizer, scheduler, tl, vl, _input_prep(cfg, accelerator.device, channels_last), criterion)
+    return Parts(model, optimizer, scheduler, tl, vl, _input_prep(cfg, accelerator.device, channels_last), criterion,
+                 feed)
 
 
 # ---------------------------------------------------------------------------------------- test evaluation
@@ -225,17 +223,22 @@ def train(cfg: Config, stem: str) -> RunResult:
     """Train as configured: the epoch loop, then the best bundle's evaluation on test/ when present."""
     accelerator = make_accelerator(cfg)
     set_seed(cfg.run.seed, device_specific=True)
+    decode = decode_mode(cfg, accelerator.device)
+    if decode == "gpu" and accelerator.device.type != "cuda":
+        accelerator.print("warning: data.decode: gpu runs its batched decode + augmentation on the CPU here (no "
+                          "CUDA device); data.decode: cpu (parallel workers) is faster on this machine")
     run_dir, last = on_main(accelerator, lambda: resolve_run(cfg, stem))
     with accelerator.main_process_first():  # a download (CIFAR-10, pretrained weights) happens once
         data = load_data(cfg)
         model = make_model(cfg, data)
-    parts = build_parts(cfg, data, model, accelerator)
+    feed = FEEDS[decode](cfg, data, accelerator.device)
+    parts = build_parts(cfg, feed, data, model, accelerator)
     if accelerator.is_main_process:
-        write_run_files(cfg, data, run_dir)
+        write_run_files(cfg, data, feed, run_dir)
     lineage = {"config_hash": cfg.hash(), "git_commit": git_commit(), "dataset": data.lineage}
     accelerator.print(f"run folder {run_dir} | {len(data.classes)} classes, {len(data.train)} train / "
                       f"{len(data.valid)} valid images | {accelerator.num_processes} process(es) on "
-                      f"{accelerator.device.type}, mixed precision {accelerator.mixed_precision}")
+                      f"{accelerator.device.type}, mixed precision {accelerator.mixed_precision}, data.decode {decode}")
     state = _restore(accelerator, cfg, last)
     with StopFlag() as stop:
         trainer = Trainer(cfg, data, run_dir, accelerator, parts, stop, lineage)

@@ -1,0 +1,128 @@
+"""Which data path feeds the train step (data.decode): uint8 batches decoded and augmented by the CPU loaders,
+or file bytes decoded and augmented on the device by train.gpu_data. Either way the loop gets
+(uint8 images, labels, bad-file notes) tuples on the device, and normalizes them itself.
+"""
+from __future__ import annotations
+
+from collections.abc import Iterable
+from typing import Protocol
+
+import torch
+from torch.utils.data import DataLoader
+
+from core.config import Config
+from core.errors import UserError
+from train.data import (
+    IGNORE_LABEL,
+    EpochSampler,
+    FolderSource,
+    ImageDataset,
+    TrainData,
+    encoded_eval_loader,
+    encoded_train_loader,
+    eval_loader,
+    preview_batch,
+    train_loader,
+)
+from train.gpu_data import EncodedImages, GpuPipeline, collate_encoded, engine_batches, resolve_decode
+
+Batch = tuple[torch.Tensor, torch.Tensor, list[str]]
+GPU_PATH_MAX_WORKERS = 4  # workers only read bytes on the GPU path: a few per process keep up with nvJPEG
+
+
+class Feed(Protocol):
+    mode: str
+
+    def loaders(self, batch_size: int, eval_batch_size: int, pin: bool) -> tuple[DataLoader, DataLoader]: ...
+    def train_batches(self, loader: Iterable) -> Iterable[Batch]: ...
+    def eval_batches(self, loader: Iterable) -> Iterable[Batch]: ...
+    def preview(self, n: int) -> tuple[torch.Tensor, list[int]]: ...
+
+
+def decode_mode(cfg: Config, device: torch.device) -> str:
+    """`data.decode` → 'cpu' or 'gpu' for this run. Only image folders have files to hand to the device
+    decoder: `auto` keeps CIFAR-10 (in-memory arrays) on the CPU path, an explicit `gpu` is refused."""
+    if cfg.data.source != "folder":
+        if cfg.data.decode == "gpu":
+            raise UserError(f"data.decode: gpu decodes image files, but data.source: {cfg.data.source} is "
+                            "already decoded in memory; use data.decode: cpu (or auto)")
+        return "cpu"
+    return resolve_decode(cfg.data.decode, device)
+
+
+class CpuFeed:
+    """Decode + augment in DataLoader workers (PIL); the prepared loader already yields engine tuples."""
+
+    mode = "cpu"
+
+    def __init__(self, cfg: Config, data: TrainData, device: torch.device):
+        self.data, self.seed, self.workers = data, cfg.run.seed, cfg.data.num_workers
+
+    def loaders(self, batch_size: int, eval_batch_size: int, pin: bool) -> tuple[DataLoader, DataLoader]:
+        return (train_loader(self.data.train, batch_size, self.seed, self.workers, pin),
+                eval_loader(self.data.valid, eval_batch_size, self.workers, pin))
+
+    def train_batches(self, loader: Iterable) -> Iterable[Batch]:
+        return loader
+
+    def eval_batches(self, loader: Iterable) -> Iterable[Batch]:
+        return loader
+
+    def preview(self, n: int) -> tuple[torch.Tensor, list[int]]:
+        return preview_batch(self.data.train, self.seed, n)
+
+
+def _samples(ds: ImageDataset) -> list[tuple[str, int]]:
+    source = ds.source
+    assert isinstance(source, FolderSource), "decode_mode keeps non-folder sources on the CPU path"
+    return list(zip(source.paths, source.labels, strict=True))
+
+
+class GpuFeed:
+    """Workers read file bytes; decode (nvJPEG on CUDA) and augmentation run batched on the run's device."""
+
+    mode = "gpu"
+
+    def __init__(self, cfg: Config, data: TrainData, device: torch.device):
+        spec = cfg.preprocess.spec()
+        self.data, self.seed = data, cfg.run.seed
+        self.workers = min(cfg.data.num_workers, GPU_PATH_MAX_WORKERS)
+        self.train_samples, self.valid_samples = _samples(data.train), _samples(data.valid)
+        # normalize=False: uint8 batches, so the trainer's own prepare() normalizes as on the CPU path
+        self.train_pipe = GpuPipeline(spec, device, aug=cfg.augment.spec(), seed=cfg.run.seed, normalize=False)
+        self.eval_pipe = GpuPipeline(spec, device, normalize=False)
+
+    def loaders(self, batch_size: int, eval_batch_size: int, pin: bool) -> tuple[DataLoader, DataLoader]:
+        return (encoded_train_loader(self.train_samples, batch_size, self.seed, self.workers),
+                encoded_eval_loader(self.valid_samples, eval_batch_size, self.workers))
+
+    def train_batches(self, loader: Iterable) -> Iterable[Batch]:
+        return engine_batches(loader, self.train_pipe, self.data.train.source.name)
+
+    def eval_batches(self, loader: Iterable) -> Iterable[Batch]:
+        return engine_batches(loader, self.eval_pipe, self.data.valid.source.name, ignore_label=IGNORE_LABEL)
+
+    def preview(self, n: int) -> tuple[torch.Tensor, list[int]]:
+        """The first `n` readable images of epoch 0 through the training pipeline, as the trainer sees them."""
+        keys = list(EpochSampler(len(self.train_samples), self.seed))
+        reader = EncodedImages(self.train_samples, threads=4)
+        images, labels = [], []
+        for start in range(0, len(keys), n):
+            if len(labels) >= n:
+                break
+            raw = collate_encoded(reader.__getitems__(keys[start: start + n]))
+            batch = self.train_pipe(raw)
+            keep = batch.valid.cpu()
+            images.append(batch.images.cpu()[keep])
+            labels += raw.labels[keep].tolist()
+        return torch.cat(images)[:n], labels[:n]
+
+
+FEEDS: dict[str, type] = {"cpu": CpuFeed, "gpu": GpuFeed}
+
+
+def make_feed(cfg: Config, data: TrainData, device: torch.device) -> Feed:
+    return FEEDS[decode_mode(cfg, device)](cfg, data, device)
+
+
+__all__ = ["FEEDS", "CpuFeed", "Feed", "GpuFeed", "decode_mode", "make_feed"]
