@@ -48,7 +48,9 @@ class DataConfig:
     num_workers: int = opt(4, "DataLoader worker processes per GPU process")
     max_bad_fraction: float = opt(0.01, "abort when more than this fraction of training images cannot be decoded")
     download: bool = opt(True, "cifar10 only: download when missing (needs network)")
-    decode: str = opt("cpu", "where train/valid images are decoded and augmented", ("cpu", "gpu", "auto"))
+    decode: str = opt("cpu", "folder data: `cpu` = decode + augment in DataLoader workers; `gpu` = workers read "
+                      "bytes, nvJPEG decode + batched augmentation on the training device (runs, slower, without "
+                      "CUDA); `auto` = gpu on CUDA, else cpu. data.source cifar10: cpu only", ("cpu", "gpu", "auto"))
 
 
 @dataclass
