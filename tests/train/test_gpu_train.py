@@ -1,0 +1,138 @@
+"""data.decode: gpu in the training loop, on the CPU device (same code as on CUDA): exact validation counts,
+bad files, the preview, CIFAR-10's refusal, and Accelerate's end-of-dataloader state under prefetch."""
+from __future__ import annotations
+
+import shutil
+
+import pytest
+import torch
+import torch.nn.functional as F
+from accelerate import Accelerator
+from accelerate.state import AcceleratorState, GradientState
+from torch.utils.data import DataLoader
+
+from core.bundle import load_bundle, read_record
+from core.config import load_config
+from core.demo_data import make_demo_dataset
+from core.errors import UserError
+from core.images import is_image_file
+from core.preprocess import EvalSpec, WithPreprocessing
+from tests.train.helpers import CONFIGS, DEMO_RECIPE, TINY
+from train.data import EpochSampler, load_data
+from train.feed import GpuFeed, decode_mode
+from train.gpu_data import EncodedImages, GpuPipeline, collate_encoded, engine_batches
+
+GPU = "data.decode=gpu"
+
+
+def _odd_root(tmp_path):
+    """3 classes × (train 4, valid 5): 15 validation images, so no batch size of 2 or 4 divides them."""
+    return make_demo_dataset(tmp_path / "data", num_classes=3, per_split={"train": 4, "valid": 5}, size=36)
+
+
+def _plain_valid_eval(bundle_dir, valid_dir):
+    """The bundle on every validation image at once through the device pipeline's own eval preprocessing:
+    no loader, no prefetch, no gather. (n, correct, mean loss)."""
+    model, record = load_bundle(bundle_dir)
+    net = WithPreprocessing(model, record.preprocess).eval()
+    samples = [(p, y) for y, c in enumerate(record.classes) for p in sorted((valid_dir / c).iterdir())
+               if is_image_file(p)]
+    raw = collate_encoded(EncodedImages(samples, threads=2).__getitems__(list(range(len(samples)))))
+    images, errors = GpuPipeline(record.preprocess, "cpu").images_uint8(raw.data, raw.indices, 0)
+    assert not errors
+    with torch.no_grad():
+        logits = net(images)
+    return len(samples), (logits.argmax(1) == raw.labels).sum().item(), F.cross_entropy(logits, raw.labels).item()
+
+
+# ---------------------------------------------------------------------------------------- whole runs
+
+
+def test_gpu_decode_run_counts_every_validation_image_once_and_scores_like_a_plain_evaluation(tmp_path,
+                                                                                            train_inproc):
+    root = _odd_root(tmp_path)
+    result = train_inproc(f"data.root={root}", GPU, "model.arch=cifar_cnn", "train.epochs=2",
+                          "train.batch_size=5", "train.eval_batch_size=4", "run.name=gpu")
+    assert result.exit_code == 0 and result.state.finished
+    best = result.run_dir / "best"
+    metrics = read_record(best).metrics
+    n, correct, loss = _plain_valid_eval(best, root / "valid")
+    assert n == 15
+    assert metrics["valid_n"] == n  # a batch trimmed by a stale end-of-dataloader flag would give 14
+    assert metrics["valid_acc"] == correct / n
+    assert metrics["valid_loss"] == pytest.approx(loss, abs=1e-5)
+    assert (result.run_dir / "train_batch.png").is_file()
+
+
+def test_gpu_decode_skips_an_unreadable_training_image_and_lists_it(tmp_path, train_inproc, small_root):
+    root = tmp_path / "data"
+    shutil.copytree(small_root, root)
+    bad = root / "train" / "2" / "broken.jpg"
+    bad.write_bytes(b"\xff\xd8\xff\xe0 this is not a jpeg")
+    result = train_inproc(f"data.root={root}", GPU, "train.epochs=1", "model.arch=cifar_cnn",
+                          "data.max_bad_fraction=0.05", "run.name=bad")
+    assert result.exit_code == 0
+    listed = (result.run_dir / "bad_files.txt").read_text().splitlines()
+    assert [line.split("\t")[0] for line in listed] == [str(bad)]
+    assert listed[0].split("\t")[1]  # with its reason
+    assert read_record(result.run_dir / "best").metrics["valid_n"] == 12
+
+
+def test_gpu_decode_with_cifar10_is_refused_before_anything_is_loaded(tmp_path, train_inproc):
+    with pytest.raises(UserError, match=r"data\.decode: gpu .*data\.source: cifar10.*data\.decode: cpu"):
+        train_inproc(GPU, f"data.root={tmp_path / 'nowhere'}", "data.download=false",
+                     config=CONFIGS / "cifar10_cnn.yaml", tiny=False)
+    assert not (tmp_path / "runs").exists()
+
+
+def test_decode_auto_keeps_cifar10_on_the_cpu_path_even_on_cuda():
+    cfg = load_config(CONFIGS / "cifar10_cnn.yaml", ["data.decode=auto"])
+    assert decode_mode(cfg, torch.device("cuda")) == "cpu"
+    folder = load_config(DEMO_RECIPE, ["data.decode=auto"])
+    assert decode_mode(folder, torch.device("cuda")) == "gpu"
+    assert decode_mode(folder, torch.device("cpu")) == "cpu"
+
+
+def test_gpu_decode_on_a_cpu_machine_runs_with_one_warning_line(tmp_path, train_inproc, small_root, capsys):
+    train_inproc(f"data.root={small_root}", GPU, "train.epochs=1", "model.arch=cifar_cnn", "run.name=warn")
+    out = capsys.readouterr().out
+    assert len([line for line in out.splitlines() if line.startswith("warning: data.decode: gpu")]) == 1
+    assert "data.decode gpu" in out  # the run header names the path taken
+
+
+# ---------------------------------------------------------------------------------------- pieces
+
+
+def test_the_preview_shows_the_first_epoch_0_images_exactly_as_the_gpu_path_augments_them(small_root):
+    cfg = load_config(DEMO_RECIPE, [f"data.root={small_root}", *TINY, GPU])
+    feed = GpuFeed(cfg, load_data(cfg), torch.device("cpu"))
+    images, labels = feed.preview(5)
+    keys = list(EpochSampler(len(feed.train_samples), cfg.run.seed))[:5]
+    raw = collate_encoded(EncodedImages(feed.train_samples).__getitems__(keys))
+    assert torch.equal(images, feed.train_pipe(raw).images)
+    assert labels == raw.labels.tolist()
+
+
+@pytest.fixture
+def accelerator():
+    AcceleratorState._reset_state(reset_partial_state=True)
+    GradientState._reset_state()
+    yield Accelerator(cpu=True)
+    AcceleratorState._reset_state(reset_partial_state=True)
+    GradientState._reset_state()
+
+
+def test_each_prefetched_batch_carries_its_own_end_of_dataloader_state(accelerator, small_root):
+    """gather_for_metrics trims to the remainder when the loader says it is at its end; read ahead, the
+    flag used to flip while earlier batches were still being evaluated."""
+    samples = [(str(p), 0) for p in sorted((small_root / "valid").rglob("*")) if is_image_file(p)][:7]
+    loader = accelerator.prepare(DataLoader(EncodedImages(samples, threads=2), batch_size=2,
+                                            collate_fn=collate_encoded))
+    flags, gathered = [], 0
+    batches = engine_batches(loader, GpuPipeline(EvalSpec(36, 32), "cpu"), str, ignore_label=-1, depth=3)
+    for _images, labels, _notes in batches:
+        flags.append(accelerator.gradient_state.end_of_dataloader)
+        gathered += len(accelerator.gather_for_metrics(labels))
+    assert flags == [False, False, False, True]
+    assert gathered == 7
+    assert accelerator.gradient_state.active_dataloader is None  # the loader finished its epoch and left
