@@ -6,7 +6,10 @@ import os
 import warnings
 from pathlib import Path
 
+from typing import Callable
+
 import numpy as np
+import torch
 from PIL import Image, ImageFile, ImageOps
 
 # Pillow's own bomb check only warns below 2x its limit; we turn the warning into an error
@@ -87,3 +90,22 @@ def decode_image(source: str | os.PathLike | bytes, max_pixels: int = MAX_PIXELS
         raise BadImage("not an image file (unrecognized format)") from None
     except (OSError, SyntaxError, ValueError, EOFError) as exc:
         raise BadImage(f"corrupt or truncated image: {exc}") from None
+
+
+# PIL's ImageOps.exif_transpose as tensor ops on [..., C, H, W], for decoders that ignore EXIF (nvJPEG),
+# so a GPU-decoded photo comes out exactly as upright as decode_image's.
+EXIF_TRANSPOSE: dict[int, Callable[[torch.Tensor], torch.Tensor]] = {
+    1: lambda x: x,
+    2: lambda x: x.flip(-1),
+    3: lambda x: x.flip(-2, -1),
+    4: lambda x: x.flip(-2),
+    5: lambda x: x.transpose(-2, -1),
+    6: lambda x: torch.rot90(x, -1, dims=(-2, -1)),
+    7: lambda x: x.transpose(-2, -1).flip(-2, -1),
+    8: lambda x: torch.rot90(x, 1, dims=(-2, -1)),
+}
+
+
+def exif_transpose_tensor(image: torch.Tensor, orientation: int) -> torch.Tensor:
+    """Apply EXIF orientation `orientation` (1..8; anything else = upright) to a CHW tensor."""
+    return EXIF_TRANSPOSE.get(orientation, EXIF_TRANSPOSE[1])(image)

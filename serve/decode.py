@@ -19,7 +19,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from core.images import MAX_PIXELS, BadImage, decode_image
+from core.images import EXIF_TRANSPOSE, MAX_PIXELS, BadImage, decode_image, exif_transpose_tensor
 from core.preprocess import EvalSpec, eval_transform, interpolation_mode
 from serve.discover import Item
 from serve.sources import SourceError, read_bytes
@@ -30,17 +30,7 @@ JPEG_MAGIC = b"\xff\xd8\xff"
 JPEG_END = b"\xff\xd9"
 EXIF_ORIENTATION = 0x0112
 
-# EXIF orientation → the tensor op PIL's ImageOps.exif_transpose applies (CHW, so H=-2, W=-1).
-ORIENT: dict[int, Callable[[torch.Tensor], torch.Tensor]] = {
-    1: lambda x: x,
-    2: lambda x: x.flip(-1),
-    3: lambda x: x.flip(-2, -1),
-    4: lambda x: x.flip(-2),
-    5: lambda x: x.transpose(-2, -1),
-    6: lambda x: torch.rot90(x, -1, dims=(-2, -1)),
-    7: lambda x: x.transpose(-2, -1).flip(-2, -1),
-    8: lambda x: torch.rot90(x, 1, dims=(-2, -1)),
-}
+ORIENT = EXIF_TRANSPOSE  # EXIF orientation → the tensor op PIL's ImageOps.exif_transpose applies
 
 
 def spec_key(spec: EvalSpec) -> CropKey:
@@ -95,8 +85,7 @@ def probe_jpeg(data: bytes) -> int | None:
     return orientation if orientation in ORIENT else 1
 
 
-def orient(image: torch.Tensor, orientation: int) -> torch.Tensor:
-    return ORIENT.get(orientation, ORIENT[1])(image)
+orient = exif_transpose_tensor
 
 
 def resize_crop(image: torch.Tensor, key: CropKey) -> torch.Tensor:

@@ -10,13 +10,13 @@ from __future__ import annotations
 
 import struct
 import warnings
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
 from torchvision.io import ImageReadMode, decode_jpeg
 
-from core.images import MAX_PIXELS, BadImage, decode_image
+from core.images import MAX_PIXELS, BadImage, decode_image, exif_transpose_tensor
 
 _SOF_MARKERS = frozenset(range(0xC0, 0xD0)) - {0xC4, 0xC8, 0xCC}  # start-of-frame; not DHT/JPG/DAC
 _STANDALONE = frozenset(range(0xD0, 0xDA)) | {0x01}  # RSTn, SOI, EOI, TEM: no length field
@@ -81,17 +81,6 @@ def probe_jpeg(data: bytes | memoryview) -> JpegHeader | None:
     return None
 
 
-# PIL's ImageOps.exif_transpose, as tensor ops on [C, H, W].
-_ORIENT: dict[int, Callable[[torch.Tensor], torch.Tensor]] = {
-    1: lambda x: x,
-    2: lambda x: x.flip(-1),
-    3: lambda x: x.flip(-1, -2),
-    4: lambda x: x.flip(-2),
-    5: lambda x: x.transpose(-1, -2),
-    6: lambda x: torch.rot90(x, k=-1, dims=(-2, -1)),
-    7: lambda x: x.transpose(-1, -2).flip(-1, -2),
-    8: lambda x: torch.rot90(x, k=1, dims=(-2, -1)),
-}
 
 
 def gpu_decodable(header: JpegHeader | None, max_pixels: int = MAX_PIXELS) -> bool:
@@ -141,7 +130,7 @@ def decode_batch(blobs: Sequence[bytes | torch.Tensor], device: torch.device | s
         decoded = [(_decode_jpegs([_as_tensor(blobs[k])], device) or [None])[0] for k in fast]
     for k, img in zip(fast, decoded):
         if img is not None:
-            out[k] = _ORIENT[headers[k].orientation](img)  # type: ignore[union-attr]
+            out[k] = exif_transpose_tensor(img, headers[k].orientation)  # type: ignore[union-attr]
     errors: dict[int, str] = {}
     for k in range(len(blobs)):
         if out[k] is None:
