@@ -70,17 +70,24 @@ def atomic_dir(dest: str | os.PathLike) -> Iterator[Path]:
     tmp = Path(tempfile.mkdtemp(prefix=f".{dest.name}.", suffix=".tmp", dir=dest.parent))
     try:
         yield tmp
-        _plain_modes(tmp)
-        old = dest.with_name(f".{dest.name}.old")
-        if old.exists():
-            shutil.rmtree(old)
-        if dest.exists():
-            os.replace(dest, old)
-        os.replace(tmp, dest)
-        shutil.rmtree(old, ignore_errors=True)
+        swap_dir(tmp, dest)
     finally:
         if tmp.exists():
             shutil.rmtree(tmp, ignore_errors=True)
+
+
+def swap_dir(tmp: str | os.PathLike, dest: str | os.PathLike) -> None:
+    """Replace `dest` with the finished folder `tmp` (same file system): move the old one aside, rename,
+    remove the old. A crash between the two renames leaves `.NAME.old`, which `recover_dir` restores."""
+    tmp, dest = Path(tmp), Path(dest)
+    _plain_modes(tmp)
+    old = dest.with_name(f".{dest.name}.old")
+    if old.exists():
+        shutil.rmtree(old)
+    if dest.exists():
+        os.replace(dest, old)
+    os.replace(tmp, dest)
+    shutil.rmtree(old, ignore_errors=True)
 
 
 def recover_dir(dest: str | os.PathLike) -> None:

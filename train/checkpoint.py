@@ -7,7 +7,6 @@ complete last/ or the new one, never a half-written folder that resume would pic
 from __future__ import annotations
 
 import json
-import os
 import shutil
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -16,7 +15,7 @@ from typing import Any
 from accelerate import Accelerator
 
 from core.errors import UserError
-from core.fsio import recover_dir, write_json_atomic
+from core.fsio import recover_dir, swap_dir, write_json_atomic
 
 LAST_DIR = "last"
 STATE_FILE = "trainer_state.json"
@@ -48,17 +47,6 @@ def is_complete(last: Path) -> bool:
     return (last / STATE_FILE).is_file()
 
 
-def _swap_in(tmp: Path, dest: Path) -> None:
-    """Same protocol as core.fsio.atomic_dir (so core.fsio.recover_dir repairs a crash mid-swap)."""
-    old = dest.with_name(f".{dest.name}.old")
-    if old.exists():
-        shutil.rmtree(old)
-    if dest.exists():
-        os.replace(dest, old)
-    os.replace(tmp, dest)
-    shutil.rmtree(old, ignore_errors=True)
-
-
 def save_last(accelerator: Accelerator, run_dir: Path, state: TrainerState) -> Path:
     """Collective: every process must call it (each writes its own RNG state)."""
     dest = run_dir / LAST_DIR
@@ -70,7 +58,7 @@ def save_last(accelerator: Accelerator, run_dir: Path, state: TrainerState) -> P
     accelerator.wait_for_everyone()
     if accelerator.is_main_process:
         write_json_atomic(tmp / STATE_FILE, asdict(state))
-        _swap_in(tmp, dest)
+        swap_dir(tmp, dest)  # core.fsio.recover_dir repairs a crash mid-swap
     accelerator.wait_for_everyone()
     return dest
 
