@@ -290,8 +290,12 @@ def write_predictions_grid(images: torch.Tensor, probs: np.ndarray, targets: np.
 # ─── evaluation bundle of files ────────────────────────────────────────────────────────────────
 
 def write_evaluation(out_dir: str | os.PathLike, probs: np.ndarray, targets: np.ndarray, classes: list[str],
-                     display_names: list[str] | None, images: torch.Tensor | None = None) -> dict:
-    """test_metrics.json, per_class.csv, confusion_matrix.png (+ predictions.png for the first ≤16 images)."""
+                     display_names: list[str] | None, images: torch.Tensor | None = None,
+                     image_rows: Sequence[int] | None = None) -> dict:
+    """test_metrics.json, per_class.csv, confusion_matrix.png (+ predictions.png for ≤16 images).
+
+    `images` show rows `image_rows` of probs/targets (default: the first rows).
+    """
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     names = list(display_names) if display_names else list(classes)
@@ -300,7 +304,9 @@ def write_evaluation(out_dir: str | os.PathLike, probs: np.ndarray, targets: np.
     write_per_class_csv(metrics, out / "per_class.csv")
     plot_confusion_matrix(metrics["confusion_matrix"], names, out / "confusion_matrix.png")
     if images is not None and len(images):
-        m = min(len(images), PREDICTIONS_MAX, len(probs))
-        write_predictions_grid(images[:m], np.asarray(probs)[:m], np.asarray(targets)[:m], names,
+        rows = np.asarray(image_rows if image_rows is not None else range(len(images)), dtype=int)
+        m = min(len(images), PREDICTIONS_MAX, len(rows))
+        rows = rows[:m]
+        write_predictions_grid(images[:m], np.asarray(probs)[rows], np.asarray(targets)[rows], names,
                                out / "predictions.png")
     return metrics

@@ -25,6 +25,7 @@ class EvalResult:
     top5: float
     probs: np.ndarray | None = None
     targets: np.ndarray | None = None
+    indices: np.ndarray | None = None  # dataset index of each row of probs (unreadable images are dropped)
 
     def as_metrics(self, prefix: str) -> dict[str, float | int]:
         return {f"{prefix}_loss": self.loss, f"{prefix}_acc": self.acc, f"{prefix}_top5": self.top5,
@@ -66,4 +67,7 @@ def evaluate(accelerator: Accelerator, model: nn.Module, loader, prepare: nn.Mod
         all_targets, all_probs = torch.cat(targets).cpu(), torch.cat(probs).cpu()
         keep = all_targets != IGNORE_LABEL
         result.probs, result.targets = all_probs[keep].numpy(), all_targets[keep].numpy()
+        # The eval loader is unshuffled and gather_for_metrics keeps batch order, so a gathered row's
+        # position is its dataset index.
+        result.indices = keep.nonzero().flatten().numpy()
     return result

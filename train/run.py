@@ -10,6 +10,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 import yaml
 from accelerate import Accelerator, DataLoaderConfiguration
@@ -186,15 +187,14 @@ def evaluate_test(cfg: Config, data: TrainData, run_dir: Path, accelerator: Acce
     result = evaluate(accelerator, model, loader, lambda x: x, keep_probs=True)
     if not accelerator.is_main_process:
         return None
-    images = []
-    for i in range(len(data.test)):
-        if len(images) == PREVIEW_IMAGES:
-            break
-        x, _, _ = data.test[i]
-        if x is not None:
-            images.append(x)
+    # Sample the predictions grid evenly over the test set (it is listed class by class), not its first rows.
+    rows = np.unique(np.linspace(0, len(result.targets) - 1, PREVIEW_IMAGES).round().astype(int)) \
+        if result.targets is not None and len(result.targets) else np.array([], dtype=int)
+    images = [data.test[int(result.indices[r])][0] for r in rows]
+    keep = [r for r, x in zip(rows, images) if x is not None]
+    images = [x for x in images if x is not None]
     return write_evaluation(run_dir, result.probs, result.targets, record.classes, record.display_names,
-                            torch.stack(images) if images else None)
+                            torch.stack(images) if images else None, image_rows=keep)
 
 
 # ---------------------------------------------------------------------------------------- the run

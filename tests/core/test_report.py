@@ -187,3 +187,17 @@ def test_write_evaluation_without_images_skips_predictions_png(tmp_path):
     report.write_evaluation(tmp_path, PROBS, TARGETS, ["a", "b", "c"], ["A", "B", "C"])
     assert "predictions.png" not in only_files(tmp_path)
     assert read_csv(tmp_path / "per_class.csv")[2]["display_name"] == "C"
+
+
+def test_evaluation_grid_shows_the_rows_its_images_belong_to(tmp_path, monkeypatch):
+    import core.report as report
+
+    seen = {}
+    monkeypatch.setattr(report, "write_predictions_grid",
+                        lambda images, probs, targets, names, path, **kw: seen.update(probs=probs, targets=targets))
+    probs = np.eye(4)[[0, 0, 1, 1, 2, 2, 3, 3]].astype(float)
+    targets = np.array([0, 0, 1, 1, 2, 2, 3, 3])
+    images = torch.zeros(4, 3, 8, 8, dtype=torch.uint8)
+    report.write_evaluation(tmp_path, probs, targets, list("abcd"), None, images, image_rows=[0, 2, 4, 6])
+    assert seen["targets"].tolist() == [0, 1, 2, 3]
+    assert np.array_equal(seen["probs"], probs[[0, 2, 4, 6]])
