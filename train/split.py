@@ -139,7 +139,7 @@ _LINK_FALLBACK_ERRNOS = {errno.EXDEV, errno.EPERM, errno.ENOTSUP, errno.EMLINK}
 def _link(a: Path, b: Path) -> None:
     """Hard link; across file systems (or where hard links are refused) an absolute symlink instead."""
     try:
-        os.link(a, b)
+        os.link(os.path.realpath(a), b)  # link() would link a symlink itself; a relative one then dangles in DST
     except OSError as exc:
         if exc.errno not in _LINK_FALLBACK_ERRNOS:
             raise
@@ -154,6 +154,15 @@ TRANSFER: dict[str, Callable[[Path, Path], object]] = {
     "link": _link,
     "move": shutil.move,
 }
+
+
+def check_movable(plan: dict[str, dict[str, list[str]]], src: Path) -> None:
+    """--move would carry a symlink over as it is; a relative one then points nowhere. Refuse before moving."""
+    links = [f"{cls}/{rel}" for cls, splits in plan.items() for files in splits.values() for rel in files
+             if (src / cls / rel).is_symlink()]
+    if links:
+        raise UserError(f"SRC holds {len(links)} symlinked image(s) (e.g. {links[0]}) that --move would break; "
+                        "use --copy or --link, or replace the links with the files (nothing was moved)")
 
 
 def _pairs(plan: dict[str, dict[str, list[str]]], src: Path, stage: Path):
@@ -280,6 +289,8 @@ def main(argv: list[str] | None = None) -> int:
     source = scan_source(src)
     check_destination(src, dst)
     plan = {cls: assign(files, ratios, args.seed, cls) for cls, files in source.classes.items()}
+    if args.mode == "move":
+        check_movable(plan, src)
     manifest = build_manifest(args, ratios, source, plan)
     stage = make_stage(src, dst, manifest)
     transfer(plan, src, stage, args.mode)

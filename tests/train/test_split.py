@@ -228,3 +228,29 @@ def test_cli_as_a_script_prints_the_summary_and_exits_2_without_traceback(src, t
     again = subprocess.run(cmd, capture_output=True, text=True, cwd=tmp_path, check=False)
     assert again.returncode == 2
     assert again.stderr.startswith("error: DST") and "Traceback" not in again.stderr
+
+
+# ─── symlinked files ───────────────────────────────────────────────────────────────────────────
+
+def _relative_links(src: Path, cls: str, target: str, n: int) -> None:
+    """n relative symlinks to one file of the class: the seeded shuffle scatters them over the splits."""
+    for i in range(n):
+        os.symlink(target, src / cls / f"link_{i}.png")
+
+
+def test_link_of_a_relative_symlink_in_src_links_the_image_not_a_dangling_link(src, tmp_path):
+    _relative_links(src, "cat", "img_000.png", 6)
+    assert run(src, tmp_path / "dst", "--link") == 0
+    linked = sorted((tmp_path / "dst").rglob("link_*.png"))
+    assert len(linked) == 6 and all(p.exists() for p in linked)
+    assert all(os.path.samefile(p, src / "cat" / "img_000.png") for p in linked)
+
+
+def test_move_refuses_symlinked_files_before_touching_src(src, tmp_path, capsys):
+    _relative_links(src, "cat", "img_000.png", 1)
+    before = sorted(p.relative_to(src) for p in src.rglob("*"))
+    assert run(src, tmp_path / "dst", "--move") == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and "cat/link_0.png" in err and "--copy" in err
+    assert sorted(p.relative_to(src) for p in src.rglob("*")) == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["src"]
