@@ -92,8 +92,22 @@ def _new_run_dir(out: Path, stem: str) -> Path:
     return run_dir
 
 
+def check_writable(run_dir: Path) -> None:
+    """Fail before training, not with a traceback at the first write: the run folder must be creatable."""
+    existing = next(p for p in (run_dir, *run_dir.parents) if p.exists())
+    if not existing.is_dir() or not os.access(existing, os.W_OK | os.X_OK):
+        raise UserError(f"cannot create the run folder {run_dir}: {existing} is not a writable folder; "
+                        "set run.output_dir (or run.name) to a folder you can write")
+
+
 def resolve_run(cfg: Config, stem: str) -> tuple[Path, Path | None]:
     """(run folder, last/ to resume from or None) from run.name, run.output_dir and train.resume."""
+    run_dir, last = _resolve_run(cfg, stem)
+    check_writable(run_dir)
+    return run_dir, last
+
+
+def _resolve_run(cfg: Config, stem: str) -> tuple[Path, Path | None]:
     out, name, resume = Path(cfg.run.output_dir), cfg.run.name, cfg.train.resume
     if resume and resume != "auto":
         last = resume_dir(resume)

@@ -58,3 +58,12 @@ def test_an_existing_run_name_is_not_overwritten_without_resume(tmp_path, capsys
     err = _fails_with(capsys, "--config", str(DEMO_RECIPE), "run.name=taken", f"run.output_dir={tmp_path / 'runs'}",
                       f"data.root={REPO}")
     assert "train.resume=auto" in err
+
+
+def test_an_output_dir_that_is_a_file_exits_2_naming_it(tmp_path, capsys, monkeypatch):
+    monkeypatch.setenv("ACCELERATE_USE_CPU", "1")
+    root = make_demo_dataset(tmp_path / "data", num_classes=2, per_split={"train": 1, "valid": 1}, size=24)
+    (tmp_path / "runs").write_text("a file, not a folder")
+    err = _fails_with(capsys, "--config", str(DEMO_RECIPE), f"data.root={root}",
+                      f"run.output_dir={tmp_path / 'runs'}", "run.name=r")
+    assert str(tmp_path / "runs") in err and "run.output_dir" in err
