@@ -179,7 +179,9 @@ def list_samples(split_dir: Path, classes: list[str]) -> list[tuple[str, int]]:
         folder = split_dir / c
         if not folder.is_dir():
             continue  # a class may be absent from valid/test
-        files = sorted(str(p) for p in folder.rglob("*") if p.is_file() and is_image_file(p))
+        # Files in hidden subfolders (.ipynb_checkpoints, ...) are not data, as in train/split.py.
+        files = sorted(str(p) for p in folder.rglob("*") if p.is_file() and is_image_file(p)
+                       and not any(part.startswith(".") for part in p.relative_to(folder).parts))
         if not files:
             raise UserError(f"class folder {folder} holds no images ({', '.join(sorted(IMAGE_EXTENSIONS))}); "
                             "add images or remove the folder")

@@ -86,3 +86,13 @@ def test_dataset_fingerprint_changes_with_classes_and_counts():
     assert base == fingerprint(["1", "2"], {"train": 4, "valid": 2, "test": 0})
     assert base != fingerprint(["1", "3"], {"train": 4, "valid": 2, "test": 0})
     assert base != fingerprint(["1", "2"], {"train": 5, "valid": 2, "test": 0})
+
+
+def test_images_inside_hidden_subfolders_of_a_class_are_not_training_images(tmp_path):
+    root = make_demo_dataset(tmp_path, num_classes=2, per_split={"train": 2, "valid": 1}, size=24)
+    hidden = root / "train" / "1" / ".ipynb_checkpoints"
+    hidden.mkdir()
+    first = sorted((root / "train" / "1").glob("*.jpg"))[0]
+    (hidden / "copy-checkpoint.jpg").write_bytes(first.read_bytes())
+    data = load_folder_data(load_config(None, [f"data.root={root}"]))
+    assert len(data.train) == 4 and not any(".ipynb" in p for p in data.train.source.paths)
