@@ -7,7 +7,17 @@ from pathlib import Path
 if __package__ in (None, ""):  # `python train/demo_data.py`: make the repository importable
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from core.demo_data import main
+from core import demo_data
+from core.errors import UserError, cli_entry
+
+
+@cli_entry
+def main(argv: list[str] | None = None) -> int:
+    try:
+        return demo_data.main(argv)
+    except OSError as exc:  # DST under a file, read-only, disk full: the user's to fix, so one line
+        raise UserError(f"cannot write the demo data set ({exc}); pass a writable folder") from None
+
 
 if __name__ == "__main__":
     raise SystemExit(main())
