@@ -40,6 +40,8 @@ from serve.writer import (
     repair_tail,
 )
 
+EXIT_INTERRUPTED = 130  # 128 + SIGINT, as a shell reports a Ctrl-C
+
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="serve/main.py", description=__doc__.splitlines()[0])
@@ -84,6 +86,10 @@ def check_args(args: argparse.Namespace) -> None:
         raise UserError("--show takes exactly one image file or URL; for folders use --out preds.csv")
     if args.evaluate and (len(args.inputs) != 1 or is_url(args.inputs[0])):
         raise UserError("--evaluate takes exactly one labelled folder (class subfolders) as input")
+    for flag, value, mode, on in (("--eval-dir", args.eval_dir, "--evaluate", args.evaluate),
+                                  ("--figure", args.figure, "--show", args.show)):
+        if value and not on:
+            raise UserError(f"{flag} only applies with {mode}; add {mode} or drop {flag}")
     if not args.out and not args.show:
         raise UserError("--out is required (e.g. --out predictions.csv)")
     if args.out and Path(args.out).is_dir():
@@ -261,7 +267,12 @@ def main(argv: list[str] | None = None) -> int:
     out = Path(args.out)
     check_output(out, layout, args)
     start = time.perf_counter()
-    counts, skipped = run(args, state, layout, record.preprocess, out)
+    try:
+        counts, skipped = run(args, state, layout, record.preprocess, out)
+    except KeyboardInterrupt:  # Ctrl-C is a normal way to stop: say how to continue, not a traceback
+        print(f"interrupted: the rows written so far are kept in {out}; rerun with --resume to continue",
+              file=sys.stderr, flush=True)
+        return EXIT_INTERRUPTED
     finish(out, layout, args, state)
     if state.is_main_process:
         _summary(counts, skipped, time.perf_counter() - start, out)

@@ -9,6 +9,7 @@ from typing import Any
 
 import torch
 
+from core.errors import UserError
 from core.images import BadImage, decode_image
 from core.preprocess import EvalSpec, eval_transform
 from core.report import plot_topk
@@ -39,6 +40,10 @@ def show_one(item: Item, backend: Backend, spec: EvalSpec, layout: Layout, figur
     print(f"{item.path}")
     for rank, i in enumerate(probs.argsort()[::-1][: layout.topk], start=1):
         print(f"  {rank}. {layout.display_names[i]:<30} {probs[i]:.4f}  (label {layout.classes[i]})")
-    plot_topk(image, probs, list(layout.display_names), layout.topk, figure, title=os.path.basename(item.path))
+    try:
+        plot_topk(image, probs, list(layout.display_names), layout.topk, figure,
+                  title=os.path.basename(item.path))
+    except OSError as exc:
+        raise UserError(f"cannot write {figure} ({exc.strerror or exc}); choose another --figure") from None
     print(f"figure: {figure}")
     return row

@@ -117,9 +117,12 @@ class RowWriter:
     def __init__(self, path: str | Path, layout: Layout, append: bool = False, seq: bool = False):
         self.layout, self.seq = layout, seq
         path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fresh = not append or not path.exists() or path.stat().st_size == 0
-        self.fh = open(path, "a" if append else "w", encoding="utf-8", newline="")
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            fresh = not append or not path.exists() or path.stat().st_size == 0
+            self.fh = open(path, "a" if append else "w", encoding="utf-8", newline="")
+        except OSError as exc:
+            raise UserError(f"cannot write {path} ({exc.strerror or exc}); choose another --out") from None
         if fresh:
             self.fh.write(header(layout, seq))
             self.fh.flush()

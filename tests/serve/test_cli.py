@@ -164,3 +164,46 @@ def test_show_prints_topk_display_names_and_saves_the_figure(bundle, http_root, 
     printed = capsys.readouterr().out
     assert sum(name in printed for name in NAMES) == 3
     assert Image.open(figure).format == "PNG"
+
+
+def test_an_unwritable_out_is_one_error_line_not_a_traceback(bundle, photos, tmp_path, capsys):
+    blocker = tmp_path / "a_file"
+    blocker.write_text("x")
+    with pytest.raises(SystemExit) as exc:
+        serve(bundle, photos, "--out", blocker / "preds.csv", "--workers", 0, "--no-progress")
+    assert exc.value.code == 2
+    err = capsys.readouterr().err.strip().splitlines()[-1]
+    assert err.startswith("error: ") and "preds.csv" in err and "--out" in err
+
+
+def test_an_unwritable_show_figure_is_one_error_line(bundle, photos, tmp_path, capsys):
+    blocker = tmp_path / "a_file"
+    blocker.write_text("x")
+    with pytest.raises(SystemExit) as exc:
+        serve(bundle, photos / "1" / "img_0.jpg", "--show", "--figure", blocker / "fig.png")
+    assert exc.value.code == 2
+    err = capsys.readouterr().err.strip().splitlines()[-1]
+    assert err.startswith("error: ") and "fig.png" in err and "--figure" in err
+
+
+@pytest.mark.parametrize("flag, value, needs", [("--eval-dir", "ev", "--evaluate"), ("--figure", "f.png", "--show")])
+def test_a_flag_without_its_mode_is_refused_not_ignored(bundle, photos, tmp_path, capsys, flag, value, needs):
+    out = tmp_path / "p.csv"
+    with pytest.raises(SystemExit) as exc:
+        serve(bundle, photos, "--out", out, flag, tmp_path / value)
+    assert exc.value.code == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error: ") and flag in err and needs in err and not out.exists()
+
+
+def test_ctrl_c_ends_with_a_resume_hint_and_exit_130(bundle, photos, tmp_path, capsys, monkeypatch):
+    import serve.main as serve_main
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(serve_main, "classify", interrupted)
+    out = tmp_path / "p.csv"
+    assert serve(bundle, photos, "--out", out, "--workers", 0, "--no-progress") == 130
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err[-1].startswith("interrupted") and "--resume" in err[-1] and str(out) in err[-1]
