@@ -35,6 +35,7 @@ ENGINE_FILE = "model.engine"
 EXPORT_REPORT = "export_report.json"
 VERIFY_REPORT = "verify_report.json"
 TRT_ONLY = ("precision", "opt_batch", "workspace_gb", "timing_cache", "calib_images")
+EXIT_INTERRUPTED = 130  # 128 + SIGINT, as a shell reports a Ctrl-C
 RECORD_FIELDS = ("arch", "classes", "display_names", "preprocess", "head", "num_classes")
 
 
@@ -285,6 +286,8 @@ def export(args) -> int:
 
 def bundle_for(onnx_path: Path, facts: dict[str, Any], given: str | None) -> Path:
     """--bundle, else the bundle recorded at export time; its weights must be the ones that were exported."""
+    if given and not Path(given).exists():
+        raise UserError(f"--bundle {given} not found; pass the bundle folder {onnx_path.name} was exported from")
     where = given or facts.get("bundle_path")
     if not where or not Path(where).exists():
         raise UserError(f"the bundle {onnx_path.name} was exported from ({where or 'not recorded'}) is not "
@@ -326,7 +329,12 @@ def verify_only(args) -> int:
 @cli_entry
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    return verify_only(args) if args.verify_only else export(args)
+    try:
+        return verify_only(args) if args.verify_only else export(args)
+    except KeyboardInterrupt:  # outputs are renamed into place only at the end, so there is nothing to undo
+        print("interrupted: nothing was written (an existing model.onnx and report are unchanged)",
+              file=sys.stderr, flush=True)
+        return EXIT_INTERRUPTED
 
 
 if __name__ == "__main__":

@@ -101,3 +101,24 @@ def test_the_script_runs_from_any_directory_and_fails_in_one_line(tmp_path):
     assert proc.stderr.strip().splitlines() == [
         f"error: {tmp_path} is not a model bundle: no bundle.json (a bundle is a folder with bundle.json "
         "and model.safetensors, e.g. runs/<name>/best)"]
+
+
+def test_verify_only_names_a_missing_bundle_given_with_the_flag(cnn_export, tmp_path, capsys):
+    missing = tmp_path / "no_such_bundle"
+    assert run_export(cnn_export["onnx"], "--verify-only", "--bundle", missing, "--out", tmp_path) == 2
+    line = _one_error_line(capsys)
+    assert f"--bundle {missing} not found" in line and "not on this machine" not in line
+
+
+def test_ctrl_c_during_export_is_one_line_exit_130_and_no_model_file(make_bundle, tmp_path, monkeypatch, capsys):
+    import export.main as export_main
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(export_main.onnx_export, "export_onnx", interrupted)
+    out = tmp_path / "out"
+    assert run_export(make_bundle(arch="cifar_cnn"), "--out", out, "--no-bench") == 130
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert lines[-1].startswith("interrupted: nothing was written")
+    assert list(out.iterdir()) == []
