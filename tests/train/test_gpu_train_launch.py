@@ -3,12 +3,7 @@ weights, and 2 processes count every validation image exactly once (gather_for_m
 from __future__ import annotations
 
 import json
-import os
-import re
-import signal
 import subprocess
-import sys
-import threading
 
 import pytest
 import torch
@@ -17,34 +12,15 @@ from core.bundle import read_record
 from core.demo_data import make_demo_dataset
 from tests.train.helpers import DEMO_RECIPE, MAIN, TINY, accelerate_launch, free_port, subprocess_env
 from tests.train.test_gpu_train import _plain_valid_eval
-from tests.train.test_resume import SETUP, _weights
+from tests.train.test_resume import SETUP, _start_and_terminate, _weights
 
 pytestmark = pytest.mark.slow
 GPU = ["data.decode=gpu", "model.arch=cifar_cnn"]
 
 
-def _start_and_terminate(tmp_path, root) -> tuple[int, str]:
-    """Launch a run; SIGTERM it once its progress bar shows epoch 2 under way; (exit code, stdout + stderr)."""
-    cmd = [sys.executable, str(MAIN), "--config", str(DEMO_RECIPE), f"data.root={root}", "run.name=cut",
-           f"run.output_dir={tmp_path / 'runs'}", *TINY, *SETUP, *GPU]
-    env = {**subprocess_env(tmp_path), "TQDM_MININTERVAL": "0"}  # redraw the bar on every step
-    proc = subprocess.Popen(cmd, cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-    out: list[bytes] = []
-    reader = threading.Thread(target=lambda: out.append(proc.stdout.read()), daemon=True)
-    reader.start()
-    err, sent = b"", False
-    while chunk := os.read(proc.stderr.fileno(), 4096):
-        err += chunk
-        if not sent and re.search(rb"epoch 2/2:[^\r]*\| *[2-7]/8", err):
-            proc.send_signal(signal.SIGTERM)
-            sent = True
-    proc.wait(timeout=300)
-    reader.join(timeout=10)
-    return proc.returncode, b"".join(out).decode() + err.decode(errors="replace")
-
-
 def test_gpu_decode_resume_after_sigterm_mid_epoch_matches_an_uninterrupted_run(tmp_path, small_root, train_inproc):
-    code, log = _start_and_terminate(tmp_path, small_root)
+    code, out, err = _start_and_terminate(tmp_path, small_root, GPU)
+    log = out + err
     assert code == 143, log[-2000:]
     state = json.loads((tmp_path / "runs" / "cut" / "last" / "trainer_state.json").read_text())
     assert state["epoch"] == 1 and 0 < state["step"] < 8, "the stop must land inside epoch 2"

@@ -20,10 +20,10 @@ SETUP = ["train.epochs=2", "train.batch_size=3", "model.head.hidden=[16]", "mode
          "train.scheduler.name=cosine"]
 
 
-def _start_and_terminate(tmp_path, root):
+def _start_and_terminate(tmp_path, root, extra=()):
     """Launch a run; send SIGTERM once its progress bar shows epoch 2 under way; return (code, stdout, stderr)."""
     cmd = [sys.executable, str(MAIN), "--config", str(DEMO_RECIPE), f"data.root={root}", "run.name=cut",
-           f"run.output_dir={tmp_path / 'runs'}", *TINY, *SETUP]
+           f"run.output_dir={tmp_path / 'runs'}", *TINY, *SETUP, *extra]
     env = {**subprocess_env(tmp_path), "TQDM_MININTERVAL": "0"}  # redraw the bar on every step
     proc = subprocess.Popen(cmd, cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     out: list[bytes] = []
