@@ -122,6 +122,7 @@ def _embed_metadata(dest: Path, record: BundleRecord, facts: dict[str, Any]) -> 
     import onnx
 
     model = onnx.load(str(dest))
+    _check_opset(model, facts["opset"], facts["exporter"])
     del model.metadata_props[:]
     for key, value in ((ONNX_RECORD_KEY, record.to_dict()), (ONNX_EXPORT_KEY, facts)):
         model.metadata_props.add(key=key, value=json.dumps(value))
@@ -129,6 +130,15 @@ def _embed_metadata(dest: Path, record: BundleRecord, facts: dict[str, Any]) -> 
     _check_contract(model, record, facts["outputs"])
     onnx.checker.check_model(model, full_check=True)
     onnx.save(model, str(dest))
+
+
+def _check_opset(model, asked: int, exporter: str) -> None:
+    """The dynamo exporter falls back to its own opset when it cannot convert; the file must be what we record."""
+    got = next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), None)
+    if got != asked:
+        other = next(name for name in EXPORTERS if name != exporter)
+        raise UserError(f"the {exporter} exporter could not produce opset {asked} (the graph came out as opset "
+                        f"{got}); try --exporter {other} or another --opset (default {OPSET})")
 
 
 def _check_contract(model, record: BundleRecord, outputs: list[str]) -> None:

@@ -122,3 +122,11 @@ def test_ctrl_c_during_export_is_one_line_exit_130_and_no_model_file(make_bundle
     lines = capsys.readouterr().err.strip().splitlines()
     assert lines[-1].startswith("interrupted: nothing was written")
     assert list(out.iterdir()) == []
+
+
+def test_an_opset_the_exporter_cannot_produce_is_refused_not_mislabelled(make_bundle, tmp_path, capsys):
+    out = tmp_path / "out"
+    assert run_export(make_bundle(arch="cifar_cnn"), "--opset", 5, "--out", out, "--no-bench") == 2
+    line = capsys.readouterr().err.strip().splitlines()[-1]
+    assert line.startswith("error: ") and "--opset" in line and "5" in line
+    assert list(out.iterdir()) == []
