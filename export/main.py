@@ -255,7 +255,8 @@ def export(args) -> int:
     if Path(args.source).suffix == ".onnx":
         raise UserError(f"{args.source} is an ONNX file; to re-check it against its bundle use --verify-only")
     bundle = resolve_bundle_dir(args.source)
-    out = prepare_out(Path(args.out) if args.out else bundle.parent / "export")
+    # resolve(): the parent of a bundle given as "." is "." itself, which would put export/ inside the bundle
+    out = prepare_out(Path(args.out) if args.out else bundle.resolve().parent / "export")
     verify.provider_chain(args.provider, args.allow_cpu)  # a missing provider fails now, not after the export
     trt_opts = engine_options(args, out) if args.tensorrt else None
     model, record = load_bundle(bundle)

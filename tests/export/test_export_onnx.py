@@ -86,3 +86,11 @@ def test_probs_output_is_softmax_of_logits(tmp_path, demo_root):
     x = torch.randint(0, 256, (3, 3, 32, 32), dtype=torch.uint8).numpy()
     logits, probs = sess.run([ONNX_OUTPUT, ONNX_PROBS], {ONNX_INPUT: x})
     torch.testing.assert_close(torch.from_numpy(probs), torch.from_numpy(logits).softmax(1))
+
+
+def test_default_output_is_beside_the_bundle_even_when_it_is_given_as_dot(tmp_path, monkeypatch):
+    bundle = save_tiny_bundle(tmp_path / "run" / "best", arch="cifar_cnn")
+    monkeypatch.chdir(bundle)
+    assert run_export(".", "--exporter", "torchscript", "--no-bench") == 0
+    assert (tmp_path / "run" / "export" / "model.onnx").is_file()
+    assert not (bundle / "export").exists()
