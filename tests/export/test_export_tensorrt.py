@@ -29,7 +29,7 @@ def test_engine_from_another_gpu_or_tensorrt_is_refused_with_the_rebuild_command
     with pytest.raises(UserError) as err:
         check_engine_host("model.engine", BUILT, **{**HERE, **change})
     message = str(err.value)
-    assert "python export/main.py /runs/flowers/best --tensorrt --precision fp16 --max-batch 256" in message
+    assert "python export/main.py /runs/flowers/best --tensorrt --engine-from fp16 --max-batch 256" in message
     assert all(str(v) in message for v in change.values())
 
 
@@ -56,7 +56,7 @@ def test_loading_an_engine_with_a_foreign_sidecar_is_refused(make_bundle, demo_r
 
     out = tmp_path / "out"
     assert run_export(make_bundle(arch="cifar_cnn"), "--images", demo_root / "valid", "--tensorrt",
-                      "--precision", "fp32", "--max-batch", 8, "--no-bench", "--out", out) == 0
+                      "--engine-from", "fp32", "--max-batch", 8, "--no-bench", "--out", out) == 0
     load_engine(out / "model.engine")  # its own machine: accepted
     side = out / "model.engine.json"
     d = json.loads(side.read_text())
