@@ -210,7 +210,8 @@ def run_bench(runners: dict[str, Any], images: torch.Tensor, max_batch: int, rep
 def run(job: Job, report: dict[str, Any]) -> None:
     """fp32 first (the others derive from it and share its reference), then the rest, then the engine."""
     ref, ref_logits = reference(job.model, job.record, job.samples)
-    job.runners["torch fp32"] = torch_bench_runner(job.model, job.record)
+    if not job.args.no_bench:
+        job.runners["torch fp32"] = torch_bench_runner(job.model, job.record)
     make_variant(job, "fp32", ref, ref_logits, report)
     for precision in job.precisions:
         if precision != "fp32":
