@@ -38,7 +38,7 @@ def _plain_valid_eval(bundle_dir, valid_dir):
     samples = [(p, y) for y, c in enumerate(record.classes) for p in sorted((valid_dir / c).iterdir())
                if is_image_file(p)]
     raw = collate_encoded(EncodedImages(samples, threads=2).__getitems__(list(range(len(samples)))))
-    images, errors = GpuPipeline(record.preprocess, "cpu").images_uint8(raw.data, raw.indices, 0)
+    images, errors = GpuPipeline(record.preprocess, "cpu").images_uint8(raw, 0)
     assert not errors
     with torch.no_grad():
         logits = net(images)
