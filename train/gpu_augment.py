@@ -12,7 +12,9 @@ with an antialiased resize to about the output scale; the results go into one ze
 batch, and a single affine_grid + grid_sample per batch does crop, resize, flip and rotation at once.
 Without rotation the shrink lands exactly on the output grid, so the result equals the CPU path's
 antialiased resize; with rotation the antialias filter runs before the rotation instead of after it
-(a difference of filter orientation only).
+(a difference of filter orientation only). All of this holds for the same decoded pixels: on CUDA the
+decode itself differs from PIL's on 4:2:0 JPEGs (nvJPEG's nearest-neighbour chroma upsampling, mean
+≈5 uint8 levels predicted; measured by tools/gpu_check.py), so GPU-vs-CPU batches are NOT within 1 level.
 """
 from __future__ import annotations
 
