@@ -120,7 +120,7 @@ class RowWriter:
         try:
             path.parent.mkdir(parents=True, exist_ok=True)
             fresh = not append or not path.exists() or path.stat().st_size == 0
-            self.fh = open(path, "a" if append else "w", encoding="utf-8", newline="")
+            self.fh = open(path, "a" if append else "w", encoding="utf-8", newline="", errors="backslashreplace")
         except OSError as exc:
             raise UserError(f"cannot write {path} ({exc.strerror or exc}); choose another --out") from None
         if fresh:
