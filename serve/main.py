@@ -126,7 +126,7 @@ def prepare_output(out: Path, layout: Layout, args: argparse.Namespace, state: P
                 p.unlink(missing_ok=True)
         elif args.resume:
             if out.exists():
-                repair_tail(out)
+                repair_tail(out, layout.fmt)
             parts = existing_parts(out)
             if parts:  # a killed multi-process run: its part rows count as done
                 merge_parts(out, layout, parts, append=True, skip=done_paths(out, layout))
