@@ -7,7 +7,6 @@ Decoding runs in its own thread (and CUDA stream), so batch k+1 is decoded while
 from __future__ import annotations
 
 import functools
-import io
 import itertools
 import math
 import queue
@@ -23,7 +22,8 @@ import numpy as np
 import torch
 from PIL import Image
 
-from core.images import EXIF_TRANSPOSE, MAX_PIXELS, BadImage, decode_image, exif_transpose_tensor
+from core.images import EXIF_TRANSPOSE, BadImage, decode_image, exif_transpose_tensor
+from core.jpeg import REFUSED, DecodeStats, JpegRoute, decode_on_device, route_jpeg
 from core.preprocess import EvalSpec, eval_transform, interpolation_mode
 from serve.discover import Item
 from serve.sources import SourceError, read_bytes
@@ -31,9 +31,6 @@ from serve.workers import DecodeWorkers
 
 T = TypeVar("T")
 CropKey = tuple[int, int, str]  # (resize, crop, interpolation): all decoding needs; normalization is on the device
-JPEG_MAGIC = b"\xff\xd8\xff"
-JPEG_END = b"\xff\xd9"
-EXIF_ORIENTATION = 0x0112
 
 ORIENT = EXIF_TRANSPOSE  # EXIF orientation → the tensor op PIL's ImageOps.exif_transpose applies
 
@@ -63,28 +60,7 @@ def cpu_decode_many(datas: list[bytes], key: CropKey) -> list[np.ndarray | str]:
     return [cpu_decode(d, key) for d in datas]
 
 
-# ─── GPU path: batched nvJPEG, then one resize/crop per group of equal sizes on the device ──────
-
-def probe_jpeg(data: bytes) -> int | None:
-    """The EXIF orientation when nvJPEG can take these bytes, else None (→ CPU path).
-
-    Header only: CMYK/YCCK, progressive, truncated, non-JPEG and oversized images go to the CPU
-    decoder, which handles them robustly (and applies the decompression-bomb guard).
-    """
-    if not data.startswith(JPEG_MAGIC) or not data.rstrip(b"\x00")[-2:] == JPEG_END:
-        return None  # no end-of-image marker: the CPU decoder refuses it; nvJPEG might fill it with grey
-    try:
-        with Image.open(io.BytesIO(data)) as im:
-            w, h = im.size
-            if im.format != "JPEG" or im.mode not in ("RGB", "L") or w * h > MAX_PIXELS:
-                return None
-            if im.info.get("progressive") or im.info.get("progression"):
-                return None
-            orientation = im.getexif().get(EXIF_ORIENTATION, 1)
-    except Exception:  # noqa: BLE001 - anything odd is the CPU decoder's job
-        return None
-    return orientation if orientation in ORIENT else 1
-
+# ─── GPU path: core.jpeg's router and nvJPEG decode, then one resize/crop per group of sizes ────
 
 orient = exif_transpose_tensor
 
@@ -120,51 +96,11 @@ def _index(positions: list[int], device: torch.device) -> torch.Tensor:
     return torch.tensor(positions, dtype=torch.long).to(device, non_blocking=True)
 
 
-@functools.lru_cache(maxsize=None)
-def _jpeg_stream(device: torch.device) -> torch.cuda.Stream:
-    return torch.cuda.Stream(device)
-
-
-def decode_on_device(datas: list[bytes], device: torch.device) -> list[torch.Tensor | None]:
-    """Full-size [3, H, W] decodes of JPEG bytes in one batched call; None where the decoder refuses.
-
-    Stream protocol (safe whatever torchvision does inside): nvJPEG allocates its outputs on the current
-    stream but writes them from a private one, so it runs on a stream with no other work queued; the
-    caller's stream waits for it, and every output is record_stream'ed there so its memory is never handed
-    to the next decode while this caller's kernels may still read it.
-    """
-    encoded = [torch.frombuffer(bytearray(d), dtype=torch.uint8) for d in datas]
-    if device.type != "cuda":
-        return _decode_bisect(encoded, device)
-    caller = torch.cuda.current_stream(device)
-    jpeg = _jpeg_stream(device)
-    jpeg.wait_stream(caller)
-    with torch.cuda.stream(jpeg):
-        decoded = _decode_bisect(encoded, device)
-    caller.wait_stream(jpeg)
-    for img in decoded:
-        if img is not None:
-            img.record_stream(caller)
-    return decoded
-
-
-def _decode_bisect(encoded: list[torch.Tensor], device: torch.device) -> list[torch.Tensor | None]:
-    """The batched call returns nothing when one image fails: split the batch in two, not into n calls."""
-    from torchvision.io import ImageReadMode, decode_jpeg
-
-    try:
-        return list(decode_jpeg(encoded, mode=ImageReadMode.RGB, device=device))
-    except RuntimeError:
-        if len(encoded) == 1:
-            return [None]
-        mid = len(encoded) // 2
-        return _decode_bisect(encoded[:mid], device) + _decode_bisect(encoded[mid:], device)
-
-
 def gpu_decode(datas: list[bytes], orientations: list[int], key: CropKey,
                device: torch.device) -> list[torch.Tensor | None]:
-    """Decode, orient, resize and crop JPEG bytes on `device`; None for each image the decoder refuses."""
-    decoded = decode_on_device(datas, device)
+    """Decode (core.jpeg: chunked, bisected, stream-safe), orient, resize and crop JPEG bytes on `device`;
+    None for each image the decoder refuses."""
+    decoded = decode_on_device([torch.frombuffer(bytearray(d), dtype=torch.uint8) for d in datas], device)
     good = [i for i, img in enumerate(decoded) if img is not None]
     crops = resize_crop_batch([orient(decoded[i], orientations[i]) for i in good], key)
     result: list[torch.Tensor | None] = [None] * len(datas)
@@ -186,7 +122,11 @@ class Batch:
 class _Loaded(NamedTuple):
     data: bytes | None
     error: str
-    orientation: int | None  # None: CPU path
+    route: JpegRoute | None  # None: no device decoding in this pipeline
+
+    @property
+    def device(self) -> bool:
+        return self.data is not None and self.route is not None and self.route.device
 
 
 _DONE = object()
@@ -204,7 +144,7 @@ class DecodePipeline:
         self.workers, self.timeout, self.depth = workers, timeout, depth
         self.procs = DecodeWorkers(workers) if workers > 0 else None  # fork before any thread or CUDA
         self.threads = ThreadPoolExecutor(max(1, threads), thread_name_prefix="imgclf-read")
-        self.fallbacks = 0  # JPEGs meant for the device decoder that went to the CPU (probe or nvJPEG said no)
+        self.stats = DecodeStats()  # what the device decoded, what went to the CPU and why
         self._running: list[tuple[threading.Thread, threading.Event]] = []  # decode threads, their stop flags
         self.to(device, gpu_decode)
 
@@ -237,7 +177,7 @@ class DecodePipeline:
 
     def report(self) -> str:
         """Once per run: a GPU run that quietly decoded on the CPU is a defect, so say how much did."""
-        return f"decode fallbacks to the CPU: {self.fallbacks}" if self.gpu else ""
+        return self.stats.summary() if self.gpu else ""
 
     def batches(self, items: Iterable[Item], batch_size: int) -> Iterator[Batch]:
         out: queue.Queue = queue.Queue(maxsize=1)
@@ -288,16 +228,17 @@ class DecodePipeline:
             data = read_bytes(item, self.timeout)
         except SourceError as exc:
             return _Loaded(None, str(exc), None)
-        return _Loaded(data, "", probe_jpeg(data) if self.gpu else None)
+        return _Loaded(data, "", route_jpeg(data) if self.gpu else None)
 
     def _submit_reads(self, chunk: list[Item]) -> tuple[list[Item], list[Future]]:
         return chunk, [self.threads.submit(self._load, item) for item in chunk]
 
     def _submit_decodes(self, chunk: list[Item], futures: list[Future]):
         loaded = [f.result() for f in futures]
-        cpu = [i for i, x in enumerate(loaded) if x.data is not None and x.orientation is None]
-        if self.gpu:
-            self.fallbacks += sum(1 for i in cpu if loaded[i].data[:3] == JPEG_MAGIC)
+        cpu = [i for i, x in enumerate(loaded) if x.data is not None and not x.device]
+        for i in cpu:
+            if loaded[i].route is not None:
+                self.stats.add(loaded[i].route.reason)
         return chunk, loaded, cpu, self._submit_cpu([loaded[i].data for i in cpu])
 
     def _submit_cpu(self, datas: list) -> list[Callable[[], list]]:
@@ -311,14 +252,16 @@ class DecodePipeline:
 
     def _finish(self, chunk: list[Item], loaded: list[_Loaded], cpu: list[int], jobs: list) -> Batch:
         results: list[torch.Tensor | np.ndarray | str | None] = [x.error or None for x in loaded]
-        gpu = [i for i, x in enumerate(loaded) if x.data is not None and x.orientation is not None]
+        gpu = [i for i, x in enumerate(loaded) if x.device]
         if gpu:
-            decoded = gpu_decode([loaded[i].data for i in gpu], [loaded[i].orientation for i in gpu],
+            decoded = gpu_decode([loaded[i].data for i in gpu], [loaded[i].route.orientation for i in gpu],
                                  self.key, self.device)
             refused = [i for i, img in zip(gpu, decoded) if img is None]
             for i, img in zip(gpu, decoded):
                 results[i] = img
-            self.fallbacks += len(refused)
+            self.stats.add(None, len(gpu) - len(refused))
+            if refused:
+                self.stats.add(REFUSED, len(refused))
             jobs = jobs + self._submit_cpu([loaded[i].data for i in refused])  # the workers, not this thread
             cpu = cpu + refused
         for i, r in zip(cpu, [r for job in jobs for r in job()]):

@@ -24,7 +24,7 @@ from tqdm import tqdm
 from core.errors import UserError, cli_entry
 from serve.backends import OPENERS, Backend, default_threads, load_record, open_backend, resolve_device
 from serve.decode import DecodePipeline
-from serve.discover import Item, check_inputs, is_url, iter_items
+from serve.discover import MAX_FILE_MB, Item, check_inputs, is_url, iter_items
 from serve.predict import predictions
 from serve.writer import (
     FORMATS,
@@ -66,6 +66,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    "left after the decode workers, at least 1)")
     p.add_argument("--read-threads", type=int, default=8, help="file/URL reading threads")
     p.add_argument("--timeout", type=float, default=10.0, help="seconds before a URL fetch gives up")
+    p.add_argument("--max-file-mb", type=float, default=MAX_FILE_MB,
+                   help=f"larger files and downloads get an error row, unread (default {MAX_FILE_MB})")
     p.add_argument("--limit", type=int, help="classify at most N new images")
     p.add_argument("--throttle", type=float, default=0.0, help="pause N seconds after each batch (shared disks)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
@@ -79,7 +81,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def check_args(args: argparse.Namespace) -> None:
     positive = {"--topk": args.topk, "--batch-size": args.batch_size, "--limit": args.limit,
-                "--threads": args.threads, "--read-threads": args.read_threads, "--timeout": args.timeout}
+                "--threads": args.threads, "--read-threads": args.read_threads, "--timeout": args.timeout,
+                "--max-file-mb": args.max_file_mb}
     for flag, value in positive.items():
         if value is not None and value <= 0:
             raise UserError(f"{flag} must be positive (got {value})")
@@ -127,7 +130,7 @@ def prepare_output(out: Path, layout: Layout, args: argparse.Namespace, state: P
                 p.unlink(missing_ok=True)
         elif args.resume:
             if out.exists():
-                repair_tail(out)
+                repair_tail(out, layout.fmt)
             parts = existing_parts(out)
             if parts:  # a killed multi-process run: its part rows count as done
                 merge_parts(out, layout, parts, append=True, skip=done_paths(out, layout))
@@ -137,7 +140,7 @@ def prepare_output(out: Path, layout: Layout, args: argparse.Namespace, state: P
 
 def my_items(args: argparse.Namespace, done: set[str], state: PartialState) -> Iterator[Item]:
     """This process's share: every world_size-th item of the sorted stream, after skipping done paths."""
-    stream: Iterator[Item] = iter_items(args.inputs, args.absolute)
+    stream: Iterator[Item] = iter_items(args.inputs, args.absolute, _max_bytes(args))
     if done:
         stream = (it for it in stream if it.path not in done)
     if args.limit:
@@ -207,6 +210,10 @@ def run(args: argparse.Namespace, state: PartialState, layout: Layout, spec, out
     return _gather(counts, state), len(done)
 
 
+def _max_bytes(args: argparse.Namespace) -> int:
+    return int(args.max_file_mb * 2**20)
+
+
 def _providers(args: argparse.Namespace) -> list[str] | None:
     return [p for p in args.providers.split(",") if p.strip()] if args.providers else None
 
@@ -248,7 +255,7 @@ def show(args: argparse.Namespace, layout: Layout, spec, state: PartialState) ->
     out = Path(args.out) if args.out else None
     if out:
         check_output(out, layout, args)
-    item = next(iter_items(args.inputs, args.absolute))
+    item = next(iter_items(args.inputs, args.absolute, _max_bytes(args)))
     row = show_one(item, backend, spec, layout, Path(args.figure or default_figure_path(item.source)), args.timeout)
     if out:
         with RowWriter(out, layout, append=args.resume) as writer:

@@ -16,9 +16,9 @@ from pathlib import Path
 
 import torch
 
+from core.jpeg import DecodeStats, decode_files
 from core.preprocess import AugmentSpec, EvalSpec, Normalize
 from train.gpu_augment import eval_batch, train_batch
-from train.gpu_decode import decode_batch
 
 # ------------------------------------------------------------------------------ host side: bytes
 
@@ -124,13 +124,14 @@ class GpuPipeline:
         # normalize=False hands out uint8 batches, for a loop that normalizes itself (train.engine's prepare)
         self.normalize = Normalize(spec.mean, spec.std).to(self.device) if normalize else None
         self.channels_last = channels_last
+        self.stats = DecodeStats()  # what went to the CPU decoder and why, reported once per run
 
     def images_uint8(self, data: Sequence[torch.Tensor], indices: torch.Tensor, epoch: int | torch.Tensor,
                      errors: dict[int, str] | None = None) -> tuple[torch.Tensor, dict[int, str]]:
         """Encoded bytes → uint8 [N, 3, crop, crop] on the device and {position: reason} for bad files."""
         errors = dict(errors or {})
         todo = [k for k in range(len(data)) if k not in errors]
-        decoded, bad = decode_batch([data[k] for k in todo], self.device)
+        decoded, bad = decode_files([data[k] for k in todo], self.device, self.stats)
         errors.update({todo[k]: reason for k, reason in bad.items()})
         good = [k for k in todo if k not in errors]
         crop = self.spec.crop

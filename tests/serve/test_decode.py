@@ -11,7 +11,8 @@ from PIL import Image, ImageOps
 
 from core.images import decode_image
 from core.preprocess import EvalSpec, eval_transform
-from serve.decode import ORIENT, DecodePipeline, cpu_decode, gpu_decode, probe_jpeg, spec_key
+from core.jpeg import route_jpeg
+from serve.decode import ORIENT, DecodePipeline, cpu_decode, gpu_decode, spec_key
 from serve.discover import Item
 from tests.serve.helpers import jpeg_bytes, picture, save_picture
 
@@ -47,19 +48,6 @@ def test_orientation_ops_match_pil_exif_transpose(orientation):
     upright = torch.from_numpy(np.array(ImageOps.exif_transpose(Image.open(buf)))).permute(2, 0, 1)
     got = ORIENT[orientation](torch.from_numpy(np.array(stored)).permute(2, 0, 1))
     assert torch.equal(got, upright)
-
-
-def test_probe_sends_plain_jpegs_to_the_gpu_and_the_rest_to_the_cpu():
-    img = picture(seed=1, size=(32, 32))
-    assert probe_jpeg(_exif_jpeg(img, 6)) == 6
-    assert probe_jpeg(jpeg_bytes(img)) == 1
-    assert probe_jpeg(jpeg_bytes(img.convert("CMYK"))) is None
-    assert probe_jpeg(jpeg_bytes(img, progressive=True)) is None
-    buf = io.BytesIO()
-    img.save(buf, "PNG")
-    assert probe_jpeg(buf.getvalue()) is None
-    assert probe_jpeg(jpeg_bytes(img)[:40]) is None  # truncated header
-    assert probe_jpeg(jpeg_bytes(img)[:-100]) is None  # truncated scan: no end-of-image marker
 
 
 def test_exif_rotated_jpeg_decodes_like_its_upright_copy(tmp_path):
@@ -122,6 +110,8 @@ def test_pipeline_routes_each_file_to_the_right_decoder_with_the_same_outcome(tm
     items = [Item(str(tmp_path / n), n) for n in [*files, "p.png"]]
     with DecodePipeline(SPEC) as cpu, DecodePipeline(SPEC, device="cpu", gpu_decode=True) as device:
         (a,), (b,) = list(cpu.batches(items, 8)), list(device.batches(items, 8))
+    assert device.stats.device == 2 and device.stats.cpu_total == 4  # counted, with the reasons, for the end line
+    assert "2 on the device, 4 on the CPU" in device.report() and cpu.report() == ""
     assert a.errors == b.errors and [bool(e) for e in a.errors] == [False, False, False, True, True, False]
     assert (a.images.float() - b.images.float()).abs().mean() < 1.0
 
@@ -135,7 +125,7 @@ def test_gpu_path_matches_the_cpu_eval_transform_within_tolerance(subsampling, b
     exif = Image.Exif()
     exif[0x0112] = 6
     datas.append(jpeg_bytes(rotated, quality=95, subsampling=subsampling, exif=exif.tobytes()))
-    gpu = gpu_decode(datas, [probe_jpeg(d) for d in datas], key, device)
+    gpu = gpu_decode(datas, [route_jpeg(d).orientation for d in datas], key, device)
     for data, img in zip(datas, gpu):
         cpu = torch.from_numpy(cpu_decode(data, key))
         assert img is not None and img.is_cuda and img.shape == cpu.shape  # nvJPEG ran: no CPU fallback
@@ -154,26 +144,6 @@ def test_batched_resize_crop_equals_the_per_image_reference():
         for img, got in zip(images, batch):
             assert torch.equal(got, resize_crop(img, key))
     assert torch.equal(resize_crop_batch(images[:1] * 3, spec_key(SPEC))[2], resize_crop(images[0], spec_key(SPEC)))
-
-
-def test_device_decode_bisects_a_failed_batch_instead_of_retrying_each_file(monkeypatch):
-    import torchvision.io
-
-    calls = []
-    real = torchvision.io.decode_jpeg
-
-    def counting(encoded, **kw):
-        calls.append(len(encoded))
-        return real(encoded, **kw)
-
-    monkeypatch.setattr(torchvision.io, "decode_jpeg", counting)
-    from serve.decode import decode_on_device
-
-    datas = [jpeg_bytes(picture(seed=s, size=(24, 16))) for s in range(8)]
-    datas[5] = b"\xff\xd8\xff broken"
-    decoded = decode_on_device(datas, torch.device("cpu"))
-    assert [d is None for d in decoded] == [i == 5 for i in range(8)]
-    assert len(calls) <= 1 + 2 * 3  # log2(8) levels of halves, not 1 + 8 single retries
 
 
 def test_pipeline_decodes_in_its_own_thread_and_raises_its_errors_in_the_caller(tmp_path, monkeypatch):
@@ -238,8 +208,8 @@ def test_gpu_pipeline_matches_the_cpu_pipeline_and_counts_its_cpu_fallbacks(tmp_
     with DecodePipeline(SPEC, device="cuda", workers=1) as gpu, DecodePipeline(SPEC) as cpu:
         a = list(gpu.batches(items, 7))
         b = list(cpu.batches(items, 7))
-        fallbacks = gpu.fallbacks
-    assert fallbacks == 8  # the progressive JPEGs only: every baseline one went through nvJPEG
+        stats = gpu.stats
+    assert stats.device == 8 and stats.cpu == {"progressive JPEG": 8, "not a JPEG": 8}  # nvJPEG really ran
     for x, y in zip(a, b):
         assert x.images.is_cuda and x.errors == y.errors
         assert (x.images.cpu().float() - y.images.float()).abs().mean() < 2.0
