@@ -18,6 +18,7 @@ from core.bundle import RECORD_FILE, BundleRecord, load_bundle, read_record
 from core.errors import UserError
 from core.model_record import ONNX_INPUT, ONNX_OUTPUT, read_engine_sidecar, read_onnx_record
 from core.preprocess import WithPreprocessing
+from serve.checks import check_model
 
 
 class Backend(Protocol):
@@ -87,7 +88,7 @@ def open_backend(model: str | Path, backend: str, device: torch.device, provider
         raise UserError("--providers applies to onnxruntime only (a model.onnx file)")
     if threads:
         torch.set_num_threads(threads)
-    return OPENERS[chosen](Path(model), device, providers, allow_cpu, threads)
+    return check_model(OPENERS[chosen](Path(model), device, providers, allow_cpu, threads), model, chosen)
 
 
 # ─── torch: the bundle itself ─────────────────────────────────────────────────────────────────
