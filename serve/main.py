@@ -21,6 +21,7 @@ import torch
 from accelerate import PartialState
 from tqdm import tqdm
 
+from core.dist import ends_process_group
 from core.errors import UserError, cli_entry
 from serve.backends import OPENERS, Backend, load_record, open_backend, resolve_device
 from serve.decode import DecodePipeline
@@ -256,6 +257,7 @@ def show(args: argparse.Namespace, layout: Layout, spec, state: PartialState) ->
 
 
 @cli_entry
+@ends_process_group
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     check_args(args)
