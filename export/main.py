@@ -18,17 +18,8 @@ import shutil
 import tempfile
 from typing import Any
 
-import torch
-
-from core.bundle import WEIGHTS_FILE, load_bundle, resolve_bundle_dir
 from core.errors import UserError, cli_entry
-from core.model_record import read_onnx_record, sha256_file
-from export import onnx_export, verify
-from export import report as rep
-from export import samples as smp
-from export import stages as stg
-from export import variants as var
-from export.stages import GateFailed, log
+from export import variants as var  # light: no torch, so --help stays fast
 
 EXPORT_REPORT = "export_report.json"
 VERIFY_REPORT = "verify_report.json"
@@ -36,6 +27,32 @@ TRT_ONLY = ("engine_from", "opt_batch", "workspace_gb", "timing_cache")
 INT8_ONLY = ("calib_images", "calib_max", "max_int8_drop", "int8_activations")
 CALIB_MAX = 512
 EXIT_INTERRUPTED = 130  # 128 + SIGINT, as a shell reports a Ctrl-C
+# The heavy modules' option names, here so --help needs no torch (a test keeps them equal)
+EXPORTERS, DEFAULT_EXPORTER, OPSET = ("dynamo", "torchscript"), "dynamo", 18  # export.onnx_export
+PROVIDERS, PRECISIONS = ("cpu", "cuda", "tensorrt"), ("fp32", "fp16", "int8")  # export.verify PROVIDERS, GATES
+_heavy_loaded = False
+
+
+def import_heavy() -> None:
+    """torch, onnx and the bundle loader take seconds to import: only once the arguments are checked."""
+    global _heavy_loaded, torch, WEIGHTS_FILE, load_bundle, resolve_bundle_dir, read_onnx_record, sha256_file
+    global onnx_export, verify, rep, smp, stg, GateFailed
+    if _heavy_loaded:  # a second call must not undo what a test patched
+        return
+    _heavy_loaded = True
+    import torch
+
+    from core.bundle import WEIGHTS_FILE, load_bundle, resolve_bundle_dir
+    from core.model_record import read_onnx_record, sha256_file
+    from export import onnx_export, verify
+    from export import report as rep
+    from export import samples as smp
+    from export import stages as stg
+    from export.stages import GateFailed
+
+
+def log(msg: str) -> None:
+    print(f"[export] {msg}", file=sys.stderr, flush=True)
 
 
 # ── arguments ────────────────────────────────────────────────────────────────────────────────────────
@@ -48,11 +65,11 @@ def build_parser() -> argparse.ArgumentParser:
                    "model.fp16.onnx, model.int8.onnx, each gated on real images (default %(default)s)")
     p.add_argument("--images", help="real images for the gate (default: the bundle's valid_dir)")
     p.add_argument("--max-images", type=int, default=256, help="cap on gate images (evenly spaced sample)")
-    p.add_argument("--exporter", choices=sorted(onnx_export.EXPORTERS), default=onnx_export.DEFAULT_EXPORTER,
+    p.add_argument("--exporter", choices=sorted(EXPORTERS), default=DEFAULT_EXPORTER,
                    help="torch.onnx path (default dynamo); on failure the other is suggested, not used")
-    p.add_argument("--opset", type=int, default=onnx_export.OPSET, help="ONNX opset (default %(default)s)")
+    p.add_argument("--opset", type=int, default=OPSET, help="ONNX opset (default %(default)s)")
     p.add_argument("--probs", action="store_true", help="add a softmax output 'probs' beside 'logits'")
-    p.add_argument("--provider", choices=sorted(verify.PROVIDERS), default="cpu",
+    p.add_argument("--provider", choices=sorted(PROVIDERS), default="cpu",
                    help="onnxruntime execution provider for the gate and speed check")
     p.add_argument("--allow-cpu", action="store_true", help="accept onnxruntime running on CPU when the "
                    "asked provider is unavailable (recorded in the report)")
@@ -149,7 +166,7 @@ def check_preprocess(record, bundle: Path) -> None:
                         "fix its \"preprocess\" section (or retrain) before exporting")
 
 
-def fail(report: dict[str, Any], path: Path, exc: GateFailed) -> int:
+def fail(report: dict[str, Any], path: Path, exc) -> int:
     report["status"] = "failed"
     report["failed_format"] = exc.fmt
     rep.write_report(path, report)
@@ -171,7 +188,7 @@ def engine_options(args, out: Path):
                             workspace_gb=args.workspace_gb or 4.0, timing_cache=cache)
 
 
-def calibration_samples(args, record) -> smp.Samples:
+def calibration_samples(args, record):
     root = Path(args.calib_images) if args.calib_images else smp.lineage_dir(record, "train_dir")
     if root is None:
         raise UserError("--precision int8 needs calibration images: pass --calib-images DIR (training "
@@ -180,7 +197,7 @@ def calibration_samples(args, record) -> smp.Samples:
     return smp.load_samples(root, record.preprocess, record.classes, args.calib_max, source)
 
 
-def _inputs_log(samples: smp.Samples) -> None:
+def _inputs_log(samples) -> None:
     if samples.source == "random":
         log(f"WARNING: {smp.RANDOM_WARNING}")
     else:
@@ -197,7 +214,7 @@ def _bundle_dir(source: str) -> Path:
     return bundle
 
 
-def make_job(args, bundle: Path, out: Path) -> stg.Job:
+def make_job(args, bundle: Path, out: Path):
     """Everything that can fail on the user's input fails here, before any export work."""
     verify.provider_chain(args.provider, args.allow_cpu)  # a missing provider fails now, not after the export
     onnx_export.check_exporter(args.exporter, args.opset)
@@ -210,7 +227,7 @@ def make_job(args, bundle: Path, out: Path) -> stg.Job:
                    precisions=args.precision, calib=calib, trt=trt_opts)
 
 
-def finish(job: stg.Job, report: dict[str, Any]) -> int:
+def finish(job, report: dict[str, Any]) -> int:
     """Publish what passed, write the report with its per-variant table; exit 1 names what failed."""
     made = stg.publish(job)
     report["variants"] = rep.variant_table(report, job.precisions, job.failed)
@@ -309,6 +326,7 @@ def verify_only(args) -> int:
 @cli_entry
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    import_heavy()
     if args.threads:
         torch.set_num_threads(args.threads)  # onnxruntime sessions take torch's count
     try:
@@ -321,3 +339,5 @@ def main(argv: list[str] | None = None) -> int:
 
 if __name__ == "__main__":
     sys.exit(main())
+else:  # imported (tests, tools): every name exists at once, as with plain imports
+    import_heavy()
