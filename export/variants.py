@@ -8,12 +8,14 @@ from __future__ import annotations
 
 import hashlib
 from pathlib import Path
-from typing import Any
-
-import torch
+from typing import TYPE_CHECKING, Any
 
 from core.errors import UserError
-from core.model_record import ONNX_INPUT
+
+if TYPE_CHECKING:  # this module is imported for --help, which must not load torch
+    import torch
+
+ONNX_INPUT = "images"  # core.model_record.ONNX_INPUT (that module loads torch)
 
 FILES = {"fp32": "model.onnx", "fp16": "model.fp16.onnx", "int8": "model.int8.onnx"}
 # int8 activations: TensorRT's explicit quantization takes only symmetric int8 (zero point 0); onnxruntime's

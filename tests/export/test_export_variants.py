@@ -114,3 +114,10 @@ def test_calibration_fingerprint_is_of_the_pixels():
     b = a.clone()
     b[1, 2, 3, 3] = 1
     assert fingerprint(a) == fingerprint(a.clone()) != fingerprint(b)
+
+
+def test_the_light_copy_of_the_input_name_matches_the_record_module():
+    from core.model_record import ONNX_INPUT
+    from export import variants
+
+    assert variants.ONNX_INPUT == ONNX_INPUT and tuple(variants.FILES) == ("fp32", "fp16", "int8")
