@@ -151,7 +151,8 @@ class DecodePipeline:
     def to(self, device: str | torch.device, gpu_decode: bool | None = None) -> DecodePipeline:
         """Decode for a model on `device` (the backend's: a CPU-only onnxruntime on a GPU machine → CPU)."""
         self.device = torch.device(device)
-        if self.device.type == "cuda" and self.device.index is None:  # the decode thread must not guess it
+        if self.device.type == "cuda" and self.device.index is None and torch.cuda.is_available():
+            # the decode thread must not guess it
             self.device = torch.device("cuda", torch.cuda.current_device())
         self.gpu = (self.device.type == "cuda") if gpu_decode is None else gpu_decode
         self.pin = self.device.type == "cuda"
