@@ -132,6 +132,7 @@ def test_readme_config_reference_matches_the_code():
     ("train.epochs=0", "0", ">= 1"),
     ("model.freeze=-2", "-2", "backbone, none or >= 0"),
     ("model.head.hidden=[64,0]", "[64, 0]", ">= 1"),
+    ("run.seed=4294967296", "4294967296", "[0, 2147483647]"),
 ])
 def test_out_of_range_value_names_key_value_and_valid_range(override, shown, valid):
     key = override.split("=")[0]
