@@ -20,6 +20,7 @@ if __package__ in (None, ""):  # `python serve/main.py` puts serve/ on sys.path,
 
 from tqdm import tqdm
 
+from core.dist import ends_process_group
 from core.errors import UserError, cli_entry
 from serve.discover import MAX_FILE_MB, Item, check_inputs, is_url, iter_items
 from serve.lock import OutputLock
@@ -320,6 +321,7 @@ def _identity(args: argparse.Namespace, layout: Layout) -> dict:
 
 
 @cli_entry
+@ends_process_group
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     check_args(args)
