@@ -18,17 +18,12 @@ from pathlib import Path
 if __package__ in (None, ""):  # `python serve/main.py` puts serve/ on sys.path, not the repo
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-import torch
-from accelerate import PartialState
 from tqdm import tqdm
 
+from core.dist import ends_process_group
 from core.errors import UserError, cli_entry
-from serve.backends import OPENERS, Backend, default_threads, load_record, open_backend, resolve_device
-from serve.decode import DecodePipeline
 from serve.discover import MAX_FILE_MB, Item, check_inputs, is_url, iter_items
 from serve.lock import OutputLock
-from serve.predict import predictions
-from serve.provenance import check_same_job, job_identity, meta_path, write_identity
 from serve.writer import (
     FORMATS,
     SEQ,
@@ -45,6 +40,26 @@ from serve.writer import (
 )
 
 EXIT_INTERRUPTED = 130  # 128 + SIGINT, as a shell reports a Ctrl-C
+BACKENDS = ("torch", "onnx", "tensorrt")  # serve.backends.OPENERS' keys, here so --help needs no torch (tested)
+
+
+_heavy_loaded = False
+
+
+def import_heavy() -> None:
+    """torch, accelerate and the backends take seconds to import: only once the arguments are checked."""
+    global _heavy_loaded, torch, PartialState, Backend, default_threads, load_record, open_backend, resolve_device
+    global DecodePipeline, predictions, check_same_job, job_identity, meta_path, write_identity
+    if _heavy_loaded:  # a second call must not undo what a test patched
+        return
+    _heavy_loaded = True
+    import torch
+    from accelerate import PartialState
+
+    from serve.backends import Backend, default_threads, load_record, open_backend, resolve_device
+    from serve.decode import DecodePipeline
+    from serve.predict import predictions
+    from serve.provenance import check_same_job, job_identity, meta_path, write_identity
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -59,7 +74,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     mode = p.add_mutually_exclusive_group()
     mode.add_argument("--resume", action="store_true", help="skip paths already in --out and append the rest")
     mode.add_argument("--overwrite", action="store_true", help="replace an existing --out")
-    p.add_argument("--backend", default="auto", choices=["auto", *OPENERS], help="default: the file's own")
+    p.add_argument("--backend", default="auto", choices=["auto", *BACKENDS], help="default: the file's own")
     p.add_argument("--device", default="auto", choices=["auto", "cuda", "cpu"])
     p.add_argument("--providers", help="onnxruntime providers in priority order, e.g. tensorrt,cuda,cpu")
     p.add_argument("--allow-cpu", action="store_true", help="let onnxruntime run on the CPU on a GPU machine")
@@ -306,10 +321,12 @@ def _identity(args: argparse.Namespace, layout: Layout) -> dict:
 
 
 @cli_entry
+@ends_process_group
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     check_args(args)
     check_inputs(args.inputs)
+    import_heavy()
     record = load_record(args.model)
     layout = Layout(tuple(record.classes), tuple(record.display_names), args.topk,
                     args.probs or args.evaluate, output_format(args))
@@ -357,3 +374,5 @@ def _evaluate(out: Path, layout: Layout, args: argparse.Namespace) -> None:
 
 if __name__ == "__main__":
     sys.exit(main())
+else:  # imported (tests, tools): every name exists at once, as with plain imports
+    import_heavy()
