@@ -96,14 +96,18 @@ class Trainer:
         stop, bad = self.acc.reduce(flags, reduction="sum").tolist()
         return stop > 0, int(bad)
 
-    def _check_bad(self, bad_count: int, epoch_bad: list[str]) -> None:
+    def _check_bad(self, bad_count: int, epoch_bad: list[str], epoch_done: bool = False) -> None:
+        """Abort past data.max_bad_fraction. Mid-epoch only the images read so far are known, so the
+        count and list are a lower bound there and the message says so; at epoch end they are complete."""
         limit = self.cfg.data.max_bad_fraction * len(self.data.train)
         if bad_count <= limit:
             return
         notes = sorted(set(gather_object(epoch_bad)))
         shown = "; ".join(n.replace("\t", ": ") for n in notes[:20])
         more = f" (and {len(notes) - 20} more)" if len(notes) > 20 else ""
-        raise UserError(f"{len(notes)} of {len(self.data.train)} training images cannot be decoded, more than "
+        count = f"{len(notes)}" if epoch_done else f"at least {len(notes)}"
+        so_far = "" if epoch_done else " (counted so far; the rest of the epoch was not read)"
+        raise UserError(f"{count} of {len(self.data.train)} training images cannot be decoded{so_far}, more than "
                         f"data.max_bad_fraction={self.cfg.data.max_bad_fraction}: {shown}{more}; fix or remove them")
 
     def _set_mode(self, epoch: int) -> None:
@@ -143,6 +147,7 @@ class Trainer:
             elif acc.num_processes > 1:
                 raise UserError(f"a whole training batch could not be decoded: {'; '.join(bad)}")
             bar.update(1)
+            self.stop.test_hook(epoch * len(p.train_loader) + step + 1)
             since_check += 1
             if not acc.sync_gradients or (acc.num_processes > 1 and since_check < cfg.train.log_every):
                 continue
@@ -184,7 +189,7 @@ class Trainer:
                             reduction="sum")
         loss_total, hit_total, n = totals.tolist()
         all_bad = gather_object(epoch_bad) if acc.num_processes > 1 else epoch_bad
-        self._check_bad(len(set(all_bad)), epoch_bad)
+        self._check_bad(len(set(all_bad)), epoch_bad, epoch_done=True)
         state.bad_files = sorted(set(state.bad_files) | set(all_bad))
         return {"train_loss": loss_total / max(n, 1), "train_acc": hit_total / max(n, 1),
                 "images_per_s": n / max(seconds, 1e-9), "train_seconds": seconds}
