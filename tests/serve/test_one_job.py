@@ -154,3 +154,11 @@ def test_under_accelerate_launch_every_process_refuses_a_locked_out(bundle, phot
         holder.wait()
     assert r.returncode != 0 and f"pid {holder.pid}" in r.stderr
     assert not out.exists() and not list(tmp_path.glob("p.csv.part*"))
+
+
+def test_two_spellings_of_one_out_share_one_lock(tmp_path):
+    (tmp_path / "real").mkdir()
+    (tmp_path / "alias").symlink_to(tmp_path / "real")
+    with OutputLock(tmp_path / "real" / "p.csv"):
+        assert OutputLock(tmp_path / "alias" / ".." / "real" / "p.csv").acquire() is not None
+        assert OutputLock(tmp_path / "alias" / "p.csv").acquire() is not None
