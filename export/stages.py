@@ -28,9 +28,9 @@ RECORD_FIELDS = ("arch", "classes", "display_names", "preprocess", "head", "num_
 class GateFailed(Exception):
     """An exported format did not reproduce PyTorch; carries the parity figures for the report."""
 
-    def __init__(self, fmt: str, parity: dict[str, Any]):
+    def __init__(self, fmt: str, parity: dict[str, Any], session=None):
         super().__init__(fmt)
-        self.fmt, self.parity = fmt, parity
+        self.fmt, self.parity, self.session = fmt, parity, session
 
 
 @dataclass
@@ -104,7 +104,7 @@ def gate_onnx(onnx_path: Path, precision: str, ref, ref_logits, samples, record,
     report["parity"][key] = parity
     log(rep.parity_line(f"{var.FILES[precision]} [{', '.join(sess.get_providers())}]", parity))
     if not parity["passed"]:
-        raise GateFailed(key, parity)
+        raise GateFailed(key, parity, sess)  # with its session: a failed variant is still timed
     return sess
 
 
@@ -152,6 +152,7 @@ def make_variant(job: Job, precision: str, ref, ref_logits, report: dict[str, An
         log(f"{var.FILES[precision]} FAILED its gate and is not written: " + "; ".join(exc.parity["failures"]))
         for line in rep.divergence_lines(exc.parity):
             log(line)
+        job.runners[f"onnx {precision}"] = verify.ort_runner(exc.session)  # the report shows what was given up
         return
     job.passed[precision] = path
     job.runners[f"onnx {precision}"] = verify.ort_runner(sess)
