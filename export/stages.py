@@ -19,7 +19,7 @@ from core.model_record import engine_sidecar_path, read_onnx_record, sha256_file
 from export import onnx_export, verify
 from export import report as rep
 from export import variants as var
-from export.bench import bench
+from export.bench import bench_all
 
 ENGINE_FILE = "model.engine"
 RECORD_FIELDS = ("arch", "classes", "display_names", "preprocess", "head", "num_classes")
@@ -196,9 +196,9 @@ def torch_bench_runner(model, record):
 
 
 def run_bench(runners: dict[str, Any], images: torch.Tensor, max_batch: int, report: dict[str, Any]) -> None:
-    """Every runner on the same real images, one after another in this run; ratios against ONNX fp32."""
-    for name, run in runners.items():
-        report["bench"][name] = b = bench(run, images, max_batch)
+    """Every runner on the same real images, taking turns in this run; ratios against ONNX fp32."""
+    for name, b in bench_all(runners, images, max_batch).items():
+        report["bench"][name] = b
         log(f"speed {name}: batch 1 {b['batch1_latency_ms']:.2f} ms, best {b['best_images_per_s']:.0f} img/s "
             f"at batch {b['best_batch']}")
     base = report["bench"].get("onnx fp32", {}).get("best_images_per_s")
