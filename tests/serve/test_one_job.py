@@ -112,7 +112,7 @@ def test_resume_with_another_model_is_refused_naming_it(make_bundle, photos, tmp
 
 
 @pytest.mark.parametrize("flag, differs", [(["--absolute"], "--absolute False there, True now"),
-                                           (["--topk", 2], "--topk 5 there, 2 now"),
+                                           (["--topk", 2], "--topk 4 there, 2 now"),  # default 5, 4 classes
                                            (["--probs"], "--probs/--evaluate False there, True now")])
 def test_resume_with_other_output_flags_is_refused_naming_the_flag(bundle, photos, tmp_path, capsys, flag, differs):
     out = tmp_path / "p.csv"
