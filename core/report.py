@@ -303,7 +303,7 @@ def plot_curves(rows: list[dict], path: str | os.PathLike, best_epoch: int | Non
     return _save_figure(fig, path)
 
 
-def plot_confusion_matrix(matrix, display_names: Sequence[str], path: str | os.PathLike) -> None:
+def plot_confusion_matrix(matrix, display_names: Sequence[str], path: str | os.PathLike) -> Figure:
     """Row-normalized confusion matrix (rows = true); counts annotated only while they stay readable."""
     counts = np.asarray(matrix, dtype=np.int64)
     c = counts.shape[0]
@@ -319,13 +319,14 @@ def plot_confusion_matrix(matrix, display_names: Sequence[str], path: str | os.P
     ax.set_yticks(np.arange(c), labels, fontsize=tick_size)
     ax.set_xlabel("predicted")
     ax.set_ylabel("true")
-    ax.set_title(f"confusion matrix (rows normalized, n={int(counts.sum())})")
+    # A figure title: over a small matrix with long class names the axes title ran off the figure.
+    fig.suptitle(f"confusion matrix (rows normalized, n={int(counts.sum())})")
     if c <= ANNOTATE_MAX_CLASSES:
         for (i, j), count in np.ndenumerate(counts):
             if count:
                 ax.text(j, i, str(count), ha="center", va="center", fontsize=max(6.0, tick_size - 1),
                         color="white" if norm[i, j] > 0.5 else "black")
-    _save_figure(fig, path)
+    return _save_figure(fig, path)
 
 
 def plot_topk(image: ImageLike, probs: np.ndarray, display_names: Sequence[str], k: int,
@@ -375,10 +376,11 @@ def write_predictions_grid(images: torch.Tensor, probs: np.ndarray, targets: np.
     probs = np.asarray(probs, dtype=np.float64)
     m = len(images)
     rows, cols = _grid_shape(m, max_cols)
-    cell_w = 3.0
+    cell_w = 2.6  # the image spans the cell: names sit above their bars, not beside them
     image_h = cell_w * max((_aspect(images[i]) for i in range(m)), default=1.0)
-    bar_h = 0.3 * min(k, probs.shape[1]) + 0.2
-    fig = Figure(figsize=(cell_w * cols, (image_h + 0.5 + bar_h) * rows + 0.4), layout="constrained")
+    bar_h = 0.34 * min(k, probs.shape[1]) + 0.2
+    fig = Figure(figsize=((cell_w + 0.25) * cols, (image_h + 0.6 + bar_h) * rows + 0.4), layout="constrained")
+    fig.get_layout_engine().set(wspace=0.08)  # a gap between neighbouring images
     axes = fig.subplots(2 * rows, cols, squeeze=False, height_ratios=[image_h, bar_h] * rows)
     for i in range(rows * cols):
         ax_img, ax_bar = axes[2 * (i // cols), i % cols], axes[2 * (i // cols) + 1, i % cols]
