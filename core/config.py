@@ -21,6 +21,10 @@ from core.errors import UserError
 from core.preprocess import IMAGENET_MEAN, IMAGENET_STD, AugmentSpec, EvalSpec
 
 
+# Accelerate's tracker names accepted by run.log_with (checked here; whether installed: at train start).
+TRACKERS = ("tensorboard", "wandb", "mlflow", "comet_ml", "aim", "clearml", "dvclive", "swanlab", "trackio")
+
+
 def opt(default: Any, help: str, choices: tuple | None = None) -> Any:
     """A config field: default, one-line help, optional allowed values."""
     meta = {"help": help, "choices": choices}
@@ -38,6 +42,12 @@ class RunConfig:
     name: str | None = opt(None, "run folder name under output_dir; default: <config file stem>-<YYYYmmdd-HHMMSS>")
     output_dir: str = opt("runs", "where run folders are created")
     seed: int = opt(0, "random seed (made device-specific per process)")
+    log_with: Union[str, list[str]] = opt("none", "experiment trackers (Accelerate's), one or a list: none, "
+                                          + ", ".join(TRACKERS) + "; tensorboard writes runs/<name>/tensorboard/")
+
+    def trackers(self) -> list[str]:
+        names = [self.log_with] if isinstance(self.log_with, str) else list(self.log_with)
+        return [n for n in names if n != "none"]
 
 
 @dataclass
@@ -150,6 +160,7 @@ class Config:
         d = self.to_dict()
         d["run"].pop("name", None)
         d["run"].pop("output_dir", None)
+        d["run"].pop("log_with", None)
         d["train"].pop("resume", None)
         d["train"].pop("log_every", None)
         d["data"].pop("num_workers", None)
@@ -279,6 +290,12 @@ def parse_override(text: str) -> tuple[str, Any]:
 
 def _validate(cfg: Config) -> None:
     """Cross-field checks a type cannot express."""
+    for name in cfg.run.trackers():
+        if name not in TRACKERS:
+            close = difflib.get_close_matches(name, TRACKERS, n=1)
+            hint = f" (did you mean '{close[0]}'?)" if close else ""
+            raise UserError(f"config key 'run.log_with': unknown tracker {name!r}{hint}; valid: none, "
+                            + ", ".join(TRACKERS))
     f = cfg.model.freeze
     if isinstance(f, str) and f not in ("backbone", "none"):
         raise UserError(f"config key 'model.freeze': invalid value {f!r}; valid: backbone, none, or a number of epochs")

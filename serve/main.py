@@ -19,9 +19,9 @@ if __package__ in (None, ""):  # `python serve/main.py` puts serve/ on sys.path,
 
 import torch
 from accelerate import PartialState
-from tqdm import tqdm
 
 from core.errors import UserError, cli_entry
+from core.progress import SERVE_LOG_SECONDS, Progress
 from serve.backends import OPENERS, Backend, load_record, open_backend, resolve_device
 from serve.decode import DecodePipeline
 from serve.discover import MAX_FILE_MB, Item, check_inputs, is_url, iter_items
@@ -154,7 +154,7 @@ class Counts:
 
 
 def classify(pipe: DecodePipeline, backend: Backend, layout: Layout, items: Iterator[Item], writer: RowWriter,
-             batch_size: int, bar: tqdm, throttle: float) -> Counts:
+             batch_size: int, bar: Progress, throttle: float) -> Counts:
     counts = Counts()
     for batch in pipe.batches(items, batch_size):
         probs = torch.softmax(backend(batch.images).float(), dim=1).numpy() if len(batch.images) else None
@@ -193,9 +193,9 @@ def run(args: argparse.Namespace, state: PartialState, layout: Layout, spec, out
         multi = state.num_processes > 1
         target = part_path(out, state.process_index) if multi else out
         share = -(-args.limit // state.num_processes) if args.limit else None
-        bar = tqdm(total=share, unit="img", dynamic_ncols=True, mininterval=0.5,
-                   disable=args.no_progress or not state.is_main_process,
-                   desc=f"rank 0/{state.num_processes}" if multi else "classify")
+        # A bar on a terminal; in a batch log one line every SERVE_LOG_SECONDS instead of bar frames.
+        bar = Progress(share, f"rank 0/{state.num_processes}" if multi else "classify", unit="img",
+                       enabled=not args.no_progress and state.is_main_process, seconds=SERVE_LOG_SECONDS, leave=True)
         with RowWriter(target, layout, append=args.resume and not multi, seq=multi) as writer, bar:
             counts = classify(pipe, backend, layout, my_items(args, done, state), writer, batch_size, bar,
                               args.throttle)
