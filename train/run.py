@@ -256,6 +256,13 @@ class RunResult:
     test_metrics: dict | None = None
 
 
+def _device_text(accelerator: Accelerator) -> str:
+    """'cuda', or 'cpu (N threads)': accelerate launch gives a CPU process 1 thread unless OMP_NUM_THREADS is set."""
+    kind = accelerator.device.type
+    n = torch.get_num_threads()
+    return f"cpu ({n} thread{'s' if n != 1 else ''})" if kind == "cpu" else kind
+
+
 def train(cfg: Config, stem: str) -> RunResult:
     """Train as configured: the epoch loop, then the best bundle's evaluation on test/ when present."""
     check_installed(cfg.run.trackers())
@@ -280,7 +287,7 @@ def train(cfg: Config, stem: str) -> RunResult:
     lineage = {"config_hash": cfg.hash(), "git_commit": git_commit(), "dataset": data.lineage}
     accelerator.print(f"run folder {run_dir} | {len(data.classes)} classes, {len(data.train)} train / "
                       f"{len(data.valid)} valid images | {accelerator.num_processes} process(es) on "
-                      f"{accelerator.device.type}, mixed precision {accelerator.mixed_precision}, data.decode {decode}")
+                      f"{_device_text(accelerator)}, mixed precision {accelerator.mixed_precision}, data.decode {decode}")
     state = _restore(accelerator, cfg, last)
     tracking = Tracking.start(accelerator, cfg, run_dir)
     try:
