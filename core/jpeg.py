@@ -35,6 +35,8 @@ _BASELINE = {0xC0, 0xC1}  # SOF0 baseline, SOF1 extended sequential: both Huffma
 _PROGRESSIVE = {0xC2, 0xC6, 0xCA, 0xCE}
 _OTHER_SOF = {0xC3, 0xC5, 0xC7, 0xC9, 0xCB, 0xCD, 0xCF}  # lossless, hierarchical, arithmetic
 _STANDALONE = frozenset(range(0xD0, 0xD9)) | {0x01}  # RSTn, SOI, TEM: no length field
+_SOF = frozenset(_BASELINE | _PROGRESSIVE | _OTHER_SOF)
+_WANTED = _SOF | {0xE1, 0xEE}  # frame header, EXIF, Adobe
 _RGB_IDS = (ord("R"), ord("G"), ord("B"))  # component ids libjpeg reads as RGB (not YCbCr)
 
 
@@ -115,14 +117,15 @@ def route_jpeg(data: bytes | memoryview | torch.Tensor) -> JpegRoute:
             continue
         if marker == 0xD9:  # end of image before any scan
             break
-        (length,) = struct.unpack(">H", data[pos + 2: pos + 4])
-        payload = bytes(data[pos + 4: pos + 2 + length])
-        if marker == 0xE1 and orientation == 1:
-            orientation = exif_orientation(payload)
-        elif marker == 0xEE and payload.startswith(b"Adobe") and len(payload) >= 12:
-            adobe = payload[11]  # transform flag: 0 = RGB/CMYK as stored, 1 = YCbCr, 2 = YCCK
-        elif marker in _BASELINE | _PROGRESSIVE | _OTHER_SOF:
-            frame = (marker, payload)
+        length = (data[pos + 2] << 8) | data[pos + 3]
+        if marker in _WANTED:  # only these payloads are copied: the walk stays a few µs per file
+            payload = bytes(data[pos + 4: pos + 2 + length])
+            if marker == 0xE1 and orientation == 1:
+                orientation = exif_orientation(payload)
+            elif marker == 0xEE and payload.startswith(b"Adobe") and len(payload) >= 12:
+                adobe = payload[11]  # transform flag: 0 = RGB/CMYK as stored, 1 = YCbCr, 2 = YCCK
+            elif marker in _SOF:
+                frame = (marker, payload)
         elif marker == 0xDA:  # start of scan: every header we need came before it
             break
         pos += 2 + length

@@ -19,16 +19,8 @@ import tempfile
 import time
 from typing import Any
 
-import torch
-
-from core.bundle import WEIGHTS_FILE, load_bundle, resolve_bundle_dir
 from core.errors import UserError, cli_entry
 from core.fsio import atomic_path
-from core.model_record import engine_sidecar_path, read_onnx_record, sha256_file
-from export import onnx_export, verify
-from export import report as rep
-from export import samples as smp
-from export.bench import bench
 
 ONNX_FILE = "model.onnx"
 ENGINE_FILE = "model.engine"
@@ -37,6 +29,27 @@ VERIFY_REPORT = "verify_report.json"
 TRT_ONLY = ("precision", "opt_batch", "workspace_gb", "timing_cache", "calib_images")
 EXIT_INTERRUPTED = 130  # 128 + SIGINT, as a shell reports a Ctrl-C
 RECORD_FIELDS = ("arch", "classes", "display_names", "preprocess", "head", "num_classes")
+# The heavy modules' option names, here so --help needs no torch (a test keeps them equal)
+EXPORTERS, DEFAULT_EXPORTER, OPSET = ("dynamo", "torchscript"), "dynamo", 18  # export.onnx_export
+PROVIDERS, PRECISIONS = ("cpu", "cuda", "tensorrt"), ("fp32", "fp16", "int8")  # export.verify PROVIDERS, GATES
+_heavy_loaded = False
+
+
+def import_heavy() -> None:
+    """torch, onnx and the bundle loader take seconds to import: only once the arguments are checked."""
+    global _heavy_loaded, torch, WEIGHTS_FILE, load_bundle, resolve_bundle_dir, engine_sidecar_path
+    global read_onnx_record, sha256_file, onnx_export, verify, rep, smp, bench
+    if _heavy_loaded:  # a second call must not undo what a test patched
+        return
+    _heavy_loaded = True
+    import torch
+
+    from core.bundle import WEIGHTS_FILE, load_bundle, resolve_bundle_dir
+    from core.model_record import engine_sidecar_path, read_onnx_record, sha256_file
+    from export import onnx_export, verify
+    from export import report as rep
+    from export import samples as smp
+    from export.bench import bench
 
 
 class GateFailed(Exception):
@@ -59,11 +72,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", help="output folder (default <bundle>/../export; --verify-only: beside the ONNX)")
     p.add_argument("--images", help="real images for the parity gate (default: the bundle's valid_dir)")
     p.add_argument("--max-images", type=int, default=256, help="cap on parity images (evenly spaced sample)")
-    p.add_argument("--exporter", choices=sorted(onnx_export.EXPORTERS), default=onnx_export.DEFAULT_EXPORTER,
+    p.add_argument("--exporter", choices=sorted(EXPORTERS), default=DEFAULT_EXPORTER,
                    help="torch.onnx path (default dynamo); on failure the other is suggested, not used")
-    p.add_argument("--opset", type=int, default=onnx_export.OPSET, help="ONNX opset (default %(default)s)")
+    p.add_argument("--opset", type=int, default=OPSET, help="ONNX opset (default %(default)s)")
     p.add_argument("--probs", action="store_true", help="add a softmax output 'probs' beside 'logits'")
-    p.add_argument("--provider", choices=sorted(verify.PROVIDERS), default="cpu",
+    p.add_argument("--provider", choices=sorted(PROVIDERS), default="cpu",
                    help="onnxruntime execution provider for the gate and speed check")
     p.add_argument("--allow-cpu", action="store_true", help="accept onnxruntime running on CPU when the "
                    "asked provider is unavailable (recorded in the report)")
@@ -74,7 +87,7 @@ def build_parser() -> argparse.ArgumentParser:
                    "recorded in the ONNX export facts)")
     trt = p.add_argument_group("TensorRT")
     trt.add_argument("--tensorrt", action="store_true", help="also build model.engine (pip install '.[gpu]')")
-    trt.add_argument("--precision", choices=list(verify.GATES), help="engine precision (default fp16)")
+    trt.add_argument("--precision", choices=list(PRECISIONS), help="engine precision (default fp16)")
     trt.add_argument("--opt-batch", type=int, help="profile opt batch (default: --max-batch)")
     trt.add_argument("--workspace-gb", type=float, help="builder workspace limit in GiB (default 4)")
     trt.add_argument("--timing-cache", help="timing cache, reused across builds (default <out>/timing.cache)")
@@ -330,6 +343,7 @@ def verify_only(args) -> int:
 @cli_entry
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    import_heavy()
     try:
         return verify_only(args) if args.verify_only else export(args)
     except KeyboardInterrupt:  # outputs are renamed into place only at the end, so there is nothing to undo
@@ -340,3 +354,5 @@ def main(argv: list[str] | None = None) -> int:
 
 if __name__ == "__main__":
     sys.exit(main())
+else:  # imported (tests, tools): every name exists at once, as with plain imports
+    import_heavy()

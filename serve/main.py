@@ -6,6 +6,7 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import itertools
 import os
 import sys
@@ -17,14 +18,10 @@ from pathlib import Path
 if __package__ in (None, ""):  # `python serve/main.py` puts serve/ on sys.path, not the repo
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-import torch
-from accelerate import PartialState
-
 from core.errors import UserError, cli_entry
 from core.progress import SERVE_LOG_SECONDS, Progress
-from serve.backends import OPENERS, Backend, load_record, open_backend, resolve_device
-from serve.decode import DecodePipeline
 from serve.discover import MAX_FILE_MB, Item, check_inputs, is_url, iter_items
+from serve.lock import OutputLock
 from serve.writer import (
     FORMATS,
     SEQ,
@@ -41,6 +38,26 @@ from serve.writer import (
 )
 
 EXIT_INTERRUPTED = 130  # 128 + SIGINT, as a shell reports a Ctrl-C
+BACKENDS = ("torch", "onnx", "tensorrt")  # serve.backends.OPENERS' keys, here so --help needs no torch (tested)
+
+
+_heavy_loaded = False
+
+
+def import_heavy() -> None:
+    """torch, accelerate and the backends take seconds to import: only once the arguments are checked."""
+    global _heavy_loaded, torch, PartialState, Backend, default_threads, load_record, open_backend, resolve_device
+    global DecodePipeline, predictions, check_same_job, job_identity, meta_path, write_identity
+    if _heavy_loaded:  # a second call must not undo what a test patched
+        return
+    _heavy_loaded = True
+    import torch
+    from accelerate import PartialState
+
+    from serve.backends import Backend, default_threads, load_record, open_backend, resolve_device
+    from serve.decode import DecodePipeline
+    from serve.predict import predictions
+    from serve.provenance import check_same_job, job_identity, meta_path, write_identity
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -55,13 +72,15 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     mode = p.add_mutually_exclusive_group()
     mode.add_argument("--resume", action="store_true", help="skip paths already in --out and append the rest")
     mode.add_argument("--overwrite", action="store_true", help="replace an existing --out")
-    p.add_argument("--backend", default="auto", choices=["auto", *OPENERS], help="default: the file's own")
+    p.add_argument("--backend", default="auto", choices=["auto", *BACKENDS], help="default: the file's own")
     p.add_argument("--device", default="auto", choices=["auto", "cuda", "cpu"])
     p.add_argument("--providers", help="onnxruntime providers in priority order, e.g. tensorrt,cuda,cpu")
     p.add_argument("--allow-cpu", action="store_true", help="let onnxruntime run on the CPU on a GPU machine")
     p.add_argument("--batch-size", type=int, help="images per model call (default: 256 on GPU, 32 on CPU)")
     p.add_argument("--workers", type=int, help="CPU decoding processes per GPU/process (0: decode inline)")
-    p.add_argument("--threads", type=int, default=8, help="file/URL reading threads")
+    p.add_argument("--threads", type=int, help="model threads, torch and onnxruntime (default: the usable CPUs "
+                   "left after the decode workers, at least 1)")
+    p.add_argument("--read-threads", type=int, default=8, help="file/URL reading threads")
     p.add_argument("--timeout", type=float, default=10.0, help="seconds before a URL fetch gives up")
     p.add_argument("--max-file-mb", type=float, default=MAX_FILE_MB,
                    help=f"larger files and downloads get an error row, unread (default {MAX_FILE_MB})")
@@ -78,7 +97,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def check_args(args: argparse.Namespace) -> None:
     positive = {"--topk": args.topk, "--batch-size": args.batch_size, "--limit": args.limit,
-                "--threads": args.threads, "--timeout": args.timeout, "--max-file-mb": args.max_file_mb}
+                "--threads": args.threads, "--read-threads": args.read_threads, "--timeout": args.timeout,
+                "--max-file-mb": args.max_file_mb}
     for flag, value in positive.items():
         if value is not None and value <= 0:
             raise UserError(f"{flag} must be positive (got {value})")
@@ -106,20 +126,49 @@ def output_format(args: argparse.Namespace) -> str:
 
 # ─── the output file's life: refuse, prepare (main process), merge ────────────────────────────
 
-def check_output(out: Path, layout: Layout, args: argparse.Namespace) -> None:
+def check_output(out: Path, layout: Layout, args: argparse.Namespace, identity: dict,
+                 state: PartialState) -> None:
     """Read-only, on every process, so all of them refuse together (no one waits at a barrier)."""
     parts = existing_parts(out)
     if (out.exists() or parts) and not (args.resume or args.overwrite):
         raise UserError(f"{out} already exists; pass --resume to continue it or --overwrite to replace it")
-    if args.resume:
+    if args.resume and (out.exists() or parts):
+        recorded = check_same_job(out, identity)  # first: it names what differs, the columns only hint
         if out.exists():
             check_layout(out, layout)
         for p in parts:
             check_layout(p, layout, seq=True)
+        if not recorded and state.is_main_process:
+            print(f"warning: {out} has no {meta_path(out).name} (written by an older serve), so --resume cannot "
+                  "check it came from this model; its columns match, continuing", file=sys.stderr, flush=True)
 
 
-def prepare_output(out: Path, layout: Layout, args: argparse.Namespace, state: PartialState) -> set[str]:
-    """Main process: clear (--overwrite) or repair and fold leftover part files (--resume). Returns done paths."""
+@contextlib.contextmanager
+def output_lock(out: Path, state: PartialState) -> Iterator[None]:
+    """The main process locks `out` for the whole run; every process refuses together when it is taken."""
+    lock = OutputLock(out)
+    refusal = None
+    if state.is_main_process:
+        try:
+            refusal = lock.acquire()
+        except UserError as exc:
+            refusal = str(exc)
+    if state.num_processes > 1:
+        from accelerate.utils import broadcast_object_list
+
+        refusal = broadcast_object_list([refusal])[0]
+    if refusal:
+        raise UserError(refusal)
+    try:
+        yield
+    finally:
+        lock.release()
+
+
+def prepare_output(out: Path, layout: Layout, args: argparse.Namespace, identity: dict,
+                   state: PartialState) -> set[str]:
+    """Main process: clear (--overwrite) or repair and fold leftover part files (--resume), then record
+    the job beside `out` before its first row. Returns done paths."""
     if state.is_main_process:
         if args.overwrite:
             for p in [out, *existing_parts(out)]:
@@ -130,6 +179,7 @@ def prepare_output(out: Path, layout: Layout, args: argparse.Namespace, state: P
             parts = existing_parts(out)
             if parts:  # a killed multi-process run: its part rows count as done
                 merge_parts(out, layout, parts, append=True, skip=done_paths(out, layout))
+        write_identity(out, identity)
     state.wait_for_everyone()
     return done_paths(out, layout) if args.resume else set()
 
@@ -156,8 +206,7 @@ class Counts:
 def classify(pipe: DecodePipeline, backend: Backend, layout: Layout, items: Iterator[Item], writer: RowWriter,
              batch_size: int, bar: Progress, throttle: float) -> Counts:
     counts = Counts()
-    for batch in pipe.batches(items, batch_size):
-        probs = torch.softmax(backend(batch.images).float(), dim=1).numpy() if len(batch.images) else None
+    for batch, probs in predictions(pipe, backend, items, batch_size):
         rows, j = [], 0
         for item, error in zip(batch.items, batch.errors):
             if error:
@@ -180,16 +229,20 @@ def default_workers(device: torch.device, world: int) -> int:
     return max(1, min(16, cores // world - 1))
 
 
-def run(args: argparse.Namespace, state: PartialState, layout: Layout, spec, out: Path) -> tuple[Counts, int]:
+def run(args: argparse.Namespace, state: PartialState, layout: Layout, spec, out: Path,
+        identity: dict) -> tuple[Counts, int]:
     device = resolve_device(args.device, state.device)
     workers = default_workers(device, state.num_processes) if args.workers is None else args.workers
-    batch_size = args.batch_size or (256 if device.type == "cuda" else 32)
-    with DecodePipeline(spec, device, workers, args.threads, args.timeout) as pipe:
-        backend = open_backend(args.model, args.backend, device, _providers(args), args.allow_cpu)
+    threads = args.threads or default_threads(workers, state.num_processes)
+    # the decode workers fork before the backend initialises CUDA; decoding then goes where the model runs
+    with DecodePipeline(spec, device, workers, args.read_threads, args.timeout) as pipe:
+        backend = open_backend(args.model, args.backend, device, _providers(args), args.allow_cpu, threads)
+        pipe.to(backend.device)
+        batch_size = args.batch_size or (256 if backend.device.type == "cuda" else 32)
         if state.is_main_process:
             print(f"model: {args.model} | {backend.description} | decoding: {pipe.describe()} | "
-                  f"batch {batch_size} | {state.num_processes} process(es)", flush=True)
-        done = prepare_output(out, layout, args, state)
+                  f"batch {batch_size} | {threads} model thread(s) | {state.num_processes} process(es)", flush=True)
+        done = prepare_output(out, layout, args, identity, state)
         multi = state.num_processes > 1
         target = part_path(out, state.process_index) if multi else out
         share = -(-args.limit // state.num_processes) if args.limit else None
@@ -199,6 +252,8 @@ def run(args: argparse.Namespace, state: PartialState, layout: Layout, spec, out
         with RowWriter(target, layout, append=args.resume and not multi, seq=multi) as writer, bar:
             counts = classify(pipe, backend, layout, my_items(args, done, state), writer, batch_size, bar,
                               args.throttle)
+        if state.is_main_process and pipe.report():
+            print(pipe.report() + (" (this process)" if multi else ""), flush=True)
     return _gather(counts, state), len(done)
 
 
@@ -245,14 +300,22 @@ def show(args: argparse.Namespace, layout: Layout, spec, state: PartialState) ->
     backend = open_backend(args.model, args.backend, device, _providers(args), args.allow_cpu)
     print(f"model: {args.model} | {backend.description}", flush=True)
     out = Path(args.out) if args.out else None
-    if out:
-        check_output(out, layout, args)
-    item = next(iter_items(args.inputs, args.absolute, _max_bytes(args)))
-    row = show_one(item, backend, spec, layout, Path(args.figure or default_figure_path(item.source)), args.timeout)
-    if out:
-        with RowWriter(out, layout, append=args.resume) as writer:
-            writer.write([row])
+    with output_lock(out, state) if out else contextlib.nullcontext():
+        if out:
+            identity = _identity(args, layout)
+            check_output(out, layout, args, identity, state)
+        item = next(iter_items(args.inputs, args.absolute, _max_bytes(args)))
+        row = show_one(item, backend, spec, layout, Path(args.figure or default_figure_path(item.source)),
+                       args.timeout)
+        if out:
+            write_identity(out, identity)
+            with RowWriter(out, layout, append=args.resume) as writer:
+                writer.write([row])
     return 0
+
+
+def _identity(args: argparse.Namespace, layout: Layout) -> dict:
+    return job_identity(args.model, layout.topk, layout.probs, layout.fmt, args.absolute)
 
 
 @cli_entry
@@ -260,6 +323,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     check_args(args)
     check_inputs(args.inputs)
+    import_heavy()
     record = load_record(args.model)
     layout = Layout(tuple(record.classes), tuple(record.display_names), args.topk,
                     args.probs or args.evaluate, output_format(args))
@@ -271,19 +335,21 @@ def main(argv: list[str] | None = None) -> int:
 
         check_labelled_folder(args.inputs[0], record.classes)
     out = Path(args.out)
-    check_output(out, layout, args)
-    start = time.perf_counter()
-    try:
-        counts, skipped = run(args, state, layout, record.preprocess, out)
-    except KeyboardInterrupt:  # Ctrl-C is a normal way to stop: say how to continue, not a traceback
-        print(f"interrupted: the rows written so far are kept in {out}; rerun with --resume to continue",
-              file=sys.stderr, flush=True)
-        return EXIT_INTERRUPTED
-    finish(out, layout, args, state)
-    if state.is_main_process:
-        _summary(counts, skipped, time.perf_counter() - start, out)
-        if args.evaluate:
-            _evaluate(out, layout, args)
+    with output_lock(out, state):  # held until the file is final: merged, summarised, evaluated
+        identity = _identity(args, layout)
+        check_output(out, layout, args, identity, state)
+        start = time.perf_counter()
+        try:
+            counts, skipped = run(args, state, layout, record.preprocess, out, identity)
+        except KeyboardInterrupt:  # Ctrl-C is a normal way to stop: say how to continue, not a traceback
+            print(f"interrupted: the rows written so far are kept in {out}; rerun with --resume to continue",
+                  file=sys.stderr, flush=True)
+            return EXIT_INTERRUPTED
+        finish(out, layout, args, state)
+        if state.is_main_process:
+            _summary(counts, skipped, time.perf_counter() - start, out)
+            if args.evaluate:
+                _evaluate(out, layout, args)
     return 0
 
 
@@ -305,3 +371,5 @@ def _evaluate(out: Path, layout: Layout, args: argparse.Namespace) -> None:
 
 if __name__ == "__main__":
     sys.exit(main())
+else:  # imported (tests, tools): every name exists at once, as with plain imports
+    import_heavy()
