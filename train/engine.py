@@ -99,14 +99,18 @@ class Trainer:
         stop, bad = self.acc.reduce(flags, reduction="sum").tolist()
         return stop > 0, int(bad)
 
-    def _check_bad(self, bad_count: int, epoch_bad: list[str]) -> None:
+    def _check_bad(self, bad_count: int, epoch_bad: list[str], epoch_done: bool = False) -> None:
+        """Abort past data.max_bad_fraction. Mid-epoch only the images read so far are known, so the
+        count and list are a lower bound there and the message says so; at epoch end they are complete."""
         limit = self.cfg.data.max_bad_fraction * len(self.data.train)
         if bad_count <= limit:
             return
         notes = sorted(set(gather_object(epoch_bad)))
         shown = "; ".join(n.replace("\t", ": ") for n in notes[:20])
         more = f" (and {len(notes) - 20} more)" if len(notes) > 20 else ""
-        raise UserError(f"{len(notes)} of {len(self.data.train)} training images cannot be decoded, more than "
+        count = f"{len(notes)}" if epoch_done else f"at least {len(notes)}"
+        so_far = "" if epoch_done else " (counted so far; the rest of the epoch was not read)"
+        raise UserError(f"{count} of {len(self.data.train)} training images cannot be decoded{so_far}, more than "
                         f"data.max_bad_fraction={self.cfg.data.max_bad_fraction}: {shown}{more}; fix or remove them")
 
     def _set_mode(self, epoch: int) -> None:
@@ -146,6 +150,7 @@ class Trainer:
             elif acc.num_processes > 1:
                 raise UserError(f"a whole training batch could not be decoded: {'; '.join(bad)}")
             bar.update(1)
+            self.stop.test_hook(epoch * len(p.train_loader) + step + 1)
             if acc.is_main_process and ((step + 1) % cfg.train.log_every == 0 or step + 1 == total):
                 self._report(bar, epoch * total + step + 1, (loss_sum.item(), hits.item(), seen),
                              seconds + time.perf_counter() - start)
@@ -202,7 +207,7 @@ class Trainer:
                             reduction="sum")
         loss_total, hit_total, n = totals.tolist()
         all_bad = gather_object(epoch_bad) if acc.num_processes > 1 else epoch_bad
-        self._check_bad(len(set(all_bad)), epoch_bad)
+        self._check_bad(len(set(all_bad)), epoch_bad, epoch_done=True)
         state.bad_files = sorted(set(state.bad_files) | set(all_bad))
         return {"train_loss": loss_total / max(n, 1), "train_acc": hit_total / max(n, 1),
                 "images_per_s": n / max(seconds, 1e-9), "train_seconds": seconds}
@@ -216,7 +221,7 @@ class Trainer:
                   state: TrainerState) -> bool:
         """Record the epoch, keep the best bundle; return True when early stopping says stop."""
         row = {"epoch": epoch + 1, "train_loss": train["train_loss"], "train_acc": train["train_acc"],
-               "valid_loss": valid.loss, "valid_acc": valid.acc, "valid_top5": valid.top5,
+               "valid_loss": valid.loss, "valid_acc": valid.acc, **valid.top5_metric("valid"),
                "lr": self.p.optimizer.param_groups[0]["lr"], "images_per_s": train["images_per_s"],
                "epoch_seconds": seconds}
         state.rows.append(row)
@@ -247,7 +252,7 @@ class Trainer:
 
     def write_reports(self, state: TrainerState) -> None:
         write_metrics_csv(state.rows, self.run_dir / "metrics.csv")
-        plot_curves(state.rows, self.run_dir / "curves.png")
+        plot_curves(state.rows, self.run_dir / "curves.png", best_epoch=(state.best or {}).get("epoch"))
         if state.bad_files:
             write_text_atomic(self.run_dir / "bad_files.txt", "\n".join(state.bad_files) + "\n")
 
@@ -284,6 +289,7 @@ def _head_spec(cfg: Config) -> HeadSpec:
 
 def _summary(epoch: int, epochs: int, row: dict[str, Any], n_valid: int, is_best: bool) -> str:
     return (f"epoch {epoch + 1}/{epochs}  train loss {row['train_loss']:.4f} acc {row['train_acc']:.3f}  "
-            f"valid loss {row['valid_loss']:.4f} acc {row['valid_acc']:.3f} top5 {row['valid_top5']:.3f} "
+            f"valid loss {row['valid_loss']:.4f} acc {row['valid_acc']:.3f}"
+            + (f" top5 {row['valid_top5']:.3f}" if "valid_top5" in row else "") + " "
             f"(n={n_valid})  lr {row['lr']:.2e}  {row['images_per_s']:.0f} img/s  {row['epoch_seconds']:.1f}s"
             + ("  *best" if is_best else ""))

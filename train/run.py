@@ -27,11 +27,11 @@ from core.errors import UserError
 from core.fsio import write_text_atomic
 from core.models import HeadSpec, build_model, set_backbone_trainable
 from core.preprocess import Normalize, WithPreprocessing
-from core.report import write_batch_grid, write_evaluation
+from core.report import evaluation_source, write_batch_grid, write_evaluation
 from train.checkpoint import (
     LAST_DIR,
     TrainerState,
-    is_complete,
+    find_last,
     latest_run_with_last,
     load_last,
     read_state,
@@ -125,11 +125,11 @@ def _resolve_run(cfg: Config, stem: str) -> tuple[Path, Path | None]:
         return (out / name if name else last.parent), last
     if resume == "auto":
         run_dir = out / name if name else latest_run_with_last(out, f"{stem}-")
-        if run_dir is not None and is_complete(run_dir / LAST_DIR):
-            return run_dir, run_dir / LAST_DIR
-        return (run_dir or _new_run_dir(out, stem)), None
+        last = find_last(run_dir) if run_dir is not None else None
+        return (run_dir or _new_run_dir(out, stem)), last
     if name:
         run_dir = out / name
+        find_last(run_dir)  # a crash mid-swap leaves only .last.old: that is still a run to refuse to overwrite
         if (run_dir / LAST_DIR).exists() or (run_dir / BEST_DIR).exists():
             raise UserError(f"run folder {run_dir} already holds a run; continue it with train.resume=auto "
                             "or choose another run.name")
@@ -241,8 +241,10 @@ def evaluate_test(cfg: Config, data: TrainData, run_dir: Path, accelerator: Acce
     images = [data.test[int(result.indices[r])][0] for r in rows]
     keep = [r for r, x in zip(rows, images) if x is not None]
     images = [x for x in images if x is not None]
+    folder = data.lineage.get("test_dir") or data.lineage.get("source", "test")  # CIFAR-10 has no folder
+    source = evaluation_source(run_dir / BEST_DIR, folder, len(data.test))
     return write_evaluation(run_dir, result.probs, result.targets, record.classes, record.display_names,
-                            torch.stack(images) if images else None, image_rows=keep)
+                            torch.stack(images) if images else None, image_rows=keep, source=source)
 
 
 # ---------------------------------------------------------------------------------------- the run
@@ -278,6 +280,16 @@ def train(cfg: Config, stem: str) -> RunResult:
     """Train as configured: the epoch loop, then the best bundle's evaluation on test/ when present."""
     check_installed(cfg.run.trackers())
     accelerator = make_accelerator(cfg)
+    try:
+        return _train(accelerator, cfg, stem)
+    finally:
+        # On every way out (done, preempted, user error, crash): a gloo group left for interpreter exit
+        # aborts the process ("terminate called without an active exception"), and then the launcher
+        # of a healthy node waits out torchrun's 300 s exit barrier for it.
+        accelerator.end_training()
+
+
+def _train(accelerator: Accelerator, cfg: Config, stem: str) -> RunResult:
     set_seed(cfg.run.seed, device_specific=True)
     decode = decode_mode(cfg, accelerator.device)
     if decode == "gpu" and accelerator.device.type != "cuda":

@@ -112,7 +112,7 @@ def test_resume_with_another_model_is_refused_naming_it(make_bundle, photos, tmp
 
 
 @pytest.mark.parametrize("flag, differs", [(["--absolute"], "--absolute False there, True now"),
-                                           (["--topk", 2], "--topk 5 there, 2 now"),
+                                           (["--topk", 2], "--topk 4 there, 2 now"),  # default 5, 4 classes
                                            (["--probs"], "--probs/--evaluate False there, True now")])
 def test_resume_with_other_output_flags_is_refused_naming_the_flag(bundle, photos, tmp_path, capsys, flag, differs):
     out = tmp_path / "p.csv"
@@ -154,3 +154,11 @@ def test_under_accelerate_launch_every_process_refuses_a_locked_out(bundle, phot
         holder.wait()
     assert r.returncode != 0 and f"pid {holder.pid}" in r.stderr
     assert not out.exists() and not list(tmp_path.glob("p.csv.part*"))
+
+
+def test_two_spellings_of_one_out_share_one_lock(tmp_path):
+    (tmp_path / "real").mkdir()
+    (tmp_path / "alias").symlink_to(tmp_path / "real")
+    with OutputLock(tmp_path / "real" / "p.csv"):
+        assert OutputLock(tmp_path / "alias" / ".." / "real" / "p.csv").acquire() is not None
+        assert OutputLock(tmp_path / "alias" / "p.csv").acquire() is not None
