@@ -375,10 +375,11 @@ def write_predictions_grid(images: torch.Tensor, probs: np.ndarray, targets: np.
     probs = np.asarray(probs, dtype=np.float64)
     m = len(images)
     rows, cols = _grid_shape(m, max_cols)
-    cell_w = 3.0
+    cell_w = 2.6  # the image spans the cell: names sit above their bars, not beside them
     image_h = cell_w * max((_aspect(images[i]) for i in range(m)), default=1.0)
-    bar_h = 0.3 * min(k, probs.shape[1]) + 0.2
-    fig = Figure(figsize=(cell_w * cols, (image_h + 0.5 + bar_h) * rows + 0.4), layout="constrained")
+    bar_h = 0.34 * min(k, probs.shape[1]) + 0.2
+    fig = Figure(figsize=((cell_w + 0.25) * cols, (image_h + 0.6 + bar_h) * rows + 0.4), layout="constrained")
+    fig.get_layout_engine().set(wspace=0.08)  # a gap between neighbouring images
     axes = fig.subplots(2 * rows, cols, squeeze=False, height_ratios=[image_h, bar_h] * rows)
     for i in range(rows * cols):
         ax_img, ax_bar = axes[2 * (i // cols), i % cols], axes[2 * (i // cols) + 1, i % cols]

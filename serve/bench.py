@@ -8,6 +8,7 @@ predictor (PIL + torchvision transforms in a DataLoader, fp32), measured in one 
 from __future__ import annotations
 
 import argparse
+import csv
 import json
 import sys
 import tempfile
@@ -52,6 +53,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--workers", type=int, help="CPU decoding processes (default: cores − 1)")
     p.add_argument("--device", default="auto", choices=["auto", "cuda", "cpu"])
     p.add_argument("--threads", type=int, help="model threads (default: serve's, the CPUs left after the workers)")
+    p.add_argument("--variants", nargs="+", metavar="ONNX",
+                   help="also time these ONNX files (model.onnx, model.fp16.onnx, model.int8.onnx) on the same "
+                        "images, with their top-1 agreement with --model")
     p.add_argument("--json", help="also write the figures to this JSON file")
     p.add_argument("--smoke", action="store_true", help="every stage on a tiny CPU run (24 JPEGs of 64 px, "
                    "resnet18 at 32 px, batch 8, 1 worker), in seconds; overrides those flags")
@@ -145,7 +149,8 @@ def time_naive(folder: Path, model_path: str, spec: EvalSpec, device: torch.devi
     t = time.perf_counter()
     with torch.no_grad():
         for x in loader:
-            torch.softmax(model(x.to(device)), dim=1).topk(min(5, 10)).indices.cpu()
+            probs = torch.softmax(model(x.to(device)), dim=1)
+            probs.topk(min(5, probs.shape[1])).indices.cpu()  # a model may have fewer than 5 classes
     return time.perf_counter() - t
 
 
@@ -200,7 +205,36 @@ def run_stages(args, pipe: DecodePipeline, backend, record, folder: Path, model_
         print(f"end to end vs naive: {figures['end_to_end_vs_naive']:.2f}x")
     if pipe.report():
         print(pipe.report())
+    if args.variants:
+        figures["variants"] = time_variants(args.variants, pipe, backend, record, folder, bs, tmp)
     return figures
+
+
+def time_variants(paths: list[str], pipe: DecodePipeline, backend, record, folder: Path, bs: int,
+                  tmp: Path) -> list[dict]:
+    """Each ONNX variant on the same images: model-only and end-to-end images/s, and how often its top-1
+    agrees with the main model's (tmp/preds.csv, written by the end-to-end row)."""
+    n = sum(1 for _ in iter_items([str(folder)]))
+    reference = _labels(tmp / "preds.csv")
+    print(f"{'variant':<40}{'model img/s':>12}{'end to end':>12}{'top-1 agreement':>17}")
+    rows = []
+    for path in paths:
+        variant = open_backend(path, "auto", backend.device, threads=torch.get_num_threads())
+        out = tmp / f"variant_{len(rows)}.csv"
+        t_model = time_model(variant, record.preprocess, n, bs)
+        t_e2e = time_end_to_end(pipe.to(variant.device), folder, variant, record, bs, out)
+        labels = _labels(out)
+        agree = sum(labels[k] == v for k, v in reference.items()) / max(1, len(reference))
+        rows.append({"path": path, "precision": getattr(variant, "precision", "?"), "model_images_per_s":
+                     n / max(t_model, 1e-9), "end_to_end_images_per_s": n / max(t_e2e, 1e-9), "top1_agreement": agree})
+        name = f"{Path(path).name} ({rows[-1]['precision']})"
+        print(f"{name:<40}{_rate(n, t_model):>12}{_rate(n, t_e2e):>12}{agree:>17.4f}", flush=True)
+    return rows
+
+
+def _labels(csv_path: Path) -> dict[str, str]:
+    with open(csv_path, newline="", encoding="utf-8") as fh:
+        return {row["path"]: row["label"] for row in csv.DictReader(fh) if row["status"] == "ok"}
 
 
 if __name__ == "__main__":

@@ -117,6 +117,9 @@ def check_args(args: argparse.Namespace) -> None:
         raise UserError("--out is required (e.g. --out predictions.csv)")
     if args.out and Path(args.out).is_dir():
         raise UserError(f"--out {args.out} is a folder; give a file name such as {args.out}/predictions.csv")
+    if args.out and os.path.exists(args.out) and not os.path.isfile(args.out):  # --overwrite would unlink it
+        raise UserError(f"--out {args.out} is not a regular file (a device, FIFO or socket); give a file name "
+                        "such as predictions.csv")
 
 
 def output_format(args: argparse.Namespace) -> str:

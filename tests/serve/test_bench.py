@@ -40,3 +40,21 @@ def test_bench_forks_its_decode_workers_before_opening_the_backend(monkeypatch, 
     assert bench.main(["--n", "4", "--side", "40", "--arch", "cifar_cnn", "--size", "32", "--workers", "1",
                        "--batch-size", "4", "--device", "cpu"]) == 0
     assert order == ["fork", "backend"]  # CUDA, if any, starts after the fork
+
+
+def test_bench_times_onnx_variants_on_the_same_images_with_their_agreement(bundle, capsys, tmp_path):
+    import shutil
+
+    from serve.bench import main
+    from tests.serve.helpers import export_onnx
+
+    fp32 = export_onnx(bundle, tmp_path / "model.onnx")
+    int8 = shutil.copy(fp32, tmp_path / "model.int8.onnx")  # named like one: the precision column reads it
+    assert main(["--model", str(bundle), "--variants", str(fp32), str(int8), "--n", "6", "--side", "48",
+                 "--workers", "0", "--batch-size", "4", "--device", "cpu", "--json", str(tmp_path / "b.json")]) == 0
+    out = capsys.readouterr().out
+    assert re.search(r"^model\.onnx \(fp32\)\s+[\d,]+\s+[\d,]+\s+\d\.\d{4}$", out, re.MULTILINE), out
+    assert re.search(r"^model\.int8\.onnx \(int8\)\s", out, re.MULTILINE), out
+    variants = json.loads((tmp_path / "b.json").read_text())["variants"]
+    assert [v["precision"] for v in variants] == ["fp32", "int8"]
+    assert all(v["top1_agreement"] > 0.8 for v in variants)  # the same weights as the torch model

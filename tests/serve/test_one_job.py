@@ -162,3 +162,22 @@ def test_two_spellings_of_one_out_share_one_lock(tmp_path):
     with OutputLock(tmp_path / "real" / "p.csv"):
         assert OutputLock(tmp_path / "alias" / ".." / "real" / "p.csv").acquire() is not None
         assert OutputLock(tmp_path / "alias" / "p.csv").acquire() is not None
+
+
+@pytest.mark.parametrize("special", ["fifo", "devnull"])
+def test_an_out_that_is_not_a_regular_file_is_refused_even_with_overwrite(bundle, photos, tmp_path, capsys, special):
+    if special == "fifo":
+        out = tmp_path / "p.csv"
+        os.mkfifo(out)
+    else:
+        out = tmp_path / "null.csv"
+        out.symlink_to("/dev/null")
+    err = _refused(capsys, bundle, photos, "--out", out, "--workers", 0, "--overwrite")
+    assert "not a regular file" in err and os.path.exists(out) and os.path.exists("/dev/null")
+
+
+def test_a_record_path_taken_by_a_folder_is_one_error_line(bundle, photos, tmp_path, capsys):
+    out = tmp_path / "p.csv"
+    meta_path(out).mkdir()
+    err = _refused(capsys, bundle, photos, "--out", out, "--workers", 0)
+    assert "cannot write" in err and "meta.json" in err
