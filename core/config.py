@@ -41,9 +41,12 @@ class Range:
         return above and below
 
     def __str__(self) -> str:
+        def num(x: float) -> str:
+            return str(int(x)) if float(x).is_integer() else f"{x:g}"
+
         if self.hi is None:
-            return f"{'>' if self.lo_open else '>='} {self.lo:g}"
-        return f"{'(' if self.lo_open else '['}{self.lo:g}, {self.hi:g}{')' if self.hi_open else ']'}"
+            return f"{'>' if self.lo_open else '>='} {num(self.lo)}"
+        return f"{'(' if self.lo_open else '['}{num(self.lo)}, {num(self.hi)}{')' if self.hi_open else ']'}"
 
 
 GE0, GE1, GT0 = Range(0), Range(1), Range(0, lo_open=True)
@@ -71,7 +74,8 @@ def section(cls: type, help: str) -> Any:
 class RunConfig:
     name: str | None = opt(None, "run folder name under output_dir; default: <config file stem>-<YYYYmmdd-HHMMSS>")
     output_dir: str = opt("runs", "where run folders are created")
-    seed: int = opt(0, "random seed (made device-specific per process)", range=GE0)
+    seed: int = opt(0, "random seed (made device-specific per process)",
+                    range=Range(0, 2**31 - 1))  # + process index must stay below numpy's 2**32
 
 
 @dataclass
@@ -259,6 +263,11 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
     elif tp is float:
         if isinstance(value, (int, float)) and not isinstance(value, bool):
             return float(value)
+        if isinstance(value, str):  # YAML 1.1 reads `1e-3` (no dot) as a string; it means the number
+            try:
+                return float(value)
+            except ValueError:
+                pass
     elif tp is str:
         if isinstance(value, str):
             return value

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import functools
+import sys
 from typing import Callable, TypeVar
 
 F = TypeVar("F", bound=Callable[..., int | None])
@@ -13,6 +14,8 @@ def destroy_process_group() -> None:
     A gloo group still alive at interpreter exit aborts the process ("terminate called without an
     active exception"): its worker threads outlive the interpreter. Under torchrun a healthy node
     then waits out the 300 s exit barrier for the aborted one."""
+    if "torch.distributed" not in sys.modules:  # never imported, so no group is up; `--help` stays torch-free
+        return
     import torch.distributed as dist
 
     if dist.is_available() and dist.is_initialized():

@@ -35,6 +35,7 @@ def check_model(backend: Any, model: str | Path, kind: str) -> Any:
     input_dims, output_dims = declared_dims(backend)
     if input_dims is not None:
         check_input_dims(model, input_dims, crop, fix)
+    check_engine_profile(model, getattr(backend, "engine", None), crop, fix)
     if output_dims:
         check_logits_width(model, _static(output_dims[-1]), classes, fix)
     logits = _one_batch(backend, model, crop, fix)
@@ -73,6 +74,16 @@ def check_input_dims(model: Path, dims: Sequence, crop: int, fix: str) -> None:
     if (h is not None and h != crop) or (w is not None and w != crop):
         raise UserError(f"{model} takes {h or '?'}×{w or '?'} images but its record says crop {crop} "
                         f"(the input serve feeds it); {fix}")
+
+
+def check_engine_profile(model: Path, engine: Any, crop: int, fix: str) -> None:
+    """An engine built with dynamic H/W runs only sizes inside its optimization profile."""
+    if engine is None or not hasattr(engine, "get_tensor_profile_shape"):
+        return
+    low, _, high = (tuple(s) for s in engine.get_tensor_profile_shape(ONNX_INPUT, 0))
+    if not all(lo <= crop <= hi for lo, hi in zip(low[2:], high[2:])):
+        raise UserError(f"{model} was built for {low[2]}..{high[2]} × {low[3]}..{high[3]} images but its record "
+                        f"says crop {crop}; {fix}")
 
 
 def check_logits_width(model: Path, width: int | None, classes: int, fix: str) -> None:

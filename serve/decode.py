@@ -151,6 +151,9 @@ class DecodePipeline:
     def to(self, device: str | torch.device, gpu_decode: bool | None = None) -> DecodePipeline:
         """Decode for a model on `device` (the backend's: a CPU-only onnxruntime on a GPU machine → CPU)."""
         self.device = torch.device(device)
+        if self.device.type == "cuda" and self.device.index is None and torch.cuda.is_available():
+            # the decode thread must not guess it
+            self.device = torch.device("cuda", torch.cuda.current_device())
         self.gpu = (self.device.type == "cuda") if gpu_decode is None else gpu_decode
         self.pin = self.device.type == "cuda"
         return self
@@ -206,6 +209,8 @@ class DecodePipeline:
     def _produce(self, items: Iterable[Item], batch_size: int, out: queue.Queue, stop: threading.Event) -> None:
         cuda = self.device.type == "cuda"
         try:
+            if cuda:  # the current device is per thread: a new thread starts on GPU 0
+                torch.cuda.set_device(self.device)
             with torch.cuda.stream(torch.cuda.Stream(self.device)) if cuda else nullcontext():
                 reads = (self._submit_reads(chunk) for chunk in _chunks(items, batch_size))
                 decodes = (self._submit_decodes(*r) for r in _ahead(reads, self.depth))

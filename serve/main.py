@@ -118,6 +118,9 @@ def check_args(args: argparse.Namespace) -> None:
         raise UserError("--out is required (e.g. --out predictions.csv)")
     if args.out and Path(args.out).is_dir():
         raise UserError(f"--out {args.out} is a folder; give a file name such as {args.out}/predictions.csv")
+    if args.out and os.path.exists(args.out) and not os.path.isfile(args.out):  # --overwrite would unlink it
+        raise UserError(f"--out {args.out} is not a regular file (a device, FIFO or socket); give a file name "
+                        "such as predictions.csv")
 
 
 def output_format(args: argparse.Namespace) -> str:
@@ -351,6 +354,7 @@ def main(argv: list[str] | None = None) -> int:
         finish(out, layout, args, state)
         if state.is_main_process:
             _summary(counts, skipped, time.perf_counter() - start, out)
+            _warn_if_nothing_found(counts, skipped, args.inputs)
             if args.evaluate:
                 _evaluate(out, layout, args)
     return 0
@@ -363,13 +367,22 @@ def _summary(counts: Counts, skipped: int, seconds: float, out: Path) -> None:
           f"({n / max(seconds, 1e-9):.1f} images/s) -> {out}", flush=True)
 
 
+def _warn_if_nothing_found(counts: Counts, skipped: int, inputs: list[str]) -> None:
+    """An empty input is not an error (a drop folder may be empty today) but must not pass in silence."""
+    if counts.ok + counts.errors + skipped == 0:
+        from core.images import IMAGE_EXTENSIONS
+
+        print(f"warning: no images found in {', '.join(inputs)} (looked recursively for "
+              f"{', '.join(sorted(IMAGE_EXTENSIONS))}); nothing was classified",
+              file=sys.stderr, flush=True)
+
+
 def _evaluate(out: Path, layout: Layout, args: argparse.Namespace) -> None:
-    from serve.evaluate import evaluate_output
+    from serve.evaluate import evaluate_output, summary
 
     eval_dir = Path(args.eval_dir) if args.eval_dir else out.with_name(f"{out.stem}_eval")
-    m = evaluate_output(out, layout, args.inputs[0], args.absolute, eval_dir)
-    print(f"evaluation: accuracy {m['accuracy']:.4f}, top-{m['top5_k']} {m['top5']:.4f} on {m['n']} images "
-          f"({m['excluded']} error/unlabelled rows excluded) -> {eval_dir}/", flush=True)
+    m = evaluate_output(out, layout, args.inputs[0], args.absolute, eval_dir, args.model)
+    print(summary(m, eval_dir), flush=True)
 
 
 if __name__ == "__main__":

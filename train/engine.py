@@ -203,7 +203,7 @@ class Trainer:
                   state: TrainerState) -> bool:
         """Record the epoch, keep the best bundle; return True when early stopping says stop."""
         row = {"epoch": epoch + 1, "train_loss": train["train_loss"], "train_acc": train["train_acc"],
-               "valid_loss": valid.loss, "valid_acc": valid.acc, "valid_top5": valid.top5,
+               "valid_loss": valid.loss, "valid_acc": valid.acc, **valid.top5_metric("valid"),
                "lr": self.p.optimizer.param_groups[0]["lr"], "images_per_s": train["images_per_s"],
                "epoch_seconds": seconds}
         state.rows.append(row)
@@ -231,7 +231,7 @@ class Trainer:
 
     def write_reports(self, state: TrainerState) -> None:
         write_metrics_csv(state.rows, self.run_dir / "metrics.csv")
-        plot_curves(state.rows, self.run_dir / "curves.png")
+        plot_curves(state.rows, self.run_dir / "curves.png", best_epoch=(state.best or {}).get("epoch"))
         if state.bad_files:
             write_text_atomic(self.run_dir / "bad_files.txt", "\n".join(state.bad_files) + "\n")
 
@@ -268,6 +268,7 @@ def _head_spec(cfg: Config) -> HeadSpec:
 
 def _summary(epoch: int, epochs: int, row: dict[str, Any], n_valid: int, is_best: bool) -> str:
     return (f"epoch {epoch + 1}/{epochs}  train loss {row['train_loss']:.4f} acc {row['train_acc']:.3f}  "
-            f"valid loss {row['valid_loss']:.4f} acc {row['valid_acc']:.3f} top5 {row['valid_top5']:.3f} "
+            f"valid loss {row['valid_loss']:.4f} acc {row['valid_acc']:.3f}"
+            + (f" top5 {row['valid_top5']:.3f}" if "valid_top5" in row else "") + " "
             f"(n={n_valid})  lr {row['lr']:.2e}  {row['images_per_s']:.0f} img/s  {row['epoch_seconds']:.1f}s"
             + ("  *best" if is_best else ""))

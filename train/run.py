@@ -27,7 +27,7 @@ from core.errors import UserError
 from core.fsio import write_text_atomic
 from core.models import HeadSpec, build_model, set_backbone_trainable
 from core.preprocess import Normalize, WithPreprocessing
-from core.report import write_batch_grid, write_evaluation
+from core.report import evaluation_source, write_batch_grid, write_evaluation
 from train.checkpoint import LAST_DIR, TrainerState, find_last, latest_run_with_last, load_last, resume_dir
 from train.data import IGNORE_LABEL, TrainData, eval_loader, load_data
 from train.engine import BEST_DIR, Parts, Trainer
@@ -218,8 +218,10 @@ def evaluate_test(cfg: Config, data: TrainData, run_dir: Path, accelerator: Acce
     images = [data.test[int(result.indices[r])][0] for r in rows]
     keep = [r for r, x in zip(rows, images) if x is not None]
     images = [x for x in images if x is not None]
+    folder = data.lineage.get("test_dir") or data.lineage.get("source", "test")  # CIFAR-10 has no folder
+    source = evaluation_source(run_dir / BEST_DIR, folder, len(data.test))
     return write_evaluation(run_dir, result.probs, result.targets, record.classes, record.display_names,
-                            torch.stack(images) if images else None, image_rows=keep)
+                            torch.stack(images) if images else None, image_rows=keep, source=source)
 
 
 # ---------------------------------------------------------------------------------------- the run

@@ -102,17 +102,23 @@ def test_a_bundle_that_fails_on_its_own_crop_is_refused_at_load(bundle, tmp_path
 
 
 class _FakeEngine:
-    def __init__(self, shapes):
-        self.shapes = shapes
+    """The two ICudaEngine calls the check uses: declared tensor shapes and the optimization profile."""
+
+    def __init__(self, shapes, side=32):
+        self.shapes, self.side = shapes, side
 
     def get_tensor_shape(self, name):
         return self.shapes[name]
+
+    def get_tensor_profile_shape(self, name, profile):
+        return [(1, 3, self.side, self.side), (8, 3, self.side, self.side), (8, 3, self.side, self.side)]
 
 
 @pytest.mark.parametrize("shapes, message", [
     ({"images": (-1, 3, 64, 64), "logits": (-1, 4)}, "takes 64×64 images but its record says crop 32"),
     ({"images": (-1, 3, 32, 32), "logits": (-1, 3)}, "outputs 3 logits per image but its record lists 4"),
     ({"images": (8, 3, 32, 32), "logits": (8, 4)}, "takes exactly 8 image(s) per call"),
+    ({"images": (-1, 3, -1, -1), "logits": (-1, 4), "side": 48}, "built for 48..48 × 48..48 images"),
 ])
 def test_an_engine_is_checked_against_its_sidecar_record(bundle, tmp_path, shapes, message):
     from core.errors import UserError
@@ -120,7 +126,8 @@ def test_an_engine_is_checked_against_its_sidecar_record(bundle, tmp_path, shape
     engine = tmp_path / "model.engine"
     engine.write_bytes(b"")
     (tmp_path / "model.engine.json").write_text(json.dumps({"record": read_record(bundle).to_dict(), "engine": {}}))
-    backend = types.SimpleNamespace(engine=_FakeEngine(shapes), device=torch.device("cpu"))
+    engine_fake = _FakeEngine(shapes, shapes.get("side", 32))
+    backend = types.SimpleNamespace(engine=engine_fake, device=torch.device("cpu"))
     with pytest.raises(UserError, match=message.replace("(", r"\(").replace(")", r"\)")):
         check_model(_Callable(backend, shapes["logits"][1]), engine, "tensorrt")
 
@@ -133,3 +140,13 @@ class _Callable:
 
     def __call__(self, images):
         return torch.zeros((len(images), self.width))
+
+
+def test_an_engine_matching_its_record_passes(bundle, tmp_path):
+    engine = tmp_path / "model.engine"
+    engine.write_bytes(b"")
+    (tmp_path / "model.engine.json").write_text(json.dumps({"record": read_record(bundle).to_dict(), "engine": {}}))
+    ns = types.SimpleNamespace(engine=_FakeEngine({"images": (-1, 3, 32, 32), "logits": (-1, 4)}),
+                               device=torch.device("cpu"))
+    backend = _Callable(ns, 4)
+    assert check_model(backend, engine, "tensorrt") is backend

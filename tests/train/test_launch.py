@@ -67,7 +67,7 @@ def test_demo_run_writes_every_output_file(demo_run):
     assert not missing
     rows = list(csv.DictReader((run_dir / "metrics.csv").open()))
     assert [r["epoch"] for r in rows] == ["1", "2"]
-    assert list(rows[0]) == ["epoch", "train_loss", "train_acc", "valid_loss", "valid_acc", "valid_top5", "lr",
+    assert list(rows[0]) == ["epoch", "train_loss", "train_acc", "valid_loss", "valid_acc", "lr",  # 4 classes: no top5
                              "images_per_s", "epoch_seconds"]
     assert not (run_dir / "bad_files.txt").exists()  # written only when some image was unreadable
 
