@@ -156,7 +156,8 @@ class AugmentConfig:
 @dataclass
 class OptimizerConfig:
     name: str = opt("adam", "optimizer", ("sgd", "adam", "adamw", "adadelta"))
-    lr: float = opt(1e-3, "learning rate (for the global batch; not rescaled automatically)", range=GT0)
+    lr: float = opt(1e-3, "learning rate (for the global batch; not rescaled automatically; 0 = weights stay)",
+                    range=GE0)
     momentum: float = opt(0.9, "sgd momentum", range=Range(0, 1, hi_open=True))
     weight_decay: float = opt(0.0, "weight decay", range=GE0)
     nesterov: bool = opt(False, "sgd Nesterov momentum")

@@ -206,7 +206,7 @@ class OnnxBackend:
             note = (" - onnxruntime runs on the CPU here (no CUDA provider: the CPU-only wheel? "
                     "pip install '.[gpu]'), so images are decoded on the CPU too")
         self.description = (f"onnxruntime providers: {', '.join(used)} ({self.precision} {model.name}, "
-                            f"{threads or 'default'} threads){note}")
+                            f"intra-op threads: {threads or 'default'}){note}")
 
     def _check_io(self, model: Path) -> None:
         inputs, outputs = self.session.get_inputs(), [o.name for o in self.session.get_outputs()]

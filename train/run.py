@@ -304,6 +304,10 @@ def _train(accelerator: Accelerator, cfg: Config, stem: str) -> RunResult:
         data = load_data(cfg)
         model = make_model(cfg, data)
     feed = FEEDS[decode](cfg, data, accelerator.device)
+    if decode == "gpu" and not getattr(feed, "device_decode", True):
+        accelerator.print(f"warning: the device JPEG decoder does not work on {accelerator.device} (torchvision "
+                          "without nvJPEG, or a GPU slice without a JPEG engine): PIL decodes every image in the "
+                          "DataLoader workers; data.decode: cpu does the same with CPU augmentation")
     parts = build_parts(cfg, feed, data, model, accelerator)
     if accelerator.is_main_process:
         write_run_files(cfg, data, feed, run_dir)

@@ -164,7 +164,7 @@ def test_serve_prints_the_variant_precision_and_its_threads(bundle, photos, tmp_
     onnx.save(proto, str(path))
     assert serve(path, photos, "--out", tmp_path / "p.csv", "--workers", 0, "--threads", 1) == 0
     start = capsys.readouterr().out.splitlines()[0]
-    assert "(fp16 model.fp16.onnx, 1 threads)" in start and "| 1 model thread(s) |" in start
+    assert "(fp16 model.fp16.onnx, intra-op threads: 1)" in start and "| 1 model thread(s) |" in start
 
 
 def test_threads_reach_onnxruntime_and_torch(bundle, tmp_path):
