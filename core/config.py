@@ -467,13 +467,19 @@ def reference_text(width: int = 100) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     import argparse
+    import os
     import shutil
+    import sys
 
     ap = argparse.ArgumentParser(prog="python -m core.config",
                                  description="Print every config key: default, valid values, meaning.")
     ap.add_argument("--markdown", action="store_true", help="print the Markdown table the README carries")
     args = ap.parse_args(argv)
-    print(reference_markdown() if args.markdown else reference_text(shutil.get_terminal_size().columns))
+    try:
+        print(reference_markdown() if args.markdown else reference_text(shutil.get_terminal_size().columns))
+        sys.stdout.flush()
+    except BrokenPipeError:  # `| head` closed the pipe: that is the reader's choice, not an error
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # no second failure at exit
     return 0
 
 
