@@ -21,6 +21,7 @@ import math
 import torch
 from PIL import Image
 from torchvision import transforms as T1
+from torchvision.transforms import InterpolationMode
 from torchvision.transforms import v2 as T
 
 from core.specs import AugmentSpec, EvalSpec
@@ -38,7 +39,7 @@ class TrainWarp:
         self.aug, self.crop = aug, spec.crop
         self.size = aug.size or spec.crop
         self.resample = RESAMPLE[spec.interpolation]
-        self.interpolation = T.InterpolationMode(spec.interpolation)
+        self.interpolation = InterpolationMode(spec.interpolation)
         cj = aug.color_jitter
         self.jitter = T.ColorJitter(brightness=cj, contrast=cj, saturation=cj) if cj else None
         # jitter's contrast uses the mean of the whole size×size image: keep it when a center crop follows

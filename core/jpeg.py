@@ -208,6 +208,28 @@ def bisect_decode(blobs: list[torch.Tensor], decode: Callable[[list[torch.Tensor
 
 
 _streams: dict[torch.device, torch.cuda.Stream] = {}
+_available: dict[torch.device, bool] = {}
+
+
+def device_decoder_available(device: torch.device | str, decoder: Decoder | None = None) -> bool:
+    """Whether the device decoder works here (once per device): torchvision built without nvJPEG, or a MIG
+    slice without a JPEG engine, fails every call, and bisecting every batch down to single files to learn
+    that would be slow. Callers then send every file to the CPU decoder, counted as NO_DEVICE_DECODER."""
+    device = torch.device(device)
+    if device not in _available:
+        import io
+
+        from PIL import Image
+
+        buf = io.BytesIO()
+        Image.new("RGB", (16, 16), (90, 160, 30)).save(buf, "JPEG")
+        probe = torch.frombuffer(bytearray(buf.getvalue()), dtype=torch.uint8)
+        try:
+            (decoder or torchvision_decoder)([probe], device)
+            _available[device] = True
+        except (RuntimeError, ValueError):
+            _available[device] = False
+    return _available[device]
 
 
 def _decode_stream(device: torch.device) -> torch.cuda.Stream:
@@ -286,4 +308,4 @@ def decode_cpu(data: bytes | memoryview | torch.Tensor, max_pixels: int | None =
 
 
 __all__ = ["CHUNK", "DEVICE_MAX_PIXELS", "BadImage", "DecodeStats", "JpegRoute", "bisect_decode", "decode_cpu",
-           "decode_files", "decode_on_device", "exif_orientation", "route_jpeg", "torchvision_decoder"]
+           "decode_files", "decode_on_device", "device_decoder_available", "exif_orientation", "route_jpeg", "torchvision_decoder"]

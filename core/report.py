@@ -303,7 +303,7 @@ def plot_curves(rows: list[dict], path: str | os.PathLike, best_epoch: int | Non
     return _save_figure(fig, path)
 
 
-def plot_confusion_matrix(matrix, display_names: Sequence[str], path: str | os.PathLike) -> None:
+def plot_confusion_matrix(matrix, display_names: Sequence[str], path: str | os.PathLike) -> Figure:
     """Row-normalized confusion matrix (rows = true); counts annotated only while they stay readable."""
     counts = np.asarray(matrix, dtype=np.int64)
     c = counts.shape[0]
@@ -319,13 +319,14 @@ def plot_confusion_matrix(matrix, display_names: Sequence[str], path: str | os.P
     ax.set_yticks(np.arange(c), labels, fontsize=tick_size)
     ax.set_xlabel("predicted")
     ax.set_ylabel("true")
-    ax.set_title(f"confusion matrix (rows normalized, n={int(counts.sum())})")
+    # A figure title: over a small matrix with long class names the axes title ran off the figure.
+    fig.suptitle(f"confusion matrix (rows normalized, n={int(counts.sum())})")
     if c <= ANNOTATE_MAX_CLASSES:
         for (i, j), count in np.ndenumerate(counts):
             if count:
                 ax.text(j, i, str(count), ha="center", va="center", fontsize=max(6.0, tick_size - 1),
                         color="white" if norm[i, j] > 0.5 else "black")
-    _save_figure(fig, path)
+    return _save_figure(fig, path)
 
 
 def plot_topk(image: ImageLike, probs: np.ndarray, display_names: Sequence[str], k: int,

@@ -19,7 +19,7 @@ from core.model_record import engine_sidecar_path, read_onnx_record, sha256_file
 from export import onnx_export, verify
 from export import report as rep
 from export import variants as var
-from export.bench import bench
+from export.bench import bench_all
 
 ENGINE_FILE = "model.engine"
 RECORD_FIELDS = ("arch", "classes", "display_names", "preprocess", "head", "num_classes")
@@ -28,9 +28,9 @@ RECORD_FIELDS = ("arch", "classes", "display_names", "preprocess", "head", "num_
 class GateFailed(Exception):
     """An exported format did not reproduce PyTorch; carries the parity figures for the report."""
 
-    def __init__(self, fmt: str, parity: dict[str, Any]):
+    def __init__(self, fmt: str, parity: dict[str, Any], session=None):
         super().__init__(fmt)
-        self.fmt, self.parity = fmt, parity
+        self.fmt, self.parity, self.session = fmt, parity, session
 
 
 @dataclass
@@ -104,7 +104,7 @@ def gate_onnx(onnx_path: Path, precision: str, ref, ref_logits, samples, record,
     report["parity"][key] = parity
     log(rep.parity_line(f"{var.FILES[precision]} [{', '.join(sess.get_providers())}]", parity))
     if not parity["passed"]:
-        raise GateFailed(key, parity)
+        raise GateFailed(key, parity, sess)  # with its session: a failed variant is still timed
     return sess
 
 
@@ -152,6 +152,7 @@ def make_variant(job: Job, precision: str, ref, ref_logits, report: dict[str, An
         log(f"{var.FILES[precision]} FAILED its gate and is not written: " + "; ".join(exc.parity["failures"]))
         for line in rep.divergence_lines(exc.parity):
             log(line)
+        job.runners[f"onnx {precision}"] = verify.ort_runner(exc.session)  # the report shows what was given up
         return
     job.passed[precision] = path
     job.runners[f"onnx {precision}"] = verify.ort_runner(sess)
@@ -195,9 +196,9 @@ def torch_bench_runner(model, record):
 
 
 def run_bench(runners: dict[str, Any], images: torch.Tensor, max_batch: int, report: dict[str, Any]) -> None:
-    """Every runner on the same real images, one after another in this run; ratios against ONNX fp32."""
-    for name, run in runners.items():
-        report["bench"][name] = b = bench(run, images, max_batch)
+    """Every runner on the same real images, taking turns in this run; ratios against ONNX fp32."""
+    for name, b in bench_all(runners, images, max_batch).items():
+        report["bench"][name] = b
         log(f"speed {name}: batch 1 {b['batch1_latency_ms']:.2f} ms, best {b['best_images_per_s']:.0f} img/s "
             f"at batch {b['best_batch']}")
     base = report["bench"].get("onnx fp32", {}).get("best_images_per_s")

@@ -18,10 +18,9 @@ from pathlib import Path
 if __package__ in (None, ""):  # `python serve/main.py` puts serve/ on sys.path, not the repo
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from tqdm import tqdm
-
 from core.dist import ends_process_group
 from core.errors import UserError, cli_entry
+from core.progress import SERVE_LOG_SECONDS, Progress
 from serve.discover import MAX_FILE_MB, Item, check_inputs, is_url, iter_items
 from serve.lock import OutputLock
 from serve.writer import (
@@ -210,7 +209,7 @@ class Counts:
 
 
 def classify(pipe: DecodePipeline, backend: Backend, layout: Layout, items: Iterator[Item], writer: RowWriter,
-             batch_size: int, bar: tqdm, throttle: float) -> Counts:
+             batch_size: int, bar: Progress, throttle: float) -> Counts:
     counts = Counts()
     for batch, probs in predictions(pipe, backend, items, batch_size):
         rows, j = [], 0
@@ -252,9 +251,9 @@ def run(args: argparse.Namespace, state: PartialState, layout: Layout, spec, out
         multi = state.num_processes > 1
         target = part_path(out, state.process_index) if multi else out
         share = -(-args.limit // state.num_processes) if args.limit else None
-        bar = tqdm(total=share, unit="img", dynamic_ncols=True, mininterval=0.5,
-                   disable=args.no_progress or not state.is_main_process,
-                   desc=f"rank 0/{state.num_processes}" if multi else "classify")
+        # A bar on a terminal; in a batch log one line every SERVE_LOG_SECONDS instead of bar frames.
+        bar = Progress(share, f"rank 0/{state.num_processes}" if multi else "classify", unit="img",
+                       enabled=not args.no_progress and state.is_main_process, seconds=SERVE_LOG_SECONDS, leave=True)
         with RowWriter(target, layout, append=args.resume and not multi, seq=multi) as writer, bar:
             counts = classify(pipe, backend, layout, my_items(args, done, state), writer, batch_size, bar,
                               args.throttle)

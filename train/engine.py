@@ -16,19 +16,19 @@ import numpy as np
 import torch
 from accelerate import Accelerator, skip_first_batches
 from accelerate.utils import gather_object
-from tqdm.auto import tqdm
-
 from core.bundle import BundleRecord, save_bundle
 from core.config import Config
 from core.errors import UserError
 from core.fsio import write_text_atomic
 from core.models import HeadSpec, backbone_frozen_eval, set_backbone_trainable
+from core.progress import Progress
 from core.report import plot_curves, write_metrics_csv
 from train.checkpoint import TrainerState, save_last
 from train.data import TrainData
 from train.evaluate import EvalResult, evaluate
 from train.feed import Feed
 from train.signals import StopFlag
+from train.tracking import Tracking
 
 BEST_DIR = "best"
 
@@ -77,16 +77,19 @@ class Parts:
 
 class Trainer:
     def __init__(self, cfg: Config, data: TrainData, run_dir: Path, accelerator: Accelerator, parts: Parts,
-                 stop: StopFlag, lineage: dict[str, Any]):
+                 stop: StopFlag, lineage: dict[str, Any], tracking: Tracking | None = None):
         self.cfg, self.data, self.run_dir, self.acc, self.p = cfg, data, run_dir, accelerator, parts
         self.stop, self.lineage = stop, lineage
+        self.tracking = tracking or Tracking(accelerator, [])
         self.unwrapped = bare_model(accelerator, parts.model)
+        self._rows: list[dict[str, Any]] = []  # finished epochs, for the run ETA
+        self._window = (0.0, 0)  # (loss sum, images) at the last report: the trackers' per-step loss
 
     # ------------------------------------------------------------------ helpers
 
     def log(self, text: str) -> None:
         if self.acc.is_main_process:
-            tqdm.write(text)
+            print(text, flush=True)  # flushed: a batch system's log file shows it now, not at exit
 
     def _agree(self, epoch_bad: list[str]) -> tuple[bool, int]:
         """(stop requested anywhere, bad images this epoch everywhere); one tiny all-reduce when distributed."""
@@ -133,9 +136,9 @@ class Trainer:
         hits = torch.tensor(part.get("hits", 0.0), device=acc.device)
         seen, seconds = int(part.get("seen", 0)), float(part.get("seconds", 0.0))
         epoch_bad: list[str] = list(part.get("epoch_bad", []))
-        since_check, start = 0, time.perf_counter()
-        bar = tqdm(total=len(p.train_loader), initial=skip, desc=f"epoch {epoch + 1}/{cfg.train.epochs}",
-                   disable=not acc.is_main_process, leave=False, dynamic_ncols=True)
+        since_check, start, total = 0, time.perf_counter(), len(p.train_loader)
+        self._rows, self._window = state.rows, (loss_sum.item(), seen)
+        bar = Progress(total, f"epoch {epoch + 1}/{cfg.train.epochs}", initial=skip, enabled=acc.is_main_process)
         for step, (images, labels, bad) in enumerate(p.feed.train_batches(loader), start=skip):
             epoch_bad.extend(bad)
             valid = len(labels) - len(bad) if len(labels) else 0  # bad files keep a masked slot (IGNORE_LABEL)
@@ -148,16 +151,15 @@ class Trainer:
                 raise UserError(f"a whole training batch could not be decoded: {'; '.join(bad)}")
             bar.update(1)
             self.stop.test_hook(epoch * len(p.train_loader) + step + 1)
+            if acc.is_main_process and ((step + 1) % cfg.train.log_every == 0 or step + 1 == total):
+                self._report(bar, epoch * total + step + 1, (loss_sum.item(), hits.item(), seen),
+                             seconds + time.perf_counter() - start)
             since_check += 1
             if not acc.sync_gradients or (acc.num_processes > 1 and since_check < cfg.train.log_every):
                 continue
             since_check = 0
             stop, bad_count = self._agree(epoch_bad)
             self._check_bad(bad_count, epoch_bad)
-            if acc.num_processes > 1 or step % cfg.train.log_every == 0 or stop:
-                elapsed = seconds + time.perf_counter() - start
-                bar.set_postfix(loss=f"{loss_sum.item() / max(seen, 1):.4f}", acc=f"{hits.item() / max(seen, 1):.3f}",
-                                img_s=f"{seen * acc.num_processes / max(elapsed, 1e-9):.0f}", refresh=False)
             if stop and step + 1 < len(p.train_loader):
                 bar.close()
                 state.epoch, state.step = epoch, step + 1
@@ -167,6 +169,22 @@ class Trainer:
         bar.close()
         seconds += time.perf_counter() - start
         return self._train_summary(loss_sum, hits, seen, seconds, epoch_bad, state)
+
+    def _report(self, bar: Progress, global_step: int, sums: tuple[float, float, int], elapsed: float) -> None:
+        """Every log_every steps and at the epoch's end (main process): the epoch's running numbers on the
+        console, and the loss since the last report plus the learning rate to the trackers."""
+        loss_sum, hits, seen = sums
+        lr = self.p.optimizer.param_groups[0]["lr"]
+        left = self.cfg.train.epochs - len(self._rows) - 1  # epochs after this one
+        done = [r["epoch_seconds"] for r in self._rows]
+        bar.later_seconds = left * (sum(done) / len(done) if done else bar.per_unit() * (bar.total or 0))
+        bar.report({"loss": f"{loss_sum / max(seen, 1):.4f}", "acc": f"{hits / max(seen, 1):.3f}",
+                    "img/s": f"{seen * self.acc.num_processes / max(elapsed, 1e-9):.0f}", "lr": f"{lr:.2e}"})
+        last_loss, last_seen = self._window
+        if seen > last_seen:
+            self.tracking.log({"train/loss": (loss_sum - last_loss) / (seen - last_seen), "train/lr": lr},
+                              step=global_step)
+        self._window = (loss_sum, seen)
 
     def _step(self, images: torch.Tensor, labels: torch.Tensor, epoch: int, step: int):
         acc, p = self.acc, self.p
@@ -218,6 +236,9 @@ class Trainer:
             if is_best:
                 self.save_best(metrics)
             self.write_reports(state)
+            step = (epoch + 1) * len(self.p.train_loader)
+            self.tracking.log({f"epoch/{k}": v for k, v in row.items()}, step=step)
+            self.tracking.images({"curves": self.run_dir / "curves.png"}, step=step)
         self.log(_summary(epoch, self.cfg.train.epochs, row, valid.n, is_best))
         patience = self.cfg.train.early_stopping_patience
         return bool(patience) and state.epochs_since_best >= patience

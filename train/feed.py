@@ -13,7 +13,7 @@ from torch.utils.data import DataLoader
 
 from core.config import Config
 from core.errors import UserError
-from core.jpeg import DecodeStats, route_jpeg
+from core.jpeg import DecodeStats, device_decoder_available, route_jpeg
 from train.data import (
     IGNORE_LABEL,
     EpochSampler,
@@ -118,7 +118,9 @@ class GpuFeed:
         spec = cfg.preprocess.spec()
         self.data, self.seed = data, cfg.run.seed
         self.train_samples, self.valid_samples = _samples(data.train), _samples(data.valid)
-        self.workers = gpu_path_workers(cfg.data.num_workers, self.train_samples)
+        self.device_decode = device_decoder_available(device)  # if not, PIL decodes all in the workers
+        self.workers = (gpu_path_workers(cfg.data.num_workers, self.train_samples) if self.device_decode
+                        else cfg.data.num_workers)
         # normalize=False: uint8 batches, so the trainer's own prepare() normalizes as on the CPU path
         self.train_pipe = GpuPipeline(spec, device, aug=cfg.augment.spec(), seed=cfg.run.seed, normalize=False)
         self.eval_pipe = GpuPipeline(spec, device, normalize=False)
@@ -126,8 +128,9 @@ class GpuFeed:
 
     def loaders(self, batch_size: int, eval_batch_size: int, pin: bool,
                 drop_last: bool = False) -> tuple[DataLoader, DataLoader]:
-        return (encoded_train_loader(self.train_samples, batch_size, self.seed, self.workers, drop_last),
-                encoded_eval_loader(self.valid_samples, eval_batch_size, self.workers))
+        return (encoded_train_loader(self.train_samples, batch_size, self.seed, self.workers, drop_last,
+                                     self.device_decode),
+                encoded_eval_loader(self.valid_samples, eval_batch_size, self.workers, self.device_decode))
 
     def report_once(self, log: Callable[[str], None]) -> None:
         """How many images the device decoded and how many went to PIL (and why), once per run."""
@@ -147,7 +150,7 @@ class GpuFeed:
     def preview(self, n: int) -> tuple[torch.Tensor, list[int]]:
         """The first `n` readable images of epoch 0 through the training pipeline, as the trainer sees them."""
         keys = list(EpochSampler(len(self.train_samples), self.seed))
-        reader = EncodedImages(self.train_samples, threads=4)
+        reader = EncodedImages(self.train_samples, threads=4, device_decode=self.device_decode)
         images, labels = [], []
         for start in range(0, len(keys), n):
             if len(labels) >= n:

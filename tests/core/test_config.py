@@ -119,7 +119,7 @@ def test_readme_config_reference_matches_the_code():
 
 @pytest.mark.parametrize("override, shown, valid", [
     ("model.head.dropout=1.5", "1.5", "[0, 1)"),
-    ("train.optimizer.lr=-1", "-1.0", "> 0"),
+    ("train.optimizer.lr=-1", "-1.0", ">= 0"),
     ("augment.hflip=2", "2.0", "[0, 1]"),
     ("preprocess.crop=0", "0", ">= 1"),
     ("augment.scale=[1.0,0.5]", "[1.0, 0.5]", "2 values in (0, 1], min <= max"),
@@ -128,7 +128,7 @@ def test_readme_config_reference_matches_the_code():
     ("data.max_bad_fraction=1.5", "1.5", "[0, 1]"),
     ("preprocess.mean=[0.5,0.5]", "[0.5, 0.5]", "3 values in [0, 1]"),
     ("preprocess.std=[0.2,0,0.2]", "[0.2, 0.0, 0.2]", "3 values in (0, 1]"),
-    ("train.optimizer.lr=.nan", "NaN", "> 0"),
+    ("train.optimizer.lr=.nan", "NaN", ">= 0"),
     ("train.epochs=0", "0", ">= 1"),
     ("model.freeze=-2", "-2", "backbone, none or >= 0"),
     ("model.head.hidden=[64,0]", "[64, 0]", ">= 1"),

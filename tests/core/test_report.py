@@ -283,6 +283,13 @@ def test_confusion_matrix_image_grows_with_the_number_of_classes(tmp_path):
         assert big.width > 2 * small.width  # 60 labelled ticks need room to stay readable
 
 
+def test_confusion_matrix_title_stays_inside_the_figure_with_long_class_names(tmp_path):
+    names = ["circle", "A very long square display name, 40 char", "triangle", "cross"]  # clipped the title
+    fig = report.plot_confusion_matrix(np.eye(4, dtype=int) * 8, names, tmp_path / "cm.png")
+    assert "n=32)" in fig.get_suptitle()
+    assert_inside_figure(fig, fig.texts)
+
+
 def test_a_failed_figure_leaves_no_file_and_no_temp_file(tmp_path):
     with pytest.raises(IndexError):
         report.plot_topk(solid(ODD)[0], np.array([0.2, 0.8]), ["only-one-name"], 2, tmp_path / "t.png")

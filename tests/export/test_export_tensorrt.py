@@ -14,7 +14,7 @@ import pytest
 import torch
 
 from core.errors import UserError
-from core.model_record import check_engine_host, read_engine_sidecar, sha256_file
+from core.model_record import check_engine_host, read_engine_sidecar, read_onnx_record, sha256_file
 from export import tensorrt_engine as te
 from export import report as rep
 from export import verify
@@ -164,3 +164,16 @@ def test_loading_an_engine_with_a_foreign_sidecar_is_refused(make_bundle, demo_r
     side.write_text(json.dumps(d))
     with pytest.raises(UserError, match="rebuild it here"):
         load_engine(out / "model.engine")
+
+
+@pytest.mark.gpu
+@needs_tensorrt
+def test_int8_engine_is_built_from_the_qdq_variant_and_passes_its_gate(trained, tmp_path):
+    out = tmp_path / "out"
+    assert run_export(trained, "--tensorrt", "--engine-from", "int8", "--max-batch", 8, "--no-bench",
+                      "--out", out) == 0
+    _, engine = read_engine_sidecar(out / "model.engine")
+    assert engine["engine_from"] == "model.int8.onnx" and engine["precision"] == "int8"
+    _, facts = read_onnx_record(out / "model.int8.onnx")
+    assert facts["quantization"]["activations"] == "int8 symmetric"  # what explicit quantization takes
+    assert json.loads((out / "export_report.json").read_text())["parity"]["tensorrt"]["passed"]
