@@ -190,7 +190,8 @@ class TrainConfig:
     early_stopping_patience: int = opt(0, "stop after this many epochs without a better validation score (0 = off)",
                                        range=GE0)
     resume: str | None = opt(None, "`auto` (this run's last/ if present) or a path to a last/ folder")
-    log_every: int = opt(20, "steps between progress-bar metric updates (device sync points)", range=GE1)
+    log_every: int = opt(20, "steps between progress reports: the bar's numbers on a terminal, a log line "
+                             "otherwise, loss/lr to the trackers (device sync points)", range=GE1)
     optimizer: OptimizerConfig = section(OptimizerConfig, "optimizer")
     scheduler: SchedulerConfig = section(SchedulerConfig, "learning-rate schedule")
 
