@@ -1,7 +1,8 @@
-"""Typed config: YAML recipe + `key=value` overrides → dataclasses. Unknown keys and wrong types fail clearly.
+"""Typed config: YAML recipe + `key=value` overrides → dataclasses. Unknown keys, wrong types and
+out-of-range values fail clearly, before anything heavy (torch) is imported.
 
-Every key is declared once below with its default, type, allowed values and a one-line help text;
-`python -m core.config` prints the reference table that the README carries.
+Every key is declared once below with its default, type, valid range or allowed values and a one-line
+help text; `python -m core.config` prints the reference (`--markdown`: the table the README carries).
 """
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ import dataclasses
 import difflib
 import hashlib
 import json
+import math
 import types
 import typing
 from dataclasses import dataclass, field
@@ -18,12 +20,44 @@ from typing import Any, Union
 import yaml
 
 from core.errors import UserError
-from core.preprocess import IMAGENET_MEAN, IMAGENET_STD, AugmentSpec, EvalSpec
+from core.specs import IMAGENET_MEAN, IMAGENET_STD, INTERPOLATION_NAMES, AugmentSpec, EvalSpec
+from core.workers import AUTO, resolve_num_workers
 
 
-def opt(default: Any, help: str, choices: tuple | None = None) -> Any:
-    """A config field: default, one-line help, optional allowed values."""
-    meta = {"help": help, "choices": choices}
+@dataclass(frozen=True)
+class Range:
+    """The valid interval of a number (or of each element of a list of numbers); None = unbounded."""
+
+    lo: float | None = None
+    hi: float | None = None
+    lo_open: bool = False
+    hi_open: bool = False
+
+    def __contains__(self, x: float) -> bool:
+        if isinstance(x, float) and not math.isfinite(x):
+            return False
+        above = self.lo is None or (x > self.lo if self.lo_open else x >= self.lo)
+        below = self.hi is None or (x < self.hi if self.hi_open else x <= self.hi)
+        return above and below
+
+    def __str__(self) -> str:
+        if self.hi is None:
+            return f"{'>' if self.lo_open else '>='} {self.lo:g}"
+        return f"{'(' if self.lo_open else '['}{self.lo:g}, {self.hi:g}{')' if self.hi_open else ']'}"
+
+
+GE0, GE1, GT0 = Range(0), Range(1), Range(0, lo_open=True)
+UNIT = Range(0, 1)  # probabilities and fractions
+
+
+def opt(default: Any, help: str, choices: tuple | None = None, range: Range | None = None,
+        length: int | None = None, ordered: bool = False) -> Any:
+    """A config field: default, one-line help, and what is valid.
+
+    choices: allowed strings; range: the interval a number (each number of a list) must lie in;
+    length: exact list length; ordered: a [min, max] list must have min <= max.
+    """
+    meta = {"help": help, "choices": choices, "range": range, "length": length, "ordered": ordered}
     if isinstance(default, (list, dict)):
         return field(default_factory=lambda d=default: type(d)(d), metadata=meta)
     return field(default=default, metadata=meta)
@@ -37,7 +71,7 @@ def section(cls: type, help: str) -> Any:
 class RunConfig:
     name: str | None = opt(None, "run folder name under output_dir; default: <config file stem>-<YYYYmmdd-HHMMSS>")
     output_dir: str = opt("runs", "where run folders are created")
-    seed: int = opt(0, "random seed (made device-specific per process)")
+    seed: int = opt(0, "random seed (made device-specific per process)", range=GE0)
 
 
 @dataclass
@@ -45,8 +79,11 @@ class DataConfig:
     source: str = opt("folder", "`folder`: root/train|valid|test/<class>/*; `cifar10`: torchvision CIFAR-10",
                       ("folder", "cifar10"))
     root: str = opt("data", "data set folder (for cifar10: where it is, or is downloaded to)")
-    num_workers: int = opt(4, "DataLoader worker processes per GPU process")
-    max_bad_fraction: float = opt(0.01, "abort when more than this fraction of training images cannot be decoded")
+    num_workers: Union[int, str] = opt(AUTO, "DataLoader worker processes per training process; `auto` = "
+                                       "min(8, CPUs usable by this process / processes on this node)",
+                                       (AUTO,), range=GE0)
+    max_bad_fraction: float = opt(0.01, "abort when more than this fraction of training images cannot be decoded",
+                                  range=UNIT)
     download: bool = opt(True, "cifar10 only: download when missing (needs network)")
     decode: str = opt("cpu", "folder data: `cpu` = decode + augment in DataLoader workers; `gpu` = workers read "
                       "bytes, nvJPEG decode + batched augmentation on the training device (runs, slower, without "
@@ -55,8 +92,9 @@ class DataConfig:
 
 @dataclass
 class HeadConfig:
-    hidden: list[int] = opt([], "hidden layer sizes of the new classifier head; [] = one Linear layer")
-    dropout: float = opt(0.0, "dropout after each hidden layer (and before the output layer if no hidden)")
+    hidden: list[int] = opt([], "hidden layer sizes of the new classifier head; [] = one Linear layer", range=GE1)
+    dropout: float = opt(0.0, "dropout after each hidden layer (and before the output layer if no hidden)",
+                         range=Range(0, 1, hi_open=True))
 
 
 @dataclass
@@ -65,16 +103,19 @@ class ModelConfig:
     pretrained: str = opt("imagenet", "`imagenet` (default weights, cached), `none`, or a path to a state dict")
     head: HeadConfig = section(HeadConfig, "classifier head that replaces the model's own")
     freeze: Union[str, int] = opt("backbone", "`backbone` (train the head only), `none` (fine-tune all), "
-                                  "or N: train the head only for N epochs, then everything")
+                                  "or N: train the head only for N epochs, then everything",
+                                  ("backbone", "none"), range=GE0)
 
 
 @dataclass
 class PreprocessConfig:
-    resize: int = opt(256, "eval: resize the shorter side to this")
-    crop: int = opt(224, "eval: center crop to this square; also the training crop size")
-    interpolation: str = opt("bilinear", "resize interpolation", ("nearest", "bilinear", "bicubic"))
-    mean: list[float] = opt(list(IMAGENET_MEAN), "per-channel normalization mean (0..1 scale)")
-    std: list[float] = opt(list(IMAGENET_STD), "per-channel normalization std (0..1 scale)")
+    resize: int = opt(256, "eval: resize the shorter side to this (>= crop)", range=GE1)
+    crop: int = opt(224, "eval: center crop to this square; also the training crop size", range=GE1)
+    interpolation: str = opt("bilinear", "resize interpolation", INTERPOLATION_NAMES)
+    mean: list[float] = opt(list(IMAGENET_MEAN), "per-channel normalization mean (0..1 scale), [R, G, B]",
+                            range=UNIT, length=3)
+    std: list[float] = opt(list(IMAGENET_STD), "per-channel normalization std (0..1 scale), [R, G, B]",
+                           range=Range(0, 1, lo_open=True), length=3)
 
     def spec(self) -> EvalSpec:
         return EvalSpec(self.resize, self.crop, self.interpolation, tuple(self.mean), tuple(self.std))
@@ -83,12 +124,15 @@ class PreprocessConfig:
 @dataclass
 class AugmentConfig:
     enabled: bool = opt(True, "false: train on the eval transform (no augmentation)")
-    rotation: float = opt(0.0, "RandomRotation degrees (0 = off)")
-    scale: list[float] = opt([0.08, 1.0], "RandomResizedCrop area scale range")
-    ratio: list[float] = opt([0.75, 1.3333333], "RandomResizedCrop aspect ratio range")
-    size: int | None = opt(None, "RandomResizedCrop output size; default = preprocess.crop; larger → center crop after")
-    hflip: float = opt(0.5, "horizontal flip probability")
-    color_jitter: float = opt(0.0, "brightness/contrast/saturation jitter strength (0 = off)")
+    rotation: float = opt(0.0, "RandomRotation degrees: uniform in [-rotation, rotation] (0 = off)", range=Range(0, 180))
+    scale: list[float] = opt([0.08, 1.0], "RandomResizedCrop area scale range [min, max]",
+                             range=Range(0, 1, lo_open=True), length=2, ordered=True)
+    ratio: list[float] = opt([0.75, 1.3333333], "RandomResizedCrop aspect ratio range [min, max]",
+                             range=GT0, length=2, ordered=True)
+    size: int | None = opt(None, "RandomResizedCrop output size (>= preprocess.crop); default = preprocess.crop; "
+                           "larger → center crop after", range=GE1)
+    hflip: float = opt(0.5, "horizontal flip probability", range=UNIT)
+    color_jitter: float = opt(0.0, "brightness/contrast/saturation jitter strength (0 = off)", range=UNIT)
 
     def spec(self) -> AugmentSpec:
         return AugmentSpec(self.enabled, self.rotation, (self.scale[0], self.scale[1]),
@@ -98,37 +142,40 @@ class AugmentConfig:
 @dataclass
 class OptimizerConfig:
     name: str = opt("adam", "optimizer", ("sgd", "adam", "adamw", "adadelta"))
-    lr: float = opt(1e-3, "learning rate (for the global batch; not rescaled automatically)")
-    momentum: float = opt(0.9, "sgd momentum")
-    weight_decay: float = opt(0.0, "weight decay")
+    lr: float = opt(1e-3, "learning rate (for the global batch; not rescaled automatically)", range=GT0)
+    momentum: float = opt(0.9, "sgd momentum", range=Range(0, 1, hi_open=True))
+    weight_decay: float = opt(0.0, "weight decay", range=GE0)
     nesterov: bool = opt(False, "sgd Nesterov momentum")
 
 
 @dataclass
 class SchedulerConfig:
     name: str = opt("none", "learning-rate schedule", ("none", "step", "cosine", "onecycle"))
-    step_size: int = opt(4, "step: epochs between decays")
-    gamma: float = opt(0.1, "step: decay factor")
-    warmup_epochs: float = opt(0.0, "cosine: linear warmup length in epochs")
-    min_lr: float = opt(0.0, "cosine: final learning rate")
+    step_size: int = opt(4, "step: epochs between decays", range=GE1)
+    gamma: float = opt(0.1, "step: decay factor", range=Range(0, 1, lo_open=True))
+    warmup_epochs: float = opt(0.0, "cosine: linear warmup length in epochs", range=GE0)
+    min_lr: float = opt(0.0, "cosine: final learning rate (<= train.optimizer.lr)", range=GE0)
 
 
 @dataclass
 class TrainConfig:
-    epochs: int = opt(10, "number of epochs")
-    batch_size: int = opt(64, "images per step per process (global batch = this × processes × grad_accum_steps)")
-    eval_batch_size: int | None = opt(None, "validation/test batch size per process; default = 2 × batch_size")
-    grad_accum_steps: int = opt(1, "gradient accumulation steps")
+    epochs: int = opt(10, "number of epochs", range=GE1)
+    batch_size: int = opt(64, "images per step per process (global batch = this × processes × grad_accum_steps)",
+                          range=GE1)
+    eval_batch_size: int | None = opt(None, "validation/test batch size per process; default = 2 × batch_size",
+                                      range=GE1)
+    grad_accum_steps: int = opt(1, "gradient accumulation steps", range=GE1)
     mixed_precision: str = opt("auto", "`auto`: bf16 on GPUs that support it, else fp16 on GPU, fp32 on CPU",
                                ("auto", "bf16", "fp16", "no"))
     channels_last: bool = opt(True, "use channels_last memory format (GPU only)")
     compile: bool = opt(False, "torch.compile the model")
     sync_bn: bool = opt(False, "convert BatchNorm to SyncBatchNorm (multi-GPU)")
-    label_smoothing: float = opt(0.0, "cross-entropy label smoothing")
-    max_grad_norm: float = opt(0.0, "gradient clipping norm (0 = off)")
-    early_stopping_patience: int = opt(0, "stop after this many epochs without a better validation score (0 = off)")
+    label_smoothing: float = opt(0.0, "cross-entropy label smoothing", range=UNIT)
+    max_grad_norm: float = opt(0.0, "gradient clipping norm (0 = off)", range=GE0)
+    early_stopping_patience: int = opt(0, "stop after this many epochs without a better validation score (0 = off)",
+                                       range=GE0)
     resume: str | None = opt(None, "`auto` (this run's last/ if present) or a path to a last/ folder")
-    log_every: int = opt(20, "steps between progress-bar metric updates (device sync points)")
+    log_every: int = opt(20, "steps between progress-bar metric updates (device sync points)", range=GE1)
     optimizer: OptimizerConfig = section(OptimizerConfig, "optimizer")
     scheduler: SchedulerConfig = section(SchedulerConfig, "learning-rate schedule")
 
@@ -246,12 +293,40 @@ def _build(cls: type, data: dict[str, Any], prefix: str = "") -> Any:
             kwargs[name] = _build(tp, value or {}, key + ".")
             continue
         kwargs[name] = _coerce(value, tp, key)
-        choices = fields[name].metadata.get("choices")
-        if choices and kwargs[name] not in choices and not isinstance(kwargs[name], int):
-            close = difflib.get_close_matches(str(kwargs[name]), choices, n=1)
-            hint = f" (did you mean '{close[0]}'?)" if close else ""
-            raise UserError(f"config key '{key}': invalid value {kwargs[name]!r}{hint}; valid: {', '.join(choices)}")
+        _check_value(key, kwargs[name], fields[name].metadata)
     return cls(**kwargs)
+
+
+def _valid_text(meta: typing.Mapping[str, Any]) -> str:
+    """What a key accepts, e.g. `[0, 1)`, `auto or >= 0`, `2 values in (0, 1], min <= max`."""
+    options = [", ".join(meta.get("choices") or ()), str(meta["range"]) if meta.get("range") else ""]
+    text = " or ".join(o for o in options if o)
+    if meta.get("length"):
+        text = f"{meta['length']} values" + (f" in {text}" if text else "")
+    if meta.get("ordered"):
+        text += ", min <= max"
+    return text
+
+
+def _check_value(key: str, value: Any, meta: typing.Mapping[str, Any]) -> None:
+    """Choices, range, list length and order as declared by opt(); one line naming key, value and what is valid."""
+    choices, rng = meta.get("choices"), meta.get("range")
+    numbers = value if isinstance(value, list) else [value]
+    numeric = [v for v in numbers if isinstance(v, (int, float)) and not isinstance(v, bool)]
+    bad = (
+        (isinstance(value, str) and choices and value not in choices)
+        or (rng is not None and any(v not in rng for v in numeric))
+        or (meta.get("length") is not None and len(numbers) != meta["length"])
+        or (meta.get("ordered") and len(numeric) == 2 and numeric[0] > numeric[1])
+    )
+    if not bad:
+        return
+    hint = ""
+    if isinstance(value, str) and choices:
+        close = difflib.get_close_matches(value, choices, n=1)
+        hint = f" (did you mean '{close[0]}'?)" if close else ""
+    shown = repr(value) if isinstance(value, str) else json.dumps(value)
+    raise UserError(f"config key '{key}': invalid value {shown}{hint}; valid: {_valid_text(meta)}")
 
 
 def _set_dotted(tree: dict[str, Any], key: str, value: Any) -> None:
@@ -278,19 +353,22 @@ def parse_override(text: str) -> tuple[str, Any]:
 
 
 def _validate(cfg: Config) -> None:
-    """Cross-field checks a type cannot express."""
-    f = cfg.model.freeze
-    if isinstance(f, str) and f not in ("backbone", "none"):
-        raise UserError(f"config key 'model.freeze': invalid value {f!r}; valid: backbone, none, or a number of epochs")
-    if cfg.train.epochs < 1 or cfg.train.batch_size < 1 or cfg.train.grad_accum_steps < 1:
-        raise UserError("config keys 'train.epochs', 'train.batch_size', 'train.grad_accum_steps' must be >= 1")
-    if len(cfg.preprocess.mean) != 3 or len(cfg.preprocess.std) != 3:
-        raise UserError("config keys 'preprocess.mean' and 'preprocess.std' need 3 values (RGB)")
-    if cfg.preprocess.crop > cfg.preprocess.resize:
-        raise UserError(f"config key 'preprocess.crop' ({cfg.preprocess.crop}) must be <= 'preprocess.resize' "
-                        f"({cfg.preprocess.resize})")
-    if len(cfg.augment.scale) != 2 or len(cfg.augment.ratio) != 2:
-        raise UserError("config keys 'augment.scale' and 'augment.ratio' need 2 values [min, max]")
+    """Checks across keys, which a single key's range cannot express."""
+    pre, aug, sched = cfg.preprocess, cfg.augment, cfg.train.scheduler
+    if pre.crop > pre.resize:  # the center crop would pad the resized image with black
+        raise UserError(f"config key 'preprocess.crop' ({pre.crop}) must be <= 'preprocess.resize' ({pre.resize})")
+    if aug.size is not None and aug.size < pre.crop:  # the center crop after it would pad with black
+        raise UserError(f"config key 'augment.size' ({aug.size}) must be >= 'preprocess.crop' ({pre.crop}), "
+                        "or null for the crop size")
+    if sched.name == "cosine" and sched.min_lr > cfg.train.optimizer.lr:  # the "decay" would climb
+        raise UserError(f"config key 'train.scheduler.min_lr' ({sched.min_lr:g}) must be <= "
+                        f"'train.optimizer.lr' ({cfg.train.optimizer.lr:g})")
+
+
+def _finish(cfg: Config) -> Config:
+    _validate(cfg)
+    cfg.data.num_workers = resolve_num_workers(cfg.data.num_workers)
+    return cfg
 
 
 def load_config(path: str | Path | None = None, overrides: list[str] | tuple[str, ...] = ()) -> Config:
@@ -309,38 +387,67 @@ def load_config(path: str | Path | None = None, overrides: list[str] | tuple[str
     for text in overrides:
         key, value = parse_override(text)
         _set_dotted(tree, key, value)
-    cfg = _build(Config, tree)
-    _validate(cfg)
-    return cfg
+    return _finish(_build(Config, tree))
 
 
 def config_from_dict(tree: dict[str, Any]) -> Config:
-    cfg = _build(Config, tree)
-    _validate(cfg)
-    return cfg
+    return _finish(_build(Config, tree))
 
 
-def reference_markdown() -> str:
-    """The config reference table (every key, default, meaning) for the README."""
-    rows = ["| key | default | meaning |", "|---|---|---|"]
+def _reference_rows() -> list[tuple[str, str, str, str, str]]:
+    """(section, key, default, valid, help) for every leaf key, in declaration order."""
+    rows = []
 
-    def walk(cls: type, prefix: str) -> None:
+    def walk(cls: type, prefix: str, top: str) -> None:
         hints = _field_types(cls)
         inst = cls()
         for f in dataclasses.fields(cls):
             tp = hints[f.name]
             if isinstance(tp, type) and dataclasses.is_dataclass(tp):
-                walk(tp, f"{prefix}{f.name}.")
+                walk(tp, f"{prefix}{f.name}.", top or f"{f.name}: {f.metadata['help']}")
                 continue
-            default = json.dumps(getattr(inst, f.name))
-            choices = f.metadata.get("choices")
-            sep = " \\| "
-            meaning = f.metadata["help"].replace("|", "\\|") + (f" ({sep.join(choices)})" if choices else "")
-            rows.append(f"| `{prefix}{f.name}` | `{default}` | {meaning} |")
+            rows.append((top, f"{prefix}{f.name}", json.dumps(getattr(inst, f.name)),
+                         _valid_text(f.metadata), f.metadata["help"]))
 
-    walk(Config, "")
-    return "\n".join(rows)
+    walk(Config, "", "")
+    return rows
+
+
+def reference_markdown() -> str:
+    """The config reference table (every key, default, valid values, meaning) for the README."""
+    lines = ["| key | default | valid | meaning |", "|---|---|---|---|"]
+    for _, key, default, valid, help_text in _reference_rows():
+        lines.append(f"| `{key}` | `{default}` | {valid.replace('|', chr(92) + '|')} | "
+                     f"{help_text.replace('|', chr(92) + '|')} |")
+    return "\n".join(lines)
+
+
+def reference_text(width: int = 100) -> str:
+    """The same reference for a terminal: grouped by section, help wrapped to `width` columns."""
+    import textwrap
+
+    out: list[str] = []
+    section = None
+    for top, key, default, valid, help_text in _reference_rows():
+        if top != section:
+            section = top
+            out += ["", top]
+        out.append(f"  {key} = {default}" + (f"    valid: {valid}" if valid else ""))
+        out += textwrap.wrap(help_text, width=max(40, width), initial_indent=" " * 6, subsequent_indent=" " * 6)
+    return "\n".join(out[1:])
+
+
+def main(argv: list[str] | None = None) -> int:
+    import argparse
+    import shutil
+
+    ap = argparse.ArgumentParser(prog="python -m core.config",
+                                 description="Print every config key: default, valid values, meaning.")
+    ap.add_argument("--markdown", action="store_true", help="print the Markdown table the README carries")
+    args = ap.parse_args(argv)
+    print(reference_markdown() if args.markdown else reference_text(shutil.get_terminal_size().columns))
+    return 0
 
 
 if __name__ == "__main__":
-    print(reference_markdown())
+    raise SystemExit(main())

@@ -6,16 +6,18 @@ import os
 import warnings
 from pathlib import Path
 
-from typing import Callable
+from typing import TYPE_CHECKING, Callable
 
 import numpy as np
-import torch
 from PIL import Image, ImageFile, ImageOps
 
 # Pillow's own bomb check only warns below 2x its limit; we turn the warning into an error
 # at our limit so a 20000x20000 file is refused instead of eating gigabytes of memory.
 MAX_PIXELS = 100_000_000
 IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff"})
+
+if TYPE_CHECKING:  # tensor methods only below: `train/split.py --help` must not pay for importing torch
+    import torch
 
 ImageFile.LOAD_TRUNCATED_IMAGES = False
 
@@ -94,15 +96,15 @@ def decode_image(source: str | os.PathLike | bytes, max_pixels: int = MAX_PIXELS
 
 # PIL's ImageOps.exif_transpose as tensor ops on [..., C, H, W], for decoders that ignore EXIF (nvJPEG),
 # so a GPU-decoded photo comes out exactly as upright as decode_image's.
-EXIF_TRANSPOSE: dict[int, Callable[[torch.Tensor], torch.Tensor]] = {
+EXIF_TRANSPOSE: dict[int, Callable[["torch.Tensor"], "torch.Tensor"]] = {
     1: lambda x: x,
     2: lambda x: x.flip(-1),
     3: lambda x: x.flip(-2, -1),
     4: lambda x: x.flip(-2),
     5: lambda x: x.transpose(-2, -1),
-    6: lambda x: torch.rot90(x, -1, dims=(-2, -1)),
+    6: lambda x: x.rot90(-1, (-2, -1)),
     7: lambda x: x.transpose(-2, -1).flip(-2, -1),
-    8: lambda x: torch.rot90(x, 1, dims=(-2, -1)),
+    8: lambda x: x.rot90(1, (-2, -1)),
 }
 
 

@@ -1,11 +1,10 @@
-"""Preprocessing specs and their transforms. Images travel as uint8 CHW; normalization runs on the device.
+"""Transforms for the preprocessing specs (core.specs). Images travel as uint8 CHW; normalization runs on the device.
 
 Keeping mean/std out of the CPU transforms means the same uint8 tensor feeds training, the ONNX
 graph (normalization inside) and serving, and transfers to the GPU at a quarter of float32's size.
 """
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
 from typing import Any, Callable
 
 import torch
@@ -13,58 +12,9 @@ from PIL import Image
 from torchvision.transforms import InterpolationMode
 from torchvision.transforms import v2 as T
 
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
+from core.specs import IMAGENET_MEAN, IMAGENET_STD, INTERPOLATION_NAMES, AugmentSpec, EvalSpec, default_spec_for
 
-INTERPOLATIONS = {
-    "nearest": InterpolationMode.NEAREST,
-    "bilinear": InterpolationMode.BILINEAR,
-    "bicubic": InterpolationMode.BICUBIC,
-}
-
-
-@dataclass
-class EvalSpec:
-    """The eval preprocessing a model was trained with: Resize(shorter side) → CenterCrop → normalize."""
-
-    resize: int = 256
-    crop: int = 224
-    interpolation: str = "bilinear"
-    mean: tuple[float, float, float] = IMAGENET_MEAN
-    std: tuple[float, float, float] = IMAGENET_STD
-
-    def to_dict(self) -> dict[str, Any]:
-        d = asdict(self)
-        d["mean"], d["std"] = list(self.mean), list(self.std)
-        return d
-
-    @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> "EvalSpec":
-        return cls(
-            resize=int(d["resize"]),
-            crop=int(d["crop"]),
-            interpolation=str(d.get("interpolation", "bilinear")),
-            mean=tuple(float(x) for x in d["mean"]),  # type: ignore[arg-type]
-            std=tuple(float(x) for x in d["std"]),  # type: ignore[arg-type]
-        )
-
-
-@dataclass
-class AugmentSpec:
-    """Train-time augmentation, applied in this order: rotation → random resized crop → flip → center crop.
-
-    `size` is the random-resized-crop output (default: the eval crop); when it is larger than the
-    crop, a center crop follows (the Caltech tutorial's RandomResizedCrop(256) → CenterCrop(224)).
-    `enabled: false` trains on the eval transform (the CIFAR tutorial).
-    """
-
-    enabled: bool = True
-    rotation: float = 0.0
-    scale: tuple[float, float] = (0.08, 1.0)
-    ratio: tuple[float, float] = (3 / 4, 4 / 3)
-    size: int | None = None
-    hflip: float = 0.5
-    color_jitter: float = 0.0
+INTERPOLATIONS = {name: InterpolationMode(name) for name in INTERPOLATION_NAMES}  # "bilinear" → BILINEAR
 
 
 def interpolation_mode(name: str) -> InterpolationMode:
@@ -128,11 +78,6 @@ class WithPreprocessing(torch.nn.Module):
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         return self.model(self.normalize(images))
-
-
-def default_spec_for(crop: int, resize: int | None = None, **kw: Any) -> EvalSpec:
-    """The tutorials' 256→224 ratio applied to any crop size."""
-    return EvalSpec(resize=resize or round(crop * 256 / 224), crop=crop, **kw)
 
 
 __all__ = [

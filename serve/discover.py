@@ -1,4 +1,9 @@
-"""Stream the inputs to classify: folders walked lazily in sorted order, explicit files, and URLs."""
+"""Stream the inputs to classify: folders walked lazily in sorted order, explicit files, and URLs.
+
+Each file is classified once, however the inputs overlap (D twice, D/ and D/., a file and its folder,
+D and D/sub, a symlink and its target): files are keyed by (st_dev, st_ino) and the first input that
+reaches a file names it. Only the set of keys is kept, so the stream stays lazy on huge trees.
+"""
 from __future__ import annotations
 
 import os
@@ -8,18 +13,22 @@ from dataclasses import dataclass
 
 from core.errors import UserError
 from core.images import IMAGE_EXTENSIONS, is_image_file
+from serve.pathnames import escape_path
 
 URL_PREFIXES = ("http://", "https://")
+MAX_FILE_MB = 256  # default --max-file-mb: far above any photo, far below what would exhaust memory
 
 
 @dataclass(frozen=True)
 class Item:
-    """One thing to classify. `path` is what the output's path column says; `error` is known up front."""
+    """One thing to classify. `path` is what the output's path column says (escaped, serve.pathnames);
+    `error` is known up front; `max_bytes` caps what is read from the file or URL."""
 
     source: str
     path: str
     error: str = ""
     seq: int = 0  # position in this run's stream; orders the merge of per-process part files
+    max_bytes: int = MAX_FILE_MB * 2**20
 
 
 def is_url(text: str) -> bool:
@@ -35,19 +44,40 @@ def check_inputs(inputs: list[str]) -> None:
             raise UserError(f"input not found: {text} (give an existing folder, image file or http(s) URL)")
 
 
-def iter_items(inputs: list[str], absolute: bool = False) -> Iterator[Item]:
-    """Every item in input order; folder contents sorted. With several inputs, paths keep the input prefix
-    so rows from `dirA/x.jpg` and `dirB/x.jpg` stay distinct (resume keys on the path)."""
+def iter_items(inputs: list[str], absolute: bool = False, max_bytes: int = MAX_FILE_MB * 2**20) -> Iterator[Item]:
+    """Every item in input order, each file once; folder contents sorted. With several inputs, paths keep
+    the input prefix so rows from `dirA/x.jpg` and `dirB/x.jpg` stay distinct (resume keys on the path)."""
     prefixed = len(inputs) > 1
+    seen: set = set()      # files already yielded: (st_dev, st_ino) packed in one int, or the URL text
+    walked: set = set()    # folders already walked, shared by all inputs
     for text in inputs:
         if is_url(text):
-            yield Item(text, text)
+            if _first_time(text, seen):
+                yield Item(text, escape_path(text), max_bytes=max_bytes)
         elif os.path.isdir(text):
-            for full, rel in walk_images(text):
-                shown = os.path.abspath(full) if absolute else (_join(text, rel) if prefixed else rel)
-                yield Item(full, shown)
-        else:
-            yield Item(text, os.path.abspath(text) if absolute else text, _explicit_file_error(text))
+            for full, rel in _walk(text, "", walked):
+                if _first_time(_file_key(full), seen):
+                    shown = os.path.abspath(full) if absolute else (_join(text, rel) if prefixed else rel)
+                    yield Item(full, escape_path(shown), max_bytes=max_bytes)
+        elif _first_time(_file_key(text), seen):
+            shown = os.path.abspath(text) if absolute else text
+            yield Item(text, escape_path(shown), _explicit_file_error(text), max_bytes=max_bytes)
+
+
+def _first_time(key, seen: set) -> bool:
+    if key in seen:
+        return False
+    seen.add(key)
+    return True
+
+
+def _file_key(path: str):
+    """The file's identity: symlinks and every spelling of its path give the same key."""
+    try:
+        st = os.stat(path)
+    except OSError:  # broken symlink, unreadable folder: the read will say why; key by the resolved name
+        return os.path.realpath(path)
+    return (st.st_dev << 64) | st.st_ino
 
 
 def _join(prefix: str, rel: str) -> str:
@@ -58,7 +88,7 @@ def _explicit_file_error(path: str) -> str:
     ext = os.path.splitext(path)[1].lower()
     if ext in IMAGE_EXTENSIONS:
         return ""
-    return f"not an image file (extension {ext or 'none'!r}; expected one of {', '.join(sorted(IMAGE_EXTENSIONS))})"
+    return f"not an image file (extension {escape_path(ext) or 'none'!r}; expected one of {', '.join(sorted(IMAGE_EXTENSIONS))})"
 
 
 def walk_images(root: str) -> Iterator[tuple[str, str]]:

@@ -6,6 +6,7 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import itertools
 import os
 import sys
@@ -24,7 +25,9 @@ from tqdm import tqdm
 from core.errors import UserError, cli_entry
 from serve.backends import OPENERS, Backend, load_record, open_backend, resolve_device
 from serve.decode import DecodePipeline
-from serve.discover import Item, check_inputs, is_url, iter_items
+from serve.discover import MAX_FILE_MB, Item, check_inputs, is_url, iter_items
+from serve.lock import OutputLock
+from serve.provenance import check_same_job, job_identity, meta_path, write_identity
 from serve.writer import (
     FORMATS,
     SEQ,
@@ -63,6 +66,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--workers", type=int, help="CPU decoding processes per GPU/process (0: decode inline)")
     p.add_argument("--threads", type=int, default=8, help="file/URL reading threads")
     p.add_argument("--timeout", type=float, default=10.0, help="seconds before a URL fetch gives up")
+    p.add_argument("--max-file-mb", type=float, default=MAX_FILE_MB,
+                   help=f"larger files and downloads get an error row, unread (default {MAX_FILE_MB})")
     p.add_argument("--limit", type=int, help="classify at most N new images")
     p.add_argument("--throttle", type=float, default=0.0, help="pause N seconds after each batch (shared disks)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
@@ -76,7 +81,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def check_args(args: argparse.Namespace) -> None:
     positive = {"--topk": args.topk, "--batch-size": args.batch_size, "--limit": args.limit,
-                "--threads": args.threads, "--timeout": args.timeout}
+                "--threads": args.threads, "--timeout": args.timeout, "--max-file-mb": args.max_file_mb}
     for flag, value in positive.items():
         if value is not None and value <= 0:
             raise UserError(f"{flag} must be positive (got {value})")
@@ -104,37 +109,67 @@ def output_format(args: argparse.Namespace) -> str:
 
 # ─── the output file's life: refuse, prepare (main process), merge ────────────────────────────
 
-def check_output(out: Path, layout: Layout, args: argparse.Namespace) -> None:
+def check_output(out: Path, layout: Layout, args: argparse.Namespace, identity: dict,
+                 state: PartialState) -> None:
     """Read-only, on every process, so all of them refuse together (no one waits at a barrier)."""
     parts = existing_parts(out)
     if (out.exists() or parts) and not (args.resume or args.overwrite):
         raise UserError(f"{out} already exists; pass --resume to continue it or --overwrite to replace it")
-    if args.resume:
+    if args.resume and (out.exists() or parts):
+        recorded = check_same_job(out, identity)  # first: it names what differs, the columns only hint
         if out.exists():
             check_layout(out, layout)
         for p in parts:
             check_layout(p, layout, seq=True)
+        if not recorded and state.is_main_process:
+            print(f"warning: {out} has no {meta_path(out).name} (written by an older serve), so --resume cannot "
+                  "check it came from this model; its columns match, continuing", file=sys.stderr, flush=True)
 
 
-def prepare_output(out: Path, layout: Layout, args: argparse.Namespace, state: PartialState) -> set[str]:
-    """Main process: clear (--overwrite) or repair and fold leftover part files (--resume). Returns done paths."""
+@contextlib.contextmanager
+def output_lock(out: Path, state: PartialState) -> Iterator[None]:
+    """The main process locks `out` for the whole run; every process refuses together when it is taken."""
+    lock = OutputLock(out)
+    refusal = None
+    if state.is_main_process:
+        try:
+            refusal = lock.acquire()
+        except UserError as exc:
+            refusal = str(exc)
+    if state.num_processes > 1:
+        from accelerate.utils import broadcast_object_list
+
+        refusal = broadcast_object_list([refusal])[0]
+    if refusal:
+        raise UserError(refusal)
+    try:
+        yield
+    finally:
+        lock.release()
+
+
+def prepare_output(out: Path, layout: Layout, args: argparse.Namespace, identity: dict,
+                   state: PartialState) -> set[str]:
+    """Main process: clear (--overwrite) or repair and fold leftover part files (--resume), then record
+    the job beside `out` before its first row. Returns done paths."""
     if state.is_main_process:
         if args.overwrite:
             for p in [out, *existing_parts(out)]:
                 p.unlink(missing_ok=True)
         elif args.resume:
             if out.exists():
-                repair_tail(out)
+                repair_tail(out, layout.fmt)
             parts = existing_parts(out)
             if parts:  # a killed multi-process run: its part rows count as done
                 merge_parts(out, layout, parts, append=True, skip=done_paths(out, layout))
+        write_identity(out, identity)
     state.wait_for_everyone()
     return done_paths(out, layout) if args.resume else set()
 
 
 def my_items(args: argparse.Namespace, done: set[str], state: PartialState) -> Iterator[Item]:
     """This process's share: every world_size-th item of the sorted stream, after skipping done paths."""
-    stream: Iterator[Item] = iter_items(args.inputs, args.absolute)
+    stream: Iterator[Item] = iter_items(args.inputs, args.absolute, _max_bytes(args))
     if done:
         stream = (it for it in stream if it.path not in done)
     if args.limit:
@@ -178,7 +213,8 @@ def default_workers(device: torch.device, world: int) -> int:
     return max(1, min(16, cores // world - 1))
 
 
-def run(args: argparse.Namespace, state: PartialState, layout: Layout, spec, out: Path) -> tuple[Counts, int]:
+def run(args: argparse.Namespace, state: PartialState, layout: Layout, spec, out: Path,
+        identity: dict) -> tuple[Counts, int]:
     device = resolve_device(args.device, state.device)
     workers = default_workers(device, state.num_processes) if args.workers is None else args.workers
     batch_size = args.batch_size or (256 if device.type == "cuda" else 32)
@@ -187,7 +223,7 @@ def run(args: argparse.Namespace, state: PartialState, layout: Layout, spec, out
         if state.is_main_process:
             print(f"model: {args.model} | {backend.description} | decoding: {pipe.describe()} | "
                   f"batch {batch_size} | {state.num_processes} process(es)", flush=True)
-        done = prepare_output(out, layout, args, state)
+        done = prepare_output(out, layout, args, identity, state)
         multi = state.num_processes > 1
         target = part_path(out, state.process_index) if multi else out
         share = -(-args.limit // state.num_processes) if args.limit else None
@@ -198,6 +234,10 @@ def run(args: argparse.Namespace, state: PartialState, layout: Layout, spec, out
             counts = classify(pipe, backend, layout, my_items(args, done, state), writer, batch_size, bar,
                               args.throttle)
     return _gather(counts, state), len(done)
+
+
+def _max_bytes(args: argparse.Namespace) -> int:
+    return int(args.max_file_mb * 2**20)
 
 
 def _providers(args: argparse.Namespace) -> list[str] | None:
@@ -239,14 +279,22 @@ def show(args: argparse.Namespace, layout: Layout, spec, state: PartialState) ->
     backend = open_backend(args.model, args.backend, device, _providers(args), args.allow_cpu)
     print(f"model: {args.model} | {backend.description}", flush=True)
     out = Path(args.out) if args.out else None
-    if out:
-        check_output(out, layout, args)
-    item = next(iter_items(args.inputs, args.absolute))
-    row = show_one(item, backend, spec, layout, Path(args.figure or default_figure_path(item.source)), args.timeout)
-    if out:
-        with RowWriter(out, layout, append=args.resume) as writer:
-            writer.write([row])
+    with output_lock(out, state) if out else contextlib.nullcontext():
+        if out:
+            identity = _identity(args, layout)
+            check_output(out, layout, args, identity, state)
+        item = next(iter_items(args.inputs, args.absolute, _max_bytes(args)))
+        row = show_one(item, backend, spec, layout, Path(args.figure or default_figure_path(item.source)),
+                       args.timeout)
+        if out:
+            write_identity(out, identity)
+            with RowWriter(out, layout, append=args.resume) as writer:
+                writer.write([row])
     return 0
+
+
+def _identity(args: argparse.Namespace, layout: Layout) -> dict:
+    return job_identity(args.model, layout.topk, layout.probs, layout.fmt, args.absolute)
 
 
 @cli_entry
@@ -265,19 +313,21 @@ def main(argv: list[str] | None = None) -> int:
 
         check_labelled_folder(args.inputs[0], record.classes)
     out = Path(args.out)
-    check_output(out, layout, args)
-    start = time.perf_counter()
-    try:
-        counts, skipped = run(args, state, layout, record.preprocess, out)
-    except KeyboardInterrupt:  # Ctrl-C is a normal way to stop: say how to continue, not a traceback
-        print(f"interrupted: the rows written so far are kept in {out}; rerun with --resume to continue",
-              file=sys.stderr, flush=True)
-        return EXIT_INTERRUPTED
-    finish(out, layout, args, state)
-    if state.is_main_process:
-        _summary(counts, skipped, time.perf_counter() - start, out)
-        if args.evaluate:
-            _evaluate(out, layout, args)
+    with output_lock(out, state):  # held until the file is final: merged, summarised, evaluated
+        identity = _identity(args, layout)
+        check_output(out, layout, args, identity, state)
+        start = time.perf_counter()
+        try:
+            counts, skipped = run(args, state, layout, record.preprocess, out, identity)
+        except KeyboardInterrupt:  # Ctrl-C is a normal way to stop: say how to continue, not a traceback
+            print(f"interrupted: the rows written so far are kept in {out}; rerun with --resume to continue",
+                  file=sys.stderr, flush=True)
+            return EXIT_INTERRUPTED
+        finish(out, layout, args, state)
+        if state.is_main_process:
+            _summary(counts, skipped, time.perf_counter() - start, out)
+            if args.evaluate:
+                _evaluate(out, layout, args)
     return 0
 
 

@@ -96,8 +96,11 @@ def encode(layout: Layout, rows: Iterable[dict[str, Any]], seq: bool = False) ->
         return "".join(json.dumps({c: _json_value(r.get(c)) for c in columns}, ensure_ascii=False) + "\n"
                        for r in rows)
     buf = io.StringIO()
-    writer = csv.writer(buf, lineterminator="\n")
-    writer.writerows([_cell(r.get(c)) for c in columns] for r in rows)
+    plain, quote_all = csv.writer(buf, lineterminator="\n"), csv.writer(buf, lineterminator="\n", quoting=csv.QUOTE_ALL)
+    for r in rows:
+        cells = [_cell(r.get(c)) for c in columns]
+        # csv quotes a field holding "\n" but not one holding a bare "\r", which readers take as a line end
+        (quote_all if any("\r" in c for c in cells) else plain).writerow(cells)
     return buf.getvalue()
 
 
@@ -120,7 +123,7 @@ class RowWriter:
         try:
             path.parent.mkdir(parents=True, exist_ok=True)
             fresh = not append or not path.exists() or path.stat().st_size == 0
-            self.fh = open(path, "a" if append else "w", encoding="utf-8", newline="")
+            self.fh = open(path, "a" if append else "w", encoding="utf-8", newline="", errors="backslashreplace")
         except OSError as exc:
             raise UserError(f"cannot write {path} ({exc.strerror or exc}); choose another --out") from None
         if fresh:
@@ -144,28 +147,66 @@ class RowWriter:
 
 # ─── reading back: resume, merge, evaluation ──────────────────────────────────────────────────
 
-def repair_tail(path: str | Path) -> int:
-    """Cut a torn last line (a kill inside a write). Returns the number of bytes removed."""
+def repair_tail(path: str | Path, fmt: str = "csv") -> int:
+    """Cut a torn tail (a kill inside a write) after the last complete record. Returns the bytes removed.
+
+    CSV records can span lines (a file name holding a newline is quoted), so the CSV is parsed: a record
+    is complete when it ends with a newline, outside quotes, and has as many fields as the header.
+    """
     path = Path(path)
     size = path.stat().st_size
     if size == 0:
         return 0
-    with open(path, "rb+") as fh:
+    keep = _last_csv_record_end(path) if fmt == "csv" else _last_line_end(path, size)
+    if keep < size:
+        with open(path, "rb+") as fh:
+            fh.truncate(keep)
+    return size - keep
+
+
+def _last_line_end(path: Path, size: int) -> int:
+    """JSONL: newlines inside values are escaped, so the last newline ends the last whole record."""
+    with open(path, "rb") as fh:
         pos = size
         while pos > 0:
             step = min(65536, pos)
             fh.seek(pos - step)
-            block = fh.read(step)
-            nl = block.rfind(b"\n")
+            nl = fh.read(step).rfind(b"\n")
             if nl >= 0:
-                keep = pos - step + nl + 1
-                break
+                return pos - step + nl + 1
             pos -= step
-        else:
-            keep = 0
-        if keep < size:
-            fh.truncate(keep)
-    return size - keep
+    return 0
+
+
+def _last_csv_record_end(path: Path) -> int:
+    """Byte offset just after the last complete CSV record; damage before a later good record is refused."""
+    consumed, last_line_whole = 0, True
+
+    def lines(fh):  # feeds csv raw lines while counting their bytes; a record ends where its last line does
+        nonlocal consumed, last_line_whole
+        for raw in fh:
+            consumed += len(raw)
+            last_line_whole = raw.endswith(b"\n")
+            yield raw.decode("utf-8", "surrogateescape")
+
+    good, width, bad_at = 0, None, None
+    with open(path, "rb") as fh:
+        reader = csv.reader(lines(fh), strict=True)  # strict: end of data inside quotes is an error
+        try:
+            for record in reader:
+                width = len(record) if width is None else width
+                if last_line_whole and len(record) == width:
+                    if bad_at is not None:
+                        raise UserError(f"{path} is damaged at line {bad_at} (not only at its end); "
+                                        "pass --overwrite to start it again, or use another --out")
+                    good = consumed
+                elif bad_at is None:
+                    bad_at = reader.line_num
+        except csv.Error:  # an unterminated quote: a torn tail if nothing follows it
+            if fh.read(1):
+                raise UserError(f"{path} is damaged at line {reader.line_num} (not a CSV record); pass "
+                                "--overwrite to start it again, or use another --out") from None
+    return good
 
 
 def check_layout(path: str | Path, layout: Layout, seq: bool = False) -> None:
@@ -243,7 +284,7 @@ def merge_parts(out: str | Path, layout: Layout, parts: list[Path], append: bool
     """
     skip = skip or set()
     for p in parts:
-        repair_tail(p)
+        repair_tail(p, layout.fmt)
     streams = [iter_rows(p, layout) for p in parts]
     merged = (r for r in heapq.merge(*streams, key=lambda r: int(r[SEQ])) if r["path"] not in skip)
     if append and Path(out).exists():

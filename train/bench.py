@@ -26,6 +26,7 @@ from torch.utils.data import DataLoader, Dataset
 from core.demo_data import make_image
 from core.errors import UserError, cli_entry
 from core.fsio import atomic_dir, write_json_atomic
+from core.jpeg import DecodeStats
 from core.images import BadImage, decode_image, is_image_file
 from core.models import HeadSpec, backbone_frozen_eval, build_model, set_backbone_trainable
 from core.preprocess import AugmentSpec, EvalSpec, Normalize, default_spec_for, train_transform
@@ -215,11 +216,12 @@ def cpu_batches(samples, aug: AugmentSpec, spec: EvalSpec, batch: int, workers: 
 
 
 def gpu_batches(samples, aug: AugmentSpec, spec: EvalSpec, batch: int, workers: int, threads: int,
-                setup: Setup) -> Batches:
+                setup: Setup, stats: list[DecodeStats]) -> Batches:
     loader = DataLoader(EncodedImages(samples, threads=threads), batch_size=batch, shuffle=True,
                         num_workers=workers, drop_last=True, collate_fn=collate_encoded,
                         persistent_workers=workers > 0)
     pipe = GpuPipeline(spec, setup.device, aug, seed=0, channels_last=setup.channels_last)
+    stats.append(pipe.stats)  # the caller prints how many images went to the CPU decoder instead
 
     def epoch(e: int) -> Batches:
         for b in prefetch(loader, pipe, epoch=e):
@@ -286,7 +288,8 @@ def largest_batch_that_fits(try_batch: Callable[[int], None], start: int, minimu
 # ------------------------------------------------------------------------------ driver
 
 
-def bench_model(arch: str, args: argparse.Namespace, samples, setup: Setup) -> list[Row]:
+def bench_model(arch: str, args: argparse.Namespace, samples, setup: Setup) -> tuple[list[Row], dict]:
+    """The rows of one model, and where the GPU feed decoded its images (device vs CPU, with reasons)."""
     spec = default_spec_for(args.size)
     aug = AugmentSpec(rotation=args.rotation)
     num_classes = max(y for _, y in samples) + 1
@@ -307,16 +310,20 @@ def bench_model(arch: str, args: argparse.Namespace, samples, setup: Setup) -> l
     makers = {
         "model": lambda: model_only_batches(batch, spec.crop, num_classes, setup, normalize),
         "cpu": lambda: cpu_batches(samples, aug, spec, batch, args.workers, setup, normalize),
-        "gpu": lambda: gpu_batches(samples, aug, spec, batch, args.workers, args.threads, setup),
+        "gpu": lambda: gpu_batches(samples, aug, spec, batch, args.workers, args.threads, setup, decode_stats),
     }
+    decode_stats: list[DecodeStats] = []
     rows = []
     for path in [p for p in args.paths if p in makers]:
         ips, wait = measure(makers[path](), step, args.warmup, args.steps, setup.device)
         rows.append(Row(arch, path, batch, ips, wait))
         print(f"  {arch:<14} {LABELS[path]:<32} {ips:10.1f} img/s  data wait {wait:5.1%}", flush=True)
+        if path == "gpu" and decode_stats:
+            print(f"  {arch:<14} GPU feed {decode_stats[-1].summary()}", flush=True)
     if "tutorial" in args.paths:
         rows.append(bench_tutorial(arch, args, samples, spec, num_classes, setup))
-    return rows
+    decode = {"device": decode_stats[-1].device, "cpu": dict(decode_stats[-1].cpu)} if decode_stats else {}
+    return rows, decode
 
 
 def bench_tutorial(arch: str, args, samples, spec: EvalSpec, num_classes: int, setup: Setup) -> Row:
@@ -350,16 +357,23 @@ def describe(args: argparse.Namespace, setup: Setup) -> str:
     return ", ".join(parts)
 
 
+# --smoke: every row at CPU size, well under a minute on 2 cores (what CI and gpu_check --smoke run)
+SMOKE = {"models": "resnet18", "size": 32, "steps": 2, "warmup": 1, "batch_size": 4, "tutorial_batch_size": 4,
+         "workers": 0, "tutorial_workers": 0, "threads": 2, "synthetic": 8, "image_size": 48, "device": "cpu"}
+
+
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     ap = argparse.ArgumentParser(prog="train/bench.py", description=__doc__.splitlines()[0])
     ap.add_argument("--data", help="image folder (<class>/<image> or train/<class>/<image>); default: synthetic JPEGs")
     ap.add_argument("--synthetic", type=int, default=512, help="number of synthetic JPEGs when --data is not given")
     ap.add_argument("--image-size", type=int, default=500, help="synthetic JPEG side (±25%%)")
     ap.add_argument("--cache", default="runs/bench-data", help="where synthetic JPEGs are written (reused)")
-    ap.add_argument("--models", default="resnet50", help="comma-separated archs, e.g. resnet50,densenet161")
+    ap.add_argument("--smoke", action="store_true",
+                    help="tiny CPU sizes for checking the script (resnet18, 32 px, 8 images, 2 steps); flags still override")
+    ap.add_argument("--models", "--arch", dest="models", default="resnet50", help="comma-separated archs, e.g. resnet50,densenet161")
     ap.add_argument("--size", type=int, default=224, help="training crop size")
     ap.add_argument("--rotation", type=float, default=30.0, help="our paths' RandomRotation degrees (tutorial: 30)")
-    ap.add_argument("--batch-size", type=int, default=64, help="our batch size (start of the search with --find-batch-size)")
+    ap.add_argument("--batch-size", "--batch", dest="batch_size", type=int, default=64, help="our batch size (start of the search with --find-batch-size)")
     ap.add_argument("--find-batch-size", action="store_true", help="halve from --batch-size until a step fits")
     ap.add_argument("--steps", type=int, default=30, help="timed steps per path")
     ap.add_argument("--warmup", type=int, default=5, help="untimed steps first (worker start-up, compile, cudnn)")
@@ -373,7 +387,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     ap.add_argument("--tutorial-batch-size", type=int, default=64, help="the Flowers tutorial's batch size")
     ap.add_argument("--tutorial-workers", type=int, default=4, help="the Flowers tutorial's DataLoader workers")
     ap.add_argument("--device", default="auto", help="auto (cuda if available), cuda, cpu")
-    ap.add_argument("--out", help="also write the rows and ratios to this JSON file")
+    ap.add_argument("--out", "--json", dest="out", help="also write the rows and ratios to this JSON file")
+    if "--smoke" in (sys.argv[1:] if argv is None else argv):
+        ap.set_defaults(**SMOKE)
     args = ap.parse_args(argv)
     args.paths = [p.strip() for p in args.paths.split(",") if p.strip()]
     unknown = sorted(set(args.paths) - set(PATHS))
@@ -407,10 +423,10 @@ def main(argv: list[str] | None = None) -> int:
     print(f"{len(samples)} images; {describe(args, setup)}", flush=True)
     results = {"setting": describe(args, setup), "images": len(samples), "models": {}}
     for arch in [m.strip() for m in args.models.split(",") if m.strip()]:
-        rows = bench_model(arch, args, samples, setup)
+        rows, decode = bench_model(arch, args, samples, setup)
         r = ratios(rows)
         print(f"  {arch:<14} ratios: " + "  ".join(f"{k} = {v:.2f}x" for k, v in r.items()), flush=True)
-        results["models"][arch] = {"rows": [asdict(x) for x in rows], "ratios": r}
+        results["models"][arch] = {"rows": [asdict(x) for x in rows], "ratios": r, "gpu_feed_decode": decode}
     if args.out:
         write_json_atomic(args.out, results)
     return 0

@@ -125,12 +125,12 @@ class EpochSampler(Sampler):
 
 
 def collate_train(items: list[tuple[torch.Tensor | None, int, str]]) -> tuple[torch.Tensor, torch.Tensor, list[str]]:
-    """Unreadable images are dropped here and their notes travel back with the batch."""
-    good = [(x, y) for x, y, _ in items if x is not None]
-    bad = [note for x, _, note in items if x is None]
-    if not good:
-        return torch.empty(0, dtype=torch.uint8), torch.empty(0, dtype=torch.long), bad
-    return torch.stack([x for x, _ in good]), torch.tensor([y for _, y in good]), bad
+    """Unreadable images keep their slot as a zero image labelled IGNORE_LABEL (masked out of the loss), so
+    batch shapes stay static for torch.compile; their notes travel back with the batch. A batch with no
+    readable image at all comes back empty."""
+    if all(x is None for x, _, _ in items):
+        return torch.empty(0, dtype=torch.uint8), torch.empty(0, dtype=torch.long), [note for _, _, note in items]
+    return collate_eval(items)
 
 
 def collate_eval(items: list[tuple[torch.Tensor | None, int, str]]) -> tuple[torch.Tensor, torch.Tensor, list[str]]:
@@ -283,10 +283,12 @@ def load_data(cfg: Config) -> TrainData:
 # ------------------------------------------------------------------------------------------ loaders
 
 
-def train_loader(ds: ImageDataset, batch_size: int, seed: int, num_workers: int, pin: bool) -> DataLoader:
+def train_loader(ds: ImageDataset, batch_size: int, seed: int, num_workers: int, pin: bool,
+                 drop_last: bool = False) -> DataLoader:
+    """drop_last: with train.compile, so a partial last batch does not recompile the model."""
     return DataLoader(ds, batch_size=batch_size, sampler=EpochSampler(len(ds), seed), num_workers=num_workers,
                       collate_fn=collate_train, pin_memory=pin, persistent_workers=num_workers > 0,
-                      drop_last=False)
+                      drop_last=drop_last)
 
 
 def eval_loader(ds: ImageDataset, batch_size: int, num_workers: int, pin: bool) -> DataLoader:
@@ -295,11 +297,11 @@ def eval_loader(ds: ImageDataset, batch_size: int, num_workers: int, pin: bool) 
 
 
 def encoded_train_loader(samples: Sequence[tuple[str, int]], batch_size: int, seed: int,
-                         num_workers: int) -> DataLoader:
+                         num_workers: int, drop_last: bool = False) -> DataLoader:
     """GPU path: file bytes in the CPU path's (epoch, index) order; the device decodes and augments them."""
     return DataLoader(EncodedImages(samples, threads=READ_THREADS), batch_size=batch_size,
                       sampler=EpochSampler(len(samples), seed), num_workers=num_workers,
-                      collate_fn=collate_encoded, persistent_workers=num_workers > 0, drop_last=False)
+                      collate_fn=collate_encoded, persistent_workers=num_workers > 0, drop_last=drop_last)
 
 
 def encoded_eval_loader(samples: Sequence[tuple[str, int]], batch_size: int, num_workers: int) -> DataLoader:

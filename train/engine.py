@@ -37,6 +37,17 @@ def step_seed(seed: int, rank: int, epoch: int, step: int) -> int:
     return int(np.random.SeedSequence([seed, rank, epoch, step, 1]).generate_state(1)[0])
 
 
+def bare_model(accelerator: Accelerator, model: torch.nn.Module) -> torch.nn.Module:
+    """The plain module under the compile and DDP wrappers, leaving the wrappers intact.
+
+    accelerate's unwrap_model(compiled) (keep_torch_compile=True) rewires `compiled._orig_mod` to the bare
+    module in place, so the compiled model the loop trains through loses DDP: no `no_sync`, and gradient
+    accumulation all-reduces on every micro-step. Unwrapping what is under the compiled wrapper avoids that
+    on every accelerate version.
+    """
+    return accelerator.unwrap_model(getattr(model, "_orig_mod", model))
+
+
 def better(new: dict[str, Any], best: dict[str, Any] | None) -> bool:
     """Highest validation accuracy wins; a tie goes to the lower validation loss."""
     if best is None:
@@ -69,7 +80,7 @@ class Trainer:
                  stop: StopFlag, lineage: dict[str, Any]):
         self.cfg, self.data, self.run_dir, self.acc, self.p = cfg, data, run_dir, accelerator, parts
         self.stop, self.lineage = stop, lineage
-        self.unwrapped = accelerator.unwrap_model(parts.model)
+        self.unwrapped = bare_model(accelerator, parts.model)
 
     # ------------------------------------------------------------------ helpers
 
@@ -123,11 +134,12 @@ class Trainer:
                    disable=not acc.is_main_process, leave=False, dynamic_ncols=True)
         for step, (images, labels, bad) in enumerate(p.feed.train_batches(loader), start=skip):
             epoch_bad.extend(bad)
-            if len(labels):
+            valid = len(labels) - len(bad) if len(labels) else 0  # bad files keep a masked slot (IGNORE_LABEL)
+            if valid:
                 loss, logits = self._step(images, labels, epoch, step)
-                loss_sum += loss.detach().float() * len(labels)
+                loss_sum += loss.detach().float() * valid
                 hits += (logits.detach().argmax(dim=1) == labels).sum()
-                seen += len(labels)
+                seen += valid
             elif acc.num_processes > 1:
                 raise UserError(f"a whole training batch could not be decoded: {'; '.join(bad)}")
             bar.update(1)
@@ -232,6 +244,7 @@ class Trainer:
                 save_last(self.acc, self.run_dir, state)
                 return state
             valid = self.validate()
+            self.p.feed.report_once(self.log)  # how many images the CPU decoded instead of the device, and why
             seconds = prior + time.perf_counter() - start
             state.finished = self.end_epoch(epoch, train, valid, seconds, state)
             if state.finished:

@@ -4,7 +4,7 @@ or file bytes decoded and augmented on the device by train.gpu_data. Either way 
 """
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from typing import Protocol
 
 import torch
@@ -12,6 +12,7 @@ from torch.utils.data import DataLoader
 
 from core.config import Config
 from core.errors import UserError
+from core.jpeg import DecodeStats
 from train.data import (
     IGNORE_LABEL,
     EpochSampler,
@@ -33,7 +34,9 @@ GPU_PATH_MAX_WORKERS = 4  # workers only read bytes on the GPU path: a few per p
 class Feed(Protocol):
     mode: str
 
-    def loaders(self, batch_size: int, eval_batch_size: int, pin: bool) -> tuple[DataLoader, DataLoader]: ...
+    def loaders(self, batch_size: int, eval_batch_size: int, pin: bool,
+                drop_last: bool = False) -> tuple[DataLoader, DataLoader]: ...
+    def report_once(self, log: Callable[[str], None]) -> None: ...
     def train_batches(self, loader: Iterable) -> Iterable[Batch]: ...
     def eval_batches(self, loader: Iterable) -> Iterable[Batch]: ...
     def preview(self, n: int) -> tuple[torch.Tensor, list[int]]: ...
@@ -58,9 +61,13 @@ class CpuFeed:
     def __init__(self, cfg: Config, data: TrainData, device: torch.device):
         self.data, self.seed, self.workers = data, cfg.run.seed, cfg.data.num_workers
 
-    def loaders(self, batch_size: int, eval_batch_size: int, pin: bool) -> tuple[DataLoader, DataLoader]:
-        return (train_loader(self.data.train, batch_size, self.seed, self.workers, pin),
+    def loaders(self, batch_size: int, eval_batch_size: int, pin: bool,
+                drop_last: bool = False) -> tuple[DataLoader, DataLoader]:
+        return (train_loader(self.data.train, batch_size, self.seed, self.workers, pin, drop_last),
                 eval_loader(self.data.valid, eval_batch_size, self.workers, pin))
+
+    def report_once(self, log: Callable[[str], None]) -> None:
+        pass  # PIL decodes everything here, in the workers: nothing to report
 
     def train_batches(self, loader: Iterable) -> Iterable[Batch]:
         return loader
@@ -91,13 +98,24 @@ class GpuFeed:
         # normalize=False: uint8 batches, so the trainer's own prepare() normalizes as on the CPU path
         self.train_pipe = GpuPipeline(spec, device, aug=cfg.augment.spec(), seed=cfg.run.seed, normalize=False)
         self.eval_pipe = GpuPipeline(spec, device, normalize=False)
+        self._reported = False
 
-    def loaders(self, batch_size: int, eval_batch_size: int, pin: bool) -> tuple[DataLoader, DataLoader]:
-        return (encoded_train_loader(self.train_samples, batch_size, self.seed, self.workers),
+    def loaders(self, batch_size: int, eval_batch_size: int, pin: bool,
+                drop_last: bool = False) -> tuple[DataLoader, DataLoader]:
+        return (encoded_train_loader(self.train_samples, batch_size, self.seed, self.workers, drop_last),
                 encoded_eval_loader(self.valid_samples, eval_batch_size, self.workers))
 
+    def report_once(self, log: Callable[[str], None]) -> None:
+        """How many images the device decoded and how many went to PIL (and why), once per run."""
+        stats = DecodeStats()
+        stats.merge(self.train_pipe.stats)
+        stats.merge(self.eval_pipe.stats)
+        if stats.cpu_total and not self._reported:
+            self._reported = True
+            log(stats.summary())
+
     def train_batches(self, loader: Iterable) -> Iterable[Batch]:
-        return engine_batches(loader, self.train_pipe, self.data.train.source.name)
+        return engine_batches(loader, self.train_pipe, self.data.train.source.name, ignore_label=IGNORE_LABEL)
 
     def eval_batches(self, loader: Iterable) -> Iterable[Batch]:
         return engine_batches(loader, self.eval_pipe, self.data.valid.source.name, ignore_label=IGNORE_LABEL)

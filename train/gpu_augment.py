@@ -12,7 +12,9 @@ with an antialiased resize to about the output scale; the results go into one ze
 batch, and a single affine_grid + grid_sample per batch does crop, resize, flip and rotation at once.
 Without rotation the shrink lands exactly on the output grid, so the result equals the CPU path's
 antialiased resize; with rotation the antialias filter runs before the rotation instead of after it
-(a difference of filter orientation only).
+(a difference of filter orientation only). All of this holds for the same decoded pixels: on CUDA the
+decode itself differs from PIL's on 4:2:0 JPEGs (nvJPEG's nearest-neighbour chroma upsampling, mean
+≈5 uint8 levels predicted; measured by tools/gpu_check.py), so GPU-vs-CPU batches are NOT within 1 level.
 """
 from __future__ import annotations
 
@@ -173,11 +175,16 @@ def _source_boxes(maps: torch.Tensor, size: int, height: torch.Tensor, width: to
 
 def _shrink(img: torch.Tensor, out_hw: tuple[int, int], interpolation: str) -> torch.Tensor:
     """uint8/float [3, h, w] → float [3, *out_hw], antialiased when shrinking (bilinear/bicubic)."""
-    x = img.to(torch.float32)
+    return _shrink_batch(img[None], out_hw, interpolation)[0]
+
+
+def _shrink_batch(images: torch.Tensor, out_hw: tuple[int, int], interpolation: str) -> torch.Tensor:
+    """uint8/float [N, 3, h, w] → float [N, 3, *out_hw], antialiased when shrinking (bilinear/bicubic)."""
+    x = images.to(torch.float32)
     if tuple(x.shape[-2:]) == out_hw:
         return x
-    return F.interpolate(x[None], size=out_hw, mode=interpolation, align_corners=False,
-                         antialias=interpolation != "nearest")[0]
+    return F.interpolate(x, size=out_hw, mode=interpolation, align_corners=False,
+                         antialias=interpolation != "nearest")
 
 
 def _canvas(images: Sequence[torch.Tensor], boxes: torch.Tensor, scale: torch.Tensor, interpolation: str,
@@ -194,8 +201,15 @@ def _canvas(images: Sequence[torch.Tensor], boxes: torch.Tensor, scale: torch.Te
     ch, cw = max(s[0] for s in sizes), max(s[1] for s in sizes)
     canvas = torch.zeros(len(images), 4, ch, cw, dtype=torch.float32, device=device)
     for n, (img, (x0, y0, x1, y1), (oh, ow)) in enumerate(zip(images, rows, sizes)):
-        canvas[n, :3, :oh, :ow] = _shrink(img[:, y0:y1, x0:x1], (oh, ow), interpolation)
-        canvas[n, 3, :oh, :ow] = 1.0
+        box = img[:, y0:y1, x0:x1]  # cut first: only the crop is ever converted to float
+        if tuple(box.shape[-2:]) == (oh, ow):
+            canvas[n, :3, :oh, :ow].copy_(box)  # the copy converts: one launch
+        else:
+            canvas[n, :3, :oh, :ow] = _shrink(box, (oh, ow), interpolation)
+    # the inside-of-image channel for the whole batch at once instead of one fill per image
+    hw = torch.tensor(sizes, dtype=torch.int64).to(device, non_blocking=True)
+    rows_in = torch.arange(ch, device=device).view(1, ch, 1) < hw[:, 0].view(-1, 1, 1)
+    canvas[:, 3] = (rows_in & (torch.arange(cw, device=device).view(1, 1, cw) < hw[:, 1].view(-1, 1, 1))).float()
     actual = torch.tensor([[ow / (x1 - x0), oh / (y1 - y0)] for (oh, ow), (x0, y0, x1, y1) in zip(sizes, rows)],
                           dtype=torch.float64)
     return canvas, actual
@@ -304,14 +318,21 @@ def resized_size(height: int, width: int, resize: int) -> tuple[int, int]:
 
 
 def eval_batch(images: Sequence[torch.Tensor], spec: EvalSpec) -> torch.Tensor:
-    """uint8 [3, H_i, W_i] images → uint8 [N, 3, crop, crop]: resize shorter side (antialiased), center crop."""
-    out = []
-    for img in images:
-        h, w = resized_size(int(img.shape[-2]), int(img.shape[-1]), spec.resize)
-        x = _shrink(img, (h, w), spec.interpolation)
+    """uint8 [3, H_i, W_i] images → uint8 [N, 3, crop, crop]: resize shorter side (antialiased), center crop.
+
+    Images of one size (most photo folders have a few) are resized in one call.
+    """
+    groups: dict[tuple[int, int], list[int]] = {}
+    for k, img in enumerate(images):
+        groups.setdefault((int(img.shape[-2]), int(img.shape[-1])), []).append(k)
+    out = torch.empty(len(images), 3, spec.crop, spec.crop, dtype=torch.uint8, device=images[0].device)
+    for (height, width), ks in groups.items():
+        h, w = resized_size(height, width, spec.resize)
+        x = _shrink_batch(torch.stack([images[k] for k in ks]), (h, w), spec.interpolation)
         top, left = _center_offset(h, spec.crop), _center_offset(w, spec.crop)
-        out.append(x[:, top: top + spec.crop, left: left + spec.crop])
-    return _to_uint8(torch.stack(out))
+        crop = _to_uint8(x[:, :, top: top + spec.crop, left: left + spec.crop])
+        out[torch.tensor(ks, device=out.device)] = crop
+    return out
 
 
 __all__ = ["DRAWS_PER_IMAGE", "color_jitter", "eval_batch", "resized_crop_params", "resized_size",

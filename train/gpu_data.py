@@ -8,42 +8,65 @@ host), and `engine_batches` turns it into the trainer's (images, labels, notes) 
 from __future__ import annotations
 
 import os
+import threading
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import torch
 
+from core.images import BadImage, exif_transpose_tensor
+from core.jpeg import REFUSED, DecodeStats, decode_cpu, decode_on_device, route_jpeg
 from core.preprocess import AugmentSpec, EvalSpec, Normalize
 from train.gpu_augment import eval_batch, train_batch
-from train.gpu_decode import decode_batch
 
 # ------------------------------------------------------------------------------ host side: bytes
 
 
 @dataclass
 class EncodedSample:
-    data: torch.Tensor  # uint8 [nbytes]; empty when the file could not be read
+    """One file as a worker hands it over: the bytes of a JPEG for the device decoder (shape None), or,
+    for anything core.jpeg routes to the CPU, the image the worker already decoded (uint8 [3, H, W])."""
+
+    data: torch.Tensor  # uint8: file bytes [nbytes], or a decoded image [3, H, W]; empty when unreadable
     label: int
     index: int
     epoch: int = 0
     error: str | None = None
+    orientation: int = 1  # EXIF orientation of a JPEG for the device (nvJPEG ignores it)
+    cpu_reason: str | None = None  # why core.jpeg sent the file to the CPU decoder
 
 
 @dataclass
 class EncodedBatch:
-    """What the DataLoader yields. No `.to()` on purpose: Accelerate's device placement leaves it alone."""
+    """What the DataLoader yields: every sample's bytes (or CPU-decoded pixels) packed into ONE uint8 buffer,
+    so a batch crosses the worker → main process boundary as a handful of shared-memory storages instead of
+    one per file (each costs an fd over a socket on unpickle). No `.to()` on purpose: Accelerate's device
+    placement leaves it alone; `blob(k)` are zero-copy views into the buffer.
+    """
 
-    data: list[torch.Tensor]
+    buffer: torch.Tensor  # uint8 [total bytes]
+    offsets: torch.Tensor  # int64 [N + 1]: sample k is buffer[offsets[k]:offsets[k + 1]]
+    shapes: torch.Tensor  # int64 [N, 3]: (3, H, W) of a CPU-decoded image, zeros for JPEG bytes for the device
+    orientations: torch.Tensor  # int64 [N]
     labels: torch.Tensor  # int64 [N]
     indices: torch.Tensor  # int64 [N], dataset positions: with `epochs`, the key of each image's augmentation
     epochs: torch.Tensor  # int64 [N]
     read_errors: dict[int, str] = field(default_factory=dict)  # position in batch → reason
+    cpu_reasons: dict[int, str] = field(default_factory=dict)  # position → why it was decoded on the CPU
 
     def __len__(self) -> int:
-        return len(self.data)
+        return len(self.labels)
+
+    def blob(self, k: int) -> torch.Tensor:
+        return self.buffer[int(self.offsets[k]): int(self.offsets[k + 1])]
+
+    @property
+    def data(self) -> list[torch.Tensor]:
+        return [self.blob(k) for k in range(len(self))]
 
 
 def _read(path: str) -> tuple[torch.Tensor, str | None]:
@@ -57,17 +80,20 @@ def _read(path: str) -> tuple[torch.Tensor, str | None]:
 
 
 class EncodedImages(torch.utils.data.Dataset):
-    """(path, label) samples → raw file bytes. `__getitems__` reads a whole batch with a thread pool.
+    """(path, label) samples → EncodedSample. `__getitems__` handles a whole batch with a thread pool.
 
     Keys are an index or an (epoch, index) pair, so train.data's EpochSampler can drive it unchanged.
+    Each file goes through core.jpeg's router here, in the worker: JPEGs for the device decoder stay bytes,
+    everything else (progressive, CMYK, PNG, huge, truncated...) is decoded by PIL right here, in parallel
+    worker processes, instead of serially in the device feed's thread. `cpu_decode=False` only reads.
 
-    Reading is I/O and releases the GIL, so threads overlap it well; the pool is made lazily per process
-    so DataLoader worker processes each get their own.
+    Reading is I/O and PIL decode releases the GIL, so threads overlap well; the pool is made lazily per
+    process so DataLoader worker processes each get their own.
     """
 
-    def __init__(self, samples: Sequence[tuple[str, int]], threads: int = 8):
+    def __init__(self, samples: Sequence[tuple[str, int]], threads: int = 8, cpu_decode: bool = True):
         self.samples = [(os.fspath(p), int(y)) for p, y in samples]
-        self.threads = threads
+        self.threads, self.cpu_decode = threads, cpu_decode
         self._pool: ThreadPoolExecutor | None = None
         self._pid = -1
 
@@ -78,7 +104,15 @@ class EncodedImages(torch.utils.data.Dataset):
         epoch, i = key if isinstance(key, tuple) else (0, key)
         path, label = self.samples[i]
         data, error = _read(path)
-        return EncodedSample(data, label, i, epoch, error)
+        if error or not self.cpu_decode:
+            return EncodedSample(data, label, i, epoch, error)
+        route = route_jpeg(data)
+        if route.device:
+            return EncodedSample(data, label, i, epoch, orientation=route.orientation)
+        try:
+            return EncodedSample(decode_cpu(data), label, i, epoch, cpu_reason=route.reason)
+        except BadImage as exc:
+            return EncodedSample(torch.empty(0, dtype=torch.uint8), label, i, epoch, str(exc), cpu_reason=route.reason)
 
     def __getitems__(self, indices: list) -> list[EncodedSample]:
         if self._pool is None or self._pid != os.getpid():
@@ -90,12 +124,21 @@ class EncodedImages(torch.utils.data.Dataset):
 
 
 def collate_encoded(samples: list[EncodedSample]) -> EncodedBatch:
+    sizes = torch.tensor([s.data.numel() for s in samples], dtype=torch.int64)
+    offsets = torch.zeros(len(samples) + 1, dtype=torch.int64)
+    torch.cumsum(sizes, 0, out=offsets[1:])
+    decoded = [s.data.dim() == 3 for s in samples]
     return EncodedBatch(
-        data=[s.data for s in samples],
+        buffer=torch.cat([s.data.reshape(-1) for s in samples]) if samples else torch.empty(0, dtype=torch.uint8),
+        offsets=offsets,
+        shapes=torch.tensor([list(s.data.shape) if d else [0, 0, 0] for s, d in zip(samples, decoded)],
+                            dtype=torch.int64).reshape(-1, 3),
+        orientations=torch.tensor([s.orientation for s in samples], dtype=torch.int64),
         labels=torch.tensor([s.label for s in samples], dtype=torch.int64),
         indices=torch.tensor([s.index for s in samples], dtype=torch.int64),
         epochs=torch.tensor([s.epoch for s in samples], dtype=torch.int64),
         read_errors={k: s.error for k, s in enumerate(samples) if s.error},
+        cpu_reasons={k: s.cpu_reason for k, s in enumerate(samples) if s.cpu_reason},
     )
 
 
@@ -124,30 +167,55 @@ class GpuPipeline:
         # normalize=False hands out uint8 batches, for a loop that normalizes itself (train.engine's prepare)
         self.normalize = Normalize(spec.mean, spec.std).to(self.device) if normalize else None
         self.channels_last = channels_last
+        self.stats = DecodeStats()  # what went to the CPU decoder and why, reported once per run
 
-    def images_uint8(self, data: Sequence[torch.Tensor], indices: torch.Tensor, epoch: int | torch.Tensor,
-                     errors: dict[int, str] | None = None) -> tuple[torch.Tensor, dict[int, str]]:
-        """Encoded bytes → uint8 [N, 3, crop, crop] on the device and {position: reason} for bad files."""
-        errors = dict(errors or {})
-        todo = [k for k in range(len(data)) if k not in errors]
-        decoded, bad = decode_batch([data[k] for k in todo], self.device)
-        errors.update({todo[k]: reason for k, reason in bad.items()})
-        good = [k for k in todo if k not in errors]
+    def decode(self, batch: EncodedBatch) -> tuple[list[torch.Tensor | None], dict[int, str]]:
+        """The batch's images as uint8 [3, H, W] on the device (None where bad) and {position: reason}.
+
+        JPEGs the workers left as bytes go through core.jpeg's device decode (its stream protocol makes
+        the outputs safe on the current stream); a file the device decoder refuses falls back to PIL here.
+        """
+        errors = dict(batch.read_errors)
+        out: list[torch.Tensor | None] = [None] * len(batch)
+        shapes = batch.shapes.tolist()
+        for k, reason in batch.cpu_reasons.items():
+            self.stats.add(reason)
+            if k not in errors:  # decoded by the worker
+                out[k] = batch.blob(k).view(shapes[k]).to(self.device, non_blocking=True)
+        todo = [k for k in range(len(batch)) if k not in errors and shapes[k][0] == 0]
+        orientation = batch.orientations.tolist()
+        for k, img in zip(todo, decode_on_device([batch.blob(k) for k in todo], self.device)):
+            self.stats.add(None if img is not None else REFUSED)
+            try:
+                out[k] = (exif_transpose_tensor(img, orientation[k]) if img is not None
+                          else decode_cpu(batch.blob(k)).to(self.device, non_blocking=True))
+            except BadImage as exc:
+                errors[k] = str(exc)
+        return out, errors
+
+    def images_uint8(self, batch: EncodedBatch, epoch: int | torch.Tensor | None = None
+                     ) -> tuple[torch.Tensor, dict[int, str]]:
+        """The batch → uint8 [N, 3, crop, crop] on the device and {position: reason} for bad files."""
+        decoded, errors = self.decode(batch)
+        epoch = batch.epochs if epoch is None else epoch
+        good = [k for k in range(len(batch)) if k not in errors]
         crop = self.spec.crop
-        out = torch.zeros(len(data), 3, crop, crop, dtype=torch.uint8, device=self.device)
+        out = torch.zeros(len(batch), 3, crop, crop, dtype=torch.uint8, device=self.device)
         if good:
-            images = [img for img in decoded if img is not None]
+            images = [decoded[k] for k in good]
             keep = torch.tensor(good)
             ep = epoch[keep] if isinstance(epoch, torch.Tensor) else epoch
-            batch = (train_batch(images, indices[keep], self.seed, ep, self.aug, self.spec) if self.aug
-                     else eval_batch(images, self.spec))
-            out[torch.tensor(good, device=self.device)] = batch
+            done = (train_batch(images, batch.indices[keep], self.seed, ep, self.aug, self.spec) if self.aug
+                    else eval_batch(images, self.spec))
+            if len(good) == len(batch):
+                out = done
+            else:
+                out[torch.tensor(good, device=self.device)] = done
         return out, errors
 
     def __call__(self, batch: EncodedBatch, epoch: int | None = None) -> DeviceBatch:
         """`epoch` overrides the batch's own epochs (those come from an (epoch, index) sampler)."""
-        images, errors = self.images_uint8(batch.data, batch.indices, batch.epochs if epoch is None else epoch,
-                                           batch.read_errors)
+        images, errors = self.images_uint8(batch, epoch)
         x = self.normalize(images) if self.normalize is not None else images
         if self.channels_last and self.normalize is not None:
             x = x.contiguous(memory_format=torch.channels_last)
@@ -164,17 +232,40 @@ class GpuPipeline:
 _END = object()  # sentinel: the loader has no more batches
 
 
+def _pull_limit(batches: Iterable) -> int | float:
+    """How many batches the background thread may pull itself.
+
+    An Accelerate loader flips the shared `end_of_dataloader` flag (read by gather_for_metrics and by
+    gradient accumulation) inside the call that returns its LAST batch. That call must happen in the
+    consumer's thread, between its steps, or the flag would flip under a step that is not the last one;
+    so with such a loader the thread pulls all but the last batch. Other iterables: everything.
+    """
+    if not hasattr(batches, "end_of_dataloader"):
+        return float("inf")
+    try:
+        return max(len(batches) - 1, 0)  # type: ignore[arg-type]
+    except TypeError:
+        return 0
+
+
 def prefetch(batches: Iterable[EncodedBatch], pipeline: GpuPipeline, epoch: int | None = None,
              depth: int = 2) -> Iterator[DeviceBatch]:
-    """Run the pipeline up to `depth` batches ahead in a background thread (on its own CUDA stream on GPU).
+    """Pull from the loader and run the pipeline up to `depth` batches ahead in a background thread, on its
+    own CUDA stream on GPU, so the training thread does not block on loader IPC, decode or augmentation.
 
-    The loader itself is pulled here, in the consumer's thread and order. An Accelerate loader's
-    `end_of_dataloader` (read by gather_for_metrics to trim the padding of the last distributed batch,
-    and by gradient accumulation to sync) is set back to each batch's own value just before that batch
-    is handed out, and the loader is not stepped past its last batch until that batch has been used, so
-    it stays the active dataloader meanwhile. The consumer's stream waits on an event, not the host.
+    Accelerate loaders (see _pull_limit): the last batch is pulled in the consumer's thread, and each
+    batch's own `end_of_dataloader` is set back just before it is handed out, so the flag is right while
+    that batch is used. The loader is not stepped past its last batch until that batch has been used, so it
+    stays the active dataloader meanwhile. The consumer's stream waits on an event, never the host.
     """
     side = torch.cuda.Stream(pipeline.device) if pipeline.device.type == "cuda" else None
+    source, limit, pulled = iter(batches), _pull_limit(batches), 0
+    pull_lock = threading.Lock()  # a generator cannot be advanced from two threads at once
+
+    def pull() -> tuple[Any, bool | None]:
+        with pull_lock:
+            raw = next(source, _END)
+            return raw, getattr(batches, "end_of_dataloader", None)  # Accelerate: True on its last batch
 
     def run(raw: EncodedBatch) -> tuple[DeviceBatch, torch.cuda.Event | None]:
         if side is None:
@@ -185,59 +276,70 @@ def prefetch(batches: Iterable[EncodedBatch], pipeline: GpuPipeline, epoch: int 
             event.record(side)
         return out, event
 
-    source = iter(batches)
-    pending: deque[tuple[Future, bool | None]] = deque()
-    exhausted = False
-    pool = ThreadPoolExecutor(1, thread_name_prefix="imgclf-gpu-data")
+    def run_pulled(pulled_raw: Future) -> tuple[tuple[DeviceBatch, torch.cuda.Event | None] | None, bool | None]:
+        raw, last = pulled_raw.result()
+        return (None, last) if raw is _END else (run(raw), last)
+
+    pending: deque[Future] = deque()
+    exhausted, last_pull = False, None
+    loads = ThreadPoolExecutor(1, thread_name_prefix="imgclf-load")  # loader IPC, unpickling
+    pool = ThreadPoolExecutor(1, thread_name_prefix="imgclf-gpu-data")  # decode + augment
 
     def top_up() -> None:
-        nonlocal exhausted
+        nonlocal exhausted, pulled, last_pull
         while not exhausted and len(pending) <= depth:
-            raw = next(source, _END)
-            if raw is _END:
-                exhausted = True
-                return
-            last = getattr(batches, "end_of_dataloader", None)  # Accelerate loaders: True on their last batch
-            pending.append((pool.submit(run, raw), last))
-            exhausted = bool(last)
+            if pulled < limit:
+                last_pull = loads.submit(pull)
+            else:  # in this thread (see _pull_limit), after the background pulls, in order
+                if last_pull is not None:
+                    last_pull.result()
+                raw, last = pull()
+                if raw is _END:
+                    exhausted = True
+                    return
+                last_pull = Future()
+                last_pull.set_result((raw, last))
+                exhausted = bool(last)
+            pending.append(pool.submit(run_pulled, last_pull))
+            pulled += 1
 
     try:
         top_up()
         while pending:
-            future, last = pending.popleft()
+            done, last = pending.popleft().result()
+            if done is None:  # the background pull found the end
+                exhausted = True
+                continue
+            exhausted = exhausted or bool(last)
             top_up()
-            item, event = future.result()
+            item, event = done
             if last is not None:
                 batches.end_of_dataloader = last  # type: ignore[attr-defined]
             if event is not None:
                 current = torch.cuda.current_stream(pipeline.device)
                 current.wait_event(event)
                 for t in (item.images, item.labels, item.valid):
-                    t.record_stream(current)
+                    t.record_stream(current)  # made on the side stream, used and freed on this one
             yield item
         for _ in source:  # past the last batch: an Accelerate loader now ends its epoch (and leaves gradient state)
             pass
     finally:  # also when the consumer stops early: drop queued work, wait for the running batch
         pool.shutdown(wait=True, cancel_futures=True)
+        loads.shutdown(wait=True, cancel_futures=True)
 
 
 def engine_batches(batches: Iterable[EncodedBatch], pipeline: GpuPipeline, name: Callable[[int], str],
-                   ignore_label: int | None = None, depth: int = 2) -> Iterator[tuple[torch.Tensor, torch.Tensor, list[str]]]:
+                   ignore_label: int = -1, depth: int = 2) -> Iterator[tuple[torch.Tensor, torch.Tensor, list[str]]]:
     """The (images, labels, bad notes) tuples train.engine takes from its CPU loaders, from the GPU path.
 
-    Bad files become notes `"<name>\t<reason>"`. Training (ignore_label None) drops them like
-    collate_train; evaluation keeps the zero image with `ignore_label`, like collate_eval, so every
-    batch keeps its size for gather_for_metrics. Images are whatever the pipeline makes (uint8 when
+    Bad files become notes `"<name>\t<reason>"` and keep their slot (zero image, label `ignore_label`),
+    like collate_train/collate_eval: every batch keeps its size (no recompile under torch.compile, no
+    host sync to drop rows, exact gather_for_metrics). Images are whatever the pipeline makes (uint8 when
     built with normalize=False, so the engine's own prepare() still normalizes).
     """
     for b in prefetch(batches, pipeline, depth=depth):
         notes = [f"{name(i)}\t{reason}" for i, reason in b.bad]
-        if not b.bad:
-            yield b.images, b.labels, notes
-        elif ignore_label is None:
-            yield b.images[b.valid], b.labels[b.valid], notes
-        else:
-            yield b.images, torch.where(b.valid, b.labels, ignore_label), notes
+        yield b.images, (torch.where(b.valid, b.labels, ignore_label) if b.bad else b.labels), notes
 
 
 def resolve_decode(mode: str, device: torch.device | str) -> str:

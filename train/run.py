@@ -29,7 +29,7 @@ from core.models import HeadSpec, build_model, set_backbone_trainable
 from core.preprocess import Normalize, WithPreprocessing
 from core.report import write_batch_grid, write_evaluation
 from train.checkpoint import LAST_DIR, TrainerState, is_complete, latest_run_with_last, load_last, resume_dir
-from train.data import TrainData, eval_loader, load_data
+from train.data import IGNORE_LABEL, TrainData, eval_loader, load_data
 from train.engine import BEST_DIR, Parts, Trainer
 from train.evaluate import evaluate
 from train.feed import FEEDS, Feed, decode_mode
@@ -61,6 +61,8 @@ def make_accelerator(cfg: Config) -> Accelerator:
     # Unfreezing after N epochs changes which parameters get gradients; DDP must then look each step.
     ddp = DistributedDataParallelKwargs(find_unused_parameters=isinstance(cfg.model.freeze, int)
                                         and cfg.model.freeze > 0)
+    if not cpu:
+        torch.backends.cudnn.benchmark = True  # fixed input shapes: autotuned convolutions, as train/bench measures
     return Accelerator(cpu=cpu, mixed_precision=mp, gradient_accumulation_steps=cfg.train.grad_accum_steps,
                        kwargs_handlers=[ddp], dataloader_config=DataLoaderConfiguration(non_blocking=not cpu))
 
@@ -164,6 +166,11 @@ def make_model(cfg: Config, data: TrainData) -> torch.nn.Module:
     return model
 
 
+def make_criterion(label_smoothing: float) -> torch.nn.Module:
+    """Cross-entropy that masks the slots of unreadable images (IGNORE_LABEL): batches keep their shape."""
+    return torch.nn.CrossEntropyLoss(label_smoothing=label_smoothing, ignore_index=IGNORE_LABEL)
+
+
 def build_parts(cfg: Config, feed: Feed, data: TrainData, model: torch.nn.Module,
                 accelerator: Accelerator) -> Parts:
     """Collective (DDP wraps the model): every process calls it, outside main_process_first."""
@@ -175,13 +182,17 @@ def build_parts(cfg: Config, feed: Feed, data: TrainData, model: torch.nn.Module
     if channels_last:
         model = model.to(memory_format=torch.channels_last)
     optimizer = build_optimizer(model.parameters(), t.optimizer)
-    steps_per_epoch = math.ceil(math.ceil(len(data.train) / t.batch_size) / t.grad_accum_steps)
+    # Compiled: drop the partial last batch (a new shape would recompile, and past recompile_limit dynamo
+    # falls back to eager silently). Bad images keep masked slots, so they change no shape either.
+    drop_last = t.compile and len(data.train) >= t.batch_size * accelerator.num_processes
+    batches = len(data.train) // t.batch_size if drop_last else math.ceil(len(data.train) / t.batch_size)
+    steps_per_epoch = math.ceil(batches / t.grad_accum_steps)
     scheduler = build_scheduler(optimizer, t.scheduler, steps_per_epoch, t.epochs)
-    tl, vl = feed.loaders(t.batch_size, t.eval_batch_size or 2 * t.batch_size, pin=on_gpu)
+    tl, vl = feed.loaders(t.batch_size, t.eval_batch_size or 2 * t.batch_size, pin=on_gpu, drop_last=drop_last)
     model, optimizer, scheduler, tl, vl = accelerator.prepare(model, optimizer, scheduler, tl, vl)
     if t.compile:
         model = torch.compile(model)
-    criterion = torch.nn.CrossEntropyLoss(label_smoothing=t.label_smoothing)
+    criterion = make_criterion(t.label_smoothing)
     return Parts(model, optimizer, scheduler, tl, vl, _input_prep(cfg, accelerator.device, channels_last), criterion,
                  feed)
 

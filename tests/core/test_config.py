@@ -1,9 +1,12 @@
 """The config loader: typos name the nearest key, wrong types name the expected one, overrides win."""
+import dataclasses
+import typing
 from pathlib import Path
 
 import pytest
 
-from core.config import Config, load_config, parse_override, reference_markdown
+from core import workers
+from core.config import Config, _check_value, load_config, parse_override, reference_markdown, reference_text
 from core.errors import UserError
 
 REPO = Path(__file__).resolve().parents[2]
@@ -111,4 +114,93 @@ def test_every_shipped_recipe_loads():
 
 def test_readme_config_reference_matches_the_code():
     readme = (REPO / "README.md").read_text()
-    assert reference_markdown() in readme, "README config table is stale: paste `python -m core.config` output"
+    assert reference_markdown() in readme, "README config table is stale: paste `python -m core.config --markdown`"
+
+
+@pytest.mark.parametrize("override, shown, valid", [
+    ("model.head.dropout=1.5", "1.5", "[0, 1)"),
+    ("train.optimizer.lr=-1", "-1.0", "> 0"),
+    ("augment.hflip=2", "2.0", "[0, 1]"),
+    ("preprocess.crop=0", "0", ">= 1"),
+    ("augment.scale=[1.0,0.5]", "[1.0, 0.5]", "2 values in (0, 1], min <= max"),
+    ("augment.ratio=[0.5]", "[0.5]", "2 values in > 0, min <= max"),
+    ("data.num_workers=-1", "-1", "auto or >= 0"),
+    ("data.max_bad_fraction=1.5", "1.5", "[0, 1]"),
+    ("preprocess.mean=[0.5,0.5]", "[0.5, 0.5]", "3 values in [0, 1]"),
+    ("preprocess.std=[0.2,0,0.2]", "[0.2, 0.0, 0.2]", "3 values in (0, 1]"),
+    ("train.optimizer.lr=.nan", "NaN", "> 0"),
+    ("train.epochs=0", "0", ">= 1"),
+    ("model.freeze=-2", "-2", "backbone, none or >= 0"),
+    ("model.head.hidden=[64,0]", "[64, 0]", ">= 1"),
+])
+def test_out_of_range_value_names_key_value_and_valid_range(override, shown, valid):
+    key = override.split("=")[0]
+    with pytest.raises(UserError) as exc:
+        load_config(None, [override])
+    assert str(exc.value) == f"config key '{key}': invalid value {shown}; valid: {valid}"
+
+
+def _leaves(cls: type, prefix: str = ""):
+    hints = typing.get_type_hints(cls)
+    for f in dataclasses.fields(cls):
+        tp = hints[f.name]
+        if isinstance(tp, type) and dataclasses.is_dataclass(tp):
+            yield from _leaves(tp, f"{prefix}{f.name}.")
+        else:
+            yield f"{prefix}{f.name}", tp, f
+
+
+def _is_numeric(tp) -> bool:
+    if tp in (int, float):
+        return True
+    return any(_is_numeric(a) for a in typing.get_args(tp))  # Optional[int], Union[str, int], list[float]
+
+
+def test_every_numeric_key_declares_a_range_its_default_satisfies():
+    numeric = [(key, f) for key, tp, f in _leaves(Config) if _is_numeric(tp)]
+    assert len(numeric) > 25
+    missing = [key for key, f in numeric if f.metadata.get("range") is None]
+    assert not missing, f"numeric config keys without a declared range: {missing}"
+    defaults = Config()
+    for key, f in numeric:
+        value = defaults
+        for part in key.split("."):
+            value = getattr(value, part)
+        if value is not None:
+            _check_value(key, value, f.metadata)  # raises if a default is outside its own range
+
+
+@pytest.mark.parametrize("overrides, match", [
+    (["preprocess.crop=64", "augment.size=48"], "'augment.size' .48. must be >= 'preprocess.crop' .64."),
+    (["train.scheduler.name=cosine", "train.scheduler.min_lr=0.1", "train.optimizer.lr=0.01"],
+     "'train.scheduler.min_lr' .0.1. must be <= 'train.optimizer.lr'"),
+])
+def test_cross_key_rules_are_one_line(overrides, match):
+    with pytest.raises(UserError, match=match):
+        load_config(None, overrides)
+
+
+def test_boundaries_that_are_valid_load():
+    cfg = load_config(None, ["model.head.dropout=0", "augment.hflip=1", "augment.scale=[1,1]", "data.num_workers=0",
+                             "data.max_bad_fraction=1", "preprocess.crop=64", "augment.size=64", "model.freeze=0"])
+    assert cfg.augment.scale == [1.0, 1.0] and cfg.data.num_workers == 0 and cfg.model.freeze == 0
+
+
+def test_num_workers_auto_uses_this_process_share_of_usable_cpus(monkeypatch):
+    monkeypatch.setattr(workers, "usable_cpus", lambda: 2)
+    monkeypatch.delenv("LOCAL_WORLD_SIZE", raising=False)
+    assert load_config(None).data.num_workers == 2
+    monkeypatch.setattr(workers, "usable_cpus", lambda: 64)
+    assert load_config(None).data.num_workers == 8
+    monkeypatch.setenv("LOCAL_WORLD_SIZE", "16")
+    assert load_config(None).data.num_workers == 4
+    monkeypatch.setenv("LOCAL_WORLD_SIZE", "128")
+    assert load_config(None).data.num_workers == 0
+    assert load_config(None, ["data.num_workers=6"]).data.num_workers == 6  # an explicit number stays
+
+
+def test_terminal_reference_groups_by_section_and_fits_the_width():
+    text = reference_text(width=60)
+    assert text.startswith("run: ") and "\ntrain: optimization\n" in text
+    assert "  model.head.dropout = 0.0    valid: [0, 1)" in text
+    assert all(len(line) <= 60 for line in text.splitlines() if line.startswith("      "))

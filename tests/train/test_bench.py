@@ -85,3 +85,18 @@ def test_a_data_folder_without_class_images_is_a_user_error(tmp_path, capsys):
     with pytest.raises(SystemExit) as exc:
         main(["--data", str(tmp_path), "--device", "cpu"])
     assert exc.value.code == 2 and "no images under" in capsys.readouterr().err
+
+
+def test_smoke_mode_takes_the_gpu_check_flags_and_reports_where_the_gpu_feed_decoded(tmp_path):
+    """tools/gpu_check.py runs `--arch A --size S --batch B --json PATH`; --smoke shrinks everything else."""
+    out = tmp_path / "bench.json"
+    cmd = [sys.executable, str(REPO / "train" / "bench.py"), "--smoke", "--arch", "resnet18", "--batch", "4",
+           "--paths", "model,gpu", "--cache", str(tmp_path / "data"), "--json", str(out)]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    proc = subprocess.run(cmd, check=False, capture_output=True, text=True, env=env, timeout=300, cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    saved = json.loads(out.read_text())
+    result = saved["models"]["resnet18"]
+    assert [r["path"] for r in result["rows"]] == ["model", "gpu"] and saved["images"] == 8
+    assert result["gpu_feed_decode"]["device"] > 0 and result["gpu_feed_decode"]["cpu"] == {}
+    assert "GPU feed image decode:" in proc.stdout and "gpu/model" in proc.stdout

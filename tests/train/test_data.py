@@ -68,10 +68,14 @@ def test_epoch_sampler_order_is_a_permutation_fixed_by_seed_and_epoch():
     assert list(a) != list(b) and all(e == 2 for e, _ in b)
 
 
-def test_train_collate_drops_unreadable_images_and_reports_them():
-    x = torch.zeros(3, 4, 4, dtype=torch.uint8)
+def test_train_collate_keeps_a_masked_slot_for_unreadable_images_and_reports_them():
+    """A static batch shape: a dropped row would recompile a torch.compile'd model."""
+    x = torch.ones(3, 4, 4, dtype=torch.uint8)
     images, labels, bad = collate_train([(x, 0, ""), (None, 1, "a.jpg\tcorrupt"), (x + 1, 2, "")])
-    assert images.shape == (2, 3, 4, 4) and labels.tolist() == [0, 2] and bad == ["a.jpg\tcorrupt"]
+    assert images.shape == (3, 3, 4, 4) and labels.tolist() == [0, -1, 2] and bad == ["a.jpg\tcorrupt"]
+    assert images[1].eq(0).all()
+    images, labels, bad = collate_train([(None, 1, "a.jpg\tcorrupt")])
+    assert len(images) == 0 and len(labels) == 0 and bad == ["a.jpg\tcorrupt"]
 
 
 def test_eval_collate_keeps_batch_size_and_masks_unreadable_images():

@@ -210,17 +210,17 @@ def test_augmentation_disabled_trains_on_the_eval_transform():
 
 @pytest.mark.parametrize("interpolation", ["bilinear", "bicubic"])
 def test_eval_batch_equals_core_eval_transform_on_decoded_jpegs(tmp_path, interpolation):
-    from train.gpu_decode import decode_batch
+    from core.jpeg import decode_files
 
     rng = np.random.default_rng(0)
     blobs, pils = [], []
     for k, (w, h) in enumerate([(97, 61), (64, 128), (300, 200), (40, 40)]):
         arr = rng.normal(128, 50, (h, w, 3)).clip(0, 255).astype(np.uint8)
         Image.fromarray(arr).save(tmp_path / f"{k}.jpg", quality=85)
-        blobs.append((tmp_path / f"{k}.jpg").read_bytes())
+        blobs.append(torch.frombuffer(bytearray((tmp_path / f"{k}.jpg").read_bytes()), dtype=torch.uint8))
         pils.append(Image.open(tmp_path / f"{k}.jpg").convert("RGB"))
     spec = EvalSpec(resize=73, crop=64, interpolation=interpolation)
-    decoded, errors = decode_batch(blobs, "cpu")
+    decoded, errors = decode_files(blobs, "cpu")
     assert errors == {}
     got = eval_batch(decoded, spec)
     want = torch.stack([eval_transform(spec)(p) for p in pils])

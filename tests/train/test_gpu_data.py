@@ -1,10 +1,13 @@
 """The GPU data path end to end: file bytes through a DataLoader, decode + augment + normalize per batch."""
 from __future__ import annotations
 
+import threading
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
+from PIL import Image
 from torch.utils.data import DataLoader
 
 from core.images import decode_image, is_image_file
@@ -111,28 +114,126 @@ def test_decode_auto_picks_the_gpu_path_only_on_cuda():
     assert resolve_decode("gpu", "cpu") == "gpu" and resolve_decode("cpu", "cuda") == "cpu"
 
 
-def test_engine_batches_drop_bad_files_in_training_and_keep_their_slot_for_evaluation(demo_root, tmp_path):
+def test_engine_batches_keep_a_masked_slot_for_bad_files(demo_root, tmp_path):
+    """Training and evaluation alike: a zero image labelled ignore_label, so the batch shape never changes
+    (torch.compile would recompile on a dropped row) and the loss masks it out."""
     samples = folder_samples(demo_root / "valid")[:3]
     (tmp_path / "broken.png").write_bytes(b"\x89PNG not really")
     samples.insert(1, (str(tmp_path / "broken.png"), 2))
     name = lambda i: Path(samples[i][0]).name
     spec = EvalSpec(40, 32)
     pipe = GpuPipeline(spec, "cpu", normalize=False)
-    images, labels, notes = next(engine_batches(loader(samples, batch_size=4), pipe, name))
-    assert images.dtype == torch.uint8 and images.shape == (3, 3, 32, 32)
-    assert labels.tolist() == [samples[k][1] for k in (0, 2, 3)]
+    images, labels, notes = next(engine_batches(loader(samples, batch_size=4), pipe, name, ignore_label=-100))
+    assert images.dtype == torch.uint8 and images.shape == (4, 3, 32, 32) and images[1].eq(0).all()
+    assert labels.tolist() == [samples[0][1], -100, samples[2][1], samples[3][1]]
     assert len(notes) == 1 and notes[0].startswith("broken.png\t") and "not an image" in notes[0]
     assert (images[0].int() - eval_transform(spec)(decode_image(samples[0][0])).int()).abs().max() <= 1
-    images, labels, notes = next(engine_batches(loader(samples, batch_size=4), pipe, name, ignore_label=-100))
-    assert images.shape == (4, 3, 32, 32) and labels.tolist()[1] == -100 and len(notes) == 1
+
+
+def _write(path: Path, img: Image.Image, **kw) -> str:
+    img.save(path, **kw)
+    return str(path)
+
+
+def test_a_batch_crosses_from_the_workers_as_one_buffer_and_non_device_files_arrive_decoded(tmp_path):
+    """Per-file tensors cost one shared-memory fd each on the way to the main process; a packed batch a few.
+    The router runs in the worker: PNG/progressive/CMYK come decoded by PIL there, baseline JPEGs as bytes."""
+    rng = np.random.default_rng(0)
+    img = Image.fromarray(rng.integers(0, 255, (40, 50, 3), dtype=np.uint8))
+    samples = [(_write(tmp_path / "a.jpg", img, quality=90), 0), (_write(tmp_path / "b.png", img), 1),
+               (_write(tmp_path / "c.jpg", img, progressive=True), 2),
+               (_write(tmp_path / "d.jpg", img.convert("CMYK")), 3), (str(tmp_path / "missing.jpg"), 4)]
+    (batch,) = list(loader(samples, batch_size=5, num_workers=1))
+    storages = {t.untyped_storage().data_ptr() for t in batch.data if t.numel()}
+    assert len(storages) == 1  # views into one buffer
+    assert batch.shapes[0].tolist() == [0, 0, 0] and bytes(batch.blob(0).numpy()) == Path(samples[0][0]).read_bytes()
+    for k in (1, 2, 3):
+        want = torch.from_numpy(np.array(decode_image(samples[k][0]))).permute(2, 0, 1)
+        assert torch.equal(batch.blob(k).view(batch.shapes[k].tolist()), want)
+    assert batch.cpu_reasons == {1: "not a JPEG", 2: "progressive JPEG", 3: "CMYK/YCCK/RGB-coded JPEG"}
+    assert list(batch.read_errors) == [4]
+    pipe = GpuPipeline(EvalSpec(40, 32), "cpu")
+    out = pipe(batch)
+    assert out.valid.tolist() == [True, True, True, True, False]
+    assert pipe.stats.device == 1 and pipe.stats.cpu_total == 3  # counted, for the run's one-line report
+
+
+class CountingLoader:
+    """A loader that records which thread pulls each batch."""
+
+    def __init__(self, batches):
+        self.batches, self.threads = batches, []
+
+    def __iter__(self):
+        for b in self.batches:
+            self.threads.append(threading.current_thread().name)
+            yield b
+
+
+def test_prefetch_pulls_from_the_loader_in_its_background_thread(demo_root):
+    """Unpickling a worker's batch blocks on the host: it must not run in the training thread."""
+    samples = folder_samples(demo_root / "valid")
+    source = CountingLoader(list(loader(samples)))
+    out = list(prefetch(source, GpuPipeline(EvalSpec(40, 32), "cpu")))
+    assert len(out) == len(source.batches) and threading.current_thread().name not in source.threads
+
+
+def jpeg_folder(root: Path, n: int, subsampling: int = 0, seed: int = 0) -> list[tuple[str, int]]:
+    """n smooth colour JPEGs of varied sizes (4:4:4 by default: nvJPEG and libjpeg agree to IDCT rounding)."""
+    rng = np.random.default_rng(seed)
+    root.mkdir(parents=True, exist_ok=True)
+    samples = []
+    for k in range(n):
+        h, w = 48 + 8 * (k % 7), 64 + 4 * (k % 5)
+        y, x = np.mgrid[0:h, 0:w] / 64
+        arr = np.stack([np.sin(5 * x + k), np.cos(4 * y - k), np.sin(3 * (x + y))], -1) * 100 + 128
+        arr = (arr + rng.normal(0, 5, arr.shape)).clip(0, 255).astype(np.uint8)
+        samples.append((_write(root / f"{k:03d}.jpg", Image.fromarray(arr), quality=90, subsampling=subsampling), k % 3))
+    return samples
 
 
 @pytest.mark.gpu
-def test_prefetch_on_cuda_matches_the_cpu_pipeline(demo_root):
-    samples = folder_samples(demo_root / "train")
+def test_prefetch_on_cuda_matches_the_cpu_pipeline_on_444_jpegs_and_nvjpeg_really_ran(tmp_path):
+    samples = jpeg_folder(tmp_path / "jpegs", 12)
     aug, spec = AugmentSpec(rotation=10.0), EvalSpec(40, 32)
     on_cpu = [b.images for b in prefetch(loader(samples), GpuPipeline(spec, "cpu", aug, seed=2), epoch=1)]
-    on_gpu = [b for b in prefetch(loader(samples), GpuPipeline(spec, "cuda", aug, seed=2, channels_last=True), epoch=1)]
+    gpu_pipe = GpuPipeline(spec, "cuda", aug, seed=2, channels_last=True)
+    on_gpu = list(prefetch(loader(samples), gpu_pipe, epoch=1))
+    assert gpu_pipe.stats.cpu_total == 0 and gpu_pipe.stats.device == len(samples)  # no silent CPU fallback
     assert all(b.images.is_cuda and b.images.is_contiguous(memory_format=torch.channels_last) for b in on_gpu)
     for a, b in zip(on_cpu, on_gpu):
         assert (a - b.images.cpu()).abs().max() < 0.1  # within a couple of uint8 levels after normalization
+
+
+@pytest.mark.gpu
+def test_prefetch_on_cuda_on_420_jpegs_stays_within_nvjpegs_chroma_upsampling_difference(tmp_path):
+    samples = jpeg_folder(tmp_path / "jpegs", 12, subsampling=2)
+    spec = EvalSpec(40, 32)
+    on_cpu = [b.images for b in prefetch(loader(samples), GpuPipeline(spec, "cpu", normalize=False))]
+    gpu_pipe = GpuPipeline(spec, "cuda", normalize=False)
+    on_gpu = [b.images.cpu() for b in prefetch(loader(samples), gpu_pipe)]
+    assert gpu_pipe.stats.cpu_total == 0
+    for a, b in zip(on_cpu, on_gpu):
+        assert (a.int() - b.int()).abs().float().mean() < 8  # nearest vs fancy chroma upsampling
+
+
+@pytest.mark.gpu
+def test_prefetch_under_a_busy_gpu_gives_every_batch_bit_for_bit_as_a_synchronous_run(tmp_path):
+    """The stream race (pytorch/vision#9606): decode of batch k+1 must never write into memory batch k's
+    queued kernels still read. A matmul loop keeps the consumer stream busy; 20 epochs of 6 batches each."""
+    samples = jpeg_folder(tmp_path / "jpegs", 48)
+    aug, spec = AugmentSpec(rotation=15.0, color_jitter=0.2), EvalSpec(56, 48)
+    raw = list(loader(samples, batch_size=8))
+    reference = []
+    for b in raw:  # synchronous: one batch at a time on the default stream, the device idle otherwise
+        reference.append(GpuPipeline(spec, "cuda", aug, seed=1)(b, epoch=0).images.cpu())
+        torch.cuda.synchronize()
+    pipe = GpuPipeline(spec, "cuda", aug, seed=1)
+    a = torch.randn(2048, 2048, device="cuda")
+    for _ in range(20):
+        for k, b in enumerate(prefetch(raw, pipe, epoch=0, depth=3)):
+            for _ in range(3):
+                a = (a @ a).tanh()  # queued before the batch is read: the consumer stream stays busy
+            got = b.images.cpu()  # read on the consumer stream behind the matmuls; the host waits, decode runs on
+            assert torch.equal(got, reference[k])
+    assert pipe.stats.cpu_total == 0

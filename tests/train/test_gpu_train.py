@@ -38,7 +38,7 @@ def _plain_valid_eval(bundle_dir, valid_dir):
     samples = [(p, y) for y, c in enumerate(record.classes) for p in sorted((valid_dir / c).iterdir())
                if is_image_file(p)]
     raw = collate_encoded(EncodedImages(samples, threads=2).__getitems__(list(range(len(samples)))))
-    images, errors = GpuPipeline(record.preprocess, "cpu").images_uint8(raw.data, raw.indices, 0)
+    images, errors = GpuPipeline(record.preprocess, "cpu").images_uint8(raw, 0)
     assert not errors
     with torch.no_grad():
         logits = net(images)
@@ -98,6 +98,8 @@ def test_gpu_decode_on_a_cpu_machine_runs_with_one_warning_line(tmp_path, train_
     out = capsys.readouterr().out
     assert len([line for line in out.splitlines() if line.startswith("warning: data.decode: gpu")]) == 1
     assert "data.decode gpu" in out  # the run header names the path taken
+    # the demo's PNGs were decoded by PIL in the workers: counted, and said once per run
+    assert out.count("image decode:") == 1 and "on the CPU (not a JPEG: " in out
 
 
 # ---------------------------------------------------------------------------------------- pieces
@@ -136,3 +138,39 @@ def test_each_prefetched_batch_carries_its_own_end_of_dataloader_state(accelerat
     assert flags == [False, False, False, True]
     assert gathered == 7
     assert accelerator.gradient_state.active_dataloader is None  # the loader finished its epoch and left
+
+
+# ---------------------------------------------------------------------------------------- on CUDA
+
+
+@pytest.mark.gpu
+def test_a_cuda_run_with_bf16_channels_last_and_the_gpu_feed_writes_a_bundle_that_reloads(tmp_path, small_root,
+                                                                                      monkeypatch, capsys):
+    """The CUDA training loop end to end through Accelerate (the CPU tests force ACCELERATE_USE_CPU)."""
+    from train.run import train
+
+    monkeypatch.delenv("ACCELERATE_USE_CPU", raising=False)
+    cfg = load_config(DEMO_RECIPE, [f"run.output_dir={tmp_path / 'runs'}", *TINY, GPU, "train.epochs=2",
+                                    "train.mixed_precision=bf16", "train.channels_last=true", "run.name=cuda"])
+    AcceleratorState._reset_state(reset_partial_state=True)
+    GradientState._reset_state()
+    try:
+        result = train(cfg, "demo")
+    finally:
+        AcceleratorState._reset_state(reset_partial_state=True)
+        GradientState._reset_state()
+    out = capsys.readouterr().out
+    assert result.exit_code == 0 and result.state.finished
+    assert "process(es) on cuda, mixed precision bf16, data.decode gpu" in out
+    assert torch.backends.cudnn.benchmark
+    assert next(result.model.parameters()).is_cuda
+    # the demo's PNGs go to the CPU decoder, counted and reported once; no JPEG was refused by nvJPEG
+    assert out.count("image decode:") == 1 and "refused" not in out and "progressive" not in out
+    model, record = load_bundle(result.run_dir / "best")
+    net = WithPreprocessing(model, record.preprocess).eval()
+    x = torch.randint(0, 256, (4, 3, 32, 32), dtype=torch.uint8)
+    with torch.no_grad():
+        reloaded, again = net(x), net.cuda()(x.cuda()).cpu()
+    assert reloaded.shape == (4, len(record.classes)) and torch.isfinite(reloaded).all()
+    assert torch.allclose(reloaded, again, atol=1e-2, rtol=1e-2)  # either device (TF32 convs on CUDA)
+    assert read_record(result.run_dir / "best").metrics["valid_n"] == 12

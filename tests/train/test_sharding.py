@@ -30,7 +30,7 @@ SCRIPT = textwrap.dedent("""
     folder, out = Path(sys.argv[1]), Path(sys.argv[2])
     samples = [(str(folder / f"{i:03d}.bin"), i % 2) for i in range(__N__)]
     acc = Accelerator(cpu=True)
-    loader = acc.prepare(DataLoader(EncodedImages(samples, threads=2), batch_size=__BATCH__, shuffle=True,
+    loader = acc.prepare(DataLoader(EncodedImages(samples, threads=2, cpu_decode=False), batch_size=__BATCH__, shuffle=True,
                                     collate_fn=collate_encoded))
     report = {"rank": acc.process_index, "world": acc.num_processes, "epochs": []}
     for epoch in range(__EPOCHS__):

@@ -1,0 +1,75 @@
+"""What produced a predictions file, kept beside it in `<out>.meta.json`, so --resume only continues the
+same job: the same model (sha256 of its file, or of a bundle's weights and record), top-k, probability
+columns, format and path style. The CSV itself stays plain (no comment lines) for every CSV reader.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+from core.bundle import RECORD_FILE, WEIGHTS_FILE, resolve_bundle_dir
+from core.errors import UserError
+from core.fsio import write_json_atomic
+from core.model_record import sha256_file
+
+MUST_MATCH = {"model_sha256": "model", "topk": "--topk", "probs": "--probs/--evaluate", "format": "--format",
+              "absolute": "--absolute"}
+
+
+def meta_path(out: Path) -> Path:
+    return out.with_name(out.name + ".meta.json")
+
+
+def model_sha256(model: str | Path) -> str:
+    p = Path(model)
+    if p.is_dir() or p.name in (RECORD_FILE, WEIGHTS_FILE):
+        folder = resolve_bundle_dir(p)
+        parts = (sha256_file(folder / WEIGHTS_FILE), sha256_file(folder / RECORD_FILE))
+        return hashlib.sha256(" ".join(parts).encode()).hexdigest()
+    return sha256_file(p)
+
+
+def job_identity(model: str | Path, topk: int, probs: bool, fmt: str, absolute: bool) -> dict[str, Any]:
+    return {"model_sha256": model_sha256(model), "topk": topk, "probs": probs, "format": fmt,
+            "absolute": absolute, "model": str(model), "serve_version": _version()}
+
+
+def _version() -> str:
+    try:
+        return metadata.version("imgclf")
+    except metadata.PackageNotFoundError:
+        return "unknown"
+
+
+def write_identity(out: Path, identity: dict[str, Any]) -> None:
+    write_json_atomic(meta_path(out), identity)
+
+
+def check_same_job(out: Path, identity: dict[str, Any]) -> bool:
+    """Refuse to resume `out` when its recorded job differs; False when there is no record (older file)."""
+    path = meta_path(out)
+    if not path.is_file():
+        return False
+    try:
+        recorded = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        recorded = None
+    if not isinstance(recorded, dict):
+        raise UserError(f"{path} is damaged, so --resume cannot tell what wrote {out.name}; "
+                        "pass --overwrite to start again, or choose another --out")
+    differs = [_difference(key, recorded, identity) for key in MUST_MATCH if recorded.get(key) != identity[key]]
+    if differs:
+        raise UserError(f"--resume: {out} was written by another job ({'; '.join(differs)}); pass --overwrite "
+                        "to replace it, or choose another --out")
+    return True
+
+
+def _difference(key: str, recorded: dict[str, Any], identity: dict[str, Any]) -> str:
+    was, now = recorded.get(key), identity[key]
+    if key == "model_sha256":
+        return (f"model {recorded.get('model', '?')} (sha256 {str(was)[:12]}) there, "
+                f"{identity['model']} (sha256 {now[:12]}) now")
+    return f"{MUST_MATCH[key]} {was} there, {now} now"
