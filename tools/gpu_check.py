@@ -52,9 +52,7 @@ GPU = Sizes(
 )
 SMOKE = Sizes(
     decode_images=8, decode_side=64,
-    bench_args=["--models", "resnet18", "--size", "32", "--batch-size", "4", "--tutorial-batch-size", "4",
-                "--steps", "2", "--warmup", "1", "--synthetic", "8", "--image-size", "48", "--workers", "0",
-                "--tutorial-workers", "0", "--threads", "2"],
+    bench_args=["--smoke"],
     densenet_args=[],  # densenet161 is too big for a CPU smoke run; the resnet row covers the code path
     serve_bench_args=["--images", "16", "--image-size", "64", "--arch", "resnet18", "--size", "32",
                       "--batch-size", "8", "--workers", "1"],
@@ -205,6 +203,9 @@ def _summary_parts(line: str) -> list[str]:
     return [p for p in parts if len(p.split()) == 2 and p.split()[0].isdigit()]
 
 
+DECODE_MEAN_BOUNDS = {"444": 1.0, "420": 8.0}
+
+
 def step_decode(c: Check) -> dict:
     out = c.work / "decode.json"
     c.py(str(Path(__file__).resolve()), "--internal", "decode", "--out", str(c.out),
@@ -212,6 +213,11 @@ def step_decode(c: Check) -> dict:
     figures = c.json_of(out)
     if c.cuda and figures.get("fallbacks", 0):
         raise StepFailed(f"nvJPEG did not decode every baseline JPEG: {figures['fallbacks']} fell back to the CPU")
+    # 4:4:4 has no chroma upsampling, so decoders agree; on 4:2:0 nvJPEG's default (nearest) chroma
+    # upsampling differs from libjpeg's fancy upsampling: a realistic bound, not a tight one.
+    for name, bound in DECODE_MEAN_BOUNDS.items():
+        if figures.get(name, {}).get("mean_abs_diff", 0) > bound:
+            raise StepFailed(f"{name} decode differs from PIL by mean {figures[name]['mean_abs_diff']} > {bound} levels")
     return figures
 
 
@@ -341,22 +347,28 @@ def internal_decode(c: Check) -> dict:
 
 
 def _device_decode(datas: list[bytes], device) -> tuple[list, float, int]:
-    """Decode with the project's device decoder; time the second of two passes (the first warms nvJPEG up)."""
+    """Decode with core.jpeg (the router and device decoder train and serve use); time the second of two
+    passes (the first warms nvJPEG up). Fallbacks = files the router or the device decoder refused."""
     import torch
 
     from core import jpeg
 
-    def once():
-        counter = jpeg.FallbackCounter()
-        out = jpeg.decode_on_device(datas, device, counter=counter)
+    blobs = [torch.frombuffer(bytearray(d), dtype=torch.uint8) for d in datas]
+    refused = sum(not jpeg.route_jpeg(b).device for b in blobs)
+
+    def once() -> list:
+        out = jpeg.decode_on_device(blobs, device)
         if device.type == "cuda":
             torch.cuda.synchronize(device)
-        return out, counter.total
+        return out
 
     once()
     t0 = time.perf_counter()
-    out, fallbacks = once()
-    return out, time.perf_counter() - t0, fallbacks
+    out = once()
+    seconds = time.perf_counter() - t0
+    if any(img is None for img in out):
+        raise StepFailed(f"the device decoder refused {sum(img is None for img in out)} baseline JPEGs")
+    return out, seconds, refused
 
 
 def internal_reload(c: Check) -> dict:
