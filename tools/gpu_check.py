@@ -42,9 +42,9 @@ class Sizes:
 GPU = Sizes(
     decode_images=256, decode_side=500,
     bench_args=["--models", "resnet50", "--size", "224", "--batch-size", "256", "--amp", "--channels-last",
-                "--steps", "30", "--warmup", "8", "--synthetic", "2048", "--image-size", "500"],
+                "--steps", "30", "--warmup", "8", "--workers", "8", "--synthetic", "2048", "--image-size", "500"],
     densenet_args=["--models", "densenet161", "--freeze-backbone", "--size", "224", "--batch-size", "128",
-                   "--amp", "--channels-last", "--steps", "20", "--warmup", "5", "--synthetic", "1024",
+                   "--amp", "--channels-last", "--steps", "20", "--warmup", "5", "--workers", "8", "--synthetic", "1024",
                    "--image-size", "500", "--paths", "model,gpu,tutorial"],
     serve_bench_args=["--n", "4096", "--side", "500", "--arch", "resnet50", "--size", "224"],
     demo_args=["--size", "128"],
