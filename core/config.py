@@ -24,6 +24,10 @@ from core.specs import IMAGENET_MEAN, IMAGENET_STD, INTERPOLATION_NAMES, Augment
 from core.workers import AUTO, resolve_num_workers
 
 
+# Accelerate's tracker names accepted by run.log_with (checked here; whether installed: at train start).
+TRACKERS = ("tensorboard", "wandb", "mlflow", "comet_ml", "aim", "clearml", "dvclive", "swanlab", "trackio")
+
+
 @dataclass(frozen=True)
 class Range:
     """The valid interval of a number (or of each element of a list of numbers); None = unbounded."""
@@ -41,9 +45,12 @@ class Range:
         return above and below
 
     def __str__(self) -> str:
+        def num(x: float) -> str:
+            return str(int(x)) if float(x).is_integer() else f"{x:g}"
+
         if self.hi is None:
-            return f"{'>' if self.lo_open else '>='} {self.lo:g}"
-        return f"{'(' if self.lo_open else '['}{self.lo:g}, {self.hi:g}{')' if self.hi_open else ']'}"
+            return f"{'>' if self.lo_open else '>='} {num(self.lo)}"
+        return f"{'(' if self.lo_open else '['}{num(self.lo)}, {num(self.hi)}{')' if self.hi_open else ']'}"
 
 
 GE0, GE1, GT0 = Range(0), Range(1), Range(0, lo_open=True)
@@ -71,7 +78,14 @@ def section(cls: type, help: str) -> Any:
 class RunConfig:
     name: str | None = opt(None, "run folder name under output_dir; default: <config file stem>-<YYYYmmdd-HHMMSS>")
     output_dir: str = opt("runs", "where run folders are created")
-    seed: int = opt(0, "random seed (made device-specific per process)", range=GE0)
+    seed: int = opt(0, "random seed (made device-specific per process)",
+                    range=Range(0, 2**31 - 1))  # + process index must stay below numpy's 2**32
+    log_with: Union[str, list[str]] = opt("none", "experiment trackers (Accelerate's), one or a list: none, "
+                                          + ", ".join(TRACKERS) + "; tensorboard writes runs/<name>/tensorboard/")
+
+    def trackers(self) -> list[str]:
+        names = [self.log_with] if isinstance(self.log_with, str) else list(self.log_with)
+        return [n for n in names if n != "none"]
 
 
 @dataclass
@@ -142,7 +156,8 @@ class AugmentConfig:
 @dataclass
 class OptimizerConfig:
     name: str = opt("adam", "optimizer", ("sgd", "adam", "adamw", "adadelta"))
-    lr: float = opt(1e-3, "learning rate (for the global batch; not rescaled automatically)", range=GT0)
+    lr: float = opt(1e-3, "learning rate (for the global batch; not rescaled automatically; 0 = weights stay)",
+                    range=GE0)
     momentum: float = opt(0.9, "sgd momentum", range=Range(0, 1, hi_open=True))
     weight_decay: float = opt(0.0, "weight decay", range=GE0)
     nesterov: bool = opt(False, "sgd Nesterov momentum")
@@ -175,7 +190,8 @@ class TrainConfig:
     early_stopping_patience: int = opt(0, "stop after this many epochs without a better validation score (0 = off)",
                                        range=GE0)
     resume: str | None = opt(None, "`auto` (this run's last/ if present) or a path to a last/ folder")
-    log_every: int = opt(20, "steps between progress-bar metric updates (device sync points)", range=GE1)
+    log_every: int = opt(20, "steps between progress reports: the bar's numbers on a terminal, a log line "
+                             "otherwise, loss/lr to the trackers (device sync points)", range=GE1)
     optimizer: OptimizerConfig = section(OptimizerConfig, "optimizer")
     scheduler: SchedulerConfig = section(SchedulerConfig, "learning-rate schedule")
 
@@ -197,6 +213,7 @@ class Config:
         d = self.to_dict()
         d["run"].pop("name", None)
         d["run"].pop("output_dir", None)
+        d["run"].pop("log_with", None)
         d["train"].pop("resume", None)
         d["train"].pop("log_every", None)
         d["data"].pop("num_workers", None)
@@ -259,6 +276,11 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
     elif tp is float:
         if isinstance(value, (int, float)) and not isinstance(value, bool):
             return float(value)
+        if isinstance(value, str):  # YAML 1.1 reads `1e-3` (no dot) as a string; it means the number
+            try:
+                return float(value)
+            except ValueError:
+                pass
     elif tp is str:
         if isinstance(value, str):
             return value
@@ -354,6 +376,12 @@ def parse_override(text: str) -> tuple[str, Any]:
 
 def _validate(cfg: Config) -> None:
     """Checks across keys, which a single key's range cannot express."""
+    for name in cfg.run.trackers():
+        if name not in TRACKERS:
+            close = difflib.get_close_matches(name, TRACKERS, n=1)
+            hint = f" (did you mean '{close[0]}'?)" if close else ""
+            raise UserError(f"config key 'run.log_with': unknown tracker {name!r}{hint}; valid: none, "
+                            + ", ".join(TRACKERS))
     pre, aug, sched = cfg.preprocess, cfg.augment, cfg.train.scheduler
     if pre.crop > pre.resize:  # the center crop would pad the resized image with black
         raise UserError(f"config key 'preprocess.crop' ({pre.crop}) must be <= 'preprocess.resize' ({pre.resize})")
@@ -439,13 +467,19 @@ def reference_text(width: int = 100) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     import argparse
+    import os
     import shutil
+    import sys
 
     ap = argparse.ArgumentParser(prog="python -m core.config",
                                  description="Print every config key: default, valid values, meaning.")
     ap.add_argument("--markdown", action="store_true", help="print the Markdown table the README carries")
     args = ap.parse_args(argv)
-    print(reference_markdown() if args.markdown else reference_text(shutil.get_terminal_size().columns))
+    try:
+        print(reference_markdown() if args.markdown else reference_text(shutil.get_terminal_size().columns))
+        sys.stdout.flush()
+    except BrokenPipeError:  # `| head` closed the pipe: that is the reader's choice, not an error
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # no second failure at exit
     return 0
 
 

@@ -8,14 +8,19 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
+import shutil
 from pathlib import Path
 
 import numpy as np
 from PIL import Image, ImageDraw
 
+from core.errors import UserError
+
 SHAPES = ("circle", "square", "triangle", "cross", "diamond", "ring")
 HUES = ((220, 50, 50), (50, 170, 60), (50, 90, 220), (230, 190, 40), (170, 60, 200), (40, 200, 200))
 DEFAULT_SPLITS = {"train": 24, "valid": 8, "test": 8}
+MARKER = "demo_data.json"  # the settings a folder was made with: a rerun with the same ones keeps it
 
 
 def _shape(draw: ImageDraw.ImageDraw, kind: str, cx: float, cy: float, r: float, color: tuple) -> None:
@@ -77,6 +82,36 @@ def make_demo_dataset(root: str | Path, num_classes: int = 4, per_split: dict[st
     return root
 
 
+def _count(root: Path) -> int:
+    return sum(1 for p in root.rglob("*") if p.suffix in (".jpg", ".png"))
+
+
+def _read_marker(root: Path) -> dict | None:
+    try:
+        return json.loads((root / MARKER).read_text())
+    except (OSError, ValueError):
+        return None
+
+
+def write_once(root: Path, settings: dict) -> str:
+    """Write the demo set unless `root` already holds it with these settings; never mixes into other files.
+
+    Built in a hidden sibling folder and renamed into place, so an interrupted run leaves nothing half-made.
+    """
+    if _read_marker(root) == settings:
+        return f"{root} already holds the demo data set ({_count(root)} images, same settings); kept"
+    if root.exists() and (not root.is_dir() or any(root.iterdir())):
+        raise UserError(f"{root} exists and is not a demo data set made with these settings; "
+                        "pass a new or empty folder (or delete this one)")
+    tmp = root.parent / f".{root.name}.tmp"
+    if tmp.exists():
+        shutil.rmtree(tmp)
+    make_demo_dataset(tmp, settings["classes"], settings["splits"], settings["size"], settings["seed"])
+    (tmp / MARKER).write_text(json.dumps(settings, indent=2) + "\n")
+    os.replace(tmp, root)  # onto an absent or empty folder
+    return f"wrote {_count(root)} images in {settings['classes']} classes to {root}"
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("dst", help="output folder")
@@ -87,9 +122,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--size", type=int, default=64, help="shorter side in pixels (roughly)")
     ap.add_argument("--seed", type=int, default=0)
     a = ap.parse_args(argv)
-    root = make_demo_dataset(a.dst, a.classes, {"train": a.train, "valid": a.valid, "test": a.test}, a.size, a.seed)
-    total = sum(1 for p in root.rglob("*") if p.suffix in (".jpg", ".png"))
-    print(f"wrote {total} images in {a.classes} classes to {root}")
+    settings = {"classes": a.classes, "splits": {"train": a.train, "valid": a.valid, "test": a.test},
+                "size": a.size, "seed": a.seed}
+    print(write_once(Path(a.dst), settings))
     return 0
 
 

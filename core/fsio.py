@@ -76,13 +76,20 @@ def atomic_dir(dest: str | os.PathLike) -> Iterator[Path]:
             shutil.rmtree(tmp, ignore_errors=True)
 
 
+def _old_of(dest: Path) -> Path:
+    return dest.with_name(f".{dest.name}.old")
+
+
 def swap_dir(tmp: str | os.PathLike, dest: str | os.PathLike) -> None:
     """Replace `dest` with the finished folder `tmp` (same file system): move the old one aside, rename,
-    remove the old. A crash between the two renames leaves `.NAME.old`, which `recover_dir` restores."""
+    remove the old. A crash between the two renames leaves `.NAME.old` and no `dest`; `recover_dir`
+    (run here first, and by readers before they look) puts it back, so the old version is only ever
+    deleted once the new one holds `dest`."""
     tmp, dest = Path(tmp), Path(dest)
     _plain_modes(tmp)
-    old = dest.with_name(f".{dest.name}.old")
-    if old.exists():
+    recover_dir(dest)
+    old = _old_of(dest)
+    if old.exists():  # a leftover from a crash after the second rename: `dest` holds a complete version
         shutil.rmtree(old)
     if dest.exists():
         os.replace(dest, old)
@@ -90,9 +97,14 @@ def swap_dir(tmp: str | os.PathLike, dest: str | os.PathLike) -> None:
     shutil.rmtree(old, ignore_errors=True)
 
 
-def recover_dir(dest: str | os.PathLike) -> None:
-    """Restore `dest` from its `.old` sibling if a crash hit between atomic_dir's two renames."""
+def recover_dir(dest: str | os.PathLike) -> bool:
+    """Undo a crash between swap_dir's two renames: move `.NAME.old` back to `dest` when `dest` is missing.
+
+    The `.old` folder is complete (only a complete `dest` is ever moved aside); a finished-but-unswapped
+    temp folder may sit beside it, and is left for its writer to clear. Returns True when it restored."""
     dest = Path(dest)
-    old = dest.with_name(f".{dest.name}.old")
-    if old.exists() and not dest.exists():
-        os.replace(old, dest)
+    old = _old_of(dest)
+    if dest.exists() or not old.is_dir():
+        return False
+    os.replace(old, dest)
+    return True

@@ -35,6 +35,8 @@ _BASELINE = {0xC0, 0xC1}  # SOF0 baseline, SOF1 extended sequential: both Huffma
 _PROGRESSIVE = {0xC2, 0xC6, 0xCA, 0xCE}
 _OTHER_SOF = {0xC3, 0xC5, 0xC7, 0xC9, 0xCB, 0xCD, 0xCF}  # lossless, hierarchical, arithmetic
 _STANDALONE = frozenset(range(0xD0, 0xD9)) | {0x01}  # RSTn, SOI, TEM: no length field
+_SOF = frozenset(_BASELINE | _PROGRESSIVE | _OTHER_SOF)
+_WANTED = _SOF | {0xE1, 0xEE}  # frame header, EXIF, Adobe
 _RGB_IDS = (ord("R"), ord("G"), ord("B"))  # component ids libjpeg reads as RGB (not YCbCr)
 
 
@@ -115,14 +117,15 @@ def route_jpeg(data: bytes | memoryview | torch.Tensor) -> JpegRoute:
             continue
         if marker == 0xD9:  # end of image before any scan
             break
-        (length,) = struct.unpack(">H", data[pos + 2: pos + 4])
-        payload = bytes(data[pos + 4: pos + 2 + length])
-        if marker == 0xE1 and orientation == 1:
-            orientation = exif_orientation(payload)
-        elif marker == 0xEE and payload.startswith(b"Adobe") and len(payload) >= 12:
-            adobe = payload[11]  # transform flag: 0 = RGB/CMYK as stored, 1 = YCbCr, 2 = YCCK
-        elif marker in _BASELINE | _PROGRESSIVE | _OTHER_SOF:
-            frame = (marker, payload)
+        length = (data[pos + 2] << 8) | data[pos + 3]
+        if marker in _WANTED:  # only these payloads are copied: the walk stays a few µs per file
+            payload = bytes(data[pos + 4: pos + 2 + length])
+            if marker == 0xE1 and orientation == 1:
+                orientation = exif_orientation(payload)
+            elif marker == 0xEE and payload.startswith(b"Adobe") and len(payload) >= 12:
+                adobe = payload[11]  # transform flag: 0 = RGB/CMYK as stored, 1 = YCbCr, 2 = YCCK
+            elif marker in _SOF:
+                frame = (marker, payload)
         elif marker == 0xDA:  # start of scan: every header we need came before it
             break
         pos += 2 + length
@@ -205,6 +208,28 @@ def bisect_decode(blobs: list[torch.Tensor], decode: Callable[[list[torch.Tensor
 
 
 _streams: dict[torch.device, torch.cuda.Stream] = {}
+_available: dict[torch.device, bool] = {}
+
+
+def device_decoder_available(device: torch.device | str, decoder: Decoder | None = None) -> bool:
+    """Whether the device decoder works here (once per device): torchvision built without nvJPEG, or a MIG
+    slice without a JPEG engine, fails every call, and bisecting every batch down to single files to learn
+    that would be slow. Callers then send every file to the CPU decoder, counted as NO_DEVICE_DECODER."""
+    device = torch.device(device)
+    if device not in _available:
+        import io
+
+        from PIL import Image
+
+        buf = io.BytesIO()
+        Image.new("RGB", (16, 16), (90, 160, 30)).save(buf, "JPEG")
+        probe = torch.frombuffer(bytearray(buf.getvalue()), dtype=torch.uint8)
+        try:
+            (decoder or torchvision_decoder)([probe], device)
+            _available[device] = True
+        except (RuntimeError, ValueError):
+            _available[device] = False
+    return _available[device]
 
 
 def _decode_stream(device: torch.device) -> torch.cuda.Stream:
@@ -283,4 +308,4 @@ def decode_cpu(data: bytes | memoryview | torch.Tensor, max_pixels: int | None =
 
 
 __all__ = ["CHUNK", "DEVICE_MAX_PIXELS", "BadImage", "DecodeStats", "JpegRoute", "bisect_decode", "decode_cpu",
-           "decode_files", "decode_on_device", "exif_orientation", "route_jpeg", "torchvision_decoder"]
+           "decode_files", "decode_on_device", "device_decoder_available", "exif_orientation", "route_jpeg", "torchvision_decoder"]

@@ -103,7 +103,7 @@ def check_engine_host(engine: str | Path, facts: dict[str, Any], *, tensorrt_ver
         return
     bundle = facts.get("bundle_path") or "<bundle>"
     profile = facts.get("profile") or {}
-    rebuild = (f"python export/main.py {bundle} --tensorrt --precision {facts.get('precision', 'fp16')}"
+    rebuild = (f"python export/main.py {bundle} --tensorrt --engine-from {facts.get('precision', 'fp16')}"
                f" --max-batch {profile.get('max', 64)}")
     raise UserError(f"{engine} was built for another machine: {'; '.join(diffs)}. TensorRT engines only run "
                     f"where they were built; rebuild it here with `{rebuild}`, or serve model.onnx instead")

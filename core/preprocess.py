@@ -5,13 +5,14 @@ graph (normalization inside) and serving, and transfers to the GPU at a quarter 
 """
 from __future__ import annotations
 
-from typing import Any, Callable
+from typing import Callable
 
 import torch
 from PIL import Image
 from torchvision.transforms import InterpolationMode
 from torchvision.transforms import v2 as T
 
+from core.augment import TrainWarp
 from core.specs import IMAGENET_MEAN, IMAGENET_STD, INTERPOLATION_NAMES, AugmentSpec, EvalSpec, default_spec_for
 
 INTERPOLATIONS = {name: InterpolationMode(name) for name in INTERPOLATION_NAMES}  # "bilinear" → BILINEAR
@@ -34,24 +35,8 @@ def eval_transform(spec: EvalSpec) -> Callable[[Image.Image], torch.Tensor]:
 
 
 def train_transform(aug: AugmentSpec, spec: EvalSpec) -> Callable[[Image.Image], torch.Tensor]:
-    """PIL RGB image → augmented uint8 tensor [3, crop, crop]."""
-    if not aug.enabled:
-        return eval_transform(spec)
-    interp = interpolation_mode(spec.interpolation)
-    size = aug.size or spec.crop
-    steps: list[Any] = [T.PILToTensor()]
-    if aug.rotation:
-        steps.append(T.RandomRotation(aug.rotation, interpolation=interp))
-    steps.append(T.RandomResizedCrop(size, scale=tuple(aug.scale), ratio=tuple(aug.ratio),
-                                     interpolation=interp, antialias=True))
-    if aug.hflip:
-        steps.append(T.RandomHorizontalFlip(aug.hflip))
-    if aug.color_jitter:
-        cj = aug.color_jitter
-        steps.append(T.ColorJitter(brightness=cj, contrast=cj, saturation=cj))
-    if size != spec.crop:
-        steps.append(T.CenterCrop(spec.crop))
-    return T.Compose(steps)
+    """PIL RGB image → augmented uint8 tensor [3, crop, crop] (core.augment: one warp at output size)."""
+    return TrainWarp(aug, spec) if aug.enabled else eval_transform(spec)
 
 
 class Normalize(torch.nn.Module):

@@ -17,12 +17,14 @@ import numpy as np
 import torch
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
+from matplotlib.patches import Patch
+from matplotlib.ticker import MaxNLocator
 from PIL import Image
 
 from core.fsio import atomic_path, write_json_atomic
 
 DPI = 100
-GREEN, RED, NEUTRAL = "#1a7f37", "#cf222e", "#24292f"
+GREEN, RED, BLUE, NEUTRAL = "#1a7f37", "#cf222e", "#4c72b0", "#24292f"
 ANNOTATE_MAX_CLASSES = 20  # above this, count labels in confusion-matrix cells become unreadable
 PREDICTIONS_MAX = 16
 _EPS = 1e-12
@@ -32,11 +34,13 @@ ImageLike = torch.Tensor | np.ndarray | Image.Image
 
 # ─── files ─────────────────────────────────────────────────────────────────────────────────────
 
-def _save_figure(fig: Figure, path: str | os.PathLike) -> None:
+def _save_figure(fig: Figure, path: str | os.PathLike) -> Figure:
+    """Write `fig` as PNG; returned so tests can check what was drawn without decoding pixels."""
     FigureCanvasAgg(fig)  # attaches the Agg canvas; no pyplot, no display
     with atomic_path(path) as tmp:
         # The temp name ends in .tmp, so the format must be given explicitly.
         fig.savefig(tmp, format="png", dpi=DPI)
+    return fig
 
 
 def _cell(value: Any) -> Any:
@@ -80,42 +84,73 @@ def _check_shapes(probs: np.ndarray, targets: np.ndarray, classes: Sequence[str]
         raise ValueError(f"targets must lie in [0, {len(classes)}); got {targets.min()}..{targets.max()}")
 
 
+TOPK = 5  # the top-k accuracy reported; with TOPK classes or fewer it is trivially 1.0 and left out
+CONFUSED_PAIRS = 10  # how many of the most confused (true, predicted) pairs test_metrics.json lists
+
+
+def _ratio_or_none(num: int, den: int) -> float | None:
+    """None (a blank CSV cell, JSON null) where the ratio is undefined: 0/0 is not a score of 0."""
+    return float(num / den) if den else None
+
+
+def per_class_scores(matrix: np.ndarray, classes: Sequence[str], names: Sequence[str]) -> list[dict]:
+    """Support, precision, recall and F1 per class from the confusion matrix (rows = true).
+
+    Recall and F1 are None for a class with no test images, precision for a class never predicted:
+    undefined, not zero. F1 = 2TP / (support + predicted), so a class that is missed entirely scores 0.
+    """
+    tp, support, predicted = np.diag(matrix), matrix.sum(axis=1), matrix.sum(axis=0)
+    return [{"class": classes[i], "display_name": names[i], "support": int(support[i]),
+             "precision": _ratio_or_none(int(tp[i]), int(predicted[i])),
+             "recall": _ratio_or_none(int(tp[i]), int(support[i])),
+             "f1": _ratio_or_none(2 * int(tp[i]), int(support[i] + predicted[i])) if support[i] else None}
+            for i in range(len(classes))]
+
+
+def most_confused(matrix: np.ndarray, classes: Sequence[str], names: Sequence[str],
+                  top: int = CONFUSED_PAIRS) -> list[dict]:
+    """The `top` largest off-diagonal counts, largest first (ties in class order): what is mistaken for what."""
+    support = np.asarray(matrix, dtype=np.int64).sum(axis=1)
+    off = np.array(matrix, dtype=np.int64)
+    np.fill_diagonal(off, 0)
+    pairs = []
+    for flat in np.argsort(-off.ravel(), kind="stable")[:top]:
+        i, j = divmod(int(flat), off.shape[1])
+        if off[i, j] == 0:
+            break
+        pairs.append({"true": classes[i], "true_name": names[i], "predicted": classes[j],
+                      "predicted_name": names[j], "count": int(off[i, j]),
+                      "share_of_true": float(off[i, j] / support[i])})
+    return pairs
+
+
 def classification_metrics(probs: np.ndarray, targets: np.ndarray, classes: list[str],
                            display_names: list[str] | None = None) -> dict:
-    """Accuracy, top-min(5,C), mean NLL, per-class accuracy/precision/recall and the confusion matrix.
-
-    Per-class `accuracy` is the share of that class's images classified correctly (the CIFAR
-    tutorial's per-class table), so it equals recall. An empty input gives zeros, not NaN,
-    because the result goes to JSON.
-    """
+    """Accuracy, top-5 (only with more than 5 classes), mean NLL, macro F1, per-class scores, the most
+    confused pairs and the confusion matrix. An empty input gives zeros, not NaN: the result goes to JSON."""
     probs = np.asarray(probs, dtype=np.float64)
     targets = np.asarray(targets).astype(np.int64).reshape(-1)
     _check_shapes(probs, targets, classes)
     names = list(display_names) if display_names else list(classes)
     n, c = probs.shape
-    k = min(5, c)
     preds = probs.argmax(axis=1) if n else np.zeros(0, dtype=np.int64)
     matrix = np.zeros((c, c), dtype=np.int64)
     np.add.at(matrix, (targets, preds), 1)
-    topk = np.argsort(-probs, axis=1, kind="stable")[:, :k]
     picked = probs[np.arange(n), targets]
-    correct = np.diag(matrix)
-    support, predicted = matrix.sum(axis=1), matrix.sum(axis=0)
-    recall, precision = _safe_ratio(correct, support), _safe_ratio(correct, predicted)
-    per_class = [
-        {"class": classes[i], "display_name": names[i], "support": int(support[i]),
-         "accuracy": float(recall[i]), "precision": float(precision[i]), "recall": float(recall[i])}
-        for i in range(c)
-    ]
-    return {
-        "n": int(n),
-        "accuracy": float(correct.sum() / n) if n else 0.0,
-        "top5": float((topk == targets[:, None]).any(axis=1).mean()) if n else 0.0,
-        "top5_k": k,
+    per_class = per_class_scores(matrix, classes, names)
+    f1s = [row["f1"] for row in per_class if row["f1"] is not None]
+    metrics: dict[str, Any] = {"n": int(n), "accuracy": float(np.trace(matrix) / n) if n else 0.0}
+    if c > TOPK:
+        topk = np.argsort(-probs, axis=1, kind="stable")[:, :TOPK]
+        metrics["top5"] = float((topk == targets[:, None]).any(axis=1).mean()) if n else 0.0
+    metrics.update({
         "loss": float(-np.log(np.clip(picked, _EPS, None)).mean()) if n else 0.0,
+        "macro_f1": float(np.mean(f1s)) if f1s else 0.0,  # over the classes present in the test set
         "per_class": per_class,
+        "most_confused": most_confused(matrix, classes, names),
         "confusion_matrix": matrix.tolist(),
-    }
+    })
+    return metrics
 
 
 def write_per_class_csv(metrics: dict, path: str | os.PathLike) -> None:
@@ -152,21 +187,42 @@ def _grid_shape(n: int, max_cols: int) -> tuple[int, int]:
     return max(1, math.ceil(n / cols)), cols
 
 
+def _aspect(image: ImageLike) -> float:
+    """Height / width, kept within 1:3..3:1 so a panorama still gets a readable figure."""
+    h, w = _to_hwc(image).shape[:2]
+    return float(np.clip(h / max(w, 1), 1 / 3, 3.0))
+
+
 def _topk(probs: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
     idx = np.argsort(-probs, kind="stable")[: min(k, probs.shape[0])]
     return idx, probs[idx]
 
 
-def _bars(ax, probs: np.ndarray, display_names: Sequence[str], k: int, highlight: int | None = None) -> None:
-    """Horizontal top-k probability bars, the most likely on top (the tutorials' view_classify)."""
+def _bar_colors(idx: np.ndarray, target: int | None) -> list[str]:
+    """The true class green; the top-1 bar red when it is not the true class; the rest neutral blue."""
+    pred = int(idx[0]) if len(idx) else -1
+    return [GREEN if target is not None and i == target else
+            RED if target is not None and i == pred else BLUE for i in idx]
+
+
+def _bars(ax, probs: np.ndarray, display_names: Sequence[str], k: int, target: int | None = None,
+          name_chars: int = 44) -> None:
+    """Top-k probability bars, the most likely on top, each class name written above its bar and its
+    probability at its end. Names above (not tick labels beside) get the axes' whole width, so a long
+    display name stays whole and the image above keeps the full column width."""
     idx, vals = _topk(np.asarray(probs, dtype=np.float64), k)
-    colors = [GREEN if highlight is not None and i == highlight else "#4c72b0" for i in idx]
     y = np.arange(len(idx))
-    ax.barh(y, vals, color=colors)
-    ax.set_yticks(y, [_short(str(display_names[i])) for i in idx], fontsize=8)
-    ax.invert_yaxis()
-    ax.set_xlim(0, 1)
-    ax.tick_params(axis="x", labelsize=7)
+    bars = ax.barh(y, vals, height=0.45, color=_bar_colors(idx, target))
+    for label in ax.bar_label(bars, labels=[f"{v:.2f}" for v in vals], padding=2, fontsize=7):
+        label.set_gid("prob")
+    for yi, i in zip(y, idx):
+        ax.text(0, yi - 0.27, _short(str(display_names[i]), name_chars), fontsize=7, va="bottom", ha="left",
+                gid="name")
+    ax.set_ylim(len(idx) - 0.5, -0.85)  # top down, with room for the first name
+    ax.set_xlim(0, 1.15)  # room for the printed probability right of a full bar
+    ax.set_xticks([])
+    ax.set_yticks([])
+    ax.spines[["top", "right", "bottom"]].set_visible(False)
 
 
 # ─── figures ───────────────────────────────────────────────────────────────────────────────────
@@ -200,28 +256,54 @@ def _series(rows: list[dict], key: str) -> tuple[list[float], list[float]]:
     return xs, ys
 
 
-CURVE_PANELS = {"loss": ("train_loss", "valid_loss"), "accuracy": ("train_acc", "valid_acc", "valid_top5")}
+# The top-5 line is drawn only when the rows have it (the trainer leaves it out with 5 classes or fewer,
+# where it is always 1.0). The lr is the one at the end of each epoch.
+CURVE_PANELS = {"loss": ("train_loss", "valid_loss"), "accuracy": ("train_acc", "valid_acc", "valid_top5"),
+                "learning rate": ("lr",)}
+BEST_MARKED = {"loss": "valid_loss", "accuracy": "valid_acc"}  # the value labelled at the best epoch
 
 
-def plot_curves(rows: list[dict], path: str | os.PathLike) -> None:
-    """curves.png: loss and accuracy vs epoch; absent columns are simply not drawn."""
-    fig = Figure(figsize=(10, 4), layout="constrained")
-    for ax, (panel, keys) in zip(fig.subplots(1, 2), CURVE_PANELS.items()):
-        for key in keys:
-            xs, ys = _series(rows, key)
-            if xs:
-                ax.plot(xs, ys, marker="o", markersize=3, label=key)
-        ax.set_xlabel("epoch")
-        ax.set_title(panel)
-        ax.grid(alpha=0.3)
-        if ax.lines:
-            ax.legend(fontsize=8)
-        else:
-            ax.text(0.5, 0.5, "no data", ha="center", va="center", transform=ax.transAxes)
-    _save_figure(fig, path)
+def _mark_best(ax, rows: list[dict], key: str | None, best_epoch: float) -> None:
+    """A dotted line at the best epoch; on a metric panel a star and the value there."""
+    ax.axvline(best_epoch, color=NEUTRAL, linestyle=":", linewidth=1)
+    xs, ys = _series(rows, key) if key else ([], [])
+    if best_epoch in xs:
+        y = ys[xs.index(best_epoch)]
+        ax.plot([best_epoch], [y], marker="*", markersize=12, color=NEUTRAL, linestyle="none",
+                label=f"best epoch {best_epoch:g}: {key} {y:.3f}")
 
 
-def plot_confusion_matrix(matrix, display_names: Sequence[str], path: str | os.PathLike) -> None:
+def _curve_panel(ax, panel: str, rows: list[dict], best_epoch: float | None) -> None:
+    for key in CURVE_PANELS[panel]:
+        xs, ys = _series(rows, key)
+        if xs:
+            ax.plot(xs, ys, marker="o", markersize=3, label=key)
+    if ax.lines and best_epoch is not None:
+        _mark_best(ax, rows, BEST_MARKED.get(panel), float(best_epoch))
+    ax.set_xlabel("epoch")
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))  # epochs are whole numbers
+    ax.set_title(panel if panel != "learning rate" else "learning rate (end of epoch)")
+    ax.grid(alpha=0.3)
+    if not ax.lines:
+        ax.text(0.5, 0.5, "no data", ha="center", va="center", transform=ax.transAxes)
+    elif panel == "learning rate":
+        _, lrs = _series(rows, "lr")
+        if min(lrs) > 0 and max(lrs) / min(lrs) > 20:  # a decay over decades reads on a log axis
+            ax.set_yscale("log")
+    else:
+        ax.legend(fontsize=8)
+
+
+def plot_curves(rows: list[dict], path: str | os.PathLike, best_epoch: int | None = None) -> Figure:
+    """curves.png: loss, accuracy and learning rate vs epoch, the best epoch marked; absent columns are
+    simply not drawn."""
+    fig = Figure(figsize=(14, 4), layout="constrained")
+    for ax, panel in zip(fig.subplots(1, len(CURVE_PANELS)), CURVE_PANELS):
+        _curve_panel(ax, panel, rows, best_epoch)
+    return _save_figure(fig, path)
+
+
+def plot_confusion_matrix(matrix, display_names: Sequence[str], path: str | os.PathLike) -> Figure:
     """Row-normalized confusion matrix (rows = true); counts annotated only while they stay readable."""
     counts = np.asarray(matrix, dtype=np.int64)
     c = counts.shape[0]
@@ -237,43 +319,69 @@ def plot_confusion_matrix(matrix, display_names: Sequence[str], path: str | os.P
     ax.set_yticks(np.arange(c), labels, fontsize=tick_size)
     ax.set_xlabel("predicted")
     ax.set_ylabel("true")
-    ax.set_title(f"confusion matrix (rows normalized, n={int(counts.sum())})")
+    # A figure title: over a small matrix with long class names the axes title ran off the figure.
+    fig.suptitle(f"confusion matrix (rows normalized, n={int(counts.sum())})")
     if c <= ANNOTATE_MAX_CLASSES:
         for (i, j), count in np.ndenumerate(counts):
             if count:
                 ax.text(j, i, str(count), ha="center", va="center", fontsize=max(6.0, tick_size - 1),
                         color="white" if norm[i, j] > 0.5 else "black")
-    _save_figure(fig, path)
+    return _save_figure(fig, path)
 
 
 def plot_topk(image: ImageLike, probs: np.ndarray, display_names: Sequence[str], k: int,
-              path: str | os.PathLike, title: str | None = None) -> None:
-    """The tutorials' view_classify: the image above a horizontal bar chart of its top-k classes."""
-    fig = Figure(figsize=(4.5, 7), layout="constrained")
-    ax_img, ax_bar = fig.subplots(2, 1, height_ratios=[3, 2])
-    _show(ax_img, image, title or "", fontsize=11)
-    _bars(ax_bar, probs, display_names, k)
-    ax_bar.set_title("class probability", fontsize=10)
-    _save_figure(fig, path)
+              path: str | os.PathLike, title: str | None = None) -> Figure:
+    """The tutorials' view_classify: the image at its own aspect (no empty bands) and its top-k bars,
+    below a landscape or square image, beside a portrait one. The title names the prediction and its
+    probability, under `title` (the file name) when given."""
+    probs = np.asarray(probs, dtype=np.float64)
+    pred = int(probs.argmax())
+    heading = f"prediction: {_short(str(display_names[pred]), 56)} ({probs[pred]:.2f})"
+    aspect, shown = _aspect(image), min(k, len(probs))
+    bars_h = 0.32 * shown + 0.5
+    if aspect <= 1.2:
+        fig = Figure(figsize=(5.0, 5.0 * aspect + bars_h + 0.6), layout="constrained")
+        ax_img, ax_bar = fig.subplots(2, 1, height_ratios=[5.0 * aspect, bars_h])
+    else:  # a portrait image stacked over the bars would make a needlessly tall figure
+        image_h = max(4.5, bars_h + 0.5)
+        fig = Figure(figsize=(image_h / aspect + 3.8, image_h + 0.6), layout="constrained")
+        grid = fig.add_gridspec(2, 2, width_ratios=[image_h / aspect, 3.6],
+                                height_ratios=[bars_h + 0.3, image_h - bars_h - 0.3])
+        ax_img, ax_bar = fig.add_subplot(grid[:, 0]), fig.add_subplot(grid[0, 1])  # bars top right, unstretched
+    _show(ax_img, image)
+    # A figure title, not the image's: a narrow portrait image must not clip a long prediction.
+    fig.suptitle(f"{_short(title, 60)}\n{heading}" if title else heading, fontsize=10)
+    _bars(ax_bar, probs, display_names, k, name_chars=80 if aspect <= 1.2 else 52)
+    ax_bar.set_title(f"top-{shown} class probabilities", fontsize=9)
+    return _save_figure(fig, path)
 
 
-def _prediction_title(pred: int, target: int | None, names: Sequence[str]) -> tuple[str, str]:
+def _prediction_title(probs: np.ndarray, target: int | None, names: Sequence[str]) -> tuple[str, str]:
+    pred = int(probs.argmax())
+    guess = f"pred: {_short(str(names[pred]), 20)} ({probs[pred]:.2f})"
     if target is None:
-        return f"pred: {_short(str(names[pred]), 18)}", NEUTRAL
-    text = f"true: {_short(str(names[target]), 18)}\npred: {_short(str(names[pred]), 18)}"
-    return text, GREEN if pred == target else RED
+        return guess, NEUTRAL
+    return f"true: {_short(str(names[target]), 20)}\n{guess}", GREEN if pred == target else RED
+
+
+PREDICTIONS_LEGEND = {GREEN: "true class (title green: prediction right)",
+                      RED: "wrong prediction (title red)", BLUE: "other classes"}
 
 
 def write_predictions_grid(images: torch.Tensor, probs: np.ndarray, targets: np.ndarray | None,
                            display_names: Sequence[str], path: str | os.PathLike, k: int = 5,
-                           max_cols: int = 4) -> None:
-    """predictions.png: each cell an image (true vs predicted, green/red) above its top-k bars."""
+                           max_cols: int = 4) -> Figure:
+    """predictions.png: each cell an image (true vs predicted, green/red) above its top-k bars, a legend
+    on top saying what the colours mean."""
     probs = np.asarray(probs, dtype=np.float64)
     m = len(images)
     rows, cols = _grid_shape(m, max_cols)
-    bar_height = 0.22 * min(k, probs.shape[1]) + 0.4
-    fig = Figure(figsize=(3.0 * cols, (2.9 + bar_height) * rows), layout="constrained")
-    axes = fig.subplots(2 * rows, cols, squeeze=False, height_ratios=[2.6, bar_height] * rows)
+    cell_w = 2.6  # the image spans the cell: names sit above their bars, not beside them
+    image_h = cell_w * max((_aspect(images[i]) for i in range(m)), default=1.0)
+    bar_h = 0.34 * min(k, probs.shape[1]) + 0.2
+    fig = Figure(figsize=((cell_w + 0.25) * cols, (image_h + 0.6 + bar_h) * rows + 0.4), layout="constrained")
+    fig.get_layout_engine().set(wspace=0.08)  # a gap between neighbouring images
+    axes = fig.subplots(2 * rows, cols, squeeze=False, height_ratios=[image_h, bar_h] * rows)
     for i in range(rows * cols):
         ax_img, ax_bar = axes[2 * (i // cols), i % cols], axes[2 * (i // cols) + 1, i % cols]
         if i >= m:
@@ -281,25 +389,45 @@ def write_predictions_grid(images: torch.Tensor, probs: np.ndarray, targets: np.
             ax_bar.set_axis_off()
             continue
         target = None if targets is None else int(targets[i])
-        text, color = _prediction_title(int(probs[i].argmax()), target, display_names)
+        text, color = _prediction_title(probs[i], target, display_names)
         _show(ax_img, images[i], text, color, fontsize=8)
-        _bars(ax_bar, probs[i], display_names, k, highlight=target)
-    _save_figure(fig, path)
+        _bars(ax_bar, probs[i], display_names, k, target)
+    if targets is not None:
+        fig.legend(handles=[Patch(color=c, label=t) for c, t in PREDICTIONS_LEGEND.items()],
+                   loc="outside upper center", ncols=3, fontsize=8, frameon=False)
+    return _save_figure(fig, path)
 
 
 # ─── evaluation bundle of files ────────────────────────────────────────────────────────────────
 
+def model_identity(model: str | os.PathLike) -> dict[str, str]:
+    """Which model a number belongs to: its path and the sha256 of its weights (a bundle's model.safetensors,
+    or the model.onnx / model.engine file itself), so two evaluations can be told apart or matched."""
+    from core.bundle import RECORD_FILE, WEIGHTS_FILE, resolve_bundle_dir  # builds models: only when asked
+    from core.model_record import sha256_file
+
+    p = Path(model)
+    weights = resolve_bundle_dir(p) / WEIGHTS_FILE if p.is_dir() or p.name == RECORD_FILE else p
+    return {"path": str(p.resolve()), "weights": str(weights.resolve()), "weights_sha256": sha256_file(weights)}
+
+
+def evaluation_source(model: str | os.PathLike, folder: str | os.PathLike, images: int, **extra: Any) -> dict:
+    """The `model` and `data` entries test_metrics.json opens with: what was evaluated on what."""
+    return {"model": model_identity(model), "data": {"folder": str(folder), "images": int(images), **extra}}
+
+
 def write_evaluation(out_dir: str | os.PathLike, probs: np.ndarray, targets: np.ndarray, classes: list[str],
                      display_names: list[str] | None, images: torch.Tensor | None = None,
-                     image_rows: Sequence[int] | None = None) -> dict:
-    """test_metrics.json, per_class.csv, confusion_matrix.png (+ predictions.png for ≤16 images).
+                     image_rows: Sequence[int] | None = None, source: dict | None = None) -> dict:
+    """test_metrics.json (opening with `source`, see evaluation_source), per_class.csv, confusion_matrix.png
+    (+ predictions.png for ≤16 images).
 
     `images` show rows `image_rows` of probs/targets (default: the first rows).
     """
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     names = list(display_names) if display_names else list(classes)
-    metrics = classification_metrics(probs, targets, classes, names)
+    metrics = {**(source or {}), **classification_metrics(probs, targets, classes, names)}
     write_json_atomic(out / "test_metrics.json", metrics)
     write_per_class_csv(metrics, out / "per_class.csv")
     plot_confusion_matrix(metrics["confusion_matrix"], names, out / "confusion_matrix.png")

@@ -1,6 +1,7 @@
 """Bundle model → model.onnx: uint8 images in, logits out, record and export facts in metadata_props."""
 from __future__ import annotations
 
+import copy
 import json
 import time
 from collections.abc import Callable
@@ -31,15 +32,24 @@ MAX_BATCH_DIM = 1 << 16
 
 
 class ExportGraph(nn.Module):
-    """What goes into the ONNX file: normalization + classifier, and optionally softmax probabilities."""
+    """What goes into the ONNX file: normalization + classifier, and optionally softmax probabilities.
 
-    def __init__(self, model: nn.Module, record: BundleRecord, probs: bool = False):
+    With dtype=float16 (the fp16 variant) only the classifier runs in half precision: the uint8 → float32
+    normalization before it and the float32 logits (and softmax) after it keep the file's contract.
+    """
+
+    def __init__(self, model: nn.Module, record: BundleRecord, probs: bool = False,
+                 dtype: torch.dtype = torch.float32):
         super().__init__()
         self.net = WithPreprocessing(model, record.preprocess)
         self.probs = probs
+        self.dtype = dtype
 
     def forward(self, images: torch.Tensor):  # the parameter name is the dynamo exporter's input name
-        logits = self.net(images)
+        if self.dtype == torch.float32:
+            logits = self.net(images)
+        else:
+            logits = self.net.model(self.net.normalize(images).to(self.dtype)).float()
         return (logits, torch.softmax(logits, dim=1)) if self.probs else logits
 
 
@@ -75,6 +85,40 @@ EXPORTERS: dict[str, Callable[[nn.Module, torch.Tensor, Path, int, list[str]], N
     "dynamo": _export_dynamo,
     "torchscript": _export_torchscript,
 }
+# Precision of the graph each variant is exported as (int8 is quantized from the fp32 graph afterwards).
+GRAPH_DTYPES = {"fp32": torch.float32, "fp16": torch.float16}
+
+
+def opset_range(exporter: str) -> tuple[int, int]:
+    """Opsets the exporter can write: dynamo emits 18+ natively (older ones need a converter that fails on
+    real models); TorchScript's own limits. Asked outside, the libraries print a long traceback first."""
+    import onnx
+
+    try:
+        from torch.onnx import _constants as c
+    except ImportError:  # private module: fall back to the limits of torch 2.4–2.14
+        c = None
+    newest = onnx.defs.onnx_opset_version()
+    ranges = {"dynamo": (OPSET, min(newest, getattr(c, "ONNX_MAX_OPSET", 23))),
+              "torchscript": (getattr(c, "ONNX_MIN_OPSET", 7),
+                              getattr(c, "ONNX_TORCHSCRIPT_EXPORTER_MAX_OPSET", 20))}
+    return ranges[exporter]
+
+
+def check_exporter(exporter: str, opset: int) -> None:
+    """Refuse, before any work, an exporter that cannot run here or an opset it cannot produce."""
+    if exporter not in EXPORTERS:
+        raise UserError(f"unknown exporter {exporter!r}; valid: {', '.join(EXPORTERS)}")
+    if exporter == "dynamo":
+        try:
+            import onnxscript  # noqa: F401 - the dynamo exporter is built on it
+        except ImportError:
+            raise UserError("the dynamo ONNX exporter needs onnxscript, which is not installed: "
+                            "pip install onnxscript, or use --exporter torchscript") from None
+    low, high = opset_range(exporter)
+    if not low <= opset <= high:
+        raise UserError(f"--opset {opset} is outside what the {exporter} exporter can produce here "
+                        f"({low}–{high}); use --opset {OPSET} (the default)")
 
 
 def _exporter_version(name: str) -> str:
@@ -85,11 +129,13 @@ def _exporter_version(name: str) -> str:
     return f"torch.onnx torchscript {torch.__version__}"
 
 
-def export_facts(exporter: str, opset: int, bundle_dir: Path, probs: bool) -> dict[str, Any]:
+def export_facts(exporter: str, opset: int, bundle_dir: Path, probs: bool,
+                 precision: str = "fp32") -> dict[str, Any]:
     import onnx
     import torchvision
 
     return {
+        "precision": precision,
         "opset": opset,
         "exporter": exporter,
         "exporter_version": _exporter_version(exporter),
@@ -117,7 +163,7 @@ def _run_exporter(exporter: str, graph: nn.Module, example: torch.Tensor, dest: 
                         f"try --exporter {other}") from None
 
 
-def _embed_metadata(dest: Path, record: BundleRecord, facts: dict[str, Any]) -> None:
+def embed_metadata(dest: Path, record: BundleRecord, facts: dict[str, Any]) -> None:
     """Write the record and facts into metadata_props, check the graph's contract, run onnx.checker."""
     import onnx
 
@@ -126,7 +172,8 @@ def _embed_metadata(dest: Path, record: BundleRecord, facts: dict[str, Any]) -> 
     del model.metadata_props[:]
     for key, value in ((ONNX_RECORD_KEY, record.to_dict()), (ONNX_EXPORT_KEY, facts)):
         model.metadata_props.add(key=key, value=json.dumps(value))
-    model.doc_string = f"imgclf {record.arch}, {record.num_classes} classes; uint8 RGB NCHW in, logits out"
+    model.doc_string = (f"imgclf {record.arch}, {record.num_classes} classes, {facts['precision']}; "
+                        "uint8 RGB NCHW in, float32 logits out")
     _check_contract(model, record, facts["outputs"])
     onnx.checker.check_model(model, full_check=True)
     onnx.save(model, str(dest))
@@ -156,18 +203,22 @@ def _check_contract(model, record: BundleRecord, outputs: list[str]) -> None:
         problems.append(f"input shape {shape} is not [batch, 3, {crop}, {crop}] with a dynamic batch")
     if [o.name for o in model.graph.output] != outputs:
         problems.append(f"outputs {[o.name for o in model.graph.output]} are not {outputs}")
+    elif any(o.type.tensor_type.elem_type != onnx.TensorProto.FLOAT for o in model.graph.output):
+        problems.append("outputs are not float32")
     if problems:
         raise RuntimeError("exported graph breaks the model.onnx contract: " + "; ".join(problems))
 
 
 def export_onnx(model: nn.Module, record: BundleRecord, bundle_dir: Path, dest: Path,
-                exporter: str = DEFAULT_EXPORTER, opset: int = OPSET, probs: bool = False) -> dict[str, Any]:
-    """Export to `dest` (normally a temp path) and return the export facts embedded in it."""
-    if exporter not in EXPORTERS:
-        raise UserError(f"unknown exporter {exporter!r}; valid: {', '.join(EXPORTERS)}")
-    graph = ExportGraph(model, record, probs).eval()
+                exporter: str = DEFAULT_EXPORTER, opset: int = OPSET, probs: bool = False,
+                precision: str = "fp32") -> dict[str, Any]:
+    """Export to `dest` (normally a temp path) as an fp32 or fp16 graph; return the facts embedded in it."""
+    check_exporter(exporter, opset)
+    dtype = GRAPH_DTYPES[precision]
+    net = model if dtype == torch.float32 else copy.deepcopy(model).to(dtype)
+    graph = ExportGraph(net, record, probs, dtype).eval()
     outputs = output_names(probs)
-    facts = export_facts(exporter, opset, bundle_dir, probs)
+    facts = export_facts(exporter, opset, bundle_dir, probs, precision)
     _run_exporter(exporter, graph, _example(record), dest, opset, outputs)
-    _embed_metadata(dest, record, facts)
+    embed_metadata(dest, record, facts)
     return facts

@@ -58,3 +58,53 @@ def divergence_lines(parity: dict[str, Any]) -> list[str]:
     lines += [f"  disagrees: {d['path']} torch={d['torch']} exported={d['exported']}"
               for d in parity["disagreements"][:5]]
     return lines
+
+
+def _row(parity: dict[str, Any] | None, speed: dict[str, Any] | None, status: str) -> dict[str, Any]:
+    row: dict[str, Any] = {"status": status}
+    if parity:
+        acc = parity.get("accuracy") or {}
+        row.update(top1_agreement=parity["top1_agreement"], max_abs_prob=parity["max_abs_prob"],
+                   accuracy_torch=acc.get("torch"), accuracy=acc.get("exported"),
+                   accuracy_delta_points=None if not acc else round(acc["delta"] * 100, 3),
+                   gate=parity["gate"], failures=parity["failures"])
+    if speed:
+        row.update(images_per_s=speed["best_images_per_s"], vs_onnx_fp32=speed.get("vs_onnx_fp32"))
+    return row
+
+
+def variant_table(report: dict[str, Any], asked: list[str], failed: dict[str, list[str]]) -> dict[str, Any]:
+    """One row per format: gate figures against torch fp32, the verdict, and speed relative to ONNX fp32."""
+    files = {"fp32": "model.onnx", "fp16": "model.fp16.onnx", "int8": "model.int8.onnx"}
+    table = {"torch fp32": _row(None, report["bench"].get("torch fp32"), "reference")}
+    for p, name in files.items():
+        key = "onnx" if p == "fp32" else f"onnx.{p}"
+        if key not in report["parity"]:
+            continue
+        status = "failed" if p in failed else ("written" if p in asked else "checked (base of the others)")
+        table[f"onnx {p}"] = {"file": name, **_row(report["parity"][key], report["bench"].get(f"onnx {p}"),
+                                                   status)}
+    if "tensorrt" in report["parity"] or "tensorrt" in failed:
+        status = "failed" if "tensorrt" in failed else "written"
+        table["tensorrt"] = {"file": "model.engine", **_row(report["parity"].get("tensorrt"),
+                                                            report["bench"].get("tensorrt"), status)}
+    return table
+
+
+def _pct(v: float | None) -> str:
+    return "-" if v is None else f"{v:.2%}"
+
+
+def table_lines(table: dict[str, Any]) -> list[str]:
+    """The variant table as aligned text for the log."""
+    lines = [f"{'format':<12} {'status':<10} {'top-1 agree':>11} {'accuracy':>9} {'Δacc pts':>8} "
+             f"{'img/s':>8} {'×onnx fp32':>10}"]
+    for name, r in table.items():
+        delta = r.get("accuracy_delta_points")
+        speed = r.get("images_per_s")
+        ratio = r.get("vs_onnx_fp32")
+        lines.append(f"{name:<12} {r['status'].split(' ')[0]:<10} {_pct(r.get('top1_agreement')):>11} "
+                     f"{_pct(r.get('accuracy', r.get('accuracy_torch'))):>9} "
+                     f"{'-' if delta is None else f'{delta:+.2f}':>8} "
+                     f"{'-' if speed is None else f'{speed:.0f}':>8} {'-' if ratio is None else f'{ratio:.2f}':>10}")
+    return lines

@@ -1,13 +1,15 @@
-"""TensorRT: build model.engine from model.onnx, run it on CUDA torch tensors, write and check its sidecar.
+"""TensorRT: build model.engine from one ONNX variant, run it on CUDA torch tensors, write its sidecar.
 
 tensorrt is imported only inside these functions, so the rest of export never needs it installed.
-Written against the TensorRT 10 Python API (explicit batch, named I/O tensors, execute_async_v3).
-Not named tensorrt.py: were export/ on sys.path (a script run), that name would shadow the real package.
+Precision lives in the ONNX file (fp32, fp16 graph, int8 Q/DQ): the network is strongly typed, the
+only kind TensorRT 11 builds (10.x: the STRONGLY_TYPED flag), with no builder precision flags and no
+calibrator. Not named tensorrt.py: were export/ on sys.path (a script run), that would shadow the package.
 """
 from __future__ import annotations
 
 import json
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -19,18 +21,43 @@ from core.fsio import write_bytes_atomic
 from core.model_record import ONNX_INPUT, ONNX_OUTPUT, check_engine_host, read_engine_sidecar
 
 PIP_HINT = "--tensorrt needs the tensorrt package, which is not installed: pip install '.[gpu]'"
+SUPPORTED_MAJORS = (10, 11)  # 10.x: strongly typed on request; 11.x: always. Matches the gpu extra's pin.
+PIN = "pip install 'tensorrt>=10,<12'"
 _LOGGER = None
 
 
-def require_tensorrt():
-    """The tensorrt module, or a one-line UserError saying how to get it (and that it needs a GPU)."""
+def require_tensorrt(need_gpu: bool = True):
+    """The tensorrt module of a supported version, or a one-line UserError saying how to get one."""
     try:
         import tensorrt as trt
     except (ImportError, OSError):  # OSError: the wheel is there but its CUDA libraries are not
         raise UserError(PIP_HINT) from None
-    if not torch.cuda.is_available():
+    check_version(trt)
+    if need_gpu and not torch.cuda.is_available():
         raise UserError("--tensorrt needs an NVIDIA GPU with CUDA, and torch sees none on this machine")
     return trt
+
+
+def version_of(trt) -> str:
+    return str(getattr(trt, "__version__", "unknown"))
+
+
+def check_version(trt) -> None:
+    version = version_of(trt)
+    major = version.split(".")[0]
+    if not major.isdigit() or int(major) not in SUPPORTED_MAJORS:
+        raise UserError(f"TensorRT {version} is installed; export builds engines with TensorRT 10.x or 11.x: "
+                        f"{PIN}")
+
+
+@contextmanager
+def tensorrt_api(trt):
+    """An API this code expects but the installed TensorRT lacks is one line naming the version, not a trace."""
+    try:
+        yield
+    except AttributeError as exc:
+        raise UserError(f"the installed TensorRT {version_of(trt)} lacks an API export uses ({exc}); "
+                        f"{PIN} (export supports TensorRT 10.x and 11.x)") from None
 
 
 def _logger(trt):
@@ -43,12 +70,11 @@ def _logger(trt):
 
 @dataclass
 class EngineOptions:
-    precision: str = "fp16"
+    source: str = "fp16"  # the ONNX variant the engine is built from: its precision is the engine's
     max_batch: int = 64
     opt_batch: int | None = None  # default: max_batch (serving runs full batches)
     workspace_gb: float = 4.0
     timing_cache: Path | None = None
-    calib_cache: Path | None = None
 
     def profile(self) -> dict[str, int]:
         return {"min": 1, "opt": self.opt_batch or self.max_batch, "max": self.max_batch}
@@ -63,12 +89,23 @@ def host_facts() -> dict[str, Any]:
 
 # ── build ────────────────────────────────────────────────────────────────────────────────────────────
 
+def network_flags(trt) -> int:
+    """STRONGLY_TYPED: layer precisions come from the ONNX types (required on 11.x, where it is a no-op)."""
+    flag = getattr(trt.NetworkDefinitionCreationFlag, "STRONGLY_TYPED", None)
+    if flag is None:
+        major = int(version_of(trt).split(".")[0])
+        if major >= 11:  # strongly typed is the only kind, and the flag may be gone
+            return 0
+        raise AttributeError("NetworkDefinitionCreationFlag.STRONGLY_TYPED")
+    return 1 << int(flag)
+
+
 def _parse_onnx(trt, builder, logger, onnx_path: Path):
-    network = builder.create_network(0)  # TensorRT 10: every network is explicit-batch
+    network = builder.create_network(network_flags(trt))  # explicit batch is implied since 10.0
     parser = trt.OnnxParser(network, logger)
     if not parser.parse_from_file(str(onnx_path)):
         errors = "; ".join(str(parser.get_error(i)) for i in range(parser.num_errors))
-        raise UserError(f"TensorRT could not parse the ONNX model: {errors}")
+        raise UserError(f"TensorRT could not parse {onnx_path.name}: {errors}")
     return network, parser  # the parser owns the weights' memory: keep it alive until the build is done
 
 
@@ -92,24 +129,21 @@ def _load_timing_cache(config, path: Path | None):
     return len(blob)
 
 
-def _set_precision(trt, builder, config, precision: str, crop: int, calibrator) -> None:
-    if precision == "fp32":
-        config.clear_flag(trt.BuilderFlag.TF32)  # true fp32, so the fp32 gate compares like with like
-        return
-    config.set_flag(trt.BuilderFlag.FP16)  # int8 keeps fp16 for layers without an int8 kernel
-    if precision == "int8":
-        config.set_flag(trt.BuilderFlag.INT8)
-        config.int8_calibrator = calibrator
-        b = calibrator.get_batch_size()
-        cal = builder.create_optimization_profile()
-        cal.set_shape(ONNX_INPUT, _shape(b, crop), _shape(b, crop), _shape(b, crop))
-        config.set_calibration_profile(cal)
+def _no_tf32(trt, config) -> None:
+    """fp32 tensors stay true fp32 (TF32 would fail the fp32 gate); a restriction, not a precision hint."""
+    tf32 = getattr(trt.BuilderFlag, "TF32", None)
+    if tf32 is not None:
+        config.clear_flag(tf32)
 
 
-def build_engine(onnx_path: Path, dest: Path, crop: int, opts: EngineOptions,
-                 calib_images: torch.Tensor | None = None) -> dict[str, Any]:
+def build_engine(onnx_path: Path, dest: Path, crop: int, opts: EngineOptions) -> dict[str, Any]:
     """Build a serialized engine into `dest`; returns build figures. Timing cache read and saved back."""
     trt = require_tensorrt()
+    with tensorrt_api(trt):
+        return _build(trt, onnx_path, dest, crop, opts)
+
+
+def _build(trt, onnx_path: Path, dest: Path, crop: int, opts: EngineOptions) -> dict[str, Any]:
     logger = _logger(trt)
     builder = trt.Builder(logger)
     network, parser = _parse_onnx(trt, builder, logger, onnx_path)
@@ -117,12 +151,11 @@ def build_engine(onnx_path: Path, dest: Path, crop: int, opts: EngineOptions,
     config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, int(opts.workspace_gb * (1 << 30)))
     _add_profile(builder, config, crop, opts.profile())
     cache_bytes_in = _load_timing_cache(config, opts.timing_cache)
-    calibrator = make_calibrator(trt, calib_images, opts.calib_cache) if opts.precision == "int8" else None
-    _set_precision(trt, builder, config, opts.precision, crop, calibrator)
+    _no_tf32(trt, config)
     start = time.perf_counter()
     serialized = builder.build_serialized_network(network, config)
     if serialized is None:
-        raise UserError("TensorRT failed to build the engine (see its messages above); try --precision fp32 "
+        raise UserError("TensorRT failed to build the engine (see its messages above); try --engine-from fp32 "
                         "or a larger --workspace-gb")
     with open(dest, "wb") as fh:
         fh.write(serialized)
@@ -130,49 +163,17 @@ def build_engine(onnx_path: Path, dest: Path, crop: int, opts: EngineOptions,
         write_bytes_atomic(opts.timing_cache, bytes(config.get_timing_cache().serialize()))
     del parser
     return {"build_s": round(time.perf_counter() - start, 3), "timing_cache": str(opts.timing_cache),
-            "timing_cache_reused_bytes": cache_bytes_in}
-
-
-def make_calibrator(trt, images: torch.Tensor | None, cache: Path | None, batch: int = 32):
-    """An entropy calibrator over uint8 training images; its cache is read when present, and saved."""
-    if images is None or len(images) == 0:
-        raise UserError("--precision int8 needs calibration images: pass --calib-images DIR (training "
-                        "images), or export a bundle whose lineage records its train_dir")
-    n = max(batch, (len(images) // batch) * batch)  # whole batches, tiling when there are fewer than one
-    data = images[torch.arange(n) % len(images)].contiguous()
-
-    class Calibrator(trt.IInt8EntropyCalibrator2):
-        def __init__(self):
-            trt.IInt8EntropyCalibrator2.__init__(self)  # TensorRT requires the explicit base __init__
-            self.batches = list(data.split(batch))
-            self.current: torch.Tensor | None = None  # keeps the device buffer alive while TensorRT reads it
-
-        def get_batch_size(self) -> int:
-            return batch
-
-        def get_batch(self, names):
-            if not self.batches:
-                return None
-            self.current = self.batches.pop(0).cuda().contiguous()
-            return [int(self.current.data_ptr())]
-
-        def read_calibration_cache(self):
-            return cache.read_bytes() if cache is not None and cache.is_file() else None
-
-        def write_calibration_cache(self, blob) -> None:
-            if cache is not None:
-                write_bytes_atomic(cache, bytes(blob))
-
-    return Calibrator()
+            "timing_cache_reused_bytes": cache_bytes_in, "strongly_typed": True,
+            "tensorrt_version": version_of(trt), "engine_from": opts.source}
 
 
 # ── sidecar ──────────────────────────────────────────────────────────────────────────────────────────
 
-def sidecar(record_dict: dict[str, Any], opts: EngineOptions, onnx_sha256: str,
+def sidecar(record_dict: dict[str, Any], opts: EngineOptions, onnx_file: str, onnx_sha256: str,
             bundle_dir: Path) -> dict[str, Any]:
-    """model.engine.json: the bundle record plus what ties the engine to its GPU, TensorRT and ONNX file."""
-    engine = {**host_facts(), "precision": opts.precision, "profile": opts.profile(),
-              "onnx_sha256": onnx_sha256, "input": ONNX_INPUT, "output": ONNX_OUTPUT,
+    """model.engine.json: the bundle record plus what ties the engine to its GPU, TensorRT and ONNX variant."""
+    engine = {**host_facts(), "precision": opts.source, "engine_from": onnx_file, "strongly_typed": True,
+              "profile": opts.profile(), "onnx_sha256": onnx_sha256, "input": ONNX_INPUT, "output": ONNX_OUTPUT,
               "workspace_gb": opts.workspace_gb,
               "bundle_path": str(bundle_dir.resolve()), "created": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
     return {"record": record_dict, "engine": engine}
@@ -190,6 +191,10 @@ class EngineRunner:
     def __init__(self, blob: bytes):
         trt = require_tensorrt()
         self._trt = trt
+        with tensorrt_api(trt):
+            self._open(trt, blob)
+
+    def _open(self, trt, blob: bytes) -> None:
         self.runtime = trt.Runtime(_logger(trt))
         self.engine = self.runtime.deserialize_cuda_engine(blob)
         if self.engine is None:
@@ -202,8 +207,9 @@ class EngineRunner:
 
     def _dtype(self, name: str) -> torch.dtype:
         t = self._trt.DataType
-        table = {t.FLOAT: torch.float32, t.HALF: torch.float16, t.INT32: torch.int32, t.INT8: torch.int8,
-                 t.UINT8: torch.uint8, t.BOOL: torch.bool}
+        names = {"FLOAT": torch.float32, "HALF": torch.float16, "INT32": torch.int32, "INT8": torch.int8,
+                 "UINT8": torch.uint8, "BOOL": torch.bool}
+        table = {getattr(t, k): v for k, v in names.items() if hasattr(t, k)}
         return table[self.engine.get_tensor_dtype(name)]
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:

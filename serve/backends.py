@@ -1,10 +1,12 @@
-"""Model backends behind one call: uint8 [N, 3, crop, crop] → float32 logits [N, classes] on the CPU.
+"""Model backends behind one call: uint8 [N, 3, crop, crop] → float32 logits [N, classes] on the CPU
+(`backend(x)`), or left where the model made them, not waited for (`backend.forward(x)`).
 
 The model file says which backend is natural (bundle folder → torch, model.onnx → onnxruntime,
 model.engine → TensorRT); labels and preprocessing always come from the file's own record.
 """
 from __future__ import annotations
 
+import os
 from collections.abc import Callable
 from pathlib import Path
 from typing import Protocol
@@ -16,6 +18,7 @@ from core.bundle import RECORD_FILE, BundleRecord, load_bundle, read_record
 from core.errors import UserError
 from core.model_record import ONNX_INPUT, ONNX_OUTPUT, read_engine_sidecar, read_onnx_record
 from core.preprocess import WithPreprocessing
+from serve.checks import check_model
 
 
 class Backend(Protocol):
@@ -23,6 +26,8 @@ class Backend(Protocol):
     description: str      # printed at start: what runs, on what
 
     def __call__(self, images: torch.Tensor) -> torch.Tensor: ...
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor: ...
 
 
 def model_kind(path: str | Path) -> str:
@@ -63,8 +68,15 @@ def resolve_device(device: str, state_device: torch.device | None = None) -> tor
     raise UserError(f"unknown --device {device!r}; valid: auto, cuda, cpu")
 
 
+def default_threads(workers: int, world: int = 1) -> int:
+    """Model threads: this process's share of the usable CPUs left after its decode workers, at least 1."""
+    usable = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    return max(1, usable // max(1, world) - workers)
+
+
 def open_backend(model: str | Path, backend: str, device: torch.device, providers: list[str] | None = None,
-                 allow_cpu: bool = False) -> Backend:
+                 allow_cpu: bool = False, threads: int | None = None) -> Backend:
+    """`threads`: intra-op threads for torch (process-wide) and onnxruntime; None leaves both as they are."""
     natural = model_kind(model)
     chosen = natural if backend == "auto" else backend
     if chosen not in OPENERS:
@@ -74,7 +86,9 @@ def open_backend(model: str | Path, backend: str, device: torch.device, provider
                         f"`python export/main.py <bundle>` or pass --backend auto")
     if providers and chosen != "onnx":
         raise UserError("--providers applies to onnxruntime only (a model.onnx file)")
-    return OPENERS[chosen](Path(model), device, providers, allow_cpu)
+    if threads:
+        torch.set_num_threads(threads)
+    return check_model(OPENERS[chosen](Path(model), device, providers, allow_cpu, threads), model, chosen)
 
 
 # ─── torch: the bundle itself ─────────────────────────────────────────────────────────────────
@@ -92,14 +106,17 @@ class TorchBackend:
         precision = str(self.amp_dtype).replace("torch.", "") if gpu else "fp32"
         self.description = f"torch {record.arch} on {device} ({precision})"
 
-    @torch.inference_mode()
     def __call__(self, images: torch.Tensor) -> torch.Tensor:
+        return self.forward(images).cpu()
+
+    @torch.inference_mode()
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
         x = images.to(self.device, non_blocking=True).contiguous(memory_format=self.memory_format)
         with torch.autocast(self.device.type, dtype=self.amp_dtype, enabled=self.device.type == "cuda"):
-            return self.net(x).float().cpu()
+            return self.net(x).float()
 
 
-def _open_torch(model: Path, device: torch.device, providers, allow_cpu) -> Backend:
+def _open_torch(model: Path, device: torch.device, providers, allow_cpu, threads) -> Backend:
     return TorchBackend(model, device)
 
 
@@ -111,10 +128,11 @@ PROVIDERS = {"tensorrt": "TensorrtExecutionProvider", "cuda": "CUDAExecutionProv
 
 def choose_providers(requested: list[str] | None, device: torch.device, allow_cpu: bool,
                      available: list[str]) -> list[str]:
-    """The execution providers to ask for, in priority order; never a quiet CPU fallback on a GPU machine.
+    """The execution providers to ask for, in priority order.
 
     Default on a GPU: CUDA (TensorRT EP only when named: it builds an engine at every start, and
-    model.engine is the TensorRT route). CPU joins only with --allow-cpu, or when the device is the CPU.
+    model.engine is the TensorRT route); CPU joins it only with --allow-cpu. Without a CUDA provider (the
+    common CPU-only wheel) the model runs on the CPU, and so does decoding; the start line says so.
     """
     if requested:
         names = [PROVIDERS.get(r.strip().lower(), r.strip()) for r in requested if r.strip()]
@@ -123,26 +141,54 @@ def choose_providers(requested: list[str] | None, device: torch.device, allow_cp
             raise UserError(f"onnxruntime here lacks {', '.join(missing)} (available: {', '.join(available)}); "
                             "for GPU providers install the gpu extra: pip install '.[gpu]'")
         return names
-    if device.type == "cpu":
-        return [PROVIDERS["cpu"]]
-    if PROVIDERS["cuda"] in available:
+    if device.type == "cuda" and PROVIDERS["cuda"] in available:
         return [PROVIDERS["cuda"]] + ([PROVIDERS["cpu"]] if allow_cpu else [])
-    if allow_cpu:
-        return [PROVIDERS["cpu"]]
-    raise UserError("this machine has a GPU but onnxruntime has no CUDAExecutionProvider (is the CPU wheel "
-                    "installed? pip install '.[gpu]'); pass --allow-cpu to run on the CPU, or --device cpu")
+    return [PROVIDERS["cpu"]]
+
+
+def gpu_index(device: torch.device) -> int:
+    """This process's GPU: cuda:<local rank> under accelerate launch, else the current device."""
+    if device.index is not None:
+        return device.index
+    return torch.cuda.current_device() if torch.cuda.is_available() else int(os.environ.get("LOCAL_RANK", 0))
+
+
+def provider_options(names: list[str], device: torch.device) -> list[tuple[str, dict]]:
+    """device_id: onnxruntime's default is GPU 0 for every process, so under accelerate launch all ranks
+    would share one GPU. cudnn_conv_algo_search HEURISTIC: the default (EXHAUSTIVE) searches again for
+    every new batch shape, such as each partial last batch."""
+    gpu = {"device_id": gpu_index(device)} if device.type == "cuda" else {}
+    table = {PROVIDERS["cuda"]: {**gpu, "cudnn_conv_algo_search": "HEURISTIC"}, PROVIDERS["tensorrt"]: gpu}
+    return [(n, table.get(n, {})) for n in names]
+
+
+PRECISIONS = ("fp32", "fp16", "int8")
+
+
+def onnx_precision(model: Path, facts: object) -> str:
+    """fp32 / fp16 / int8 from the export facts (model.fp16.onnx, model.int8.onnx), read defensively:
+    older exports have no entry, so fall back to the file name, then fp32."""
+    recorded = facts.get("precision") if isinstance(facts, dict) else None
+    if isinstance(recorded, str) and recorded in PRECISIONS:
+        return recorded
+    named = model.name.lower().removesuffix(".onnx").rsplit(".", 1)
+    return named[1] if len(named) == 2 and named[1] in PRECISIONS else "fp32"
 
 
 class OnnxBackend:
-    def __init__(self, model: Path, device: torch.device, providers: list[str] | None, allow_cpu: bool):
+    def __init__(self, model: Path, device: torch.device, providers: list[str] | None, allow_cpu: bool,
+                 threads: int | None = None):
         import onnxruntime as ort
 
-        read_onnx_record(model)  # refuses a file without imgclf metadata before the session is built
+        record, facts = read_onnx_record(model)  # refuses a file without imgclf metadata before the session
         wanted = choose_providers(providers, device, allow_cpu, ort.get_available_providers())
         options = ort.SessionOptions()
         options.log_severity_level = 3
+        if threads:
+            options.intra_op_num_threads = threads
         try:
-            self.session = ort.InferenceSession(str(model), sess_options=options, providers=wanted)
+            self.session = ort.InferenceSession(str(model), sess_options=options,
+                                                providers=provider_options(wanted, device))
         except Exception as exc:  # noqa: BLE001 - onnxruntime raises its own untyped errors
             raise UserError(f"onnxruntime cannot load {model}: {exc}") from None
         used = self.session.get_providers()
@@ -151,8 +197,16 @@ class OnnxBackend:
             raise UserError(f"onnxruntime could not start {', '.join(lost)} (running: {', '.join(used)}); "
                             "check the CUDA/TensorRT libraries, or pass --allow-cpu to accept this")
         self._check_io(model)
-        self.device = torch.device("cpu")  # batches go in as numpy
-        self.description = f"onnxruntime providers: {', '.join(used)}"
+        on_gpu = device.type == "cuda" and used[0] in (PROVIDERS["cuda"], PROVIDERS["tensorrt"])
+        self.device = device if on_gpu else torch.device("cpu")  # where batches are decoded for it
+        self.classes = self._width(len(record.classes))
+        self.precision = onnx_precision(model, facts)
+        note = ""
+        if device.type == "cuda" and not on_gpu:
+            note = (" - onnxruntime runs on the CPU here (no CUDA provider: the CPU-only wheel? "
+                    "pip install '.[gpu]'), so images are decoded on the CPU too")
+        self.description = (f"onnxruntime providers: {', '.join(used)} ({self.precision} {model.name}, "
+                            f"intra-op threads: {threads or 'default'}){note}")
 
     def _check_io(self, model: Path) -> None:
         inputs, outputs = self.session.get_inputs(), [o.name for o in self.session.get_outputs()]
@@ -160,17 +214,39 @@ class OnnxBackend:
             raise UserError(f"{model} does not take uint8 '{ONNX_INPUT}' → '{ONNX_OUTPUT}'; "
                             "re-export it with `python export/main.py <bundle>`")
 
+    def _width(self, classes: int) -> int:
+        shape = next(o.shape for o in self.session.get_outputs() if o.name == ONNX_OUTPUT)
+        return shape[1] if len(shape) == 2 and isinstance(shape[1], int) else classes
+
     def __call__(self, images: torch.Tensor) -> torch.Tensor:
+        return self.forward(images).cpu()
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        if self.device.type == "cuda":
+            return self._forward_bound(images)
         x = np.ascontiguousarray(images.cpu().numpy())
         (logits,) = self.session.run([ONNX_OUTPUT], {ONNX_INPUT: x})
         return torch.from_numpy(np.asarray(logits, dtype=np.float32))
 
+    def _forward_bound(self, images: torch.Tensor) -> torch.Tensor:
+        """Input and logits bound in GPU memory (no device→host→device round trip). onnxruntime runs on its
+        own stream: the host waits for torch's stream first (the input is written, and no queued kernel
+        still reads the memory the logits take), and run_with_iobinding syncs its stream before returning."""
+        x = images.to(self.device).contiguous()
+        torch.cuda.current_stream(self.device).synchronize()
+        logits = torch.empty((len(x), self.classes), dtype=torch.float32, device=self.device)
+        index, binding = gpu_index(self.device), self.session.io_binding()
+        binding.bind_input(ONNX_INPUT, "cuda", index, np.uint8, tuple(x.shape), x.data_ptr())
+        binding.bind_output(ONNX_OUTPUT, "cuda", index, np.float32, tuple(logits.shape), logits.data_ptr())
+        self.session.run_with_iobinding(binding)
+        return logits
 
-def _open_onnx(model: Path, device: torch.device, providers, allow_cpu) -> Backend:
-    return OnnxBackend(model, device, providers, allow_cpu)
+
+def _open_onnx(model: Path, device: torch.device, providers, allow_cpu, threads) -> Backend:
+    return OnnxBackend(model, device, providers, allow_cpu, threads)
 
 
-def _open_tensorrt(model: Path, device: torch.device, providers, allow_cpu) -> Backend:
+def _open_tensorrt(model: Path, device: torch.device, providers, allow_cpu, threads) -> Backend:
     from serve.trt import TensorRTBackend  # tensorrt is imported only when an engine is served
 
     return TensorRTBackend(model, device)

@@ -1,12 +1,15 @@
 """Throughput of each serving stage (discovery, decode, model, end to end) next to the tutorials' naive
 predictor (PIL + torchvision transforms in a DataLoader, fp32), measured in one run on the same JPEGs.
 
-    python serve/bench.py --images 64 --arch resnet18 --size 64          # CPU, well under a minute
-    python serve/bench.py --images 4096 --arch resnet50 --batch-size 256  # a GPU
+    python serve/bench.py --smoke                                  # CPU, tiny, seconds: the code path only
+    python serve/bench.py --n 64 --arch resnet18 --size 64         # CPU, well under a minute
+    python serve/bench.py --n 4096 --side 500 --arch resnet50 --json serve_bench.json   # a GPU
 """
 from __future__ import annotations
 
 import argparse
+import csv
+import json
 import sys
 import tempfile
 import time
@@ -25,9 +28,10 @@ from tqdm import tqdm
 from core.bundle import BundleRecord, save_bundle
 from core.demo_data import make_image
 from core.errors import cli_entry
+from core.jpeg import DecodeStats
 from core.models import HeadSpec, build_model
 from core.preprocess import EvalSpec, default_spec_for
-from serve.backends import load_record, open_backend, resolve_device
+from serve.backends import default_threads, load_record, open_backend, resolve_device
 from serve.decode import DecodePipeline
 from serve.discover import iter_items
 from serve.main import classify, default_workers
@@ -39,15 +43,30 @@ UNIQUE_IMAGES = 32  # synthetic JPEGs are copies of a few unique ones: generatin
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="serve/bench.py", description=__doc__.splitlines()[0])
     p.add_argument("--folder", help="benchmark on these images instead of synthetic ones")
-    p.add_argument("--images", type=int, default=512, help="how many synthetic JPEGs to write")
-    p.add_argument("--image-size", type=int, default=500, help="synthetic JPEG side (±10%%)")
+    p.add_argument("--n", "--images", dest="images", type=int, default=512, help="how many synthetic JPEGs")
+    p.add_argument("--side", "--image-size", dest="image_size", type=int, default=500,
+                   help="synthetic JPEG side (±10%%)")
     p.add_argument("--model", help="bundle / model.onnx / model.engine to time (default: untrained --arch)")
     p.add_argument("--arch", default="resnet50")
     p.add_argument("--size", type=int, default=224, help="model crop for --arch (resize = size·256/224)")
     p.add_argument("--batch-size", type=int)
     p.add_argument("--workers", type=int, help="CPU decoding processes (default: cores − 1)")
     p.add_argument("--device", default="auto", choices=["auto", "cuda", "cpu"])
-    return p.parse_args(argv)
+    p.add_argument("--threads", type=int, help="model threads (default: serve's, the CPUs left after the workers)")
+    p.add_argument("--variants", nargs="+", metavar="ONNX",
+                   help="also time these ONNX files (model.onnx, model.fp16.onnx, model.int8.onnx) on the same "
+                        "images, with their top-1 agreement with --model")
+    p.add_argument("--json", help="also write the figures to this JSON file")
+    p.add_argument("--smoke", action="store_true", help="every stage on a tiny CPU run (24 JPEGs of 64 px, "
+                   "resnet18 at 32 px, batch 8, 1 worker), in seconds; overrides those flags")
+    args = p.parse_args(argv)
+    if args.smoke:
+        vars(args).update(SMOKE)
+    return args
+
+
+SMOKE = {"images": 24, "image_size": 64, "arch": "resnet18", "size": 32, "batch_size": 8, "workers": 1,
+         "device": "cpu"}
 
 
 def synthetic_jpegs(root: Path, n: int, side: int) -> Path:
@@ -82,12 +101,11 @@ def time_discovery(folder: Path) -> tuple[int, float]:
     return n, time.perf_counter() - t
 
 
-def time_decode(folder: Path, spec: EvalSpec, device: torch.device, workers: int, bs: int) -> float:
-    with DecodePipeline(spec, device, workers) as pipe:
-        t = time.perf_counter()
-        for batch in pipe.batches(iter_items([str(folder)]), bs):
-            batch.images.sum().item()  # wait for the device
-        return time.perf_counter() - t
+def time_decode(pipe: DecodePipeline, folder: Path, bs: int) -> float:
+    t = time.perf_counter()
+    for batch in pipe.batches(iter_items([str(folder)]), bs):
+        batch.images.sum().item()  # wait for the device
+    return time.perf_counter() - t
 
 
 def time_model(backend, spec: EvalSpec, n: int, bs: int) -> float:
@@ -99,10 +117,9 @@ def time_model(backend, spec: EvalSpec, n: int, bs: int) -> float:
     return (time.perf_counter() - t) * n / (max(1, n // bs) * bs)
 
 
-def time_end_to_end(folder: Path, backend, record, spec, device, workers: int, bs: int, out: Path) -> float:
+def time_end_to_end(pipe: DecodePipeline, folder: Path, backend, record, bs: int, out: Path) -> float:
     layout = Layout(tuple(record.classes), tuple(record.display_names))
-    with DecodePipeline(spec, device, workers) as pipe, RowWriter(out, layout) as writer, \
-            tqdm(disable=True) as bar:
+    with RowWriter(out, layout) as writer, tqdm(disable=True) as bar:
         t = time.perf_counter()
         classify(pipe, backend, layout, iter_items([str(folder)]), writer, bs, bar, 0.0)
         return time.perf_counter() - t
@@ -132,7 +149,8 @@ def time_naive(folder: Path, model_path: str, spec: EvalSpec, device: torch.devi
     t = time.perf_counter()
     with torch.no_grad():
         for x in loader:
-            torch.softmax(model(x.to(device)), dim=1).topk(min(5, 10)).indices.cpu()
+            probs = torch.softmax(model(x.to(device)), dim=1)
+            probs.topk(min(5, probs.shape[1])).indices.cpu()  # a model may have fewer than 5 classes
     return time.perf_counter() - t
 
 
@@ -141,32 +159,82 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     device = resolve_device(args.device)
     workers = default_workers(device, 1) if args.workers is None else args.workers
-    bs = args.batch_size or (256 if device.type == "cuda" else 32)
     with tempfile.TemporaryDirectory(prefix="imgclf-bench-") as tmp:
         tmp = Path(tmp)
         folder = Path(args.folder) if args.folder else synthetic_jpegs(tmp / "jpegs", args.images, args.image_size)
         model_path = args.model or str(untrained_bundle(tmp, args.arch, args.size))
         record = load_record(model_path)
-        spec = record.preprocess
-        backend = open_backend(model_path, "auto", device)
-        n, t_disc = time_discovery(folder)
-        print(f"{n} images in {folder}; model {backend.description}; batch {bs}; {workers} decode workers; "
-              f"crop {spec.crop}", flush=True)
-        print(f"{'stage':<58}{'images/s':>10}")
-        print(f"{'discovery (os.scandir walk)':<58}{_rate(n, t_disc)}")
-        print(f"{'decode, CPU path (PIL + eval transform in processes)':<58}"
-              f"{_rate(n, time_decode(folder, spec, torch.device('cpu'), workers, bs))}", flush=True)
-        if device.type == "cuda":
-            print(f"{'decode, GPU path (nvJPEG batched + resize/crop)':<58}"
-                  f"{_rate(n, time_decode(folder, spec, device, workers, bs))}", flush=True)
-        print(f"{'model only (uint8 in, logits out)':<58}{_rate(n, time_model(backend, spec, n, bs))}", flush=True)
-        t_e2e = time_end_to_end(folder, backend, record, spec, device, workers, bs, tmp / "preds.csv")
-        print(f"{'end to end (serve: read, decode, model, CSV)':<58}{_rate(n, t_e2e)}", flush=True)
-        if args.model is None or Path(model_path).is_dir():
-            t_naive = time_naive(folder, model_path, spec, device, workers, bs)
-            print(f"{'naive baseline (PIL + transforms in DataLoader, fp32)':<58}{_rate(n, t_naive)}")
-            print(f"end to end vs naive: {t_naive / t_e2e:.2f}x")
+        # the decode workers fork before the backend touches CUDA (a fork after CUDA init is unsafe)
+        with DecodePipeline(record.preprocess, "cpu", workers) as pipe:
+            backend = open_backend(model_path, "auto", device, threads=args.threads or default_threads(workers))
+            figures = run_stages(args, pipe, backend, record, folder, model_path, workers, tmp)
+    if args.json:
+        Path(args.json).write_text(json.dumps(figures, indent=2) + "\n")
     return 0
+
+
+def run_stages(args, pipe: DecodePipeline, backend, record, folder: Path, model_path: str, workers: int,
+               tmp: Path) -> dict:
+    spec, device = record.preprocess, backend.device
+    bs = args.batch_size or (256 if device.type == "cuda" else 32)
+    n, t_disc = time_discovery(folder)
+    print(f"{n} images in {folder}; model {backend.description}; batch {bs}; {workers} decode workers; "
+          f"{torch.get_num_threads()} model threads; crop {spec.crop}", flush=True)
+    print(f"{'stage':<58}{'images/s':>10}")
+    rates: dict[str, float] = {}
+
+    def row(key: str, label: str, seconds: float) -> None:
+        rates[key] = n / max(seconds, 1e-9)
+        print(f"{label:<58}{_rate(n, seconds)}", flush=True)
+
+    row("discovery", "discovery (os.scandir walk)", t_disc)
+    row("decode_cpu", "decode, CPU path (PIL + eval transform in processes)", time_decode(pipe.to("cpu"), folder, bs))
+    if device.type == "cuda":
+        row("decode_gpu", "decode, GPU path (nvJPEG batched + resize/crop)", time_decode(pipe.to(device), folder, bs))
+    row("model", "model only (uint8 in, logits out)", time_model(backend, spec, n, bs))
+    pipe.to(device).stats = DecodeStats()  # the end line counts the end-to-end pass only
+    row("end_to_end", "end to end (serve: read, decode, model, CSV)",
+        time_end_to_end(pipe, folder, backend, record, bs, tmp / "preds.csv"))
+    figures = {"images": n, "model": backend.description, "device": str(device), "batch_size": bs,
+               "decode_workers": workers, "crop": spec.crop, "images_per_s": rates,
+               "decode": pipe.report() or "CPU decoding"}
+    if args.model is None or Path(model_path).is_dir():
+        row("naive", "naive baseline (PIL + transforms in DataLoader, fp32)",
+            time_naive(folder, model_path, spec, device, workers, bs))
+        figures["end_to_end_vs_naive"] = rates["end_to_end"] / rates["naive"]
+        print(f"end to end vs naive: {figures['end_to_end_vs_naive']:.2f}x")
+    if pipe.report():
+        print(pipe.report())
+    if args.variants:
+        figures["variants"] = time_variants(args.variants, pipe, backend, record, folder, bs, tmp)
+    return figures
+
+
+def time_variants(paths: list[str], pipe: DecodePipeline, backend, record, folder: Path, bs: int,
+                  tmp: Path) -> list[dict]:
+    """Each ONNX variant on the same images: model-only and end-to-end images/s, and how often its top-1
+    agrees with the main model's (tmp/preds.csv, written by the end-to-end row)."""
+    n = sum(1 for _ in iter_items([str(folder)]))
+    reference = _labels(tmp / "preds.csv")
+    print(f"{'variant':<40}{'model img/s':>12}{'end to end':>12}{'top-1 agreement':>17}")
+    rows = []
+    for path in paths:
+        variant = open_backend(path, "auto", backend.device, threads=torch.get_num_threads())
+        out = tmp / f"variant_{len(rows)}.csv"
+        t_model = time_model(variant, record.preprocess, n, bs)
+        t_e2e = time_end_to_end(pipe.to(variant.device), folder, variant, record, bs, out)
+        labels = _labels(out)
+        agree = sum(labels[k] == v for k, v in reference.items()) / max(1, len(reference))
+        rows.append({"path": path, "precision": getattr(variant, "precision", "?"), "model_images_per_s":
+                     n / max(t_model, 1e-9), "end_to_end_images_per_s": n / max(t_e2e, 1e-9), "top1_agreement": agree})
+        name = f"{Path(path).name} ({rows[-1]['precision']})"
+        print(f"{name:<40}{_rate(n, t_model):>12}{_rate(n, t_e2e):>12}{agree:>17.4f}", flush=True)
+    return rows
+
+
+def _labels(csv_path: Path) -> dict[str, str]:
+    with open(csv_path, newline="", encoding="utf-8") as fh:
+        return {row["path"]: row["label"] for row in csv.DictReader(fh) if row["status"] == "ok"}
 
 
 if __name__ == "__main__":

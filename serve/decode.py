@@ -1,17 +1,20 @@
 """Bytes → uint8 [3, crop, crop] batches, streaming with bounded look-ahead: JPEGs decoded on the GPU
 with nvJPEG when there is one, everything else (and everything on a CPU machine) by core's robust
 decoder and the training eval transform in worker processes. A bad file becomes an error string.
+
+Decoding runs in its own thread (and CUDA stream), so batch k+1 is decoded while the model runs batch k.
 """
 from __future__ import annotations
 
 import functools
-import io
 import itertools
 import math
-import multiprocessing as mp
+import queue
+import threading
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator
-from concurrent.futures import Future, ProcessPoolExecutor, ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
+from contextlib import nullcontext
 from dataclasses import dataclass
 from typing import NamedTuple, TypeVar
 
@@ -19,16 +22,15 @@ import numpy as np
 import torch
 from PIL import Image
 
-from core.images import EXIF_TRANSPOSE, MAX_PIXELS, BadImage, decode_image, exif_transpose_tensor
+from core.images import EXIF_TRANSPOSE, BadImage, decode_image, exif_transpose_tensor
+from core.jpeg import REFUSED, DecodeStats, JpegRoute, decode_on_device, route_jpeg
 from core.preprocess import EvalSpec, eval_transform, interpolation_mode
 from serve.discover import Item
 from serve.sources import SourceError, read_bytes
+from serve.workers import DecodeWorkers
 
 T = TypeVar("T")
 CropKey = tuple[int, int, str]  # (resize, crop, interpolation): all decoding needs; normalization is on the device
-JPEG_MAGIC = b"\xff\xd8\xff"
-JPEG_END = b"\xff\xd9"
-EXIF_ORIENTATION = 0x0112
 
 ORIENT = EXIF_TRANSPOSE  # EXIF orientation → the tensor op PIL's ImageOps.exif_transpose applies
 
@@ -58,64 +60,53 @@ def cpu_decode_many(datas: list[bytes], key: CropKey) -> list[np.ndarray | str]:
     return [cpu_decode(d, key) for d in datas]
 
 
-def _init_worker() -> None:
-    torch.set_num_threads(1)  # parallelism comes from the processes; threads inside them only contend
-
-
-# ─── GPU path: batched nvJPEG, then the same resize/crop ops on the device ────────────────────
-
-def probe_jpeg(data: bytes) -> int | None:
-    """The EXIF orientation when nvJPEG can take these bytes, else None (→ CPU path).
-
-    Header only: CMYK/YCCK, progressive, truncated, non-JPEG and oversized images go to the CPU
-    decoder, which handles them robustly (and applies the decompression-bomb guard).
-    """
-    if not data.startswith(JPEG_MAGIC) or not data.rstrip(b"\x00")[-2:] == JPEG_END:
-        return None  # no end-of-image marker: the CPU decoder refuses it; nvJPEG might fill it with grey
-    try:
-        with Image.open(io.BytesIO(data)) as im:
-            w, h = im.size
-            if im.format != "JPEG" or im.mode not in ("RGB", "L") or w * h > MAX_PIXELS:
-                return None
-            if im.info.get("progressive") or im.info.get("progression"):
-                return None
-            orientation = im.getexif().get(EXIF_ORIENTATION, 1)
-    except Exception:  # noqa: BLE001 - anything odd is the CPU decoder's job
-        return None
-    return orientation if orientation in ORIENT else 1
-
+# ─── GPU path: core.jpeg's router and nvJPEG decode, then one resize/crop per group of sizes ────
 
 orient = exif_transpose_tensor
 
 
 def resize_crop(image: torch.Tensor, key: CropKey) -> torch.Tensor:
-    """The eval transform's tensor ops (Resize shorter side, antialias, then CenterCrop) on any device."""
+    """The eval transform's tensor ops (Resize shorter side, antialias, then CenterCrop) on any device;
+    `image` is [3, H, W] or a batch [N, 3, H, W] of one size."""
     from torchvision.transforms.v2 import functional as TF
 
     image = TF.resize(image, [key[0]], interpolation=interpolation_mode(key[2]), antialias=True)
     return TF.center_crop(image, [key[1], key[1]])
 
 
+def resize_crop_batch(images: list[torch.Tensor], key: CropKey) -> torch.Tensor:
+    """[n, 3, crop, crop] for images of any sizes, in order: one resize call per group of equal sizes
+    (photos from one camera share a size), each exactly the per-image `resize_crop`."""
+    crop = key[1]
+    if not images:
+        return torch.empty((0, 3, crop, crop), dtype=torch.uint8)
+    out = torch.empty((len(images), 3, crop, crop), dtype=images[0].dtype, device=images[0].device)
+    groups: dict[tuple[int, ...], list[int]] = {}
+    for i, img in enumerate(images):
+        groups.setdefault(tuple(img.shape), []).append(i)
+    for members in groups.values():
+        crops = resize_crop(torch.stack([images[i] for i in members]), key)
+        if len(members) == len(images):
+            return crops
+        out[_index(members, out.device)] = crops
+    return out
+
+
+def _index(positions: list[int], device: torch.device) -> torch.Tensor:
+    return torch.tensor(positions, dtype=torch.long).to(device, non_blocking=True)
+
+
 def gpu_decode(datas: list[bytes], orientations: list[int], key: CropKey,
                device: torch.device) -> list[torch.Tensor | None]:
-    """Decode JPEG bytes on the GPU in one batch; None for each image nvJPEG refuses."""
-    from torchvision.io import ImageReadMode, decode_jpeg
-
-    encoded = [torch.frombuffer(bytearray(d), dtype=torch.uint8) for d in datas]
-    try:
-        decoded: list[torch.Tensor | None] = list(decode_jpeg(encoded, mode=ImageReadMode.RGB, device=device))
-    except RuntimeError:  # the batched call returns nothing when one image fails: retry one by one
-        decoded = [_gpu_decode_one(t, device) for t in encoded]
-    return [None if img is None else resize_crop(orient(img, o), key) for img, o in zip(decoded, orientations)]
-
-
-def _gpu_decode_one(encoded: torch.Tensor, device: torch.device) -> torch.Tensor | None:
-    from torchvision.io import ImageReadMode, decode_jpeg
-
-    try:
-        return decode_jpeg(encoded, mode=ImageReadMode.RGB, device=device)
-    except RuntimeError:
-        return None
+    """Decode (core.jpeg: chunked, bisected, stream-safe), orient, resize and crop JPEG bytes on `device`;
+    None for each image the decoder refuses."""
+    decoded = decode_on_device([torch.frombuffer(bytearray(d), dtype=torch.uint8) for d in datas], device)
+    good = [i for i, img in enumerate(decoded) if img is not None]
+    crops = resize_crop_batch([orient(decoded[i], orientations[i]) for i in good], key)
+    result: list[torch.Tensor | None] = [None] * len(datas)
+    for i, crop in zip(good, crops):
+        result[i] = crop
+    return result
 
 
 # ─── the streaming pipeline ───────────────────────────────────────────────────────────────────
@@ -125,48 +116,115 @@ class Batch:
     items: list[Item]
     images: torch.Tensor  # uint8 [n_ok, 3, crop, crop] on the pipeline's device, in item order
     errors: list[str]     # one per item: "" for items in `images`, else the reason
+    ready: torch.cuda.Event | None = None  # recorded on the decode stream once `images` is written
 
 
 class _Loaded(NamedTuple):
     data: bytes | None
     error: str
-    orientation: int | None  # None: CPU path
+    route: JpegRoute | None  # None: no device decoding in this pipeline
+
+    @property
+    def device(self) -> bool:
+        return self.data is not None and self.route is not None and self.route.device
+
+
+_DONE = object()
 
 
 class DecodePipeline:
     """items → Batch stream. Reads run in a thread pool, CPU decoding in `workers` processes (0: inline),
-    GPU decoding in the calling thread. At most `depth` batches are read and `depth` decoded ahead of
-    the one being consumed, so memory stays flat however many files the stream holds."""
+    device decoding and batch assembly in one decode thread with its own CUDA stream. At most `depth`
+    batches are read and `depth` decoded ahead of the one being consumed, so memory stays flat however
+    many files the stream holds."""
 
     def __init__(self, spec: EvalSpec, device: str | torch.device = "cpu", workers: int = 0,
                  threads: int = 8, timeout: float = 10.0, gpu_decode: bool | None = None, depth: int = 2):
         self.key, self.crop = spec_key(spec), spec.crop
-        self.device = torch.device(device)
-        self.gpu = (self.device.type == "cuda") if gpu_decode is None else gpu_decode
         self.workers, self.timeout, self.depth = workers, timeout, depth
-        self.procs = _start_process_pool(workers) if workers > 0 else None  # fork before any thread runs
+        self.procs = DecodeWorkers(workers) if workers > 0 else None  # fork before any thread or CUDA
         self.threads = ThreadPoolExecutor(max(1, threads), thread_name_prefix="imgclf-read")
+        self.stats = DecodeStats()  # what the device decoded, what went to the CPU and why
+        self._running: list[tuple[threading.Thread, threading.Event]] = []  # decode threads, their stop flags
+        self.to(device, gpu_decode)
+
+    def to(self, device: str | torch.device, gpu_decode: bool | None = None) -> DecodePipeline:
+        """Decode for a model on `device` (the backend's: a CPU-only onnxruntime on a GPU machine → CPU)."""
+        self.device = torch.device(device)
+        if self.device.type == "cuda" and self.device.index is None and torch.cuda.is_available():
+            # the decode thread must not guess it
+            self.device = torch.device("cuda", torch.cuda.current_device())
+        self.gpu = (self.device.type == "cuda") if gpu_decode is None else gpu_decode
+        self.pin = self.device.type == "cuda"
+        return self
 
     def __enter__(self) -> DecodePipeline:
         return self
 
-    def __exit__(self, *exc) -> None:
-        self.close()
+    def __exit__(self, exc_type, *exc) -> None:
+        self.close(abort=exc_type is not None)
 
-    def close(self) -> None:
+    def close(self, abort: bool = False) -> None:
+        """abort (Ctrl-C, an error): stop at once, without waiting for queued reads or decodes."""
+        for _, stop in self._running:
+            stop.set()
         self.threads.shutdown(wait=False, cancel_futures=True)
         if self.procs is not None:
-            self.procs.shutdown(wait=True, cancel_futures=True)
+            self.procs.close(abort=abort)
+        for thread, _ in self._running:  # a daemon: one stuck in a slow read does not hold the exit
+            thread.join(timeout=1 if abort else 10)
 
     def describe(self) -> str:
         cpu = f"{self.workers} CPU worker process(es)" if self.workers else "CPU decoding in the main process"
         return ("nvJPEG on " + str(self.device) + " for JPEGs, " if self.gpu else "") + cpu
 
+    def report(self) -> str:
+        """Once per run: a GPU run that quietly decoded on the CPU is a defect, so say how much did."""
+        return self.stats.summary() if self.gpu else ""
+
     def batches(self, items: Iterable[Item], batch_size: int) -> Iterator[Batch]:
-        reads = (self._submit_reads(chunk) for chunk in _chunks(items, batch_size))
-        decodes = (self._submit_decodes(*r) for r in _ahead(reads, self.depth))
-        for pending in _ahead(decodes, self.depth):
-            yield self._finish(*pending)
+        out: queue.Queue = queue.Queue(maxsize=1)
+        stop = threading.Event()
+        thread = threading.Thread(target=self._produce, args=(items, batch_size, out, stop),
+                                  name="imgclf-decode", daemon=True)
+        self._running.append((thread, stop))
+        thread.start()
+        try:
+            while (batch := out.get()) is not _DONE:
+                if isinstance(batch, BaseException):
+                    raise batch
+                yield self._hand_over(batch)
+        finally:  # also when the consumer stops early: the decode thread must not wait for it forever
+            stop.set()
+
+    def _hand_over(self, batch: Batch) -> Batch:
+        """The consumer's stream waits for the decode stream; record_stream keeps the allocator from
+        reusing `images` before the consumer's kernels have read it."""
+        if batch.ready is not None:
+            stream = torch.cuda.current_stream(self.device)
+            stream.wait_event(batch.ready)
+            batch.images.record_stream(stream)
+        return batch
+
+    def _produce(self, items: Iterable[Item], batch_size: int, out: queue.Queue, stop: threading.Event) -> None:
+        cuda = self.device.type == "cuda"
+        try:
+            if cuda:  # the current device is per thread: a new thread starts on GPU 0
+                torch.cuda.set_device(self.device)
+            with torch.cuda.stream(torch.cuda.Stream(self.device)) if cuda else nullcontext():
+                reads = (self._submit_reads(chunk) for chunk in _chunks(items, batch_size))
+                decodes = (self._submit_decodes(*r) for r in _ahead(reads, self.depth))
+                for pending in _ahead(decodes, self.depth):
+                    batch = self._finish(*pending)
+                    if cuda:
+                        batch.ready = torch.cuda.Event()
+                        batch.ready.record()
+                    if not _put(out, batch, stop):
+                        return
+        except BaseException as exc:  # noqa: BLE001 - re-raised in the consumer's thread
+            _put(out, exc, stop)
+            return
+        _put(out, _DONE, stop)
 
     def _load(self, item: Item) -> _Loaded:
         if item.error:
@@ -175,14 +233,17 @@ class DecodePipeline:
             data = read_bytes(item, self.timeout)
         except SourceError as exc:
             return _Loaded(None, str(exc), None)
-        return _Loaded(data, "", probe_jpeg(data) if self.gpu else None)
+        return _Loaded(data, "", route_jpeg(data) if self.gpu else None)
 
     def _submit_reads(self, chunk: list[Item]) -> tuple[list[Item], list[Future]]:
         return chunk, [self.threads.submit(self._load, item) for item in chunk]
 
     def _submit_decodes(self, chunk: list[Item], futures: list[Future]):
         loaded = [f.result() for f in futures]
-        cpu = [i for i, x in enumerate(loaded) if x.data is not None and x.orientation is None]
+        cpu = [i for i, x in enumerate(loaded) if x.data is not None and not x.device]
+        for i in cpu:
+            if loaded[i].route is not None:
+                self.stats.add(loaded[i].route.reason)
         return chunk, loaded, cpu, self._submit_cpu([loaded[i].data for i in cpu])
 
     def _submit_cpu(self, datas: list) -> list[Callable[[], list]]:
@@ -195,36 +256,50 @@ class DecodePipeline:
                 for i in range(0, len(datas), size)]
 
     def _finish(self, chunk: list[Item], loaded: list[_Loaded], cpu: list[int], jobs: list) -> Batch:
-        results: list[torch.Tensor | str] = [x.error for x in loaded]
-        gpu = [i for i, x in enumerate(loaded) if x.data is not None and x.orientation is not None]
+        results: list[torch.Tensor | np.ndarray | str | None] = [x.error or None for x in loaded]
+        gpu = [i for i, x in enumerate(loaded) if x.device]
         if gpu:
-            decoded = gpu_decode([loaded[i].data for i in gpu], [loaded[i].orientation for i in gpu],
+            decoded = gpu_decode([loaded[i].data for i in gpu], [loaded[i].route.orientation for i in gpu],
                                  self.key, self.device)
             refused = [i for i, img in zip(gpu, decoded) if img is None]
             for i, img in zip(gpu, decoded):
-                results[i] = img if img is not None else ""
-            jobs = jobs + [functools.partial(cpu_decode_many, [loaded[i].data for i in refused], self.key)]
+                results[i] = img
+            self.stats.add(None, len(gpu) - len(refused))
+            if refused:
+                self.stats.add(REFUSED, len(refused))
+            jobs = jobs + self._submit_cpu([loaded[i].data for i in refused])  # the workers, not this thread
             cpu = cpu + refused
         for i, r in zip(cpu, [r for job in jobs for r in job()]):
-            results[i] = torch.from_numpy(r) if isinstance(r, np.ndarray) else r
+            results[i] = r
         return self._assemble(chunk, results)
 
-    def _assemble(self, chunk: list[Item], results: list[torch.Tensor | str]) -> Batch:
-        ok = [r.to(self.device, non_blocking=True) for r in results if isinstance(r, torch.Tensor)]
-        errors = ["" if isinstance(r, torch.Tensor) else r for r in results]
-        assert all(e or isinstance(r, torch.Tensor) for e, r in zip(errors, results)), "item left undecoded"
-        images = torch.stack(ok) if ok else torch.empty((0, 3, self.crop, self.crop), dtype=torch.uint8,
-                                                         device=self.device)
+    def _assemble(self, chunk: list[Item], results: list) -> Batch:
+        """Device crops and CPU-decoded arrays → one [n_ok, 3, crop, crop] tensor in item order; the CPU
+        ones are stacked into one pinned buffer and copied to the device once."""
+        errors = [r if isinstance(r, str) else "" for r in results]
+        assert all(r is not None for r in results), "item left undecoded"
+        ok = [i for i, r in enumerate(results) if not isinstance(r, str)]
+        images = torch.empty((len(ok), 3, self.crop, self.crop), dtype=torch.uint8, device=self.device)
+        on_device = [(slot, results[i]) for slot, i in enumerate(ok) if isinstance(results[i], torch.Tensor)]
+        on_host = [(slot, results[i]) for slot, i in enumerate(ok) if isinstance(results[i], np.ndarray)]
+        if on_device:
+            images[_index([s for s, _ in on_device], self.device)] = torch.stack([t for _, t in on_device])
+        if on_host:
+            staged = torch.empty((len(on_host), 3, self.crop, self.crop), dtype=torch.uint8, pin_memory=self.pin)
+            for k, (_, array) in enumerate(on_host):
+                staged[k] = torch.from_numpy(array)
+            images[_index([s for s, _ in on_host], self.device)] = staged.to(self.device, non_blocking=True)
         return Batch(chunk, images, errors)
 
 
-def _start_process_pool(workers: int) -> ProcessPoolExecutor:
-    # fork (as DataLoader does on Linux) starts in milliseconds; the pool forks all workers on its
-    # first task, so run one now, before reader threads exist whose locks a child could inherit.
-    ctx = mp.get_context("fork") if "fork" in mp.get_all_start_methods() else None
-    pool = ProcessPoolExecutor(workers, mp_context=ctx, initializer=_init_worker)
-    pool.submit(int).result()
-    return pool
+def _put(out: queue.Queue, x, stop: threading.Event) -> bool:
+    while not stop.is_set():
+        try:
+            out.put(x, timeout=0.1)
+            return True
+        except queue.Full:
+            pass
+    return False
 
 
 def _chunks(items: Iterable[T], size: int) -> Iterator[list[T]]:

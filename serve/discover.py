@@ -1,11 +1,14 @@
 """Stream the inputs to classify: folders walked lazily in sorted order, explicit files, and URLs.
 
 Each file is classified once, however the inputs overlap (D twice, D/ and D/., a file and its folder,
-D and D/sub, a symlink and its target): files are keyed by (st_dev, st_ino) and the first input that
-reaches a file names it. Only the set of keys is kept, so the stream stays lazy on huge trees.
+D and D/sub, a symlink and its target): no folder is walked twice, and a file is keyed by its real
+location, the (st_dev, st_ino) of the folder that holds it plus its name, so the first input that reaches
+it names it. A walked file's key costs no system call (its folder was stat'ed to be listed); only a
+16-byte digest per file is kept, so the stream stays lazy on huge trees.
 """
 from __future__ import annotations
 
+import hashlib
 import os
 import sys
 from collections.abc import Iterator
@@ -48,15 +51,15 @@ def iter_items(inputs: list[str], absolute: bool = False, max_bytes: int = MAX_F
     """Every item in input order, each file once; folder contents sorted. With several inputs, paths keep
     the input prefix so rows from `dirA/x.jpg` and `dirB/x.jpg` stay distinct (resume keys on the path)."""
     prefixed = len(inputs) > 1
-    seen: set = set()      # files already yielded: (st_dev, st_ino) packed in one int, or the URL text
+    seen: set = set()      # files already yielded (their _file_key), and URLs
     walked: set = set()    # folders already walked, shared by all inputs
     for text in inputs:
         if is_url(text):
             if _first_time(text, seen):
                 yield Item(text, escape_path(text), max_bytes=max_bytes)
         elif os.path.isdir(text):
-            for full, rel in _walk(text, "", walked):
-                if _first_time(_file_key(full), seen):
+            for full, rel, key in _walk(text, "", walked):
+                if _first_time(key, seen):
                     shown = os.path.abspath(full) if absolute else (_join(text, rel) if prefixed else rel)
                     yield Item(full, escape_path(shown), max_bytes=max_bytes)
         elif _first_time(_file_key(text), seen):
@@ -71,13 +74,24 @@ def _first_time(key, seen: set) -> bool:
     return True
 
 
-def _file_key(path: str):
-    """The file's identity: symlinks and every spelling of its path give the same key."""
+def _file_key(path: str) -> bytes | str:
+    """Where the file really is: symlinks and every spelling of the path give the same key."""
+    real = os.path.realpath(path)
+    folder, name = os.path.split(real)
     try:
-        st = os.stat(path)
-    except OSError:  # broken symlink, unreadable folder: the read will say why; key by the resolved name
-        return os.path.realpath(path)
-    return (st.st_dev << 64) | st.st_ino
+        st = os.stat(folder)
+    except OSError:  # an unreadable folder: the read will say why
+        return real
+    return _entry_key(_folder_id(st), name)
+
+
+def _folder_id(st: os.stat_result) -> bytes:
+    return f"{st.st_dev}:{st.st_ino}/".encode()
+
+
+def _entry_key(folder: bytes, name: str) -> bytes:
+    # a digest, not (folder, name): 16 bytes per file whatever the name's length; the same on every rank
+    return hashlib.blake2b(folder + os.fsencode(name), digest_size=16).digest()
 
 
 def _join(prefix: str, rel: str) -> str:
@@ -98,15 +112,18 @@ def walk_images(root: str) -> Iterator[tuple[str, str]]:
     huge tree is scanned. Directories are keyed by (st_dev, st_ino), so a symlink loop (or a second
     link to a folder already walked) is visited once.
     """
-    yield from _walk(root, "", set())
+    for full, rel, _ in _walk(root, "", set()):
+        yield full, rel
 
 
-def _walk(directory: str, rel: str, visited: set[tuple[int, int]]) -> Iterator[tuple[str, str]]:
+def _walk(directory: str, rel: str, visited: set[bytes]) -> Iterator[tuple[str, str, bytes | str]]:
+    """(path, relative path, _file_key) per image; folders in `visited` are not walked again."""
     try:
         st = os.stat(directory)
-        if (st.st_dev, st.st_ino) in visited:
+        folder = _folder_id(st)
+        if folder in visited:
             return
-        visited.add((st.st_dev, st.st_ino))
+        visited.add(folder)
         with os.scandir(directory) as it:
             entries = sorted(it, key=lambda e: e.name)
     except OSError as exc:
@@ -119,7 +136,15 @@ def _walk(directory: str, rel: str, visited: set[tuple[int, int]]) -> Iterator[t
         if _is_dir(entry):
             yield from _walk(entry.path, child, visited)
         elif is_image_file(entry.name):
-            yield entry.path, child
+            key = _file_key(entry.path) if _is_symlink(entry) else _entry_key(folder, entry.name)
+            yield entry.path, child, key
+
+
+def _is_symlink(entry: os.DirEntry) -> bool:
+    try:
+        return entry.is_symlink()
+    except OSError:
+        return True  # unknown: resolve it the slow, sure way
 
 
 def _is_dir(entry: os.DirEntry) -> bool:

@@ -7,7 +7,7 @@ from pathlib import Path
 import numpy as np
 
 from core.errors import UserError
-from core.report import write_evaluation
+from core.report import evaluation_source, write_evaluation
 from serve.writer import Layout, iter_rows
 
 
@@ -25,9 +25,11 @@ def check_labelled_folder(root: str, classes: list[str]) -> None:
                         f"(model classes: {', '.join(classes[:12])}{' ...' if len(classes) > 12 else ''})")
 
 
-def evaluate_output(out: str | Path, layout: Layout, root: str, absolute: bool, eval_dir: str | Path) -> dict:
-    """Accuracy, per-class accuracy and confusion matrix from the rows of `out` (all of them, resumed ones
-    too). Error rows and images outside a class folder are left out and counted in `excluded`."""
+def evaluate_output(out: str | Path, layout: Layout, root: str, absolute: bool, eval_dir: str | Path,
+                    model: str | Path) -> dict:
+    """Accuracy, per-class precision/recall/F1, the most confused pairs and the confusion matrix from the rows
+    of `out` (all of them, resumed ones too), recorded with the `model` and `root` they came from. Error rows
+    and images outside a class folder are left out and counted in data.excluded."""
     index = {c: i for i, c in enumerate(layout.classes)}
     base = os.path.abspath(root)
     probs, targets, excluded = [], [], 0
@@ -39,8 +41,18 @@ def evaluate_output(out: str | Path, layout: Layout, root: str, absolute: bool, 
             continue
         probs.append([float(row[f"prob_{c}"]) for c in layout.classes])
         targets.append(index[cls])
-    metrics = write_evaluation(eval_dir, np.asarray(probs, dtype=np.float64).reshape(-1, len(index)),
-                               np.asarray(targets, dtype=np.int64), list(layout.classes),
-                               list(layout.display_names))
-    metrics["excluded"] = excluded
-    return metrics
+    source = evaluation_source(model, base, len(targets) + excluded, excluded=excluded)
+    return write_evaluation(eval_dir, np.asarray(probs, dtype=np.float64).reshape(-1, len(index)),
+                            np.asarray(targets, dtype=np.int64), list(layout.classes),
+                            list(layout.display_names), source=source)
+
+
+def summary(metrics: dict, eval_dir: str | Path) -> str:
+    """The line serve prints after --evaluate: the headline numbers and the worst confusion."""
+    m = metrics
+    top5 = f", top-5 {m['top5']:.4f}" if "top5" in m else ""  # absent with 5 classes or fewer
+    worst = m["most_confused"][0] if m["most_confused"] else None
+    confused = f"; most confused: {worst['true_name']} predicted as {worst['predicted_name']} {worst['count']}x" \
+        if worst else ""
+    return (f"evaluation: accuracy {m['accuracy']:.4f}{top5}, macro F1 {m['macro_f1']:.4f} on {m['n']} images "
+            f"({m['data']['excluded']} error/unlabelled rows excluded){confused} -> {eval_dir}/")

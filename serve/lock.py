@@ -17,7 +17,9 @@ from core.errors import UserError
 
 
 def lock_path(out: Path) -> Path:
-    return out.with_name(out.name + ".lock")
+    """Beside the real file: two --out spellings of one file (a symlinked folder, ..) share one lock."""
+    real = Path(os.path.realpath(out))
+    return real.with_name(real.name + ".lock")
 
 
 class OutputLock:

@@ -18,16 +18,11 @@ from pathlib import Path
 if __package__ in (None, ""):  # `python serve/main.py` puts serve/ on sys.path, not the repo
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-import torch
-from accelerate import PartialState
-from tqdm import tqdm
-
+from core.dist import ends_process_group
 from core.errors import UserError, cli_entry
-from serve.backends import OPENERS, Backend, load_record, open_backend, resolve_device
-from serve.decode import DecodePipeline
+from core.progress import SERVE_LOG_SECONDS, Progress
 from serve.discover import MAX_FILE_MB, Item, check_inputs, is_url, iter_items
 from serve.lock import OutputLock
-from serve.provenance import check_same_job, job_identity, meta_path, write_identity
 from serve.writer import (
     FORMATS,
     SEQ,
@@ -44,6 +39,26 @@ from serve.writer import (
 )
 
 EXIT_INTERRUPTED = 130  # 128 + SIGINT, as a shell reports a Ctrl-C
+BACKENDS = ("torch", "onnx", "tensorrt")  # serve.backends.OPENERS' keys, here so --help needs no torch (tested)
+
+
+_heavy_loaded = False
+
+
+def import_heavy() -> None:
+    """torch, accelerate and the backends take seconds to import: only once the arguments are checked."""
+    global _heavy_loaded, torch, PartialState, Backend, default_threads, load_record, open_backend, resolve_device
+    global DecodePipeline, predictions, check_same_job, job_identity, meta_path, write_identity
+    if _heavy_loaded:  # a second call must not undo what a test patched
+        return
+    _heavy_loaded = True
+    import torch
+    from accelerate import PartialState
+
+    from serve.backends import Backend, default_threads, load_record, open_backend, resolve_device
+    from serve.decode import DecodePipeline
+    from serve.predict import predictions
+    from serve.provenance import check_same_job, job_identity, meta_path, write_identity
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -58,13 +73,15 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     mode = p.add_mutually_exclusive_group()
     mode.add_argument("--resume", action="store_true", help="skip paths already in --out and append the rest")
     mode.add_argument("--overwrite", action="store_true", help="replace an existing --out")
-    p.add_argument("--backend", default="auto", choices=["auto", *OPENERS], help="default: the file's own")
+    p.add_argument("--backend", default="auto", choices=["auto", *BACKENDS], help="default: the file's own")
     p.add_argument("--device", default="auto", choices=["auto", "cuda", "cpu"])
     p.add_argument("--providers", help="onnxruntime providers in priority order, e.g. tensorrt,cuda,cpu")
     p.add_argument("--allow-cpu", action="store_true", help="let onnxruntime run on the CPU on a GPU machine")
     p.add_argument("--batch-size", type=int, help="images per model call (default: 256 on GPU, 32 on CPU)")
     p.add_argument("--workers", type=int, help="CPU decoding processes per GPU/process (0: decode inline)")
-    p.add_argument("--threads", type=int, default=8, help="file/URL reading threads")
+    p.add_argument("--threads", type=int, help="model threads, torch and onnxruntime (default: the usable CPUs "
+                   "left after the decode workers, at least 1)")
+    p.add_argument("--read-threads", type=int, default=8, help="file/URL reading threads")
     p.add_argument("--timeout", type=float, default=10.0, help="seconds before a URL fetch gives up")
     p.add_argument("--max-file-mb", type=float, default=MAX_FILE_MB,
                    help=f"larger files and downloads get an error row, unread (default {MAX_FILE_MB})")
@@ -81,7 +98,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def check_args(args: argparse.Namespace) -> None:
     positive = {"--topk": args.topk, "--batch-size": args.batch_size, "--limit": args.limit,
-                "--threads": args.threads, "--timeout": args.timeout, "--max-file-mb": args.max_file_mb}
+                "--threads": args.threads, "--read-threads": args.read_threads, "--timeout": args.timeout,
+                "--max-file-mb": args.max_file_mb}
     for flag, value in positive.items():
         if value is not None and value <= 0:
             raise UserError(f"{flag} must be positive (got {value})")
@@ -99,6 +117,9 @@ def check_args(args: argparse.Namespace) -> None:
         raise UserError("--out is required (e.g. --out predictions.csv)")
     if args.out and Path(args.out).is_dir():
         raise UserError(f"--out {args.out} is a folder; give a file name such as {args.out}/predictions.csv")
+    if args.out and os.path.exists(args.out) and not os.path.isfile(args.out):  # --overwrite would unlink it
+        raise UserError(f"--out {args.out} is not a regular file (a device, FIFO or socket); give a file name "
+                        "such as predictions.csv")
 
 
 def output_format(args: argparse.Namespace) -> str:
@@ -187,10 +208,9 @@ class Counts:
 
 
 def classify(pipe: DecodePipeline, backend: Backend, layout: Layout, items: Iterator[Item], writer: RowWriter,
-             batch_size: int, bar: tqdm, throttle: float) -> Counts:
+             batch_size: int, bar: Progress, throttle: float) -> Counts:
     counts = Counts()
-    for batch in pipe.batches(items, batch_size):
-        probs = torch.softmax(backend(batch.images).float(), dim=1).numpy() if len(batch.images) else None
+    for batch, probs in predictions(pipe, backend, items, batch_size):
         rows, j = [], 0
         for item, error in zip(batch.items, batch.errors):
             if error:
@@ -217,22 +237,27 @@ def run(args: argparse.Namespace, state: PartialState, layout: Layout, spec, out
         identity: dict) -> tuple[Counts, int]:
     device = resolve_device(args.device, state.device)
     workers = default_workers(device, state.num_processes) if args.workers is None else args.workers
-    batch_size = args.batch_size or (256 if device.type == "cuda" else 32)
-    with DecodePipeline(spec, device, workers, args.threads, args.timeout) as pipe:
-        backend = open_backend(args.model, args.backend, device, _providers(args), args.allow_cpu)
+    threads = args.threads or default_threads(workers, state.num_processes)
+    # the decode workers fork before the backend initialises CUDA; decoding then goes where the model runs
+    with DecodePipeline(spec, device, workers, args.read_threads, args.timeout) as pipe:
+        backend = open_backend(args.model, args.backend, device, _providers(args), args.allow_cpu, threads)
+        pipe.to(backend.device)
+        batch_size = args.batch_size or (256 if backend.device.type == "cuda" else 32)
         if state.is_main_process:
             print(f"model: {args.model} | {backend.description} | decoding: {pipe.describe()} | "
-                  f"batch {batch_size} | {state.num_processes} process(es)", flush=True)
+                  f"batch {batch_size} | {threads} model thread(s) | {state.num_processes} process(es)", flush=True)
         done = prepare_output(out, layout, args, identity, state)
         multi = state.num_processes > 1
         target = part_path(out, state.process_index) if multi else out
         share = -(-args.limit // state.num_processes) if args.limit else None
-        bar = tqdm(total=share, unit="img", dynamic_ncols=True, mininterval=0.5,
-                   disable=args.no_progress or not state.is_main_process,
-                   desc=f"rank 0/{state.num_processes}" if multi else "classify")
+        # A bar on a terminal; in a batch log one line every SERVE_LOG_SECONDS instead of bar frames.
+        bar = Progress(share, f"rank 0/{state.num_processes}" if multi else "classify", unit="img",
+                       enabled=not args.no_progress and state.is_main_process, seconds=SERVE_LOG_SECONDS, leave=True)
         with RowWriter(target, layout, append=args.resume and not multi, seq=multi) as writer, bar:
             counts = classify(pipe, backend, layout, my_items(args, done, state), writer, batch_size, bar,
                               args.throttle)
+        if state.is_main_process and pipe.report():
+            print(pipe.report() + (" (this process)" if multi else ""), flush=True)
     return _gather(counts, state), len(done)
 
 
@@ -298,10 +323,12 @@ def _identity(args: argparse.Namespace, layout: Layout) -> dict:
 
 
 @cli_entry
+@ends_process_group
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     check_args(args)
     check_inputs(args.inputs)
+    import_heavy()
     record = load_record(args.model)
     layout = Layout(tuple(record.classes), tuple(record.display_names), args.topk,
                     args.probs or args.evaluate, output_format(args))
@@ -326,6 +353,7 @@ def main(argv: list[str] | None = None) -> int:
         finish(out, layout, args, state)
         if state.is_main_process:
             _summary(counts, skipped, time.perf_counter() - start, out)
+            _warn_if_nothing_found(counts, skipped, args.inputs)
             if args.evaluate:
                 _evaluate(out, layout, args)
     return 0
@@ -338,14 +366,25 @@ def _summary(counts: Counts, skipped: int, seconds: float, out: Path) -> None:
           f"({n / max(seconds, 1e-9):.1f} images/s) -> {out}", flush=True)
 
 
+def _warn_if_nothing_found(counts: Counts, skipped: int, inputs: list[str]) -> None:
+    """An empty input is not an error (a drop folder may be empty today) but must not pass in silence."""
+    if counts.ok + counts.errors + skipped == 0:
+        from core.images import IMAGE_EXTENSIONS
+
+        print(f"warning: no images found in {', '.join(inputs)} (looked recursively for "
+              f"{', '.join(sorted(IMAGE_EXTENSIONS))}); nothing was classified",
+              file=sys.stderr, flush=True)
+
+
 def _evaluate(out: Path, layout: Layout, args: argparse.Namespace) -> None:
-    from serve.evaluate import evaluate_output
+    from serve.evaluate import evaluate_output, summary
 
     eval_dir = Path(args.eval_dir) if args.eval_dir else out.with_name(f"{out.stem}_eval")
-    m = evaluate_output(out, layout, args.inputs[0], args.absolute, eval_dir)
-    print(f"evaluation: accuracy {m['accuracy']:.4f}, top-{m['top5_k']} {m['top5']:.4f} on {m['n']} images "
-          f"({m['excluded']} error/unlabelled rows excluded) -> {eval_dir}/", flush=True)
+    m = evaluate_output(out, layout, args.inputs[0], args.absolute, eval_dir, args.model)
+    print(summary(m, eval_dir), flush=True)
 
 
 if __name__ == "__main__":
     sys.exit(main())
+else:  # imported (tests, tools): every name exists at once, as with plain imports
+    import_heavy()

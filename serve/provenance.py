@@ -45,7 +45,10 @@ def _version() -> str:
 
 
 def write_identity(out: Path, identity: dict[str, Any]) -> None:
-    write_json_atomic(meta_path(out), identity)
+    try:
+        write_json_atomic(meta_path(out), identity)
+    except OSError as exc:
+        raise UserError(f"cannot write {meta_path(out)} ({exc.strerror or exc}); choose another --out") from None
 
 
 def check_same_job(out: Path, identity: dict[str, Any]) -> bool:

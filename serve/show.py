@@ -38,8 +38,10 @@ def show_one(item: Item, backend: Backend, spec: EvalSpec, layout: Layout, figur
     probs = torch.softmax(backend(eval_transform(spec)(image)[None]), dim=1)[0].numpy()
     row = ok_row(layout, item.path, probs)
     print(f"{item.path}")
-    for rank, i in enumerate(probs.argsort()[::-1][: layout.topk], start=1):
-        print(f"  {rank}. {layout.display_names[i]:<30} {probs[i]:.4f}  (label {layout.classes[i]})")
+    top = probs.argsort()[::-1][: layout.topk]
+    width = max(len(layout.display_names[i]) for i in top)  # aligned columns also for long display names
+    for rank, i in enumerate(top, start=1):
+        print(f"  {rank}. {layout.display_names[i]:<{width}}  {probs[i]:.4f}  (label {layout.classes[i]})")
     try:
         plot_topk(image, probs, list(layout.display_names), layout.topk, figure,
                   title=os.path.basename(item.path))

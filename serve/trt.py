@@ -50,22 +50,31 @@ class TensorRTBackend:
         table = {t.FLOAT: torch.float32, t.HALF: torch.float16, t.INT32: torch.int32, t.UINT8: torch.uint8}
         return table[self.engine.get_tensor_dtype(name)]
 
-    @torch.inference_mode()
     def __call__(self, images: torch.Tensor) -> torch.Tensor:
-        images = images.to(self.device, non_blocking=True).contiguous()
-        return torch.cat([self._run(part) for part in images.split(self.max_batch)]).cpu()
+        return self.forward(images).cpu()
 
-    def _run(self, images: torch.Tensor) -> torch.Tensor:
-        self.stream.wait_stream(torch.cuda.current_stream(self.device))  # images were made on that stream
+    @torch.inference_mode()
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        """Logits on the GPU, not waited for. Every max-batch chunk is enqueued on one stream and nothing
+        syncs in between (an engine built with --max-batch 64 runs a 256 batch as 4 queued runs): enqueueV3
+        captures the shapes and addresses, so the next chunk may set its own; the caller's stream waits."""
+        images = images.to(self.device, non_blocking=True).contiguous()
+        caller = torch.cuda.current_stream(self.device)
+        self.stream.wait_stream(caller)  # the images were made on the caller's stream
         with torch.cuda.stream(self.stream):
-            self.context.set_input_shape(ONNX_INPUT, tuple(images.shape))
-            self.context.set_tensor_address(ONNX_INPUT, images.data_ptr())
-            outs = {n: torch.empty(tuple(self.context.get_tensor_shape(n)), dtype=self._dtype(n), device=self.device)
-                    for n in self.outputs}
-            for name, out in outs.items():
-                self.context.set_tensor_address(name, out.data_ptr())
-            if not self.context.execute_async_v3(self.stream.cuda_stream):
-                raise RuntimeError("TensorRT execution failed")
-            logits = outs[ONNX_OUTPUT].float()
-        self.stream.synchronize()
+            logits = torch.cat([self._enqueue(part) for part in images.split(self.max_batch)])
+        caller.wait_stream(self.stream)
+        logits.record_stream(caller)  # made on self.stream, read on the caller's
+        images.record_stream(self.stream)  # read by the engine after the caller may have freed it
         return logits
+
+    def _enqueue(self, images: torch.Tensor) -> torch.Tensor:
+        self.context.set_input_shape(ONNX_INPUT, tuple(images.shape))
+        self.context.set_tensor_address(ONNX_INPUT, images.data_ptr())
+        outs = {n: torch.empty(tuple(self.context.get_tensor_shape(n)), dtype=self._dtype(n), device=self.device)
+                for n in self.outputs}
+        for name, out in outs.items():
+            self.context.set_tensor_address(name, out.data_ptr())
+        if not self.context.execute_async_v3(self.stream.cuda_stream):
+            raise RuntimeError("TensorRT execution failed")
+        return outs[ONNX_OUTPUT].float()

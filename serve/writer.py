@@ -28,13 +28,17 @@ PROB_DECIMALS = 6
 
 @dataclass(frozen=True)
 class Layout:
-    """What the rows hold. Column names follow the requested k (top5_* by default)."""
+    """What the rows hold. Column names follow the k actually used: min(--topk, classes), so a 4-class
+    model's columns are top4_* (never a top5_* or top100_* holding 4 values), also when resuming."""
 
     classes: tuple[str, ...]
     display_names: tuple[str, ...]
     topk: int = 5
     probs: bool = False
     fmt: str = "csv"
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "topk", max(1, min(self.topk, len(self.classes))))  # frozen: set once here
 
     @property
     def columns(self) -> list[str]:

@@ -3,15 +3,15 @@ from __future__ import annotations
 
 import os
 import shlex
-import signal
 import socket
 import stat
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
+
+from tests.proctree import run_trees
 
 REPO = Path(__file__).resolve().parents[1]
 LAUNCH = REPO / "launch.sh"
@@ -163,12 +163,17 @@ def test_missing_script_is_an_error(env):
 
 # ─── real launches (CPU, gloo) ─────────────────────────────────────────────────────────────────
 
+# Two nodes join in ~10 s alone and ~40 s on the loaded 2-core CI box. A node whose worker dies makes the
+# other node's torchrun wait out its 300 s exit barrier: the deadline turns that into a fast failure.
+DEADLINE_S = 150
+
 PROBE = """
 import sys, torch
 from accelerate import Accelerator
 acc = Accelerator()
 ranks = acc.gather(torch.tensor([acc.process_index])).tolist()
 print(f"rank={acc.process_index} world={acc.num_processes} ranks={ranks} args={sys.argv[1:]}", flush=True)
+acc.end_training()  # a gloo group left alive at interpreter exit aborts the process
 """
 
 
@@ -188,19 +193,9 @@ def probe(tmp_path, env) -> Path:
 @pytest.mark.slow
 def test_two_nodes_on_localhost_join_one_process_group(env, probe, tmp_path):
     node = {"NUM_NODES": "2", "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(free_port())}
-    logs = [tmp_path / f"node{rank}.log" for rank in (0, 1)]
-    procs = [subprocess.Popen([str(LAUNCH), str(probe), "a", "b c"], env={**env, **node, "NODE_RANK": str(rank)},
-                              stdout=log.open("w"), stderr=subprocess.STDOUT, start_new_session=True)
-             for rank, log in zip((0, 1), logs)]
-    deadline = time.monotonic() + 300  # generous: the CI machine is shared
-    while time.monotonic() < deadline and any(p.poll() is None for p in procs):
-        time.sleep(0.2)
-    codes = [p.poll() for p in procs]  # None: still hanging
-    for p in procs:
-        if p.poll() is None:  # never leave a half-joined node (and its torchrun workers) behind
-            os.killpg(p.pid, signal.SIGKILL)
-            p.wait()
-    out = [log.read_text() for log in logs]
-    assert codes == [0, 0], "\n---\n".join(o[-3000:] for o in out)
-    assert "rank=0 world=2 ranks=[0, 1] args=['a', 'b c']" in out[0]
-    assert "rank=1 world=2 ranks=[0, 1] args=['a', 'b c']" in out[1]
+    runs = run_trees([([str(LAUNCH), str(probe), "a", "b c"], {"env": {**env, **node, "NODE_RANK": str(rank)}})
+                      for rank in (0, 1)], timeout=DEADLINE_S)
+    assert [r.returncode for r in runs] == [0, 0], "\n---\n".join(r.stdout[-3000:] + r.stderr[-3000:] for r in runs)
+    assert "rank=0 world=2 ranks=[0, 1] args=['a', 'b c']" in runs[0].stdout
+    assert "rank=1 world=2 ranks=[0, 1] args=['a', 'b c']" in runs[1].stdout
+    assert not any("terminate called" in r.stderr for r in runs)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import shutil
+import zipfile
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -47,6 +48,16 @@ def is_complete(last: Path) -> bool:
     return (last / STATE_FILE).is_file()
 
 
+def find_last(run_dir: Path) -> Path | None:
+    """The run's complete last/, after repairing a crash in the middle of its swap (see core.fsio.swap_dir).
+
+    Every path that looks for last/ goes through here, so a run caught between the two renames resumes
+    from its previous checkpoint instead of starting over (and then deleting that checkpoint)."""
+    last = run_dir / LAST_DIR
+    recover_dir(last)
+    return last if is_complete(last) else None
+
+
 def save_last(accelerator: Accelerator, run_dir: Path, state: TrainerState) -> Path:
     """Collective: every process must call it (each writes its own RNG state)."""
     dest = run_dir / LAST_DIR
@@ -71,9 +82,55 @@ def read_state(last: Path) -> TrainerState:
             from None
 
 
+def _safetensors_problem(path: Path) -> str | None:
+    """Why a .safetensors file cannot be whole: its header names where the last tensor ends."""
+    size = path.stat().st_size
+    with path.open("rb") as fh:
+        head = fh.read(8)
+        n = int.from_bytes(head, "little") if len(head) == 8 else -1
+        if n < 0 or 8 + n > size:
+            return f"truncated ({size} bytes, shorter than its own header)"
+        try:
+            header = json.loads(fh.read(n))
+        except ValueError:
+            return "corrupt (its header is not JSON)"
+    ends = [t["data_offsets"][1] for k, t in header.items() if k != "__metadata__" and isinstance(t, dict)]
+    expected = 8 + n + max(ends, default=0)
+    if size == expected:
+        return None
+    return f"{'truncated' if size < expected else 'damaged'} ({size} bytes where its header says {expected})"
+
+
+def _torch_file_problem(path: Path) -> str | None:
+    """torch.save writes a zip archive; a cut-off one has no central directory at its end."""
+    try:
+        with zipfile.ZipFile(path):
+            return None
+    except (zipfile.BadZipFile, OSError) as exc:
+        return f"truncated or corrupt ({exc})"
+
+
+FILE_CHECKS = {".safetensors": _safetensors_problem, ".bin": _torch_file_problem, ".pkl": _torch_file_problem,
+               ".pt": _torch_file_problem}
+
+
+def check_files(last: Path) -> None:
+    """Refuse a damaged checkpoint with the file's name, before Accelerate fails on it with a traceback.
+
+    Reads headers and zip directories only; every process checks every file (all ranks' RNG states
+    included), so all of them stop together rather than one waiting at a collective."""
+    for path in sorted(last.iterdir()):
+        check = FILE_CHECKS.get(path.suffix)
+        problem = check(path) if check and path.is_file() else None
+        if problem:
+            raise UserError(f"{path} is {problem}, so {last} cannot be resumed; resume from another checkpoint "
+                            f"(train.resume=PATH), or delete {last} to train this run again from its first epoch")
+
+
 def load_last(accelerator: Accelerator, last: Path) -> TrainerState:
     """Restore model/optimizer/scheduler/scaler/RNG into the prepared objects; return the trainer state."""
     state = read_state(last)
+    check_files(last)
     accelerator.load_state(str(last))
     return state
 
@@ -81,9 +138,10 @@ def load_last(accelerator: Accelerator, last: Path) -> TrainerState:
 def resume_dir(path: str | Path) -> Path:
     """A user's train.resume PATH: a last/ folder or the run folder holding it."""
     p = Path(path).expanduser()
-    recover_dir(p / LAST_DIR)
-    for candidate in (p, p / LAST_DIR):
-        if candidate.is_dir() and is_complete(candidate):
+    if p.name == LAST_DIR:
+        recover_dir(p)
+    for candidate in (p, find_last(p)):
+        if candidate is not None and candidate.is_dir() and is_complete(candidate):
             return candidate
     raise UserError(f"train.resume: {p} holds no complete checkpoint ({STATE_FILE} missing); "
                     f"point it at runs/<name>/{LAST_DIR} or use train.resume=auto")
@@ -95,8 +153,6 @@ def latest_run_with_last(output_dir: Path, prefix: str) -> Path | None:
         return None
     runs = []
     for d in output_dir.iterdir():
-        if d.is_dir() and d.name.startswith(prefix):
-            recover_dir(d / LAST_DIR)
-            if is_complete(d / LAST_DIR):
-                runs.append(d)
+        if d.is_dir() and d.name.startswith(prefix) and find_last(d) is not None:
+            runs.append(d)
     return max(runs, key=lambda d: (d / LAST_DIR / STATE_FILE).stat().st_mtime, default=None)

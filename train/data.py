@@ -297,16 +297,18 @@ def eval_loader(ds: ImageDataset, batch_size: int, num_workers: int, pin: bool) 
 
 
 def encoded_train_loader(samples: Sequence[tuple[str, int]], batch_size: int, seed: int,
-                         num_workers: int, drop_last: bool = False) -> DataLoader:
+                         num_workers: int, drop_last: bool = False, device_decode: bool = True) -> DataLoader:
     """GPU path: file bytes in the CPU path's (epoch, index) order; the device decodes and augments them."""
-    return DataLoader(EncodedImages(samples, threads=READ_THREADS), batch_size=batch_size,
+    return DataLoader(EncodedImages(samples, READ_THREADS, device_decode=device_decode), batch_size=batch_size,
                       sampler=EpochSampler(len(samples), seed), num_workers=num_workers,
                       collate_fn=collate_encoded, persistent_workers=num_workers > 0, drop_last=drop_last)
 
 
-def encoded_eval_loader(samples: Sequence[tuple[str, int]], batch_size: int, num_workers: int) -> DataLoader:
-    return DataLoader(EncodedImages(samples, threads=READ_THREADS), batch_size=batch_size, shuffle=False,
-                      num_workers=num_workers, collate_fn=collate_encoded, persistent_workers=num_workers > 0)
+def encoded_eval_loader(samples: Sequence[tuple[str, int]], batch_size: int, num_workers: int,
+                        device_decode: bool = True) -> DataLoader:
+    return DataLoader(EncodedImages(samples, READ_THREADS, device_decode=device_decode), batch_size=batch_size,
+                      shuffle=False, num_workers=num_workers, collate_fn=collate_encoded,
+                      persistent_workers=num_workers > 0)
 
 
 def preview_batch(ds: ImageDataset, seed: int, n: int = 16) -> tuple[torch.Tensor, list[int]]:

@@ -16,19 +16,19 @@ import numpy as np
 import torch
 from accelerate import Accelerator, skip_first_batches
 from accelerate.utils import gather_object
-from tqdm.auto import tqdm
-
 from core.bundle import BundleRecord, save_bundle
 from core.config import Config
 from core.errors import UserError
 from core.fsio import write_text_atomic
 from core.models import HeadSpec, backbone_frozen_eval, set_backbone_trainable
+from core.progress import Progress
 from core.report import plot_curves, write_metrics_csv
 from train.checkpoint import TrainerState, save_last
 from train.data import TrainData
 from train.evaluate import EvalResult, evaluate
 from train.feed import Feed
 from train.signals import StopFlag
+from train.tracking import Tracking
 
 BEST_DIR = "best"
 
@@ -77,16 +77,19 @@ class Parts:
 
 class Trainer:
     def __init__(self, cfg: Config, data: TrainData, run_dir: Path, accelerator: Accelerator, parts: Parts,
-                 stop: StopFlag, lineage: dict[str, Any]):
+                 stop: StopFlag, lineage: dict[str, Any], tracking: Tracking | None = None):
         self.cfg, self.data, self.run_dir, self.acc, self.p = cfg, data, run_dir, accelerator, parts
         self.stop, self.lineage = stop, lineage
+        self.tracking = tracking or Tracking(accelerator, [])
         self.unwrapped = bare_model(accelerator, parts.model)
+        self._rows: list[dict[str, Any]] = []  # finished epochs, for the run ETA
+        self._window = (0.0, 0)  # (loss sum, images) at the last report: the trackers' per-step loss
 
     # ------------------------------------------------------------------ helpers
 
     def log(self, text: str) -> None:
         if self.acc.is_main_process:
-            tqdm.write(text)
+            print(text, flush=True)  # flushed: a batch system's log file shows it now, not at exit
 
     def _agree(self, epoch_bad: list[str]) -> tuple[bool, int]:
         """(stop requested anywhere, bad images this epoch everywhere); one tiny all-reduce when distributed."""
@@ -96,14 +99,18 @@ class Trainer:
         stop, bad = self.acc.reduce(flags, reduction="sum").tolist()
         return stop > 0, int(bad)
 
-    def _check_bad(self, bad_count: int, epoch_bad: list[str]) -> None:
+    def _check_bad(self, bad_count: int, epoch_bad: list[str], epoch_done: bool = False) -> None:
+        """Abort past data.max_bad_fraction. Mid-epoch only the images read so far are known, so the
+        count and list are a lower bound there and the message says so; at epoch end they are complete."""
         limit = self.cfg.data.max_bad_fraction * len(self.data.train)
         if bad_count <= limit:
             return
         notes = sorted(set(gather_object(epoch_bad)))
         shown = "; ".join(n.replace("\t", ": ") for n in notes[:20])
         more = f" (and {len(notes) - 20} more)" if len(notes) > 20 else ""
-        raise UserError(f"{len(notes)} of {len(self.data.train)} training images cannot be decoded, more than "
+        count = f"{len(notes)}" if epoch_done else f"at least {len(notes)}"
+        so_far = "" if epoch_done else " (counted so far; the rest of the epoch was not read)"
+        raise UserError(f"{count} of {len(self.data.train)} training images cannot be decoded{so_far}, more than "
                         f"data.max_bad_fraction={self.cfg.data.max_bad_fraction}: {shown}{more}; fix or remove them")
 
     def _set_mode(self, epoch: int) -> None:
@@ -129,9 +136,9 @@ class Trainer:
         hits = torch.tensor(part.get("hits", 0.0), device=acc.device)
         seen, seconds = int(part.get("seen", 0)), float(part.get("seconds", 0.0))
         epoch_bad: list[str] = list(part.get("epoch_bad", []))
-        since_check, start = 0, time.perf_counter()
-        bar = tqdm(total=len(p.train_loader), initial=skip, desc=f"epoch {epoch + 1}/{cfg.train.epochs}",
-                   disable=not acc.is_main_process, leave=False, dynamic_ncols=True)
+        since_check, start, total = 0, time.perf_counter(), len(p.train_loader)
+        self._rows, self._window = state.rows, (loss_sum.item(), seen)
+        bar = Progress(total, f"epoch {epoch + 1}/{cfg.train.epochs}", initial=skip, enabled=acc.is_main_process)
         for step, (images, labels, bad) in enumerate(p.feed.train_batches(loader), start=skip):
             epoch_bad.extend(bad)
             valid = len(labels) - len(bad) if len(labels) else 0  # bad files keep a masked slot (IGNORE_LABEL)
@@ -143,16 +150,16 @@ class Trainer:
             elif acc.num_processes > 1:
                 raise UserError(f"a whole training batch could not be decoded: {'; '.join(bad)}")
             bar.update(1)
+            self.stop.test_hook(epoch * len(p.train_loader) + step + 1)
+            if acc.is_main_process and ((step + 1) % cfg.train.log_every == 0 or step + 1 == total):
+                self._report(bar, epoch * total + step + 1, (loss_sum.item(), hits.item(), seen),
+                             seconds + time.perf_counter() - start)
             since_check += 1
             if not acc.sync_gradients or (acc.num_processes > 1 and since_check < cfg.train.log_every):
                 continue
             since_check = 0
             stop, bad_count = self._agree(epoch_bad)
             self._check_bad(bad_count, epoch_bad)
-            if acc.num_processes > 1 or step % cfg.train.log_every == 0 or stop:
-                elapsed = seconds + time.perf_counter() - start
-                bar.set_postfix(loss=f"{loss_sum.item() / max(seen, 1):.4f}", acc=f"{hits.item() / max(seen, 1):.3f}",
-                                img_s=f"{seen * acc.num_processes / max(elapsed, 1e-9):.0f}", refresh=False)
             if stop and step + 1 < len(p.train_loader):
                 bar.close()
                 state.epoch, state.step = epoch, step + 1
@@ -162,6 +169,22 @@ class Trainer:
         bar.close()
         seconds += time.perf_counter() - start
         return self._train_summary(loss_sum, hits, seen, seconds, epoch_bad, state)
+
+    def _report(self, bar: Progress, global_step: int, sums: tuple[float, float, int], elapsed: float) -> None:
+        """Every log_every steps and at the epoch's end (main process): the epoch's running numbers on the
+        console, and the loss since the last report plus the learning rate to the trackers."""
+        loss_sum, hits, seen = sums
+        lr = self.p.optimizer.param_groups[0]["lr"]
+        left = self.cfg.train.epochs - len(self._rows) - 1  # epochs after this one
+        done = [r["epoch_seconds"] for r in self._rows]
+        bar.later_seconds = left * (sum(done) / len(done) if done else bar.per_unit() * (bar.total or 0))
+        bar.report({"loss": f"{loss_sum / max(seen, 1):.4f}", "acc": f"{hits / max(seen, 1):.3f}",
+                    "img/s": f"{seen * self.acc.num_processes / max(elapsed, 1e-9):.0f}", "lr": f"{lr:.2e}"})
+        last_loss, last_seen = self._window
+        if seen > last_seen:
+            self.tracking.log({"train/loss": (loss_sum - last_loss) / (seen - last_seen), "train/lr": lr},
+                              step=global_step)
+        self._window = (loss_sum, seen)
 
     def _step(self, images: torch.Tensor, labels: torch.Tensor, epoch: int, step: int):
         acc, p = self.acc, self.p
@@ -184,7 +207,7 @@ class Trainer:
                             reduction="sum")
         loss_total, hit_total, n = totals.tolist()
         all_bad = gather_object(epoch_bad) if acc.num_processes > 1 else epoch_bad
-        self._check_bad(len(set(all_bad)), epoch_bad)
+        self._check_bad(len(set(all_bad)), epoch_bad, epoch_done=True)
         state.bad_files = sorted(set(state.bad_files) | set(all_bad))
         return {"train_loss": loss_total / max(n, 1), "train_acc": hit_total / max(n, 1),
                 "images_per_s": n / max(seconds, 1e-9), "train_seconds": seconds}
@@ -198,7 +221,7 @@ class Trainer:
                   state: TrainerState) -> bool:
         """Record the epoch, keep the best bundle; return True when early stopping says stop."""
         row = {"epoch": epoch + 1, "train_loss": train["train_loss"], "train_acc": train["train_acc"],
-               "valid_loss": valid.loss, "valid_acc": valid.acc, "valid_top5": valid.top5,
+               "valid_loss": valid.loss, "valid_acc": valid.acc, **valid.top5_metric("valid"),
                "lr": self.p.optimizer.param_groups[0]["lr"], "images_per_s": train["images_per_s"],
                "epoch_seconds": seconds}
         state.rows.append(row)
@@ -213,6 +236,9 @@ class Trainer:
             if is_best:
                 self.save_best(metrics)
             self.write_reports(state)
+            step = (epoch + 1) * len(self.p.train_loader)
+            self.tracking.log({f"epoch/{k}": v for k, v in row.items()}, step=step)
+            self.tracking.images({"curves": self.run_dir / "curves.png"}, step=step)
         self.log(_summary(epoch, self.cfg.train.epochs, row, valid.n, is_best))
         patience = self.cfg.train.early_stopping_patience
         return bool(patience) and state.epochs_since_best >= patience
@@ -226,7 +252,7 @@ class Trainer:
 
     def write_reports(self, state: TrainerState) -> None:
         write_metrics_csv(state.rows, self.run_dir / "metrics.csv")
-        plot_curves(state.rows, self.run_dir / "curves.png")
+        plot_curves(state.rows, self.run_dir / "curves.png", best_epoch=(state.best or {}).get("epoch"))
         if state.bad_files:
             write_text_atomic(self.run_dir / "bad_files.txt", "\n".join(state.bad_files) + "\n")
 
@@ -263,6 +289,7 @@ def _head_spec(cfg: Config) -> HeadSpec:
 
 def _summary(epoch: int, epochs: int, row: dict[str, Any], n_valid: int, is_best: bool) -> str:
     return (f"epoch {epoch + 1}/{epochs}  train loss {row['train_loss']:.4f} acc {row['train_acc']:.3f}  "
-            f"valid loss {row['valid_loss']:.4f} acc {row['valid_acc']:.3f} top5 {row['valid_top5']:.3f} "
+            f"valid loss {row['valid_loss']:.4f} acc {row['valid_acc']:.3f}"
+            + (f" top5 {row['valid_top5']:.3f}" if "valid_top5" in row else "") + " "
             f"(n={n_valid})  lr {row['lr']:.2e}  {row['images_per_s']:.0f} img/s  {row['epoch_seconds']:.1f}s"
             + ("  *best" if is_best else ""))

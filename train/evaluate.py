@@ -14,6 +14,7 @@ import torch.nn.functional as F
 from accelerate import Accelerator
 from torch import nn
 
+from core.report import TOPK
 from train.data import IGNORE_LABEL
 
 
@@ -22,14 +23,18 @@ class EvalResult:
     n: int
     loss: float
     acc: float
-    top5: float
+    top5: float | None  # None with 5 classes or fewer: every class is then in the top 5, it would be 1.0
     probs: np.ndarray | None = None
     targets: np.ndarray | None = None
     indices: np.ndarray | None = None  # dataset index of each row of probs (unreadable images are dropped)
 
     def as_metrics(self, prefix: str) -> dict[str, float | int]:
-        return {f"{prefix}_loss": self.loss, f"{prefix}_acc": self.acc, f"{prefix}_top5": self.top5,
+        return {f"{prefix}_loss": self.loss, f"{prefix}_acc": self.acc, **self.top5_metric(prefix),
                 f"{prefix}_n": self.n}
+
+    def top5_metric(self, prefix: str) -> dict[str, float]:
+        """{prefix_top5: value}, or {} where top-5 means nothing (5 classes or fewer)."""
+        return {} if self.top5 is None else {f"{prefix}_top5": self.top5}
 
 
 def _per_image(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
@@ -38,7 +43,7 @@ def _per_image(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
     valid = labels != IGNORE_LABEL
     target = labels.clamp(min=0)
     loss = F.cross_entropy(logits, target, reduction="none")
-    top = logits.topk(min(5, logits.shape[1]), dim=1).indices
+    top = logits.topk(min(TOPK, logits.shape[1]), dim=1).indices
     hit1 = top[:, 0] == target
     hit5 = (top == target[:, None]).any(dim=1)
     return torch.stack([loss, hit1.float(), hit5.float(), valid.float()], dim=1) * valid[:, None].float()
@@ -50,10 +55,11 @@ def evaluate(accelerator: Accelerator, model: nn.Module, loader, prepare: nn.Mod
     """Run `model(prepare(images))` over `loader`; with keep_probs, also return softmax probs and targets."""
     model.eval()
     totals = torch.zeros(4, dtype=torch.float64, device=accelerator.device)
-    probs, targets = [], []
+    probs, targets, classes = [], [], 0
     for images, labels, _bad in loader:
         with accelerator.autocast():
             logits = model(prepare(images)).float()
+        classes = logits.shape[1]
         outputs = (_per_image(logits, labels), labels) + ((logits,) if keep_probs else ())
         gathered = accelerator.gather_for_metrics(outputs)
         totals += gathered[0].sum(dim=0).double()
@@ -62,7 +68,7 @@ def evaluate(accelerator: Accelerator, model: nn.Module, loader, prepare: nn.Mod
             probs.append(torch.softmax(gathered[2], dim=1))
     loss_sum, hit1, hit5, n = totals.tolist()  # the one device sync of the whole evaluation
     denom = max(n, 1.0)
-    result = EvalResult(round(n), loss_sum / denom, hit1 / denom, hit5 / denom)
+    result = EvalResult(round(n), loss_sum / denom, hit1 / denom, hit5 / denom if classes > TOPK else None)
     if keep_probs and targets:
         all_targets, all_probs = torch.cat(targets).cpu(), torch.cat(probs).cpu()
         keep = all_targets != IGNORE_LABEL

@@ -5,6 +5,7 @@ or file bytes decoded and augmented on the device by train.gpu_data. Either way 
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable
+from pathlib import Path
 from typing import Protocol
 
 import torch
@@ -12,7 +13,7 @@ from torch.utils.data import DataLoader
 
 from core.config import Config
 from core.errors import UserError
-from core.jpeg import DecodeStats
+from core.jpeg import DecodeStats, device_decoder_available, route_jpeg
 from train.data import (
     IGNORE_LABEL,
     EpochSampler,
@@ -28,7 +29,8 @@ from train.data import (
 from train.gpu_data import EncodedImages, GpuPipeline, collate_encoded, engine_batches, resolve_decode
 
 Batch = tuple[torch.Tensor, torch.Tensor, list[str]]
-GPU_PATH_MAX_WORKERS = 4  # workers only read bytes on the GPU path: a few per process keep up with nvJPEG
+GPU_PATH_MAX_WORKERS = 4  # workers mostly read bytes on the GPU path: a few per process keep up with nvJPEG
+CPU_SHARE_PROBE = 64  # files whose route is checked up front, spread over the training set
 
 
 class Feed(Protocol):
@@ -85,16 +87,40 @@ def _samples(ds: ImageDataset) -> list[tuple[str, int]]:
     return list(zip(source.paths, source.labels, strict=True))
 
 
+def cpu_share(samples: list[tuple[str, int]], probe: int = CPU_SHARE_PROBE) -> float:
+    """The fraction of a spread sample of files that core.jpeg routes to the CPU decoder (unreadable: CPU)."""
+    if not samples:
+        return 0.0
+    m = min(probe, len(samples))
+    picks = sorted({round(k * (len(samples) - 1) / max(m - 1, 1)) for k in range(m)})
+    to_cpu = 0
+    for k in picks:
+        try:
+            to_cpu += not route_jpeg(Path(samples[k][0]).read_bytes()).device
+        except OSError:
+            to_cpu += 1
+    return to_cpu / len(picks)
+
+
+def gpu_path_workers(num_workers: int, samples: list[tuple[str, int]]) -> int:
+    """A few workers when they only read JPEG bytes; all of data.num_workers when a real share of the files
+    (PNG, progressive, CMYK...) will be decoded by PIL in them."""
+    return num_workers if cpu_share(samples) > 0.1 else min(num_workers, GPU_PATH_MAX_WORKERS)
+
+
 class GpuFeed:
-    """Workers read file bytes; decode (nvJPEG on CUDA) and augmentation run batched on the run's device."""
+    """Workers read file bytes (and PIL-decode what nvJPEG does not take); decode (nvJPEG on CUDA) and
+    augmentation run batched on the run's device."""
 
     mode = "gpu"
 
     def __init__(self, cfg: Config, data: TrainData, device: torch.device):
         spec = cfg.preprocess.spec()
         self.data, self.seed = data, cfg.run.seed
-        self.workers = min(cfg.data.num_workers, GPU_PATH_MAX_WORKERS)
         self.train_samples, self.valid_samples = _samples(data.train), _samples(data.valid)
+        self.device_decode = device_decoder_available(device)  # if not, PIL decodes all in the workers
+        self.workers = (gpu_path_workers(cfg.data.num_workers, self.train_samples) if self.device_decode
+                        else cfg.data.num_workers)
         # normalize=False: uint8 batches, so the trainer's own prepare() normalizes as on the CPU path
         self.train_pipe = GpuPipeline(spec, device, aug=cfg.augment.spec(), seed=cfg.run.seed, normalize=False)
         self.eval_pipe = GpuPipeline(spec, device, normalize=False)
@@ -102,8 +128,9 @@ class GpuFeed:
 
     def loaders(self, batch_size: int, eval_batch_size: int, pin: bool,
                 drop_last: bool = False) -> tuple[DataLoader, DataLoader]:
-        return (encoded_train_loader(self.train_samples, batch_size, self.seed, self.workers, drop_last),
-                encoded_eval_loader(self.valid_samples, eval_batch_size, self.workers))
+        return (encoded_train_loader(self.train_samples, batch_size, self.seed, self.workers, drop_last,
+                                     self.device_decode),
+                encoded_eval_loader(self.valid_samples, eval_batch_size, self.workers, self.device_decode))
 
     def report_once(self, log: Callable[[str], None]) -> None:
         """How many images the device decoded and how many went to PIL (and why), once per run."""
@@ -123,7 +150,7 @@ class GpuFeed:
     def preview(self, n: int) -> tuple[torch.Tensor, list[int]]:
         """The first `n` readable images of epoch 0 through the training pipeline, as the trainer sees them."""
         keys = list(EpochSampler(len(self.train_samples), self.seed))
-        reader = EncodedImages(self.train_samples, threads=4)
+        reader = EncodedImages(self.train_samples, threads=4, device_decode=self.device_decode)
         images, labels = [], []
         for start in range(0, len(keys), n):
             if len(labels) >= n:

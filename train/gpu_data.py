@@ -19,7 +19,15 @@ from typing import Any
 import torch
 
 from core.images import BadImage, exif_transpose_tensor
-from core.jpeg import REFUSED, DecodeStats, decode_cpu, decode_on_device, route_jpeg
+from core.jpeg import (
+    NO_DEVICE_DECODER,
+    REFUSED,
+    DecodeStats,
+    JpegRoute,
+    decode_cpu,
+    decode_on_device,
+    route_jpeg,
+)
 from core.preprocess import AugmentSpec, EvalSpec, Normalize
 from train.gpu_augment import eval_batch, train_batch
 
@@ -91,9 +99,11 @@ class EncodedImages(torch.utils.data.Dataset):
     process so DataLoader worker processes each get their own.
     """
 
-    def __init__(self, samples: Sequence[tuple[str, int]], threads: int = 8, cpu_decode: bool = True):
+    def __init__(self, samples: Sequence[tuple[str, int]], threads: int = 8, cpu_decode: bool = True,
+                 device_decode: bool = True):
         self.samples = [(os.fspath(p), int(y)) for p, y in samples]
         self.threads, self.cpu_decode = threads, cpu_decode
+        self.device_decode = device_decode  # False: no working device decoder, PIL decodes every file here
         self._pool: ThreadPoolExecutor | None = None
         self._pid = -1
 
@@ -106,7 +116,7 @@ class EncodedImages(torch.utils.data.Dataset):
         data, error = _read(path)
         if error or not self.cpu_decode:
             return EncodedSample(data, label, i, epoch, error)
-        route = route_jpeg(data)
+        route = route_jpeg(data) if self.device_decode else JpegRoute(NO_DEVICE_DECODER)
         if route.device:
             return EncodedSample(data, label, i, epoch, orientation=route.orientation)
         try:

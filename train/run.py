@@ -27,14 +27,23 @@ from core.errors import UserError
 from core.fsio import write_text_atomic
 from core.models import HeadSpec, build_model, set_backbone_trainable
 from core.preprocess import Normalize, WithPreprocessing
-from core.report import write_batch_grid, write_evaluation
-from train.checkpoint import LAST_DIR, TrainerState, is_complete, latest_run_with_last, load_last, resume_dir
+from core.report import evaluation_source, write_batch_grid, write_evaluation
+from train.checkpoint import (
+    LAST_DIR,
+    TrainerState,
+    find_last,
+    latest_run_with_last,
+    load_last,
+    read_state,
+    resume_dir,
+)
 from train.data import IGNORE_LABEL, TrainData, eval_loader, load_data
 from train.engine import BEST_DIR, Parts, Trainer
 from train.evaluate import evaluate
 from train.feed import FEEDS, Feed, decode_mode
 from train.optim import build_optimizer, build_scheduler
 from train.signals import StopFlag
+from train.tracking import Tracking, check_installed
 
 PREVIEW_IMAGES = 16
 
@@ -116,16 +125,30 @@ def _resolve_run(cfg: Config, stem: str) -> tuple[Path, Path | None]:
         return (out / name if name else last.parent), last
     if resume == "auto":
         run_dir = out / name if name else latest_run_with_last(out, f"{stem}-")
-        if run_dir is not None and is_complete(run_dir / LAST_DIR):
-            return run_dir, run_dir / LAST_DIR
-        return (run_dir or _new_run_dir(out, stem)), None
+        last = find_last(run_dir) if run_dir is not None else None
+        return (run_dir or _new_run_dir(out, stem)), last
     if name:
         run_dir = out / name
+        find_last(run_dir)  # a crash mid-swap leaves only .last.old: that is still a run to refuse to overwrite
         if (run_dir / LAST_DIR).exists() or (run_dir / BEST_DIR).exists():
             raise UserError(f"run folder {run_dir} already holds a run; continue it with train.resume=auto "
                             "or choose another run.name")
         return run_dir, None
     return _new_run_dir(out, stem), None
+
+
+def finished_note(cfg: Config, run_dir: Path, last: Path | None) -> str | None:
+    """For a resumed run that has nothing left to train: what it reached, said instead of 'resuming'."""
+    if last is None:
+        return None
+    state = read_state(last)
+    if not (state.finished or state.epoch >= cfg.train.epochs):
+        return None
+    best = state.best or {}
+    how = "early-stopped" if state.epoch < cfg.train.epochs else "finished"
+    return (f"run {run_dir} is {how} ({state.epoch}/{cfg.train.epochs} epochs, best valid_acc "
+            f"{best.get('valid_acc', 0):.3f} at epoch {best.get('epoch')}); nothing to do. Its bundle is "
+            f"{run_dir / BEST_DIR}; choose another run.name to train a new run")
 
 
 def git_commit() -> str | None:
@@ -218,8 +241,10 @@ def evaluate_test(cfg: Config, data: TrainData, run_dir: Path, accelerator: Acce
     images = [data.test[int(result.indices[r])][0] for r in rows]
     keep = [r for r, x in zip(rows, images) if x is not None]
     images = [x for x in images if x is not None]
+    folder = data.lineage.get("test_dir") or data.lineage.get("source", "test")  # CIFAR-10 has no folder
+    source = evaluation_source(run_dir / BEST_DIR, folder, len(data.test))
     return write_evaluation(run_dir, result.probs, result.targets, record.classes, record.display_names,
-                            torch.stack(images) if images else None, image_rows=keep)
+                            torch.stack(images) if images else None, image_rows=keep, source=source)
 
 
 # ---------------------------------------------------------------------------------------- the run
@@ -240,33 +265,68 @@ class RunResult:
     exit_code: int  # 0, or 128 + signal number when preempted (last/ saved)
     run_dir: Path
     state: TrainerState
-    model: torch.nn.Module  # the trained model as it ended (unwrapped, on its device)
+    model: torch.nn.Module | None  # the trained model as it ended (unwrapped, on its device); None: nothing to do
     test_metrics: dict | None = None
+
+
+def _device_text(accelerator: Accelerator) -> str:
+    """'cuda', or 'cpu (N threads)': accelerate launch gives a CPU process 1 thread unless OMP_NUM_THREADS is set."""
+    kind = accelerator.device.type
+    n = torch.get_num_threads()
+    return f"cpu ({n} thread{'s' if n != 1 else ''})" if kind == "cpu" else kind
 
 
 def train(cfg: Config, stem: str) -> RunResult:
     """Train as configured: the epoch loop, then the best bundle's evaluation on test/ when present."""
+    check_installed(cfg.run.trackers())
     accelerator = make_accelerator(cfg)
+    try:
+        return _train(accelerator, cfg, stem)
+    finally:
+        # On every way out (done, preempted, user error, crash): a gloo group left for interpreter exit
+        # aborts the process ("terminate called without an active exception"), and then the launcher
+        # of a healthy node waits out torchrun's 300 s exit barrier for it.
+        accelerator.end_training()
+
+
+def _train(accelerator: Accelerator, cfg: Config, stem: str) -> RunResult:
     set_seed(cfg.run.seed, device_specific=True)
     decode = decode_mode(cfg, accelerator.device)
     if decode == "gpu" and accelerator.device.type != "cuda":
         accelerator.print("warning: data.decode: gpu runs its batched decode + augmentation on the CPU here (no "
                           "CUDA device); data.decode: cpu (parallel workers) is faster on this machine")
     run_dir, last = on_main(accelerator, lambda: resolve_run(cfg, stem))
+    note = on_main(accelerator, lambda: finished_note(cfg, run_dir, last))
+    if note:  # a rerun of a finished run (the README's newcomer command twice) succeeds and says so
+        accelerator.print(note)
+        return RunResult(0, run_dir, read_state(last), None)
     with accelerator.main_process_first():  # a download (CIFAR-10, pretrained weights) happens once
         data = load_data(cfg)
         model = make_model(cfg, data)
     feed = FEEDS[decode](cfg, data, accelerator.device)
+    if decode == "gpu" and not getattr(feed, "device_decode", True):
+        accelerator.print(f"warning: the device JPEG decoder does not work on {accelerator.device} (torchvision "
+                          "without nvJPEG, or a GPU slice without a JPEG engine): PIL decodes every image in the "
+                          "DataLoader workers; data.decode: cpu does the same with CPU augmentation")
     parts = build_parts(cfg, feed, data, model, accelerator)
     if accelerator.is_main_process:
         write_run_files(cfg, data, feed, run_dir)
     lineage = {"config_hash": cfg.hash(), "git_commit": git_commit(), "dataset": data.lineage}
     accelerator.print(f"run folder {run_dir} | {len(data.classes)} classes, {len(data.train)} train / "
                       f"{len(data.valid)} valid images | {accelerator.num_processes} process(es) on "
-                      f"{accelerator.device.type}, mixed precision {accelerator.mixed_precision}, data.decode {decode}")
+                      f"{_device_text(accelerator)}, mixed precision {accelerator.mixed_precision}, data.decode {decode}")
     state = _restore(accelerator, cfg, last)
+    tracking = Tracking.start(accelerator, cfg, run_dir)
+    try:
+        return _fit_and_test(cfg, data, run_dir, accelerator, parts, lineage, state, tracking)
+    finally:
+        tracking.finish()
+
+
+def _fit_and_test(cfg: Config, data: TrainData, run_dir: Path, accelerator: Accelerator, parts, lineage: dict,
+                  state: TrainerState, tracking: Tracking) -> RunResult:
     with StopFlag() as stop:
-        trainer = Trainer(cfg, data, run_dir, accelerator, parts, stop, lineage)
+        trainer = Trainer(cfg, data, run_dir, accelerator, parts, stop, lineage, tracking)
         state = trainer.fit(state)
     result = RunResult(0 if state.finished else stop.exit_code, run_dir, state, trainer.unwrapped)
     if not state.finished:
@@ -276,4 +336,9 @@ def train(cfg: Config, stem: str) -> RunResult:
     best, test = state.best or {}, result.test_metrics
     accelerator.print(f"best epoch {best.get('epoch')}: valid acc {best.get('valid_acc', 0):.3f} → "
                       f"{run_dir / BEST_DIR}" + (f" | test acc {test['accuracy']:.3f}" if test else ""))
+    if test:
+        step = len(state.rows) * len(parts.train_loader)
+        tracking.log({f"test/{k}": v for k, v in test.items()
+                      if isinstance(v, (int, float)) and not isinstance(v, bool)}, step=step)
+        tracking.images({n: run_dir / f"{n}.png" for n in ("confusion_matrix", "predictions")}, step=step)
     return result

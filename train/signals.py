@@ -4,11 +4,15 @@ A second signal of the same kind gets the default behaviour back (a second Ctrl-
 """
 from __future__ import annotations
 
+import os
 import signal
 from types import FrameType
 
 SIGNALS = (signal.SIGTERM, signal.SIGINT)
 EXIT_CODES = {signal.SIGTERM: 143, signal.SIGINT: 130}  # 128 + signal number, as a shell reports it
+# Test-only: a real SIGTERM to this process once the run has done this many training batches (counted over
+# all epochs), so a preemption test stops at an exact step instead of racing a timer or the progress output.
+TEST_SIGTERM_ENV = "IMGCLF_TEST_SIGTERM_AT_BATCH"
 
 
 class StopFlag:
@@ -17,6 +21,7 @@ class StopFlag:
     def __init__(self) -> None:
         self.received: signal.Signals | None = None
         self._previous: dict[signal.Signals, object] = {}
+        self._sigterm_at = int(os.environ.get(TEST_SIGTERM_ENV) or 0)
 
     def _handle(self, signum: int, frame: FrameType | None) -> None:
         self.received = self.received or signal.Signals(signum)
@@ -30,6 +35,10 @@ class StopFlag:
     def __exit__(self, *exc: object) -> None:
         for sig, handler in self._previous.items():
             signal.signal(sig, handler)
+
+    def test_hook(self, batches_done: int) -> None:
+        if batches_done == self._sigterm_at:
+            os.kill(os.getpid(), signal.SIGTERM)  # caught by _handle at once, exactly like a real preemption
 
     @property
     def exit_code(self) -> int:

@@ -119,7 +119,7 @@ def test_readme_config_reference_matches_the_code():
 
 @pytest.mark.parametrize("override, shown, valid", [
     ("model.head.dropout=1.5", "1.5", "[0, 1)"),
-    ("train.optimizer.lr=-1", "-1.0", "> 0"),
+    ("train.optimizer.lr=-1", "-1.0", ">= 0"),
     ("augment.hflip=2", "2.0", "[0, 1]"),
     ("preprocess.crop=0", "0", ">= 1"),
     ("augment.scale=[1.0,0.5]", "[1.0, 0.5]", "2 values in (0, 1], min <= max"),
@@ -128,10 +128,11 @@ def test_readme_config_reference_matches_the_code():
     ("data.max_bad_fraction=1.5", "1.5", "[0, 1]"),
     ("preprocess.mean=[0.5,0.5]", "[0.5, 0.5]", "3 values in [0, 1]"),
     ("preprocess.std=[0.2,0,0.2]", "[0.2, 0.0, 0.2]", "3 values in (0, 1]"),
-    ("train.optimizer.lr=.nan", "NaN", "> 0"),
+    ("train.optimizer.lr=.nan", "NaN", ">= 0"),
     ("train.epochs=0", "0", ">= 1"),
     ("model.freeze=-2", "-2", "backbone, none or >= 0"),
     ("model.head.hidden=[64,0]", "[64, 0]", ">= 1"),
+    ("run.seed=4294967296", "4294967296", "[0, 2147483647]"),
 ])
 def test_out_of_range_value_names_key_value_and_valid_range(override, shown, valid):
     key = override.split("=")[0]
@@ -204,3 +205,15 @@ def test_terminal_reference_groups_by_section_and_fits_the_width():
     assert text.startswith("run: ") and "\ntrain: optimization\n" in text
     assert "  model.head.dropout = 0.0    valid: [0, 1)" in text
     assert all(len(line) <= 60 for line in text.splitlines() if line.startswith("      "))
+
+
+def test_exponent_without_a_dot_is_a_float_in_overrides_and_files(tmp_path):
+    """PyYAML (YAML 1.1) reads `1e-3` as a string; a learning rate written that way must still work."""
+    assert load_config(None, ["train.optimizer.lr=1e-3"]).train.optimizer.lr == 1e-3
+    p = tmp_path / "r.yaml"
+    p.write_text("train:\n  optimizer:\n    lr: 5e-4\n")
+    assert load_config(p).train.optimizer.lr == 5e-4
+    with pytest.raises(UserError, match="expected float"):
+        load_config(None, ["train.optimizer.lr=fast"])
+    with pytest.raises(UserError, match="expected int"):
+        load_config(None, ["train.epochs=1e3"])

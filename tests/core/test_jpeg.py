@@ -242,3 +242,17 @@ def test_device_decodes_under_a_busy_consumer_stream_equal_a_synchronous_referen
             del got  # freed while the reductions above are still queued
             expect = torch.stack([w.long().sum() for w in want[start: start + 16]])
             assert torch.equal(sums.cpu(), expect)
+
+
+def test_a_device_decoder_that_fails_even_a_tiny_baseline_jpeg_is_found_unavailable_once(monkeypatch):
+    monkeypatch.setattr(jpeg, "_available", {})
+    calls = []
+
+    def broken(blobs, device):
+        calls.append(len(blobs))
+        raise RuntimeError("decode_jpegs_cuda: torchvision not compiled with nvJPEG support")
+
+    assert not jpeg.device_decoder_available("cpu", broken)
+    assert not jpeg.device_decoder_available("cpu", broken) and calls == [1]  # asked once per device
+    monkeypatch.setattr(jpeg, "_available", {})
+    assert jpeg.device_decoder_available("cpu")  # torchvision's CPU decode_jpeg works here

@@ -1,11 +1,11 @@
-"""Export-test fixtures: one dynamo export of a tiny resnet18 shared by all export tests."""
+"""Export-test fixtures: one dynamo export of a tiny resnet18 shared by all export tests, a trained bundle."""
 from __future__ import annotations
 
 import json
 
 import pytest
 
-from tests.export.export_helpers import run_export, save_tiny_bundle
+from tests.export.export_helpers import run_export, save_tiny_bundle, train_tiny_bundle
 
 
 @pytest.fixture(scope="session")
@@ -28,3 +28,9 @@ def cnn_export(tmp_path_factory, demo_root) -> dict:
     rc = run_export(bundle, "--images", demo_root / "valid", "--exporter", "torchscript", "--no-bench",
                     "--out", out)
     return {"rc": rc, "bundle": bundle, "out": out, "onnx": out / "model.onnx"}
+
+
+@pytest.fixture(scope="session")
+def trained(tmp_path_factory, demo_root):
+    """cifar_cnn at 32 px trained on the demo shapes (≈90% on valid); lineage names train/ and valid/."""
+    return train_tiny_bundle(tmp_path_factory.mktemp("trained") / "run" / "best", demo_root, arch="cifar_cnn")

@@ -50,3 +50,41 @@ def corrupt_head(src: Path, dest: Path) -> str:
     init.CopyFrom(numpy_helper.from_array(w, init.name))
     onnx.save(model, str(dest))
     return init.name
+
+
+def train_tiny_bundle(directory: Path, data_root: Path, arch: str = "resnet18", crop: int = 32,
+                      epochs: int = 12, seed: int = 0) -> Path:
+    """A bundle that has learned the demo shapes: a plain loop (flip augmentation) on data_root/train.
+
+    Training itself is tested in tests/train; here we need weights with real, confident decisions, so
+    that precision variants are checked on a model whose top-1 means something. Lineage points at the
+    data, so export finds its calibration (train) and gate (valid) folders as it does for a real run.
+    """
+    from core.images import decode_image
+    from core.preprocess import Normalize, eval_transform
+
+    spec = EvalSpec(resize=round(crop * 8 / 7), crop=crop)
+    classes = sorted(p.name for p in (data_root / "train").iterdir() if p.is_dir())
+    files = [(f, i) for i, c in enumerate(classes) for f in sorted((data_root / "train" / c).iterdir())]
+    transform = eval_transform(spec)
+    x = torch.stack([transform(decode_image(f)) for f, _ in files])
+    y = torch.tensor([i for _, i in files])
+    torch.manual_seed(seed)
+    model = build_model(arch, len(classes), HeadSpec(), pretrained="none")
+    norm = Normalize(spec.mean, spec.std)
+    opt = torch.optim.Adam(model.parameters(), lr=1e-3)
+    g = torch.Generator().manual_seed(seed)
+    for _ in range(epochs):
+        model.train()
+        for idx in torch.randperm(len(x), generator=g).split(16):
+            batch = x[idx]
+            flip = torch.rand(len(idx), generator=g) < 0.5
+            batch = torch.where(flip.view(-1, 1, 1, 1), batch.flip(-1), batch)
+            loss = torch.nn.functional.cross_entropy(model(norm(batch)), y[idx])
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+    record = BundleRecord(arch=arch, classes=classes, preprocess=spec, metrics={},
+                          lineage={"dataset": {"train_dir": str(data_root / "train"),
+                                               "valid_dir": str(data_root / "valid")}})
+    return save_bundle(directory, model.eval(), record)

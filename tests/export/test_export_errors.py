@@ -49,7 +49,7 @@ def _onnx_without_verify_only(tmp_path, make_bundle):
 
 
 def _trt_flag_without_tensorrt(tmp_path, make_bundle):
-    return [make_bundle(arch="cifar_cnn"), "--precision", "int8"], "--precision only apply with --tensorrt"
+    return [make_bundle(arch="cifar_cnn"), "--engine-from", "int8"], "--engine-from only apply with --tensorrt"
 
 
 def _opt_batch_above_max(tmp_path, make_bundle):
@@ -57,8 +57,29 @@ def _opt_batch_above_max(tmp_path, make_bundle):
     return argv, "--opt-batch must be between 1 and --max-batch (8)"
 
 
+def _unknown_precision(tmp_path, make_bundle):
+    return [make_bundle(arch="cifar_cnn"), "--precision", "fp32,fp8"], "valid: a comma list of fp32, fp16, int8"
+
+
+def _calibration_without_int8(tmp_path, make_bundle):
+    argv = [make_bundle(arch="cifar_cnn"), "--precision", "fp16", "--calib-images", tmp_path]
+    return argv, "--calib-images only apply with --precision ...,int8"
+
+
+def _int8_without_calibration_images(tmp_path, make_bundle):
+    return [make_bundle(arch="cifar_cnn"), "--precision", "int8"], "needs calibration images"
+
+
+def _crop_zero(tmp_path, make_bundle):
+    bundle = make_bundle(arch="cifar_cnn")
+    edit_record(bundle, preprocess={"resize": 36, "crop": 0, "interpolation": "bilinear",
+                                    "mean": [0.5, 0.5, 0.5], "std": [0.5, 0.5, 0.5]})
+    return [bundle], "bundle.json has invalid preprocessing: crop 0 (must be at least 1)"
+
+
 BAD_INPUTS = [_not_a_bundle, _newer_schema, _corrupt_weights, _unwritable_out, _onnx_without_verify_only,
-              _trt_flag_without_tensorrt, _opt_batch_above_max]
+              _trt_flag_without_tensorrt, _opt_batch_above_max, _unknown_precision, _calibration_without_int8,
+              _int8_without_calibration_images, _crop_zero]
 
 
 @pytest.mark.parametrize("case", BAD_INPUTS, ids=lambda f: f.__name__.strip("_"))
@@ -75,7 +96,7 @@ def test_missing_tensorrt_says_how_to_install_it_before_any_export(make_bundle, 
     out = tmp_path / "out"
     assert run_export(make_bundle(arch="cifar_cnn"), "--tensorrt", "--out", out) == 2
     assert "pip install '.[gpu]'" in _one_error_line(capsys)
-    assert list(out.iterdir()) == []
+    assert not out.exists()
 
 
 def test_verify_only_refuses_a_bundle_with_other_weights(cnn_export, tmp_path, capsys):
@@ -121,12 +142,34 @@ def test_ctrl_c_during_export_is_one_line_exit_130_and_no_model_file(make_bundle
     assert run_export(make_bundle(arch="cifar_cnn"), "--out", out, "--no-bench") == 130
     lines = capsys.readouterr().err.strip().splitlines()
     assert lines[-1].startswith("interrupted: nothing was written")
-    assert list(out.iterdir()) == []
+    assert not out.exists()
 
 
-def test_an_opset_the_exporter_cannot_produce_is_refused_not_mislabelled(make_bundle, tmp_path, capsys):
+@pytest.mark.parametrize("exporter,opset", [("dynamo", 5), ("dynamo", 99), ("torchscript", 99)])
+def test_an_opset_the_exporter_cannot_produce_is_one_line_before_any_work(exporter, opset, make_bundle,
+                                                                           tmp_path, capsys):
     out = tmp_path / "out"
-    assert run_export(make_bundle(arch="cifar_cnn"), "--opset", 5, "--out", out, "--no-bench") == 2
-    line = capsys.readouterr().err.strip().splitlines()[-1]
-    assert line.startswith("error: ") and "--opset" in line and "5" in line
-    assert list(out.iterdir()) == []
+    assert run_export(make_bundle(arch="cifar_cnn"), "--exporter", exporter, "--opset", opset, "--out", out,
+                      "--no-bench") == 2
+    line = _one_error_line(capsys)  # no library traceback or version-converter warning before it
+    assert f"--opset {opset} is outside what the {exporter} exporter can produce" in line
+    assert not out.exists()  # a failed export leaves no empty --out folder behind
+
+
+def test_the_dynamo_exporter_without_onnxscript_is_one_line_naming_the_fix(make_bundle, tmp_path, monkeypatch,
+                                                                            capsys):
+    monkeypatch.setitem(sys.modules, "onnxscript", None)  # `import onnxscript` fails, as on the GPU machine
+    out = tmp_path / "out"
+    assert run_export(make_bundle(arch="cifar_cnn"), "--out", out, "--no-bench") == 2
+    assert _one_error_line(capsys) == ("error: the dynamo ONNX exporter needs onnxscript, which is not installed: "
+                                       "pip install onnxscript, or use --exporter torchscript")
+    assert not out.exists()
+
+
+def test_a_path_to_the_weights_file_exports_its_bundle_folder(tmp_path, capsys):
+    bundle = save_tiny_bundle(tmp_path / "run" / "best", arch="cifar_cnn")
+    assert run_export(bundle / WEIGHTS_FILE, "--exporter", "torchscript", "--no-bench") == 0
+    assert (tmp_path / "run" / "export" / "model.onnx").is_file()
+    assert not (bundle / "export").exists() and sorted(p.name for p in bundle.iterdir()) == [
+        "bundle.json", "model.safetensors"]
+    assert f"bundle: {bundle} (the folder of model.safetensors)" in capsys.readouterr().err

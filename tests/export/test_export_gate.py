@@ -32,7 +32,7 @@ def test_report_has_file_sizes_times_and_a_speed_check(resnet_export):
     report = resnet_export["report"]
     assert report["files"]["model.onnx"]["bytes"] == resnet_export["onnx"].stat().st_size
     assert report["times_s"]["export_onnx"] > 0 and report["times_s"]["verify_onnx"] > 0
-    for fmt in ("torch", "onnx"):
+    for fmt in ("torch fp32", "onnx fp32"):
         speed = report["bench"][fmt]
         assert speed["batch1_latency_ms"] > 0
         assert speed["best_images_per_s"] == max(speed["images_per_s"].values())
@@ -90,7 +90,7 @@ def test_a_failing_exporter_is_reported_not_replaced_by_the_other(make_bundle, t
     err = capsys.readouterr().err.strip().splitlines()
     assert err[-1] == ("error: the torchscript ONNX exporter failed (RuntimeError: unsupported operator "
                        "aten::frobnicate); try --exporter dynamo")
-    assert list(out.iterdir()) == []
+    assert not out.exists()
 
 
 def test_without_images_the_gate_runs_on_random_tensors_and_says_so(make_bundle, tmp_path, capsys):

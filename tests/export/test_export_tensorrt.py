@@ -1,15 +1,26 @@
-"""TensorRT: an engine is tied to its GPU and TensorRT version; building and gating need a GPU."""
+"""TensorRT: strongly typed engines from a chosen ONNX variant, tied to their GPU and TensorRT version.
+
+The build logic runs here against a stand-in tensorrt module (tests/export/fake_tensorrt.py); the real
+build and its gate are the `gpu` tests at the end.
+"""
 from __future__ import annotations
 
 import importlib.util
 import json
+import sys
 
+import onnxruntime
 import pytest
 import torch
 
 from core.errors import UserError
-from core.model_record import check_engine_host, read_engine_sidecar, sha256_file
+from core.model_record import check_engine_host, read_engine_sidecar, read_onnx_record, sha256_file
+from export import tensorrt_engine as te
+from export import report as rep
+from export import verify
+from export.main import parse_args
 from tests.export.export_helpers import run_export
+from tests.export.fake_tensorrt import fake_tensorrt
 
 BUILT = {"tensorrt_version": "10.3.0", "gpu_name": "NVIDIA H100 80GB HBM3", "compute_capability": [9, 0],
          "precision": "fp16", "profile": {"min": 1, "opt": 256, "max": 256},
@@ -29,8 +40,96 @@ def test_engine_from_another_gpu_or_tensorrt_is_refused_with_the_rebuild_command
     with pytest.raises(UserError) as err:
         check_engine_host("model.engine", BUILT, **{**HERE, **change})
     message = str(err.value)
-    assert "python export/main.py /runs/flowers/best --tensorrt --precision fp16 --max-batch 256" in message
+    assert "python export/main.py /runs/flowers/best --tensorrt --engine-from fp16 --max-batch 256" in message
     assert all(str(v) in message for v in change.values())
+
+
+@pytest.fixture
+def with_trt(monkeypatch):
+    """Install a fake tensorrt and pretend CUDA is there; returns the installer for other versions."""
+    def install(*args, **kwargs):
+        trt = fake_tensorrt(*args, **kwargs)
+        monkeypatch.setitem(sys.modules, "tensorrt", trt)
+        monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+        return trt
+
+    return install
+
+
+@pytest.mark.parametrize("version,has_flag,flags", [("10.8.0", True, 1 << 1), ("11.4.0", False, 0),
+                                                     ("11.4.0", True, 1 << 1)])
+def test_engine_is_strongly_typed_with_no_precision_flags_or_calibrator(version, has_flag, flags, with_trt,
+                                                                       tmp_path):
+    trt = with_trt(version, strongly_typed_flag=has_flag)
+    onnx_file = tmp_path / "model.int8.onnx"
+    onnx_file.write_bytes(b"onnx bytes")
+    info = te.build_engine(onnx_file, tmp_path / "model.engine", 32,
+                           te.EngineOptions(source="int8", max_batch=8, timing_cache=tmp_path / "t.cache"))
+    assert trt.calls["networks"] == [flags] and trt.calls["parsed"] == [str(onnx_file)]
+    assert trt.calls["set_flags"] == [] and trt.calls["cleared"] == [trt.BuilderFlag.TF32]
+    assert trt.calls["profile"] == ("images", ((1, 3, 32, 32), (8, 3, 32, 32), (8, 3, 32, 32)))
+    assert info["engine_from"] == "int8" and info["strongly_typed"] and info["tensorrt_version"] == version
+    assert not hasattr(te, "make_calibrator")
+
+
+@pytest.mark.parametrize("version", ["8.6.1", "12.0.0"])
+def test_an_unsupported_tensorrt_version_is_one_line_naming_it_and_the_pin(version, with_trt):
+    with_trt(version)
+    with pytest.raises(UserError) as err:
+        te.require_tensorrt()
+    assert str(err.value) == (f"TensorRT {version} is installed; export builds engines with TensorRT 10.x or "
+                              "11.x: pip install 'tensorrt>=10,<12'")
+
+
+@pytest.mark.parametrize("drop", ["MemoryPoolType", "OnnxParser"])
+def test_a_tensorrt_api_missing_at_run_time_names_the_installed_version(drop, with_trt, tmp_path):
+    with_trt("11.4.0", strongly_typed_flag=False, drop=(drop,))
+    with pytest.raises(UserError, match=r"^the installed TensorRT 11\.4\.0 lacks an API export uses .*"
+                                        f"{drop}.*tensorrt>=10,<12"):
+        te.build_engine(tmp_path / "m.onnx", tmp_path / "m.engine", 32, te.EngineOptions())
+
+
+def test_10x_without_the_strongly_typed_flag_is_refused_not_built_weakly(with_trt, tmp_path):
+    with_trt("10.0.1", strongly_typed_flag=False)
+    with pytest.raises(UserError, match="TensorRT 10.0.1 lacks .*STRONGLY_TYPED"):
+        te.build_engine(tmp_path / "m.onnx", tmp_path / "m.engine", 32, te.EngineOptions())
+
+
+@pytest.mark.parametrize("argv,precisions,engine_from,activations", [
+    (["--tensorrt"], ["fp32", "fp16"], "fp16", "uint8"),
+    (["--tensorrt", "--engine-from", "int8"], ["fp32", "int8"], "int8", "int8"),
+    (["--tensorrt", "--engine-from", "fp32", "--precision", "fp16"], ["fp32", "fp16"], "fp32", "uint8"),
+    (["--precision", "int8,fp32"], ["fp32", "int8"], None, "uint8"),
+])
+def test_engine_from_adds_its_variant_and_int8_for_tensorrt_is_symmetric(argv, precisions, engine_from,
+                                                                         activations):
+    args = parse_args(["bundle", *argv])
+    assert (args.precision, args.engine_from, args.int8_activations) == (precisions, engine_from, activations)
+
+
+def test_uint8_activations_cannot_feed_a_tensorrt_engine():
+    with pytest.raises(UserError, match="TensorRT takes only symmetric int8 activations"):
+        parse_args(["bundle", "--tensorrt", "--engine-from", "int8", "--int8-activations", "uint8"])
+
+
+def test_export_builds_the_engine_from_the_chosen_variant_and_its_sidecar_says_so(trained, with_trt,
+                                                                                  monkeypatch, tmp_path):
+    with_trt("11.4.0", strongly_typed_flag=False)
+    monkeypatch.setattr(te, "host_facts", lambda: {"tensorrt_version": "11.4.0", "gpu_name": "Fake GPU",
+                                                   "compute_capability": [9, 0]})
+    monkeypatch.setattr(rep, "machine", lambda: {"cpu_threads": 1, "gpu": "Fake GPU"})
+    # the fake "engine" is the ONNX variant itself: run it with onnxruntime so the engine's gate is real
+    monkeypatch.setattr(te, "EngineRunner", lambda blob: verify.ort_runner(onnxruntime.InferenceSession(blob)))
+    out = tmp_path / "out"
+    assert run_export(trained, "--tensorrt", "--out", out, "--no-bench", "--exporter", "torchscript",
+                      "--max-batch", 8) == 0
+    assert sorted(p.name for p in out.iterdir()) == ["export_report.json", "model.engine", "model.engine.json",
+                                                     "model.fp16.onnx", "model.onnx", "timing.cache"]
+    _, engine = read_engine_sidecar(out / "model.engine")
+    assert engine["engine_from"] == "model.fp16.onnx" and engine["precision"] == "fp16"
+    assert engine["onnx_sha256"] == sha256_file(out / "model.fp16.onnx") and engine["strongly_typed"]
+    report = json.loads((out / "export_report.json").read_text())
+    assert report["parity"]["tensorrt"]["passed"] and report["variants"]["tensorrt"]["status"] == "written"
 
 
 @pytest.mark.gpu
@@ -42,7 +141,8 @@ def test_fp16_engine_is_built_gated_and_described_by_its_sidecar(make_bundle, de
     record, engine = read_engine_sidecar(out / "model.engine")
     assert record.classes == ["1", "2", "3", "4"]
     assert engine["precision"] == "fp16" and engine["profile"] == {"min": 1, "opt": 32, "max": 32}
-    assert engine["onnx_sha256"] == sha256_file(out / "model.onnx")
+    assert engine["engine_from"] == "model.fp16.onnx" and engine["strongly_typed"]
+    assert engine["onnx_sha256"] == sha256_file(out / "model.fp16.onnx")
     assert engine["gpu_name"] == torch.cuda.get_device_name()
     report = json.loads((out / "export_report.json").read_text())
     assert report["parity"]["tensorrt"]["top1_agreement"] >= 0.995
@@ -56,7 +156,7 @@ def test_loading_an_engine_with_a_foreign_sidecar_is_refused(make_bundle, demo_r
 
     out = tmp_path / "out"
     assert run_export(make_bundle(arch="cifar_cnn"), "--images", demo_root / "valid", "--tensorrt",
-                      "--precision", "fp32", "--max-batch", 8, "--no-bench", "--out", out) == 0
+                      "--engine-from", "fp32", "--max-batch", 8, "--no-bench", "--out", out) == 0
     load_engine(out / "model.engine")  # its own machine: accepted
     side = out / "model.engine.json"
     d = json.loads(side.read_text())
@@ -64,3 +164,16 @@ def test_loading_an_engine_with_a_foreign_sidecar_is_refused(make_bundle, demo_r
     side.write_text(json.dumps(d))
     with pytest.raises(UserError, match="rebuild it here"):
         load_engine(out / "model.engine")
+
+
+@pytest.mark.gpu
+@needs_tensorrt
+def test_int8_engine_is_built_from_the_qdq_variant_and_passes_its_gate(trained, tmp_path):
+    out = tmp_path / "out"
+    assert run_export(trained, "--tensorrt", "--engine-from", "int8", "--max-batch", 8, "--no-bench",
+                      "--out", out) == 0
+    _, engine = read_engine_sidecar(out / "model.engine")
+    assert engine["engine_from"] == "model.int8.onnx" and engine["precision"] == "int8"
+    _, facts = read_onnx_record(out / "model.int8.onnx")
+    assert facts["quantization"]["activations"] == "int8 symmetric"  # what explicit quantization takes
+    assert json.loads((out / "export_report.json").read_text())["parity"]["tensorrt"]["passed"]

@@ -18,8 +18,9 @@ CPU, CUDA, TRT = PROVIDERS["cpu"], PROVIDERS["cuda"], PROVIDERS["tensorrt"]
 
 def test_torch_and_onnx_backends_give_the_same_predictions(bundle, photos, tmp_path, capsys):
     onnx_path = export_onnx(bundle, tmp_path / "model.onnx")
-    serve(bundle, photos, "--out", tmp_path / "torch.csv", "--workers", 0, "--probs")
-    serve(onnx_path, photos, "--out", tmp_path / "onnx.csv", "--workers", 0, "--probs")
+    # --device cpu on both: on a GPU machine torch would run bf16 while onnxruntime's CPU wheel runs fp32
+    serve(bundle, photos, "--out", tmp_path / "torch.csv", "--workers", 0, "--probs", "--device", "cpu")
+    serve(onnx_path, photos, "--out", tmp_path / "onnx.csv", "--workers", 0, "--probs", "--device", "cpu")
     assert "onnxruntime providers: CPUExecutionProvider" in capsys.readouterr().out
     same_predictions(read_rows(tmp_path / "torch.csv"), read_rows(tmp_path / "onnx.csv"), tol=1e-4)
 
@@ -49,8 +50,64 @@ def test_providers_cpu_only_when_the_device_is_the_cpu_or_allowed():
     assert choose_providers(None, gpu, False, [TRT, CUDA, CPU]) == [CUDA]
     assert choose_providers(None, gpu, True, [CUDA, CPU]) == [CUDA, CPU]
     assert choose_providers(None, gpu, True, [CPU]) == [CPU]
-    with pytest.raises(UserError, match="no CUDAExecutionProvider.*--allow-cpu"):
-        choose_providers(None, gpu, False, [CPU])
+    assert choose_providers(None, gpu, False, [CPU]) == [CPU]  # the CPU-only wheel on a GPU machine
+
+
+def test_onnx_on_a_gpu_machine_with_the_cpu_wheel_runs_and_decodes_on_the_cpu(bundle, photos, tmp_path, capsys,
+                                                                                monkeypatch):
+    import serve.main as serve_main
+
+    onnx_path = export_onnx(bundle, tmp_path / "model.onnx")
+    monkeypatch.setattr(serve_main, "resolve_device", lambda *a: torch.device("cuda"))  # what auto gives there
+    assert serve(onnx_path, photos, "--out", tmp_path / "p.csv", "--workers", 0) == 0  # default flags
+    start = capsys.readouterr().out.splitlines()[0]
+    assert "providers: CPUExecutionProvider" in start and "decoded on the CPU too" in start
+    assert "nvJPEG" not in start and "decoding: CPU decoding in the main process" in start
+    assert len(read_rows(tmp_path / "p.csv")) == 6
+
+
+class _FakeSession:
+    """Records what onnxruntime was asked for; answers like a session that started every provider."""
+    made: dict = {}
+
+    def __init__(self, path, sess_options=None, providers=None):
+        _FakeSession.made = {"options": sess_options, "providers": providers}
+        self.providers = [p[0] if isinstance(p, tuple) else p for p in providers]
+
+    def get_providers(self):
+        return self.providers
+
+    def get_inputs(self):
+        return [types.SimpleNamespace(name="images", type="tensor(uint8)", shape=["batch", 3, 32, 32])]
+
+    def get_outputs(self):
+        return [types.SimpleNamespace(name="logits", type="tensor(float)", shape=["batch", 4])]
+
+
+def test_cuda_provider_gets_this_process_gpu_and_heuristic_conv_search(bundle, tmp_path, monkeypatch):
+    import onnxruntime as ort
+
+    from serve.backends import OnnxBackend
+
+    onnx_path = export_onnx(bundle, tmp_path / "model.onnx")
+    monkeypatch.setattr(ort, "get_available_providers", lambda: [TRT, CUDA, CPU])
+    monkeypatch.setattr(ort, "InferenceSession", _FakeSession)
+    backend = OnnxBackend(onnx_path, torch.device("cuda", 3), None, False, threads=2)  # rank 3's GPU
+    assert _FakeSession.made["providers"] == [(CUDA, {"device_id": 3, "cudnn_conv_algo_search": "HEURISTIC"})]
+    assert _FakeSession.made["options"].intra_op_num_threads == 2
+    assert backend.device == torch.device("cuda", 3)  # batches are decoded and bound on that GPU
+    OnnxBackend(onnx_path, torch.device("cuda", 1), ["tensorrt", "cuda"], False)
+    assert _FakeSession.made["providers"] == [(TRT, {"device_id": 1}),
+                                              (CUDA, {"device_id": 1, "cudnn_conv_algo_search": "HEURISTIC"})]
+
+
+def test_gpu_index_without_an_index_is_the_local_rank_when_torch_sees_no_gpu(monkeypatch):
+    from serve.backends import gpu_index
+
+    monkeypatch.setenv("LOCAL_RANK", "5")
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert gpu_index(torch.device("cuda", 2)) == 2
+    assert gpu_index(torch.device("cuda")) == 5
 
 
 def test_named_providers_are_used_in_order_or_refused_when_missing():
@@ -85,3 +142,65 @@ def test_serving_an_engine_without_a_gpu_is_a_clear_user_error(bundle, photos, t
     with pytest.raises(SystemExit) as exc:
         serve(engine, photos, "--out", tmp_path / "p.csv", "--device", "cpu")
     assert exc.value.code == 2 and "needs a CUDA GPU" in capsys.readouterr().err
+
+
+def test_onnx_variant_precision_comes_from_its_export_facts_then_its_name(tmp_path):
+    from serve.backends import onnx_precision
+
+    assert onnx_precision(tmp_path / "model.onnx", {"precision": "int8"}) == "int8"
+    assert onnx_precision(tmp_path / "model.fp16.onnx", {}) == "fp16"
+    assert onnx_precision(tmp_path / "model.int8.onnx", {"precision": 16}) == "int8"
+    assert onnx_precision(tmp_path / "model.onnx", {"precision": "bogus"}) == "fp32"
+    assert onnx_precision(tmp_path / "my.model.onnx", []) == "fp32"
+
+
+def test_serve_prints_the_variant_precision_and_its_threads(bundle, photos, tmp_path, capsys):
+    import onnx
+
+    path = export_onnx(bundle, tmp_path / "model.fp16.onnx")  # an fp32 graph is enough for the metadata path
+    proto = onnx.load(str(path))
+    entry = proto.metadata_props.add()
+    entry.key, entry.value = "imgclf.export", json.dumps({"precision": "fp16", "opset": 17})
+    onnx.save(proto, str(path))
+    assert serve(path, photos, "--out", tmp_path / "p.csv", "--workers", 0, "--threads", 1) == 0
+    start = capsys.readouterr().out.splitlines()[0]
+    assert "(fp16 model.fp16.onnx, intra-op threads: 1)" in start and "| 1 model thread(s) |" in start
+
+
+def test_threads_reach_onnxruntime_and_torch(bundle, tmp_path):
+    from serve.backends import open_backend
+
+    before = torch.get_num_threads()
+    try:
+        onnx = open_backend(export_onnx(bundle, tmp_path / "model.onnx"), "auto", torch.device("cpu"), threads=1)
+        assert onnx.session.get_session_options().intra_op_num_threads == 1
+        assert torch.get_num_threads() == 1
+    finally:
+        torch.set_num_threads(before)
+
+
+def test_default_threads_are_the_cpus_left_after_the_decode_workers(monkeypatch):
+    import os
+
+    from serve.backends import default_threads
+
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: set(range(8)), raising=False)
+    assert default_threads(workers=3) == 5
+    assert default_threads(workers=3, world=2) == 1
+    assert default_threads(workers=12) == 1
+
+
+@pytest.mark.gpu
+def test_onnx_cuda_provider_binds_gpu_batches_and_matches_the_cpu_provider(bundle, tmp_path):
+    import onnxruntime as ort
+
+    from serve.backends import OnnxBackend
+
+    if CUDA not in ort.get_available_providers():
+        pytest.skip("onnxruntime here is the CPU-only wheel")
+    path = export_onnx(bundle, tmp_path / "model.onnx")
+    gpu = OnnxBackend(path, torch.device("cuda", 0), None, False)
+    cpu = OnnxBackend(path, torch.device("cpu"), None, False)
+    x = torch.randint(0, 256, (5, 3, 32, 32), dtype=torch.uint8)
+    logits = gpu.forward(x.cuda())
+    assert logits.is_cuda and torch.allclose(logits.cpu(), cpu(x), atol=1e-3)

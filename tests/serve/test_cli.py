@@ -14,7 +14,8 @@ from PIL import Image
 from tests.serve.conftest import CLASSES, NAMES
 from tests.serve.helpers import bomb_png, jpeg_bytes, picture, read_rows, save_picture, serve
 
-HEADER = ["path", "status", "label", "display_name", "prob", "top5_labels", "top5_probs", "error"]
+# --topk defaults to 5; with the fixture's 4 classes the columns are named for the 4 they hold
+HEADER = ["path", "status", "label", "display_name", "prob", "top4_labels", "top4_probs", "error"]
 
 
 def test_csv_has_the_schema_and_one_row_per_image(bundle, photos, tmp_path):
@@ -28,9 +29,9 @@ def test_csv_has_the_schema_and_one_row_per_image(bundle, photos, tmp_path):
     assert [r["path"] for r in rows] == ["1/img_0.jpg", "1/img_1.jpg", "1/img_2.jpg",
                                          "2/img_0.jpg", "2/img_1.jpg", "2/img_2.jpg", "2/upper.JPEG"]
     for r in rows:
-        labels, probs = r["top5_labels"].split("|"), np.array(r["top5_probs"].split("|"), dtype=float)
+        labels, probs = r["top4_labels"].split("|"), np.array(r["top4_probs"].split("|"), dtype=float)
         assert r["status"] == "ok" and r["error"] == ""
-        assert sorted(labels) == CLASSES and labels[0] == r["label"]  # 4 classes: top-5 holds all 4
+        assert sorted(labels) == CLASSES and labels[0] == r["label"]  # 4 classes: top-4 holds all 4
         assert r["display_name"] == NAMES[CLASSES.index(r["label"])]
         assert float(r["prob"]) == probs[0] and np.all(np.diff(probs) <= 0) and abs(probs.sum() - 1) < 1e-4
 
@@ -86,7 +87,7 @@ def test_labels_come_from_the_model_not_the_input_folders(make_bundle, tmp_path)
     for r in read_rows(out):
         assert r["label"] in ("daisy", "rose", "tulip")
         assert r["display_name"] == r["label"].capitalize()
-        assert set(r["top5_labels"].split("|")) == {"daisy", "rose", "tulip"}
+        assert set(r["top3_labels"].split("|")) == {"daisy", "rose", "tulip"}
 
 
 def test_probs_columns_and_topk_follow_the_flags(bundle, photos, tmp_path):
@@ -105,7 +106,7 @@ def test_jsonl_rows_are_objects_with_the_same_keys(bundle, photos, tmp_path):
     serve(bundle, photos, "--out", out, "--workers", 0)
     rows = [json.loads(line) for line in out.read_text().splitlines()]
     assert len(rows) == 6 and list(rows[0]) == HEADER
-    assert isinstance(rows[0]["top5_probs"], list) and rows[0]["top5_labels"][0] == rows[0]["label"]
+    assert isinstance(rows[0]["top4_probs"], list) and rows[0]["top4_labels"][0] == rows[0]["label"]
 
 
 def test_evaluate_writes_accuracy_per_class_and_confusion_matrix(bundle, photos, tmp_path, capsys):

@@ -2,12 +2,15 @@
 from __future__ import annotations
 
 import socket
-import subprocess
 import sys
 
 import pytest
+import torch.distributed as dist
 
+from tests.proctree import run_tree
 from tests.serve.helpers import SERVE, read_rows, same_predictions, save_picture, serve, subprocess_env
+
+DEADLINE_S = 180  # ~15 s alone, ~40 s on the loaded 2-core CI box
 
 
 def _free_port() -> int:
@@ -29,10 +32,32 @@ def test_two_cpu_processes_merge_to_the_same_csv_as_one(bundle, tmp_path):
               "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
               "--main_process_port", str(_free_port()), str(SERVE)]
     two = tmp_path / "two.csv"
-    done = subprocess.run([*launch, *map(str, [bundle, images, "--out", two, *common])], env=subprocess_env(),
-                          capture_output=True, text=True, timeout=240)
+    done = run_tree([*launch, *map(str, [bundle, images, "--out", two, *common])], DEADLINE_S, env=subprocess_env())
     assert done.returncode == 0, done.stderr[-3000:]
+    assert "terminate called" not in done.stderr  # a gloo group left alive at exit aborts the process
     assert "done: 9 ok, 1 errors" in done.stdout and "2 process(es)" in done.stdout
     assert not list(tmp_path.glob("two.csv.part*"))
     serve(bundle, images, "--out", tmp_path / "one.csv", *common)
     same_predictions(read_rows(two), read_rows(tmp_path / "one.csv"))
+
+
+@pytest.fixture
+def gloo_group(tmp_path):
+    """A one-process gloo group, as a launcher would have set up before main() runs."""
+    dist.init_process_group("gloo", init_method=f"file://{tmp_path / 'store'}", rank=0, world_size=1)
+    yield
+    if dist.is_initialized():
+        dist.destroy_process_group()
+
+
+def test_serve_destroys_the_process_group_when_it_refuses_to_run(bundle, tmp_path, gloo_group):
+    (tmp_path / "taken.csv").write_text("path\n")
+    with pytest.raises(SystemExit):
+        serve(bundle, tmp_path, "--out", tmp_path / "taken.csv", "--device", "cpu")
+    assert not dist.is_initialized()
+
+
+def test_serve_destroys_the_process_group_when_it_is_done(bundle, tmp_path, gloo_group):
+    save_picture(tmp_path / "imgs" / "a.jpg")
+    assert serve(bundle, tmp_path / "imgs", "--out", tmp_path / "p.csv", "--device", "cpu", "--workers", 0) == 0
+    assert not dist.is_initialized()

@@ -13,6 +13,7 @@ import pytest
 from serve.lock import OutputLock, lock_path
 from serve.provenance import meta_path
 from tests.serve.conftest import CLASSES, NAMES
+from tests.proctree import run_tree
 from tests.serve.helpers import REPO, image_tree, read_rows, run_serve, serve, subprocess_env
 
 HOLD = "import sys, time; from pathlib import Path; from serve.lock import OutputLock\n" \
@@ -112,7 +113,7 @@ def test_resume_with_another_model_is_refused_naming_it(make_bundle, photos, tmp
 
 
 @pytest.mark.parametrize("flag, differs", [(["--absolute"], "--absolute False there, True now"),
-                                           (["--topk", 2], "--topk 5 there, 2 now"),
+                                           (["--topk", 2], "--topk 4 there, 2 now"),  # default 5, 4 classes
                                            (["--probs"], "--probs/--evaluate False there, True now")])
 def test_resume_with_other_output_flags_is_refused_naming_the_flag(bundle, photos, tmp_path, capsys, flag, differs):
     out = tmp_path / "p.csv"
@@ -139,7 +140,7 @@ def test_a_run_killed_before_its_first_row_leaves_nothing_that_blocks_a_fresh_on
 
 @pytest.mark.slow
 def test_under_accelerate_launch_every_process_refuses_a_locked_out(bundle, photos, tmp_path):
-    from tests.serve.test_multiprocess import _free_port
+    from tests.serve.test_multiprocess import DEADLINE_S, _free_port
 
     out = tmp_path / "p.csv"
     holder = _holder(out)
@@ -147,10 +148,37 @@ def test_under_accelerate_launch_every_process_refuses_a_locked_out(bundle, phot
               "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
               "--main_process_port", str(_free_port()), str(REPO / "serve" / "main.py")]
     try:
-        r = subprocess.run([*launch, str(bundle), str(photos), "--out", str(out), "--workers", "0", "--device", "cpu",
-                            "--no-progress"], env=subprocess_env(), capture_output=True, text=True, timeout=120)
+        r = run_tree([*launch, str(bundle), str(photos), "--out", str(out), "--workers", "0", "--device", "cpu",
+                      "--no-progress"], DEADLINE_S, env=subprocess_env())  # kills torchrun's workers too
     finally:
         holder.kill()
         holder.wait()
     assert r.returncode != 0 and f"pid {holder.pid}" in r.stderr
     assert not out.exists() and not list(tmp_path.glob("p.csv.part*"))
+
+
+def test_two_spellings_of_one_out_share_one_lock(tmp_path):
+    (tmp_path / "real").mkdir()
+    (tmp_path / "alias").symlink_to(tmp_path / "real")
+    with OutputLock(tmp_path / "real" / "p.csv"):
+        assert OutputLock(tmp_path / "alias" / ".." / "real" / "p.csv").acquire() is not None
+        assert OutputLock(tmp_path / "alias" / "p.csv").acquire() is not None
+
+
+@pytest.mark.parametrize("special", ["fifo", "devnull"])
+def test_an_out_that_is_not_a_regular_file_is_refused_even_with_overwrite(bundle, photos, tmp_path, capsys, special):
+    if special == "fifo":
+        out = tmp_path / "p.csv"
+        os.mkfifo(out)
+    else:
+        out = tmp_path / "null.csv"
+        out.symlink_to("/dev/null")
+    err = _refused(capsys, bundle, photos, "--out", out, "--workers", 0, "--overwrite")
+    assert "not a regular file" in err and os.path.exists(out) and os.path.exists("/dev/null")
+
+
+def test_a_record_path_taken_by_a_folder_is_one_error_line(bundle, photos, tmp_path, capsys):
+    out = tmp_path / "p.csv"
+    meta_path(out).mkdir()
+    err = _refused(capsys, bundle, photos, "--out", out, "--workers", 0)
+    assert "cannot write" in err and "meta.json" in err

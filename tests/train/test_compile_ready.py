@@ -60,3 +60,20 @@ def test_drop_last_leaves_only_full_training_batches_on_both_feeds(small_root):
         assert len(train) == n // batch
         sizes = [len(b[1]) if isinstance(b, tuple) else len(b) for b in train]
         assert sizes == [batch] * (n // batch)
+
+
+def test_the_gpu_path_keeps_every_worker_when_many_files_will_be_decoded_by_pil_in_them(tmp_path):
+    from PIL import Image
+
+    from train.feed import GPU_PATH_MAX_WORKERS, gpu_path_workers
+
+    img = Image.new("RGB", (40, 30), (200, 30, 90))
+    jpegs, pngs = [], []
+    for k in range(10):
+        img.save(tmp_path / f"{k}.jpg", quality=90)
+        img.save(tmp_path / f"{k}.png")
+        jpegs.append((str(tmp_path / f"{k}.jpg"), 0))
+        pngs.append((str(tmp_path / f"{k}.png"), 0))
+    assert gpu_path_workers(12, jpegs) == GPU_PATH_MAX_WORKERS
+    assert gpu_path_workers(12, jpegs + pngs) == 12
+    assert gpu_path_workers(2, jpegs) == 2

@@ -237,3 +237,16 @@ def test_prefetch_under_a_busy_gpu_gives_every_batch_bit_for_bit_as_a_synchronou
             got = b.images.cpu()  # read on the consumer stream behind the matmuls; the host waits, decode runs on
             assert torch.equal(got, reference[k])
     assert pipe.stats.cpu_total == 0
+
+
+def test_without_a_working_device_decoder_the_workers_decode_every_file_and_it_is_counted(demo_root):
+    from core.jpeg import NO_DEVICE_DECODER
+
+    samples = folder_samples(demo_root / "valid")[:6]
+    ds = EncodedImages(samples, threads=2, device_decode=False)
+    pipe = GpuPipeline(EvalSpec(40, 32), "cpu")
+    batch = collate_encoded(ds.__getitems__(list(range(6))))
+    assert set(batch.cpu_reasons.values()) == {NO_DEVICE_DECODER} and len(batch.cpu_reasons) == 6
+    direct = pipe(collate_encoded(EncodedImages(samples, threads=2).__getitems__(list(range(6)))))
+    assert torch.equal(pipe(batch).images, direct.images)  # same pixels: PIL and libjpeg agree on the CPU
+    assert pipe.stats.cpu[NO_DEVICE_DECODER] == 6

@@ -150,8 +150,8 @@ def test_a_cuda_run_with_bf16_channels_last_and_the_gpu_feed_writes_a_bundle_tha
     from train.run import train
 
     monkeypatch.delenv("ACCELERATE_USE_CPU", raising=False)
-    cfg = load_config(DEMO_RECIPE, [f"run.output_dir={tmp_path / 'runs'}", *TINY, GPU, "train.epochs=2",
-                                    "train.mixed_precision=bf16", "train.channels_last=true", "run.name=cuda"])
+    cfg = load_config(DEMO_RECIPE, [f"run.output_dir={tmp_path / 'runs'}", f"data.root={small_root}", *TINY, GPU,
+                                    "train.epochs=2", "train.mixed_precision=bf16", "train.channels_last=true", "run.name=cuda"])
     AcceleratorState._reset_state(reset_partial_state=True)
     GradientState._reset_state()
     try:

@@ -3,15 +3,16 @@ weights, and 2 processes count every validation image exactly once (gather_for_m
 from __future__ import annotations
 
 import json
-import subprocess
 
 import pytest
 import torch
 
 from core.bundle import read_record
 from core.demo_data import make_demo_dataset
+from tests.proctree import run_tree
 from tests.train.helpers import DEMO_RECIPE, MAIN, TINY, accelerate_launch, free_port, subprocess_env
 from tests.train.test_gpu_train import _plain_valid_eval
+from tests.train.test_launch import DEADLINE_S
 from tests.train.test_resume import SETUP, _start_and_terminate, _weights
 
 pytestmark = pytest.mark.slow
@@ -44,8 +45,7 @@ def test_gpu_decode_two_process_validation_counts_every_image_once(tmp_path):
                             "--config", str(DEMO_RECIPE), f"run.output_dir={tmp_path / 'runs'}", f"data.root={root}",
                             "run.name=ddp", "train.epochs=1", "train.batch_size=4", "train.eval_batch_size=2",
                             *TINY, *GPU)
-    proc = subprocess.run(cmd, check=False, cwd=tmp_path, env=subprocess_env(tmp_path), capture_output=True,
-                          text=True, timeout=300)
+    proc = run_tree(cmd, DEADLINE_S, cwd=tmp_path, env=subprocess_env(tmp_path))
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     assert "2 process(es) on cpu" in proc.stdout and "data.decode gpu" in proc.stdout
     best = tmp_path / "runs" / "ddp" / "best"

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 
 import pytest
@@ -65,6 +66,18 @@ def test_too_many_unreadable_training_images_abort_with_their_names(tmp_path, tr
     (root / "train" / "1" / "broken.png").write_bytes(b"not a png")
     with pytest.raises(UserError, match=r"1 of 25 training images cannot be decoded.*broken\.png"):
         train_inproc(f"data.root={root}", "train.epochs=1", "model.arch=cifar_cnn", "data.max_bad_fraction=0")
+
+
+def test_an_abort_mid_epoch_says_its_bad_image_count_is_a_lower_bound(tmp_path, train_inproc, small_root):
+    root = tmp_path / "data"
+    shutil.copytree(small_root, root)
+    for name in ("a.png", "b.png", "c.png"):
+        (root / "train" / "3" / name).write_bytes(b"not a png")
+    with pytest.raises(UserError) as exc:  # the limit is checked after every step: it trips at the first one
+        train_inproc(f"data.root={root}", "train.epochs=1", "model.arch=cifar_cnn", "data.max_bad_fraction=0")
+    found = re.match(r"at least (\d) of 27 training images cannot be decoded \(counted so far", str(exc.value))
+    assert found, str(exc.value)
+    assert sum(f"{n}:" in str(exc.value) for n in ("a.png", "b.png", "c.png")) == int(found.group(1))
 
 
 def test_imagenet_weights_come_from_the_torch_cache_without_network(tmp_path, monkeypatch, train_inproc, small_root):

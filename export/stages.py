@@ -1,0 +1,238 @@
+"""The export pipeline in a private work folder: fp32 graph → fp16/int8 variants → engine, each gated.
+
+Nothing reaches --out until its gate has passed; a failing variant is left out and the others still
+go out. Every backend is a `logits = run(uint8 batch)` runner, so they are gated and timed alike.
+"""
+from __future__ import annotations
+
+import copy
+import os
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from core.model_record import engine_sidecar_path, read_onnx_record, sha256_file
+from export import onnx_export, verify
+from export import report as rep
+from export import variants as var
+from export.bench import bench_all
+
+ENGINE_FILE = "model.engine"
+RECORD_FIELDS = ("arch", "classes", "display_names", "preprocess", "head", "num_classes")
+
+
+class GateFailed(Exception):
+    """An exported format did not reproduce PyTorch; carries the parity figures for the report."""
+
+    def __init__(self, fmt: str, parity: dict[str, Any], session=None):
+        super().__init__(fmt)
+        self.fmt, self.parity, self.session = fmt, parity, session
+
+
+@dataclass
+class Job:
+    """Everything one export needs; `passed` collects the work files whose gate passed."""
+
+    args: Any
+    bundle: Path
+    out: Path
+    work: Path
+    model: torch.nn.Module
+    record: Any
+    samples: Any
+    precisions: list[str]
+    calib: Any = None  # Samples for int8
+    trt: Any = None  # tensorrt_engine.EngineOptions
+    passed: dict[str, Path] = field(default_factory=dict)
+    failed: dict[str, list[str]] = field(default_factory=dict)
+    runners: dict[str, Any] = field(default_factory=dict)
+
+
+def log(msg: str) -> None:
+    print(f"[export] {msg}", file=sys.stderr, flush=True)
+
+
+def gate_sizes(max_batch: int) -> list[int]:
+    return sorted({b for b in (1, 7) if b <= max_batch} | {max_batch})
+
+
+def gate_for(precision: str, max_int8_drop: float | None) -> verify.Gate:
+    gate = verify.GATES[precision]
+    if precision == "int8" and max_int8_drop is not None:
+        gate = verify.Gate(gate.min_top1, gate.max_dprob, max_int8_drop)
+    return gate
+
+
+def report_key(precision: str) -> str:
+    return "onnx" if precision == "fp32" else f"onnx.{precision}"
+
+
+# ── gating ───────────────────────────────────────────────────────────────────────────────────────────
+
+def record_mismatch(onnx_record: dict[str, Any], bundle_record: dict[str, Any]) -> list[str]:
+    return [f"metadata {k} differs from the bundle's" for k in RECORD_FIELDS
+            if onnx_record.get(k) != bundle_record.get(k)]
+
+
+def reference(model, record, samples) -> tuple[verify.Runner, torch.Tensor]:
+    ref = verify.torch_runner(onnx_export.ExportGraph(model, record))
+    return ref, verify.run_batched(ref, samples.images)
+
+
+def gate_onnx(onnx_path: Path, precision: str, ref, ref_logits, samples, record, args, report: dict[str, Any],
+              bundle_record=None):
+    """Parity of onnxruntime with PyTorch fp32 on the samples, and of the embedded record with the bundle's.
+
+    `record` supplies the preprocessing (with --verify-only: the ONNX's own, as serve will use it).
+    Raises GateFailed; returns the onnxruntime session.
+    """
+    t = time.perf_counter()
+    sess = verify.ort_session(onnx_path, args.provider, args.allow_cpu)
+    parity = verify.verify(ref, verify.ort_runner(sess), samples, record.display_names,
+                           gate_for(precision, getattr(args, "max_int8_drop", None)),
+                           gate_sizes(args.max_batch), ref_logits)
+    onnx_record, _ = read_onnx_record(onnx_path)
+    parity["failures"] += record_mismatch(onnx_record.to_dict(), (bundle_record or record).to_dict())
+    parity["passed"] = not parity["failures"]
+    parity.update(precision=precision, provider_requested=args.provider, providers=sess.get_providers())
+    key = report_key(precision)
+    report["times_s"][f"verify_{key}"] = round(time.perf_counter() - t, 3)
+    report["parity"][key] = parity
+    log(rep.parity_line(f"{var.FILES[precision]} [{', '.join(sess.get_providers())}]", parity))
+    if not parity["passed"]:
+        raise GateFailed(key, parity, sess)  # with its session: a failed variant is still timed
+    return sess
+
+
+# ── variants ─────────────────────────────────────────────────────────────────────────────────────────
+
+def export_graph(job: Job, precision: str, report: dict[str, Any]) -> Path:
+    args, dest = job.args, job.work / var.FILES[precision]
+    log(f"exporting {job.record.arch} as {precision} with the {args.exporter} exporter, opset {args.opset} ...")
+    t = time.perf_counter()
+    facts = onnx_export.export_onnx(job.model, job.record, job.bundle, dest, args.exporter, args.opset,
+                                    args.probs, precision)
+    report["times_s"][f"export_{report_key(precision)}"] = round(time.perf_counter() - t, 3)
+    report["export"] = report.get("export") or facts
+    log(f"{dest.name}: exported in {time.perf_counter() - t:.1f} s ({dest.stat().st_size / 2**20:.2f} MB)")
+    return dest
+
+
+def quantize(job: Job, report: dict[str, Any]) -> Path:
+    """model.int8.onnx from the gated fp32 graph; its facts name the calibration set by fingerprint."""
+    src, dest = job.passed["fp32"], job.work / var.FILES["int8"]
+    calib = job.calib
+    log(f"quantizing to int8 ({job.args.int8_activations} activations), calibrated on {len(calib.paths)} images "
+        f"from {calib.root} ...")
+    t = time.perf_counter()
+    quant = var.quantize_int8(src, dest, calib.images, job.args.int8_activations)
+    record, facts = read_onnx_record(src)
+    facts.update(precision="int8", quantization=quant,
+                 calibration={"images": len(calib.paths), "fingerprint": var.fingerprint(calib.images),
+                              "root": calib.root, "source": calib.source})
+    onnx_export.embed_metadata(dest, record, facts)
+    report["times_s"]["export_onnx.int8"] = round(time.perf_counter() - t, 3)
+    log(f"{dest.name}: quantized in {time.perf_counter() - t:.1f} s ({dest.stat().st_size / 2**20:.2f} MB)")
+    return dest
+
+
+def make_variant(job: Job, precision: str, ref, ref_logits, report: dict[str, Any]) -> None:
+    """Make and gate one variant; fp32 failing stops everything, another failing is recorded and skipped."""
+    path = quantize(job, report) if precision == "int8" else export_graph(job, precision, report)
+    try:
+        sess = gate_onnx(path, precision, ref, ref_logits, job.samples, job.record, job.args, report)
+    except GateFailed as exc:
+        if precision == "fp32":
+            raise
+        job.failed[precision] = exc.parity["failures"]
+        log(f"{var.FILES[precision]} FAILED its gate and is not written: " + "; ".join(exc.parity["failures"]))
+        for line in rep.divergence_lines(exc.parity):
+            log(line)
+        job.runners[f"onnx {precision}"] = verify.ort_runner(exc.session)  # the report shows what was given up
+        return
+    job.passed[precision] = path
+    job.runners[f"onnx {precision}"] = verify.ort_runner(sess)
+
+
+# ── TensorRT ─────────────────────────────────────────────────────────────────────────────────────────
+
+def tensorrt_stage(job: Job, ref, ref_logits, report: dict[str, Any]) -> None:
+    from export import tensorrt_engine as te
+
+    opts, record = job.trt, job.record
+    source = job.passed.get(opts.source)
+    if source is None:
+        job.failed["tensorrt"] = [f"not built: its source {var.FILES[opts.source]} failed its gate"]
+        return
+    engine = job.work / ENGINE_FILE
+    log(f"building TensorRT engine from {source.name} (strongly typed), profile {opts.profile()} ...")
+    info = te.build_engine(source, engine, record.preprocess.crop, opts)
+    report["times_s"]["tensorrt_build"] = info["build_s"]
+    report["tensorrt"] = info
+    side = te.sidecar(record.to_dict(), opts, source.name, sha256_file(source), job.bundle)
+    engine_sidecar_path(engine).write_text(te.sidecar_json(side))
+    runner = te.EngineRunner(engine.read_bytes())
+    parity = verify.verify(ref, runner, job.samples, record.display_names,
+                           gate_for(opts.source, job.args.max_int8_drop), gate_sizes(job.args.max_batch),
+                           ref_logits)
+    report["parity"]["tensorrt"] = parity
+    log(rep.parity_line(f"tensorrt from {source.name}", parity))
+    if not parity["passed"]:
+        job.failed["tensorrt"] = parity["failures"]
+        return
+    job.passed["tensorrt"] = engine
+    job.runners["tensorrt"] = runner
+
+
+# ── speed ────────────────────────────────────────────────────────────────────────────────────────────
+
+def torch_bench_runner(model, record):
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    return verify.torch_runner(copy.deepcopy(onnx_export.ExportGraph(model, record)), device)
+
+
+def run_bench(runners: dict[str, Any], images: torch.Tensor, max_batch: int, report: dict[str, Any]) -> None:
+    """Every runner on the same real images, taking turns in this run; ratios against ONNX fp32."""
+    for name, b in bench_all(runners, images, max_batch).items():
+        report["bench"][name] = b
+        log(f"speed {name}: batch 1 {b['batch1_latency_ms']:.2f} ms, best {b['best_images_per_s']:.0f} img/s "
+            f"at batch {b['best_batch']}")
+    base = report["bench"].get("onnx fp32", {}).get("best_images_per_s")
+    for b in report["bench"].values():
+        b["vs_onnx_fp32"] = round(b["best_images_per_s"] / base, 3) if base else None
+
+
+# ── the whole pipeline ───────────────────────────────────────────────────────────────────────────────
+
+def run(job: Job, report: dict[str, Any]) -> None:
+    """fp32 first (the others derive from it and share its reference), then the rest, then the engine."""
+    ref, ref_logits = reference(job.model, job.record, job.samples)
+    if not job.args.no_bench:
+        job.runners["torch fp32"] = torch_bench_runner(job.model, job.record)
+    make_variant(job, "fp32", ref, ref_logits, report)
+    for precision in job.precisions:
+        if precision != "fp32":
+            make_variant(job, precision, ref, ref_logits, report)
+    if job.trt is not None:
+        tensorrt_stage(job, ref, ref_logits, report)
+    if not job.args.no_bench:
+        run_bench(job.runners, job.samples.images, job.args.max_batch, report)
+
+
+def publish(job: Job) -> list[Path]:
+    """Rename the passed, asked-for files from the work folder into --out (each rename is atomic)."""
+    names = [var.FILES[p] for p in job.precisions if p in job.passed]
+    if "tensorrt" in job.passed:
+        names += [ENGINE_FILE, engine_sidecar_path(Path(ENGINE_FILE)).name]
+    made = []
+    for name in names:
+        src = job.work / name
+        with open(src, "rb+") as fh:
+            os.fsync(fh.fileno())
+        os.replace(src, job.out / name)
+        made.append(job.out / name)
+    return made
