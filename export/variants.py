@@ -73,18 +73,24 @@ def quantize_int8(src: Path, dest: Path, calib: torch.Tensor, activations: str =
 
     import onnx
     from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
+    from onnxruntime.quantization.shape_inference import quant_pre_process
 
-    exclude = front_nodes(onnx.load(str(src), load_external_data=False))
+    # onnxruntime's graph optimizations first: weights reached through Identity nodes (the TorchScript
+    # exporter shares them so) are not seen as constants, and the int8 file came out slower than fp32.
+    pre = dest.with_name(dest.name + ".pre.onnx")
+    quant_pre_process(str(src), str(pre), skip_symbolic_shape=True)  # symbolic shapes: for transformers
+    exclude = front_nodes(onnx.load(str(pre), load_external_data=False))
     act = {"uint8": QuantType.QUInt8, "int8": QuantType.QInt8}[activations]
     quiet = logging.getLogger().level
-    logging.getLogger().setLevel(logging.ERROR)  # its "consider pre-processing" advice: BN is folded already
+    logging.getLogger().setLevel(logging.ERROR)
     try:
-        quantize_static(str(src), str(dest), _reader(calib, batch), quant_format=QuantFormat.QDQ,
+        quantize_static(str(pre), str(dest), _reader(calib, batch), quant_format=QuantFormat.QDQ,
                         per_channel=True, activation_type=act, weight_type=QuantType.QInt8,
                         nodes_to_exclude=exclude, calibrate_method=CalibrationMethod.MinMax,
                         extra_options={"ActivationSymmetric": activations == "int8", "WeightSymmetric": True})
     finally:
         logging.getLogger().setLevel(quiet)
+        pre.unlink(missing_ok=True)
     return {"format": "QDQ", "weights": "int8 per-channel symmetric",
             "activations": f"{activations} {'symmetric' if activations == 'int8' else 'asymmetric'}",
             "calibration_method": "minmax", "excluded_nodes": exclude}

@@ -18,6 +18,7 @@ from core.bundle import RECORD_FILE, BundleRecord, load_bundle, read_record
 from core.errors import UserError
 from core.model_record import ONNX_INPUT, ONNX_OUTPUT, read_engine_sidecar, read_onnx_record
 from core.preprocess import WithPreprocessing
+from core.workers import usable_cpus
 from serve.checks import check_model
 
 
@@ -70,8 +71,7 @@ def resolve_device(device: str, state_device: torch.device | None = None) -> tor
 
 def default_threads(workers: int, world: int = 1) -> int:
     """Model threads: this process's share of the usable CPUs left after its decode workers, at least 1."""
-    usable = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
-    return max(1, usable // max(1, world) - workers)
+    return max(1, usable_cpus() // max(1, world) - workers)
 
 
 def open_backend(model: str | Path, backend: str, device: torch.device, providers: list[str] | None = None,

@@ -76,7 +76,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--backend", default="auto", choices=["auto", *BACKENDS], help="default: the file's own")
     p.add_argument("--device", default="auto", choices=["auto", "cuda", "cpu"])
     p.add_argument("--providers", help="onnxruntime providers in priority order, e.g. tensorrt,cuda,cpu")
-    p.add_argument("--allow-cpu", action="store_true", help="let onnxruntime run on the CPU on a GPU machine")
+    p.add_argument("--allow-cpu", action="store_true", help="with onnxruntime's CUDA provider: CPU kernels "
+                   "may take what CUDA cannot, and a CUDA provider that failed to start is accepted")
     p.add_argument("--batch-size", type=int, help="images per model call (default: 256 on GPU, 32 on CPU)")
     p.add_argument("--workers", type=int, help="CPU decoding processes per GPU/process (0: decode inline)")
     p.add_argument("--threads", type=int, help="model threads, torch and onnxruntime (default: the usable CPUs "
