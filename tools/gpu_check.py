@@ -1,0 +1,462 @@
+"""Check every GPU path in one command: tests, decode parity and speed, benches, train → export → serve.
+
+    python tools/gpu_check.py --out gpu-check            # on one H100/H200: ≤ 9 minutes
+    python tools/gpu_check.py --out /tmp/smoke --smoke   # same steps at tiny sizes, on a CPU (CI runs this)
+
+Each step runs in its own process with its own time limit, inside a total budget; a step that fails or
+times out is recorded and the next one still runs. Everything lands in --out: `summary.json` (status,
+seconds and figures per step) and `logs/<step>.log`. Exit 0 only when every step passed.
+"""
+from __future__ import annotations
+
+import argparse
+import csv
+import importlib.util
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Callable
+
+REPO = Path(__file__).resolve().parents[1]
+PY = sys.executable
+
+
+@dataclass
+class Sizes:
+    """Everything that differs between a real GPU check and the CPU smoke run."""
+
+    decode_images: int
+    decode_side: int
+    bench_args: list[str]
+    densenet_args: list[str]
+    serve_bench_args: list[str]
+    demo_args: list[str]
+    train_overrides: list[str]
+
+
+GPU = Sizes(
+    decode_images=256, decode_side=500,
+    bench_args=["--models", "resnet50", "--size", "224", "--batch-size", "256", "--amp", "--channels-last",
+                "--steps", "30", "--warmup", "8", "--workers", "8", "--synthetic", "2048", "--image-size", "500"],
+    densenet_args=["--models", "densenet161", "--freeze-backbone", "--size", "224", "--batch-size", "128",
+                   "--amp", "--channels-last", "--steps", "20", "--warmup", "5", "--workers", "8", "--synthetic", "1024",
+                   "--image-size", "500", "--paths", "model,gpu,tutorial"],
+    serve_bench_args=["--n", "4096", "--side", "500", "--arch", "resnet50", "--size", "224"],
+    demo_args=["--size", "128"],
+    train_overrides=["train.epochs=2", "train.batch_size=32", "preprocess.resize=128", "preprocess.crop=112"],
+)
+SMOKE = Sizes(
+    decode_images=8, decode_side=64,
+    bench_args=["--smoke"],
+    densenet_args=[],  # densenet161 is too big for a CPU smoke run; the resnet row covers the code path
+    serve_bench_args=["--smoke"],
+    demo_args=["--size", "48"],
+    train_overrides=["train.epochs=2", "train.batch_size=8", "preprocess.resize=37", "preprocess.crop=32",
+                     "data.num_workers=0"],
+)
+
+
+@dataclass
+class Step:
+    name: str
+    limit_s: float
+    run: Callable[["Check"], dict]  # returns figures; raises StepFailed on a failed assertion
+
+
+@dataclass
+class Outcome:
+    name: str
+    status: str  # pass | fail | timeout | skipped (by design in this mode) | not_run (budget spent)
+    seconds: float
+    figures: dict = field(default_factory=dict)
+    detail: str = ""
+    log: str = ""
+
+
+class StepFailed(Exception):
+    pass
+
+
+class StepSkipped(Exception):
+    pass
+
+
+# ------------------------------------------------------------------------------ running commands
+
+
+class Check:
+    """State shared by the steps: sizes, output folders, the deadline of the step being run."""
+
+    def __init__(self, out: Path, smoke: bool, cuda: bool):
+        self.out, self.smoke, self.cuda = out, smoke, cuda
+        self.sizes = SMOKE if smoke else GPU
+        self.logs = out / "logs"
+        self.work = out / "work"
+        self.logs.mkdir(parents=True, exist_ok=True)
+        self.work.mkdir(parents=True, exist_ok=True)
+        self.step = ""
+        self.deadline = 0.0
+
+    def sh(self, cmd: list[str], env: dict | None = None, ok_codes: tuple[int, ...] = (0,)) -> str:
+        """Run one command for the current step, in its own process group, killed at the step's deadline."""
+        log = self.logs / f"{self.step}.log"
+        left = self.deadline - time.monotonic()
+        if left <= 1:
+            raise subprocess.TimeoutExpired(cmd, 0)
+        full_env = {**os.environ, "PYTHONPATH": str(REPO), "MPLBACKEND": "Agg", "HF_HUB_OFFLINE": "1",
+                    "PYTHONUNBUFFERED": "1", **(env or {})}
+        with log.open("a") as f:
+            f.write(f"$ {' '.join(cmd)}\n")
+            f.flush()
+            proc = subprocess.Popen(cmd, cwd=REPO, env=full_env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                                    text=True, start_new_session=True)
+            try:
+                text, _ = proc.communicate(timeout=left)
+            except subprocess.TimeoutExpired:
+                os.killpg(proc.pid, signal.SIGKILL)
+                text, _ = proc.communicate()
+                f.write(text + "\n[killed at the step's time limit]\n")
+                raise
+            f.write(text + f"\n[exit {proc.returncode}]\n")
+        if proc.returncode not in ok_codes:
+            tail = "\n".join(text.strip().splitlines()[-6:])
+            raise StepFailed(f"`{' '.join(cmd[:4])} ...` exited {proc.returncode}: {tail}")
+        return text
+
+    def py(self, *args: str, **kw) -> str:
+        return self.sh([PY, *args], **kw)
+
+    def json_of(self, path: Path) -> dict:
+        return json.loads(path.read_text()) if path.is_file() else {}
+
+
+# A 2-core CPU starts processes and imports torch far slower than the GPU box: same steps, longer limits.
+SMOKE_LIMIT_SCALE = 2.0
+
+
+def run_steps(check: Check, steps: list[Step], budget_s: float) -> list[Outcome]:
+    start = time.monotonic()
+    outcomes = []
+    for step in steps:
+        left = budget_s - (time.monotonic() - start)
+        if left < 5:
+            outcomes.append(Outcome(step.name, "not_run", 0.0, detail="total budget spent"))
+            continue
+        limit = step.limit_s * (SMOKE_LIMIT_SCALE if check.smoke else 1.0)
+        check.step, check.deadline = step.name, time.monotonic() + min(limit, left)
+        t0 = time.monotonic()
+        try:
+            outcome = Outcome(step.name, "pass", 0.0, figures=step.run(check) or {})
+        except subprocess.TimeoutExpired:
+            outcome = Outcome(step.name, "timeout", 0.0, detail=f"over its {min(limit, left):.0f} s limit")
+        except StepFailed as e:
+            outcome = Outcome(step.name, "fail", 0.0, detail=str(e))
+        except StepSkipped as e:
+            outcome = Outcome(step.name, "skipped", 0.0, detail=str(e))
+        except Exception as e:  # a defect in a step must not hide the others' results
+            outcome = Outcome(step.name, "fail", 0.0, detail=f"{type(e).__name__}: {e}")
+        outcome.seconds = round(time.monotonic() - t0, 1)
+        outcome.log = str((check.logs / f"{step.name}.log").relative_to(check.out))
+        outcomes.append(outcome)
+        print(f"{outcome.status:>8}  {step.name:<22} {outcome.seconds:6.1f} s  "
+              f"{json.dumps(outcome.figures) if outcome.figures else outcome.detail}"[:300], flush=True)
+    return outcomes
+
+
+# ------------------------------------------------------------------------------ steps
+
+ENV_PROBE = """
+import importlib.util, json, torch, torchvision, onnxruntime
+cuda = torch.cuda.is_available()
+print(json.dumps({
+    "torch": torch.__version__, "torchvision": torchvision.__version__, "onnxruntime": onnxruntime.__version__,
+    "ort_providers": onnxruntime.get_available_providers(), "cuda": cuda,
+    "gpu": torch.cuda.get_device_name(0) if cuda else None,
+    "capability": ".".join(map(str, torch.cuda.get_device_capability(0))) if cuda else None,
+    "bf16": bool(cuda and torch.cuda.is_bf16_supported()),
+    **{m: importlib.util.find_spec(m) is not None for m in ("onnxscript", "tensorrt", "pytest", "timm")}}))
+"""
+
+
+def step_env(c: Check) -> dict:
+    facts = json.loads(c.py("-c", ENV_PROBE).strip().splitlines()[-1])
+    if not c.smoke and not facts["cuda"]:
+        raise StepFailed("no CUDA device visible: run with --smoke on a machine without a GPU")
+    return facts
+
+
+def step_pytest_gpu(c: Check) -> dict:
+    text = c.py("-m", "pytest", "-q", "-m", "gpu", "-p", "no:cacheprovider", "tests", ok_codes=(0, 1, 5))
+    last = text.strip().splitlines()[-1] if text.strip() else ""
+    counts = {k: int(n) for n, k in (w.split() for w in _summary_parts(last))}
+    if counts.get("failed", 0) or counts.get("error", 0) or counts.get("errors", 0):
+        raise StepFailed(f"pytest -m gpu: {last}")
+    if not c.smoke and not counts.get("passed"):
+        raise StepFailed(f"pytest -m gpu ran no GPU test on a GPU machine: {last}")
+    return counts
+
+
+def _summary_parts(line: str) -> list[str]:
+    """'3 passed, 2 skipped, 400 deselected in 9.1s' → ['3 passed', '2 skipped', '400 deselected']."""
+    parts = [p.strip() for p in line.strip("= ").split(" in ")[0].split(",")]
+    return [p for p in parts if len(p.split()) == 2 and p.split()[0].isdigit()]
+
+
+DECODE_MEAN_BOUNDS = {"444": 1.0, "420": 8.0}
+
+
+def step_decode(c: Check) -> dict:
+    out = c.work / "decode.json"
+    c.py(str(Path(__file__).resolve()), "--internal", "decode", "--out", str(c.out),
+         *(["--smoke"] if c.smoke else []))
+    figures = c.json_of(out)
+    if c.cuda and figures.get("fallbacks", 0):
+        raise StepFailed(f"nvJPEG did not decode every baseline JPEG: {figures['fallbacks']} fell back to the CPU")
+    # 4:4:4 has no chroma upsampling, so decoders agree; on 4:2:0 nvJPEG's default (nearest) chroma
+    # upsampling differs from libjpeg's fancy upsampling: a realistic bound, not a tight one.
+    for name, bound in DECODE_MEAN_BOUNDS.items():
+        if figures.get(name, {}).get("mean_abs_diff", 0) > bound:
+            raise StepFailed(f"{name} decode differs from PIL by mean {figures[name]['mean_abs_diff']} > {bound} levels")
+    return figures
+
+
+def step_train_bench(c: Check, extra: list[str], name: str) -> dict:
+    if not extra:
+        raise StepSkipped("not in the smoke run (too big for a CPU); the resnet row covers the same code")
+    out = c.work / f"{name}.json"
+    c.py("train/bench.py", *extra, "--cache", str(c.work / f"{name}-data"), "--out", str(out))
+    return c.json_of(out).get("models", {})
+
+
+def step_serve_bench(c: Check) -> dict:
+    out = c.work / "serve_bench.json"
+    text = c.py("serve/bench.py", *c.sizes.serve_bench_args, "--json", str(out))
+    return c.json_of(out) or {"stdout_tail": text.strip().splitlines()[-3:]}
+
+
+def _launch(c: Check) -> list[str]:
+    # Explicit launcher settings: no "defaults were used" warnings, one process on the one device.
+    return [PY, "-m", "accelerate.commands.launch", "--num_processes", "1", "--num_machines", "1",
+            "--mixed_precision", "no", "--dynamo_backend", "no"]
+
+
+def step_train(c: Check) -> dict:
+    data = c.work / "demo"
+    if not (data / "train").is_dir():
+        c.py("-m", "train.demo_data", str(data), *c.sizes.demo_args)
+    c.sh([*_launch(c), "train/main.py", "--config", "configs/demo.yaml", f"data.root={data}", "data.decode=gpu",
+          f"run.output_dir={c.work / 'runs'}", "run.name=check", "train.resume=auto", *c.sizes.train_overrides])
+    reload = c.py(str(Path(__file__).resolve()), "--internal", "reload", "--out", str(c.out))
+    figures = json.loads(reload.strip().splitlines()[-1])
+    rows = list(csv.DictReader((c.work / "runs" / "check" / "metrics.csv").open()))
+    figures.update({k: rows[-1].get(k) for k in ("valid_acc", "images_per_s") if k in rows[-1]})
+    return figures
+
+
+def _labels(path: Path) -> dict[str, str]:
+    return {r["path"]: r["label"] for r in csv.DictReader(path.open()) if r["status"] == "ok"}
+
+
+def _agreement(a: dict[str, str], b: dict[str, str]) -> float:
+    shared = a.keys() & b.keys()
+    if not shared:
+        raise StepFailed("the two prediction files share no classified image")
+    return sum(a[k] == b[k] for k in shared) / len(shared)
+
+
+def step_serve_agreement(c: Check) -> dict:
+    bundle, test = c.work / "runs" / "check" / "best", c.work / "demo" / "test"
+    figures = {}
+    for device in ("cuda", "cpu") if c.cuda else ("cpu",):
+        c.py("serve/main.py", str(bundle), str(test), "--out", str(c.work / f"serve_{device}.csv"), "--overwrite",
+             "--device", device)
+    if c.cuda:
+        figures["top1_agreement_gpu_vs_cpu"] = _agreement(_labels(c.work / "serve_cuda.csv"),
+                                                          _labels(c.work / "serve_cpu.csv"))
+    figures["images"] = len(_labels(c.work / "serve_cpu.csv"))
+    return figures
+
+
+def step_export(c: Check) -> dict:
+    bundle, out = c.work / "runs" / "check" / "best", c.work / "export"
+    exporter = [] if importlib.util.find_spec("onnxscript") else ["--exporter", "torchscript"]
+    speed = ["--no-bench"] if c.smoke else []  # the smoke run checks the code path, not a CPU's speed
+    c.py("export/main.py", str(bundle), "--out", str(out), "--precision", "fp32,fp16,int8", *exporter, *speed,
+         ok_codes=(0, 1))
+    report = c.json_of(out / "export_report.json")
+    written = sorted(p.name for p in out.glob("*.onnx"))
+    if "model.onnx" not in written:
+        raise StepFailed(f"no fp32 model.onnx written; see {out / 'export_report.json'}")
+    # The ONNX file, served with the default flags, must work on this machine (CPU-only onnxruntime included).
+    c.py("serve/main.py", str(out / "model.onnx"), str(c.work / "demo" / "test"), "--out",
+         str(c.work / "serve_onnx.csv"), "--overwrite")
+    agree = _agreement(_labels(c.work / "serve_onnx.csv"), _labels(c.work / "serve_cpu.csv"))
+    return {"written": written, "status": report.get("status"), "onnx_vs_torch_top1": agree}
+
+
+def steps(c: Check) -> list[Step]:
+    s = c.sizes
+    plan = [
+        Step("env", 60, step_env),
+        Step("pytest_gpu", 150, step_pytest_gpu),
+        Step("decode", 60, step_decode),
+        Step("train_bench_resnet50", 110, lambda c: step_train_bench(c, s.bench_args, "train_bench_resnet50")),
+        Step("train_bench_densenet", 80, lambda c: step_train_bench(c, s.densenet_args, "train_bench_densenet")),
+        Step("serve_bench", 90, step_serve_bench),
+        Step("train_2_epochs", 90, step_train),
+        Step("serve_gpu_vs_cpu", 60, step_serve_agreement),
+        Step("export", 90, step_export),
+    ]
+    return plan
+
+
+# ------------------------------------------------------------------------------ in-process parts (--internal)
+
+
+def internal_decode(c: Check) -> dict:
+    """nvJPEG (or, in the smoke run, torchvision's CPU decoder) vs PIL on the same files, 4:2:0 and 4:4:4."""
+    import io
+
+    import numpy as np
+    import torch
+    from PIL import Image
+
+    from core.demo_data import make_image
+    from core.images import decode_image
+
+    device = torch.device("cuda" if c.cuda else "cpu")
+    rng = np.random.default_rng(0)
+    images = [make_image(k % 4, rng, (c.sizes.decode_side, c.sizes.decode_side * 3 // 4))
+              for k in range(c.sizes.decode_images)]
+    figures: dict = {"device": str(device), "images": len(images)}
+    for name, subsampling in (("420", 2), ("444", 0)):
+        datas = []
+        for img in images:
+            buf = io.BytesIO()
+            img.save(buf, "JPEG", quality=90, subsampling=subsampling)
+            datas.append(buf.getvalue())
+        decoded, seconds, fallbacks = _device_decode(datas, device)
+        diffs = [np.abs(np.asarray(decode_image(d), np.int16) - t.permute(1, 2, 0).cpu().numpy().astype(np.int16))
+                 for d, t in zip(datas, decoded)]
+        allv = np.concatenate([d.ravel() for d in diffs])
+        figures[name] = {"mean_abs_diff": round(float(allv.mean()), 3), "p99_abs_diff": float(np.percentile(allv, 99)),
+                         "max_abs_diff": int(allv.max()), "images_per_s": round(len(datas) / seconds, 1)}
+        figures["fallbacks"] = figures.get("fallbacks", 0) + fallbacks
+    (c.work / "decode.json").write_text(json.dumps(figures, indent=2))
+    return figures
+
+
+def _device_decode(datas: list[bytes], device) -> tuple[list, float, int]:
+    """Decode with core.jpeg (the router and device decoder train and serve use); time the second of two
+    passes (the first warms nvJPEG up). Fallbacks = files the router or the device decoder refused."""
+    import torch
+
+    from core import jpeg
+
+    blobs = [torch.frombuffer(bytearray(d), dtype=torch.uint8) for d in datas]
+    refused = sum(not jpeg.route_jpeg(b).device for b in blobs)
+
+    def once() -> list:
+        out = jpeg.decode_on_device(blobs, device)
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        return out
+
+    once()
+    t0 = time.perf_counter()
+    out = once()
+    seconds = time.perf_counter() - t0
+    if any(img is None for img in out):
+        raise StepFailed(f"the device decoder refused {sum(img is None for img in out)} baseline JPEGs")
+    return out, seconds, refused
+
+
+def internal_reload(c: Check) -> dict:
+    import torch
+
+    from core.bundle import load_bundle
+
+    model, record = load_bundle(c.work / "runs" / "check" / "best")
+    crop = record.preprocess.crop
+    with torch.no_grad():
+        logits = model.eval()(torch.zeros(2, 3, crop, crop))
+    if tuple(logits.shape) != (2, len(record.classes)):
+        raise StepFailed(f"reloaded bundle gives logits {tuple(logits.shape)}, expected (2, {len(record.classes)})")
+    figures = {"arch": record.arch, "classes": len(record.classes), "crop": crop}
+    print(json.dumps(figures))
+    return figures
+
+
+INTERNAL = {"decode": internal_decode, "reload": internal_reload}
+
+
+# ------------------------------------------------------------------------------ targets and summary
+
+# issue 9's targets on one H100/H200 (checked only in a real GPU run)
+TARGETS = {
+    "train resnet50 GPU feed img/s >= 5000": ("train_bench_resnet50", ("resnet50", "rows", "gpu"), 5000),
+    "train resnet50 gpu/model >= 0.9": ("train_bench_resnet50", ("resnet50", "ratios", "gpu/model"), 0.9),
+    "train densenet161 frozen img/s >= 2500": ("train_bench_densenet", ("densenet161", "rows", "gpu"), 2500),
+    "train densenet161 gpu/tutorial >= 5": ("train_bench_densenet", ("densenet161", "ratios", "gpu/tutorial"), 5),
+    "serve resnet50 end-to-end img/s >= 8000": ("serve_bench", ("images_per_s", "end_to_end"), 8000),
+}
+
+
+def _figure(figures: dict, path: tuple[str, ...]):
+    value = figures
+    for key in path:
+        if isinstance(value, list):  # bench rows: [{"path": "gpu", "images_per_s": ...}, ...]
+            value = next((r.get("images_per_s") for r in value if r.get("path") == key), None)
+        elif isinstance(value, dict):
+            value = value.get(key)
+        else:
+            return None
+    return value
+
+
+def check_targets(outcomes: list[Outcome]) -> dict:
+    by_name = {o.name: o.figures for o in outcomes}
+    result = {}
+    for label, (step, path, bound) in TARGETS.items():
+        value = _figure(by_name.get(step, {}), path)
+        result[label] = {"value": value, "met": None if value is None else bool(value >= bound)}
+    return result
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--out", default="gpu-check", help="folder for summary.json, logs/ and work files")
+    ap.add_argument("--smoke", action="store_true", help="tiny sizes, CPU allowed (CI)")
+    ap.add_argument("--budget", type=float, help="total seconds (default 540 on a GPU, 180 in --smoke)")
+    ap.add_argument("--only", help="comma-separated step names to run (default: all)")
+    ap.add_argument("--internal", choices=sorted(INTERNAL), help=argparse.SUPPRESS)
+    args = ap.parse_args(argv)
+    out = Path(args.out).resolve()
+    import torch  # after parsing: --help stays fast
+
+    check = Check(out, args.smoke, torch.cuda.is_available())
+    if args.internal:
+        INTERNAL[args.internal](check)
+        return 0
+    plan = [s for s in steps(check) if not args.only or s.name in args.only.split(",")]
+    budget = args.budget or (180.0 if args.smoke else 540.0)
+    print(f"gpu_check: {'smoke' if args.smoke else 'full'} run, {len(plan)} steps, budget {budget:.0f} s, "
+          f"cuda {check.cuda}, out {out}", flush=True)
+    t0 = time.monotonic()
+    outcomes = run_steps(check, plan, budget)
+    summary = {"mode": "smoke" if args.smoke else "gpu", "cuda": check.cuda, "budget_s": budget,
+               "total_s": round(time.monotonic() - t0, 1), "ok": all(o.status in ("pass", "skipped") for o in outcomes)
+               and any(o.status == "pass" for o in outcomes),
+               "steps": [asdict(o) for o in outcomes], "targets": {} if args.smoke else check_targets(outcomes)}
+    (out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+    print(f"gpu_check: {'OK' if summary['ok'] else 'FAILED'} in {summary['total_s']} s; {out / 'summary.json'}")
+    return 0 if summary["ok"] else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
