@@ -28,23 +28,25 @@ def _crash_on_rename(monkeypatch, n):
     monkeypatch.setattr(fsio.os, "replace", replace)
 
 
-def test_a_crash_between_the_renames_is_undone_by_recover_dir(tmp_path, monkeypatch):
+def _crashed_between_the_renames(tmp_path, monkeypatch, new_name: str):
+    """last/ holds v1; a swap to v2 (built in tmp_path/new_name) dies after moving v1 aside."""
     dest = _folder(tmp_path / "last", "v1")
     _crash_on_rename(monkeypatch, 2)
     with pytest.raises(KeyboardInterrupt):
-        swap_dir(_folder(tmp_path / ".last.tmp", "v2"), dest)
+        swap_dir(_folder(tmp_path / new_name, "v2"), dest)
     monkeypatch.undo()
+    return dest
+
+
+def test_a_crash_between_the_renames_is_undone_by_recover_dir(tmp_path, monkeypatch):
+    dest = _crashed_between_the_renames(tmp_path, monkeypatch, ".last.tmp")
     assert not dest.exists() and (tmp_path / ".last.old").is_dir()
     assert recover_dir(dest)
     assert (dest / "f.txt").read_text() == "v1"
 
 
 def test_the_next_swap_after_such_a_crash_never_deletes_the_only_complete_version(tmp_path, monkeypatch):
-    dest = _folder(tmp_path / "last", "v1")
-    _crash_on_rename(monkeypatch, 2)
-    with pytest.raises(KeyboardInterrupt):
-        swap_dir(_folder(tmp_path / "new2", "v2"), dest)
-    monkeypatch.undo()
+    dest = _crashed_between_the_renames(tmp_path, monkeypatch, "new2")
     # nobody recovered; the next save dies at the same point: v1 must still be there to recover
     _crash_on_rename(monkeypatch, 3)  # its own recovery rename, then moving v1 aside, then (dies) v3 in
     with pytest.raises(KeyboardInterrupt):
@@ -55,11 +57,7 @@ def test_the_next_swap_after_such_a_crash_never_deletes_the_only_complete_versio
 
 
 def test_a_swap_after_such_a_crash_completes_and_leaves_no_old_copy(tmp_path, monkeypatch):
-    dest = _folder(tmp_path / "last", "v1")
-    _crash_on_rename(monkeypatch, 2)
-    with pytest.raises(KeyboardInterrupt):
-        swap_dir(_folder(tmp_path / "new2", "v2"), dest)
-    monkeypatch.undo()
+    dest = _crashed_between_the_renames(tmp_path, monkeypatch, "new2")
     swap_dir(_folder(tmp_path / "new3", "v3"), dest)
     assert (dest / "f.txt").read_text() == "v3"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["last", "new2"]
