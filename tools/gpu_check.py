@@ -324,7 +324,6 @@ def internal_decode(c: Check) -> dict:
 
     import numpy as np
     import torch
-    from PIL import Image
 
     from core.demo_data import make_image
     from core.images import decode_image
