@@ -54,6 +54,8 @@ def _wait_rows(proc: subprocess.Popen, out: Path, n: int) -> None:
     assert proc.poll() is None and _rows(out) >= n, proc.stderr.read().decode()[-2000:]
 
 
+EXIT_DEADLINE_S = 90
+
 # more moments of the run in the slow set: the hang it fixes struck 8 times in 42
 SLOW = pytest.mark.slow
 
@@ -67,14 +69,25 @@ def test_ctrl_c_to_the_process_group_exits_130_at_once_with_one_line(bundle, tmp
     workers = _children(proc.pid)
     os.killpg(proc.pid, signal.SIGINT)
     try:
-        proc.wait(timeout=20)
+        # A hang never ends; a loaded 2-core box has taken 25 s to tear a Python process down, so the
+        # deadline is far above that rather than close to it (a suite run failed once at 20 s).
+        proc.wait(timeout=EXIT_DEADLINE_S)
     except subprocess.TimeoutExpired:
         os.killpg(proc.pid, signal.SIGKILL)
-        pytest.fail("serve hung after Ctrl-C")
+        pytest.fail(f"serve still running {EXIT_DEADLINE_S} s after Ctrl-C: {proc.stderr.read().decode()[-2000:]}")
     err = proc.stderr.read().decode().strip().splitlines()
     assert proc.returncode == 130, err
     assert len(err) == 1 and err[0].startswith("interrupted") and "--resume" in err[0], err
-    assert workers and not any(_alive(w) for w in workers)
+    assert workers and not _left_alive(workers)
+
+
+def _left_alive(pids: list[int], within_s: float = 15.0) -> list[int]:
+    """The pids still running after up to within_s: a SIGKILL the kernel sends as the parent exits lands at
+    once, but on a loaded machine the killed process can take a moment to be scheduled and reaped."""
+    deadline = time.monotonic() + within_s
+    while any(_alive(p) for p in pids) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    return [p for p in pids if _alive(p)]
 
 
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc")
@@ -86,11 +99,8 @@ def test_decode_workers_die_with_their_parent(bundle, tmp_path, sig):
     workers = _children(proc.pid)
     assert len(workers) >= 2  # the two decode processes (plus any helper the pool starts)
     proc.send_signal(sig)
-    proc.wait(timeout=20)
-    deadline = time.monotonic() + 5
-    while any(_alive(w) for w in workers) and time.monotonic() < deadline:
-        time.sleep(0.05)
-    left = [w for w in workers if _alive(w)]
+    proc.wait(timeout=EXIT_DEADLINE_S)
+    left = _left_alive(workers)
     for w in left:  # never leave them behind, even when the test fails
         os.kill(w, signal.SIGKILL)
     assert not left
@@ -118,6 +128,6 @@ def test_abort_does_not_wait_for_queued_or_running_work():
     time.sleep(0.2)
     start = time.monotonic()
     pool.close(abort=True)
-    assert time.monotonic() - start < 5
-    assert not any(_alive(p) for p in pids)
+    assert time.monotonic() - start < 20  # waiting for the work would take 30 s or more; slack for a busy box
+    assert not _left_alive(pids)
     assert all(f.cancelled() or f.done() for f in futures[2:])
