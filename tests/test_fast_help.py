@@ -42,7 +42,7 @@ def test_help_and_config_reference_import_no_heavy_library(command):
 
 
 def test_config_markdown_is_the_readme_table():
-    from core.config import reference_markdown
+    from core.config_reference import reference_markdown
 
     proc, _ = imported_heavy(["-m", "core.config", "--markdown"])
     assert proc.stdout.strip() == reference_markdown()

@@ -24,6 +24,7 @@ from typing import Callable
 
 REPO = Path(__file__).resolve().parents[1]
 PY = sys.executable
+PARTS = Path(__file__).resolve().with_name("gpu_check_parts.py")  # the checks that run inside one process
 
 
 @dataclass
@@ -212,8 +213,8 @@ DECODE_MEAN_BOUNDS = {"444": 1.0, "420": 8.0}
 
 def step_decode(c: Check) -> dict:
     out = c.work / "decode.json"
-    c.py(str(Path(__file__).resolve()), "--internal", "decode", "--out", str(c.out),
-         *(["--smoke"] if c.smoke else []))
+    c.py(str(PARTS), "decode", "--work", str(c.work), "--images", str(c.sizes.decode_images),
+         "--side", str(c.sizes.decode_side))
     figures = c.json_of(out)
     if c.cuda and figures.get("fallbacks", 0):
         raise StepFailed(f"nvJPEG did not decode every baseline JPEG: {figures['fallbacks']} fell back to the CPU")
@@ -251,7 +252,7 @@ def step_train(c: Check) -> dict:
         c.py("-m", "train.demo_data", str(data), *c.sizes.demo_args)
     c.sh([*_launch(c), "train/main.py", "--config", "configs/demo.yaml", f"data.root={data}", "data.decode=gpu",
           f"run.output_dir={c.work / 'runs'}", "run.name=check", "train.resume=auto", *c.sizes.train_overrides])
-    reload = c.py(str(Path(__file__).resolve()), "--internal", "reload", "--out", str(c.out))
+    reload = c.py(str(PARTS), "reload", "--work", str(c.work))
     figures = json.loads(reload.strip().splitlines()[-1])
     rows = list(csv.DictReader((c.work / "runs" / "check" / "metrics.csv").open()))
     figures.update({k: rows[-1].get(k) for k in ("valid_acc", "images_per_s") if k in rows[-1]})
@@ -315,85 +316,6 @@ def steps(c: Check) -> list[Step]:
     return plan
 
 
-# ------------------------------------------------------------------------------ in-process parts (--internal)
-
-
-def internal_decode(c: Check) -> dict:
-    """nvJPEG (or, in the smoke run, torchvision's CPU decoder) vs PIL on the same files, 4:2:0 and 4:4:4."""
-    import io
-
-    import numpy as np
-    import torch
-
-    from core.demo_data import make_image
-    from core.images import decode_image
-
-    device = torch.device("cuda" if c.cuda else "cpu")
-    rng = np.random.default_rng(0)
-    images = [make_image(k % 4, rng, (c.sizes.decode_side, c.sizes.decode_side * 3 // 4))
-              for k in range(c.sizes.decode_images)]
-    figures: dict = {"device": str(device), "images": len(images)}
-    for name, subsampling in (("420", 2), ("444", 0)):
-        datas = []
-        for img in images:
-            buf = io.BytesIO()
-            img.save(buf, "JPEG", quality=90, subsampling=subsampling)
-            datas.append(buf.getvalue())
-        decoded, seconds, fallbacks = _device_decode(datas, device)
-        diffs = [np.abs(np.asarray(decode_image(d), np.int16) - t.permute(1, 2, 0).cpu().numpy().astype(np.int16))
-                 for d, t in zip(datas, decoded)]
-        allv = np.concatenate([d.ravel() for d in diffs])
-        figures[name] = {"mean_abs_diff": round(float(allv.mean()), 3), "p99_abs_diff": float(np.percentile(allv, 99)),
-                         "max_abs_diff": int(allv.max()), "images_per_s": round(len(datas) / seconds, 1)}
-        figures["fallbacks"] = figures.get("fallbacks", 0) + fallbacks
-    (c.work / "decode.json").write_text(json.dumps(figures, indent=2))
-    return figures
-
-
-def _device_decode(datas: list[bytes], device) -> tuple[list, float, int]:
-    """Decode with core.jpeg (the router and device decoder train and serve use); time the second of two
-    passes (the first warms nvJPEG up). Fallbacks = files the router or the device decoder refused."""
-    import torch
-
-    from core import jpeg
-
-    blobs = [torch.frombuffer(bytearray(d), dtype=torch.uint8) for d in datas]
-    refused = sum(not jpeg.route_jpeg(b).device for b in blobs)
-
-    def once() -> list:
-        out = jpeg.decode_on_device(blobs, device)
-        if device.type == "cuda":
-            torch.cuda.synchronize(device)
-        return out
-
-    once()
-    t0 = time.perf_counter()
-    out = once()
-    seconds = time.perf_counter() - t0
-    if any(img is None for img in out):
-        raise StepFailed(f"the device decoder refused {sum(img is None for img in out)} baseline JPEGs")
-    return out, seconds, refused
-
-
-def internal_reload(c: Check) -> dict:
-    import torch
-
-    from core.bundle import load_bundle
-
-    model, record = load_bundle(c.work / "runs" / "check" / "best")
-    crop = record.preprocess.crop
-    with torch.no_grad():
-        logits = model.eval()(torch.zeros(2, 3, crop, crop))
-    if tuple(logits.shape) != (2, len(record.classes)):
-        raise StepFailed(f"reloaded bundle gives logits {tuple(logits.shape)}, expected (2, {len(record.classes)})")
-    figures = {"arch": record.arch, "classes": len(record.classes), "crop": crop}
-    print(json.dumps(figures))
-    return figures
-
-
-INTERNAL = {"decode": internal_decode, "reload": internal_reload}
-
-
 # ------------------------------------------------------------------------------ targets and summary
 
 # issue 9's targets on one H100/H200 (checked only in a real GPU run)
@@ -433,15 +355,11 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--smoke", action="store_true", help="tiny sizes, CPU allowed (CI)")
     ap.add_argument("--budget", type=float, help="total seconds (default 540 on a GPU, 180 in --smoke)")
     ap.add_argument("--only", help="comma-separated step names to run (default: all)")
-    ap.add_argument("--internal", choices=sorted(INTERNAL), help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
     out = Path(args.out).resolve()
     import torch  # after parsing: --help stays fast
 
     check = Check(out, args.smoke, torch.cuda.is_available())
-    if args.internal:
-        INTERNAL[args.internal](check)
-        return 0
     plan = [s for s in steps(check) if not args.only or s.name in args.only.split(",")]
     budget = args.budget or (180.0 if args.smoke else 540.0)
     print(f"gpu_check: {'smoke' if args.smoke else 'full'} run, {len(plan)} steps, budget {budget:.0f} s, "

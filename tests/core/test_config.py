@@ -6,7 +6,8 @@ from pathlib import Path
 import pytest
 
 from core import workers
-from core.config import Config, _check_value, load_config, parse_override, reference_markdown, reference_text
+from core.config import Config, _check_value, load_config, parse_override
+from core.config_reference import reference_markdown, reference_text
 from core.errors import UserError
 
 REPO = Path(__file__).resolve().parents[2]
