@@ -14,6 +14,7 @@ affine map from output pixels to source pixels, and only the output pixels are c
 With color jitter and a larger `augment.size`, the size×size image is produced first so contrast
 sees the same pixels as before; otherwise only the crop×crop output is ever computed.
 """
+
 from __future__ import annotations
 
 import math
@@ -26,10 +27,15 @@ from torchvision.transforms import v2 as T
 
 from core.specs import AugmentSpec, EvalSpec
 
-RESAMPLE = {"nearest": Image.Resampling.NEAREST, "bilinear": Image.Resampling.BILINEAR,
-            "bicubic": Image.Resampling.BICUBIC}
+RESAMPLE = {
+    "nearest": Image.Resampling.NEAREST,
+    "bilinear": Image.Resampling.BILINEAR,
+    "bicubic": Image.Resampling.BICUBIC,
+}
 
-Affine = tuple[float, float, float, float, float, float]  # (a, b, c, d, e, f): x = a·u + b·v + c, y = d·u + e·v + f
+Affine = tuple[
+    float, float, float, float, float, float
+]  # (a, b, c, d, e, f): x = a·u + b·v + c, y = d·u + e·v + f
 
 
 class TrainWarp:
@@ -47,7 +53,11 @@ class TrainWarp:
 
     def params(self, img: Image.Image) -> tuple[float, tuple[int, int, int, int], bool]:
         """(angle, (top, left, h, w), flip), drawn in the order and way torchvision's transforms draw them."""
-        angle = T1.RandomRotation.get_params([-self.aug.rotation, self.aug.rotation]) if self.aug.rotation else 0.0
+        angle = (
+            T1.RandomRotation.get_params([-self.aug.rotation, self.aug.rotation])
+            if self.aug.rotation
+            else 0.0
+        )
         box = T1.RandomResizedCrop.get_params(img, list(self.aug.scale), list(self.aug.ratio))
         flip = bool(self.aug.hflip) and bool(torch.rand(1) < self.aug.hflip)
         return angle, box, flip
@@ -72,19 +82,27 @@ class TrainWarp:
 
     def _resized(self, img: Image.Image, box: tuple[int, int, int, int], flip: bool) -> torch.Tensor:
         """torchvision's own resized crop + flip: exact, and faster than PIL's boxed resize."""
-        x = T.functional.resized_crop(T.functional.pil_to_tensor(img), *box, [self.size, self.size],
-                                      interpolation=self.interpolation, antialias=True)
+        x = T.functional.resized_crop(
+            T.functional.pil_to_tensor(img),
+            *box,
+            [self.size, self.size],
+            interpolation=self.interpolation,
+            antialias=True,
+        )
         x = T.functional.horizontal_flip(x) if flip else x
         return T.functional.center_crop(x, [self.out, self.out]) if self.out != self.size else x
 
-    def _rotated(self, img: Image.Image, angle: float, box: tuple[int, int, int, int], flip: bool) -> torch.Tensor:
+    def _rotated(
+        self, img: Image.Image, angle: float, box: tuple[int, int, int, int], flip: bool
+    ) -> torch.Tensor:
         mapping = self._output_to_source(img.size, angle, box, flip)
         src, mapping = _preshrink(img, mapping, self.out)
         out = src.transform((self.out, self.out), Image.Transform.AFFINE, mapping, self.resample)
         return T.functional.pil_to_tensor(out)
 
-    def _output_to_source(self, wh: tuple[int, int], angle: float, box: tuple[int, int, int, int],
-                          flip: bool) -> Affine:
+    def _output_to_source(
+        self, wh: tuple[int, int], angle: float, box: tuple[int, int, int, int], flip: bool
+    ) -> Affine:
         """Output pixel (u, v) → source (x, y), continuous coordinates (pixel k spans [k, k+1))."""
         x0, y0, x1, y1 = self._window(box, flip)
         sx, sy = (x1 - x0) / self.out, (y1 - y0) / self.out
@@ -94,8 +112,14 @@ class TrainWarp:
         cx, cy = wh[0] / 2, wh[1] / 2
         cos, sin = math.cos(math.radians(angle)), math.sin(math.radians(angle))
         # (x, y) = centre + [[cos, -sin], [sin, cos]] · (p − centre)
-        return (cos * pa, -sin * sy, cx + cos * (pc - cx) - sin * (y0 - cy),
-                sin * pa, cos * sy, cy + sin * (pc - cx) + cos * (y0 - cy))
+        return (
+            cos * pa,
+            -sin * sy,
+            cx + cos * (pc - cx) - sin * (y0 - cy),
+            sin * pa,
+            cos * sy,
+            cy + sin * (pc - cx) + cos * (y0 - cy),
+        )
 
 
 def _preshrink(img: Image.Image, m: Affine, out: int) -> tuple[Image.Image, Affine]:
@@ -105,7 +129,9 @@ def _preshrink(img: Image.Image, m: Affine, out: int) -> tuple[Image.Image, Affi
     by k only every k pixels (aliasing); after the reduce it shrinks by less than 2. Reduce is the
     fast box filter: a filtered resize here cost as much as the whole tutorial transform.
     """
-    k = math.floor(min(math.hypot(m[0], m[3]), math.hypot(m[1], m[4])))  # source px per output px, smaller axis
+    k = math.floor(
+        min(math.hypot(m[0], m[3]), math.hypot(m[1], m[4]))
+    )  # source px per output px, smaller axis
     if k < 2:
         return img, m
     corners = [(m[0] * u + m[1] * v + m[2], m[3] * u + m[4] * v + m[5]) for u in (0, out) for v in (0, out)]

@@ -1,4 +1,5 @@
 """The bundle: model.safetensors + bundle.json, everything a later stage needs to rebuild and use a model."""
+
 from __future__ import annotations
 
 import json
@@ -79,8 +80,10 @@ def check_schema(d: dict[str, Any], source: str) -> None:
     if not isinstance(version, int):
         raise UserError(f"{source}: model record has no schema_version")
     if version > SCHEMA_VERSION:
-        raise UserError(f"{source} uses bundle schema v{version}, newer than this imgclf supports "
-                        f"(v{SCHEMA_VERSION}); upgrade imgclf (pip install -U) to read it")
+        raise UserError(
+            f"{source} uses bundle schema v{version}, newer than this imgclf supports "
+            f"(v{SCHEMA_VERSION}); upgrade imgclf (pip install -U) to read it"
+        )
 
 
 def load_display_names(classes: list[str], cat_to_name: Path | None) -> list[str]:
@@ -122,8 +125,11 @@ def resolve_bundle_dir(path: str | Path) -> Path:
     if not p.exists():
         raise UserError(f"bundle not found: {p}")
     if not (p / RECORD_FILE).is_file():
-        hint = f"; did you mean {p / 'best'}?" if (p / "best" / RECORD_FILE).is_file() else \
-            " (a bundle is a folder with bundle.json and model.safetensors, e.g. runs/<name>/best)"
+        hint = (
+            f"; did you mean {p / 'best'}?"
+            if (p / "best" / RECORD_FILE).is_file()
+            else " (a bundle is a folder with bundle.json and model.safetensors, e.g. runs/<name>/best)"
+        )
         raise UserError(f"{p} is not a model bundle: no {RECORD_FILE}{hint}")
     if not (p / WEIGHTS_FILE).is_file():
         raise UserError(f"{p} is not a complete model bundle: {WEIGHTS_FILE} is missing")
@@ -139,7 +145,9 @@ def read_record(path: str | Path) -> BundleRecord:
     return BundleRecord.from_dict(d, str(p / RECORD_FILE))
 
 
-def load_bundle(path: str | Path, map_location: str | torch.device = "cpu") -> tuple[torch.nn.Module, BundleRecord]:
+def load_bundle(
+    path: str | Path, map_location: str | torch.device = "cpu"
+) -> tuple[torch.nn.Module, BundleRecord]:
     """Rebuild the trained model from a bundle folder alone. Returns (model in eval mode, record)."""
     p = resolve_bundle_dir(path)
     record = read_record(p)
@@ -147,12 +155,15 @@ def load_bundle(path: str | Path, map_location: str | torch.device = "cpu") -> t
     try:
         state = load_file(str(p / WEIGHTS_FILE), device=str(map_location))
     except (SafetensorError, OSError, ValueError) as exc:
-        raise UserError(f"{p / WEIGHTS_FILE} is corrupt or unreadable ({exc}); re-copy or re-train the bundle") \
-            from None
+        raise UserError(
+            f"{p / WEIGHTS_FILE} is corrupt or unreadable ({exc}); re-copy or re-train the bundle"
+        ) from None
     try:
         model.load_state_dict(state)
     except RuntimeError as exc:
         first = str(exc).splitlines()[0]
-        raise UserError(f"{p / WEIGHTS_FILE} does not match its record ({record.arch}, "
-                        f"{record.num_classes} classes): {first}") from None
+        raise UserError(
+            f"{p / WEIGHTS_FILE} does not match its record ({record.arch}, "
+            f"{record.num_classes} classes): {first}"
+        ) from None
     return model.to(map_location).eval(), record

@@ -4,6 +4,7 @@ out-of-range values fail clearly, before anything heavy (torch) is imported.
 Every key is declared once below with its default, type, valid range or allowed values and a one-line
 help text; `python -m core.config` prints the reference (`--markdown`: the table the README carries).
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -57,8 +58,14 @@ GE0, GE1, GT0 = Range(0), Range(1), Range(0, lo_open=True)
 UNIT = Range(0, 1)  # probabilities and fractions
 
 
-def opt(default: Any, help: str, choices: tuple | None = None, range: Range | None = None,
-        length: int | None = None, ordered: bool = False) -> Any:
+def opt(
+    default: Any,
+    help: str,
+    choices: tuple | None = None,
+    range: Range | None = None,
+    length: int | None = None,
+    ordered: bool = False,
+) -> Any:
     """A config field: default, one-line help, and what is valid.
 
     choices: allowed strings; range: the interval a number (each number of a list) must lie in;
@@ -76,12 +83,19 @@ def section(cls: type, help: str) -> Any:
 
 @dataclass
 class RunConfig:
-    name: str | None = opt(None, "run folder name under output_dir; default: <config file stem>-<YYYYmmdd-HHMMSS>")
+    name: str | None = opt(
+        None, "run folder name under output_dir; default: <config file stem>-<YYYYmmdd-HHMMSS>"
+    )
     output_dir: str = opt("runs", "where run folders are created")
-    seed: int = opt(0, "random seed (made device-specific per process)",
-                    range=Range(0, 2**31 - 1))  # + process index must stay below numpy's 2**32
-    log_with: Union[str, list[str]] = opt("none", "experiment trackers (Accelerate's), one or a list: none, "
-                                          + ", ".join(TRACKERS) + "; tensorboard writes runs/<name>/tensorboard/")
+    seed: int = opt(
+        0, "random seed (made device-specific per process)", range=Range(0, 2**31 - 1)
+    )  # + process index must stay below numpy's 2**32
+    log_with: Union[str, list[str]] = opt(
+        "none",
+        "experiment trackers (Accelerate's), one or a list: none, "
+        + ", ".join(TRACKERS)
+        + "; tensorboard writes runs/<name>/tensorboard/",
+    )
 
     def trackers(self) -> list[str]:
         names = [self.log_with] if isinstance(self.log_with, str) else list(self.log_with)
@@ -90,35 +104,58 @@ class RunConfig:
 
 @dataclass
 class DataConfig:
-    source: str = opt("folder", "`folder`: root/train|valid|test/<class>/*; `cifar10`: torchvision CIFAR-10",
-                      ("folder", "cifar10"))
+    source: str = opt(
+        "folder",
+        "`folder`: root/train|valid|test/<class>/*; `cifar10`: torchvision CIFAR-10",
+        ("folder", "cifar10"),
+    )
     root: str = opt("data", "data set folder (for cifar10: where it is, or is downloaded to)")
-    num_workers: Union[int, str] = opt(AUTO, "DataLoader worker processes per training process; `auto` = "
-                                       "min(8, CPUs usable by this process / processes on this node)",
-                                       (AUTO,), range=GE0)
-    max_bad_fraction: float = opt(0.01, "abort when more than this fraction of training images cannot be decoded",
-                                  range=UNIT)
+    num_workers: Union[int, str] = opt(
+        AUTO,
+        "DataLoader worker processes per training process; `auto` = "
+        "min(8, CPUs usable by this process / processes on this node)",
+        (AUTO,),
+        range=GE0,
+    )
+    max_bad_fraction: float = opt(
+        0.01, "abort when more than this fraction of training images cannot be decoded", range=UNIT
+    )
     download: bool = opt(True, "cifar10 only: download when missing (needs network)")
-    decode: str = opt("cpu", "folder data: `cpu` = decode + augment in DataLoader workers; `gpu` = workers read "
-                      "bytes, nvJPEG decode + batched augmentation on the training device (runs, slower, without "
-                      "CUDA); `auto` = gpu on CUDA, else cpu. data.source cifar10: cpu only", ("cpu", "gpu", "auto"))
+    decode: str = opt(
+        "cpu",
+        "folder data: `cpu` = decode + augment in DataLoader workers; `gpu` = workers read "
+        "bytes, nvJPEG decode + batched augmentation on the training device (runs, slower, without "
+        "CUDA); `auto` = gpu on CUDA, else cpu. data.source cifar10: cpu only",
+        ("cpu", "gpu", "auto"),
+    )
 
 
 @dataclass
 class HeadConfig:
-    hidden: list[int] = opt([], "hidden layer sizes of the new classifier head; [] = one Linear layer", range=GE1)
-    dropout: float = opt(0.0, "dropout after each hidden layer (and before the output layer if no hidden)",
-                         range=Range(0, 1, hi_open=True))
+    hidden: list[int] = opt(
+        [], "hidden layer sizes of the new classifier head; [] = one Linear layer", range=GE1
+    )
+    dropout: float = opt(
+        0.0,
+        "dropout after each hidden layer (and before the output layer if no hidden)",
+        range=Range(0, 1, hi_open=True),
+    )
 
 
 @dataclass
 class ModelConfig:
     arch: str = opt("resnet50", "torchvision model name, `timm:<name>` (needs timm), or `cifar_cnn`")
-    pretrained: str = opt("imagenet", "`imagenet` (default weights, cached), `none`, or a path to a state dict")
+    pretrained: str = opt(
+        "imagenet", "`imagenet` (default weights, cached), `none`, or a path to a state dict"
+    )
     head: HeadConfig = section(HeadConfig, "classifier head that replaces the model's own")
-    freeze: Union[str, int] = opt("backbone", "`backbone` (train the head only), `none` (fine-tune all), "
-                                  "or N: train the head only for N epochs, then everything",
-                                  ("backbone", "none"), range=GE0)
+    freeze: Union[str, int] = opt(
+        "backbone",
+        "`backbone` (train the head only), `none` (fine-tune all), "
+        "or N: train the head only for N epochs, then everything",
+        ("backbone", "none"),
+        range=GE0,
+    )
 
 
 @dataclass
@@ -126,10 +163,15 @@ class PreprocessConfig:
     resize: int = opt(256, "eval: resize the shorter side to this (>= crop)", range=GE1)
     crop: int = opt(224, "eval: center crop to this square; also the training crop size", range=GE1)
     interpolation: str = opt("bilinear", "resize interpolation", INTERPOLATION_NAMES)
-    mean: list[float] = opt(list(IMAGENET_MEAN), "per-channel normalization mean (0..1 scale), [R, G, B]",
-                            range=UNIT, length=3)
-    std: list[float] = opt(list(IMAGENET_STD), "per-channel normalization std (0..1 scale), [R, G, B]",
-                           range=Range(0, 1, lo_open=True), length=3)
+    mean: list[float] = opt(
+        list(IMAGENET_MEAN), "per-channel normalization mean (0..1 scale), [R, G, B]", range=UNIT, length=3
+    )
+    std: list[float] = opt(
+        list(IMAGENET_STD),
+        "per-channel normalization std (0..1 scale), [R, G, B]",
+        range=Range(0, 1, lo_open=True),
+        length=3,
+    )
 
     def spec(self) -> EvalSpec:
         return EvalSpec(self.resize, self.crop, self.interpolation, tuple(self.mean), tuple(self.std))
@@ -138,26 +180,50 @@ class PreprocessConfig:
 @dataclass
 class AugmentConfig:
     enabled: bool = opt(True, "false: train on the eval transform (no augmentation)")
-    rotation: float = opt(0.0, "RandomRotation degrees: uniform in [-rotation, rotation] (0 = off)", range=Range(0, 180))
-    scale: list[float] = opt([0.08, 1.0], "RandomResizedCrop area scale range [min, max]",
-                             range=Range(0, 1, lo_open=True), length=2, ordered=True)
-    ratio: list[float] = opt([0.75, 1.3333333], "RandomResizedCrop aspect ratio range [min, max]",
-                             range=GT0, length=2, ordered=True)
-    size: int | None = opt(None, "RandomResizedCrop output size (>= preprocess.crop); default = preprocess.crop; "
-                           "larger → center crop after", range=GE1)
+    rotation: float = opt(
+        0.0, "RandomRotation degrees: uniform in [-rotation, rotation] (0 = off)", range=Range(0, 180)
+    )
+    scale: list[float] = opt(
+        [0.08, 1.0],
+        "RandomResizedCrop area scale range [min, max]",
+        range=Range(0, 1, lo_open=True),
+        length=2,
+        ordered=True,
+    )
+    ratio: list[float] = opt(
+        [0.75, 1.3333333],
+        "RandomResizedCrop aspect ratio range [min, max]",
+        range=GT0,
+        length=2,
+        ordered=True,
+    )
+    size: int | None = opt(
+        None,
+        "RandomResizedCrop output size (>= preprocess.crop); default = preprocess.crop; "
+        "larger → center crop after",
+        range=GE1,
+    )
     hflip: float = opt(0.5, "horizontal flip probability", range=UNIT)
     color_jitter: float = opt(0.0, "brightness/contrast/saturation jitter strength (0 = off)", range=UNIT)
 
     def spec(self) -> AugmentSpec:
-        return AugmentSpec(self.enabled, self.rotation, (self.scale[0], self.scale[1]),
-                           (self.ratio[0], self.ratio[1]), self.size, self.hflip, self.color_jitter)
+        return AugmentSpec(
+            self.enabled,
+            self.rotation,
+            (self.scale[0], self.scale[1]),
+            (self.ratio[0], self.ratio[1]),
+            self.size,
+            self.hflip,
+            self.color_jitter,
+        )
 
 
 @dataclass
 class OptimizerConfig:
     name: str = opt("adam", "optimizer", ("sgd", "adam", "adamw", "adadelta"))
-    lr: float = opt(1e-3, "learning rate (for the global batch; not rescaled automatically; 0 = weights stay)",
-                    range=GE0)
+    lr: float = opt(
+        1e-3, "learning rate (for the global batch; not rescaled automatically; 0 = weights stay)", range=GE0
+    )
     momentum: float = opt(0.9, "sgd momentum", range=Range(0, 1, hi_open=True))
     weight_decay: float = opt(0.0, "weight decay", range=GE0)
     nesterov: bool = opt(False, "sgd Nesterov momentum")
@@ -175,23 +241,33 @@ class SchedulerConfig:
 @dataclass
 class TrainConfig:
     epochs: int = opt(10, "number of epochs", range=GE1)
-    batch_size: int = opt(64, "images per step per process (global batch = this × processes × grad_accum_steps)",
-                          range=GE1)
-    eval_batch_size: int | None = opt(None, "validation/test batch size per process; default = 2 × batch_size",
-                                      range=GE1)
+    batch_size: int = opt(
+        64, "images per step per process (global batch = this × processes × grad_accum_steps)", range=GE1
+    )
+    eval_batch_size: int | None = opt(
+        None, "validation/test batch size per process; default = 2 × batch_size", range=GE1
+    )
     grad_accum_steps: int = opt(1, "gradient accumulation steps", range=GE1)
-    mixed_precision: str = opt("auto", "`auto`: bf16 on GPUs that support it, else fp16 on GPU, fp32 on CPU",
-                               ("auto", "bf16", "fp16", "no"))
+    mixed_precision: str = opt(
+        "auto",
+        "`auto`: bf16 on GPUs that support it, else fp16 on GPU, fp32 on CPU",
+        ("auto", "bf16", "fp16", "no"),
+    )
     channels_last: bool = opt(True, "use channels_last memory format (GPU only)")
     compile: bool = opt(False, "torch.compile the model")
     sync_bn: bool = opt(False, "convert BatchNorm to SyncBatchNorm (multi-GPU)")
     label_smoothing: float = opt(0.0, "cross-entropy label smoothing", range=UNIT)
     max_grad_norm: float = opt(0.0, "gradient clipping norm (0 = off)", range=GE0)
-    early_stopping_patience: int = opt(0, "stop after this many epochs without a better validation score (0 = off)",
-                                       range=GE0)
+    early_stopping_patience: int = opt(
+        0, "stop after this many epochs without a better validation score (0 = off)", range=GE0
+    )
     resume: str | None = opt(None, "`auto` (this run's last/ if present) or a path to a last/ folder")
-    log_every: int = opt(20, "steps between progress reports: the bar's numbers on a terminal, a log line "
-                             "otherwise, loss/lr to the trackers (device sync points)", range=GE1)
+    log_every: int = opt(
+        20,
+        "steps between progress reports: the bar's numbers on a terminal, a log line "
+        "otherwise, loss/lr to the trackers (device sync points)",
+        range=GE1,
+    )
     optimizer: OptimizerConfig = section(OptimizerConfig, "optimizer")
     scheduler: SchedulerConfig = section(SchedulerConfig, "learning-rate schedule")
 
@@ -290,9 +366,10 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
 def _unknown_key(key: str) -> UserError:
     valid = _all_keys(Config)
     parent = key.rsplit(".", 1)[0] + "." if "." in key else ""
-    siblings = [k for k in valid if k.startswith(parent) and "." not in k[len(parent):]]
+    siblings = [k for k in valid if k.startswith(parent) and "." not in k[len(parent) :]]
     close = difflib.get_close_matches(key, siblings, n=1, cutoff=0.6) or difflib.get_close_matches(
-        key, valid, n=1, cutoff=0.6)
+        key, valid, n=1, cutoff=0.6
+    )
     if close:
         hint = f"; did you mean '{close[0]}'?"
     else:
@@ -380,17 +457,25 @@ def _validate(cfg: Config) -> None:
         if name not in TRACKERS:
             close = difflib.get_close_matches(name, TRACKERS, n=1)
             hint = f" (did you mean '{close[0]}'?)" if close else ""
-            raise UserError(f"config key 'run.log_with': unknown tracker {name!r}{hint}; valid: none, "
-                            + ", ".join(TRACKERS))
+            raise UserError(
+                f"config key 'run.log_with': unknown tracker {name!r}{hint}; valid: none, "
+                + ", ".join(TRACKERS)
+            )
     pre, aug, sched = cfg.preprocess, cfg.augment, cfg.train.scheduler
     if pre.crop > pre.resize:  # the center crop would pad the resized image with black
-        raise UserError(f"config key 'preprocess.crop' ({pre.crop}) must be <= 'preprocess.resize' ({pre.resize})")
+        raise UserError(
+            f"config key 'preprocess.crop' ({pre.crop}) must be <= 'preprocess.resize' ({pre.resize})"
+        )
     if aug.size is not None and aug.size < pre.crop:  # the center crop after it would pad with black
-        raise UserError(f"config key 'augment.size' ({aug.size}) must be >= 'preprocess.crop' ({pre.crop}), "
-                        "or null for the crop size")
+        raise UserError(
+            f"config key 'augment.size' ({aug.size}) must be >= 'preprocess.crop' ({pre.crop}), "
+            "or null for the crop size"
+        )
     if sched.name == "cosine" and sched.min_lr > cfg.train.optimizer.lr:  # the "decay" would climb
-        raise UserError(f"config key 'train.scheduler.min_lr' ({sched.min_lr:g}) must be <= "
-                        f"'train.optimizer.lr' ({cfg.train.optimizer.lr:g})")
+        raise UserError(
+            f"config key 'train.scheduler.min_lr' ({sched.min_lr:g}) must be <= "
+            f"'train.optimizer.lr' ({cfg.train.optimizer.lr:g})"
+        )
 
 
 def _finish(cfg: Config) -> Config:

@@ -1,5 +1,6 @@
 """The config reference printed by `python -m core.config`: grouped for a terminal, or (`--markdown`) the
 table the README carries. Read from the declarations in core/config.py, so it cannot drift from them."""
+
 from __future__ import annotations
 
 import dataclasses
@@ -20,8 +21,15 @@ def _reference_rows() -> list[tuple[str, str, str, str, str]]:
             if isinstance(tp, type) and dataclasses.is_dataclass(tp):
                 walk(tp, f"{prefix}{f.name}.", top or f"{f.name}: {f.metadata['help']}")
                 continue
-            rows.append((top, f"{prefix}{f.name}", json.dumps(getattr(inst, f.name)),
-                         _valid_text(f.metadata), f.metadata["help"]))
+            rows.append(
+                (
+                    top,
+                    f"{prefix}{f.name}",
+                    json.dumps(getattr(inst, f.name)),
+                    _valid_text(f.metadata),
+                    f.metadata["help"],
+                )
+            )
 
     walk(Config, "", "")
     return rows
@@ -31,8 +39,10 @@ def reference_markdown() -> str:
     """The config reference table (every key, default, valid values, meaning) for the README."""
     lines = ["| key | default | valid | meaning |", "|---|---|---|---|"]
     for _, key, default, valid, help_text in _reference_rows():
-        lines.append(f"| `{key}` | `{default}` | {valid.replace('|', chr(92) + '|')} | "
-                     f"{help_text.replace('|', chr(92) + '|')} |")
+        lines.append(
+            f"| `{key}` | `{default}` | {valid.replace('|', chr(92) + '|')} | "
+            f"{help_text.replace('|', chr(92) + '|')} |"
+        )
     return "\n".join(lines)
 
 
@@ -47,7 +57,9 @@ def reference_text(width: int = 100) -> str:
             section = top
             out += ["", top]
         out.append(f"  {key} = {default}" + (f"    valid: {valid}" if valid else ""))
-        out += textwrap.wrap(help_text, width=max(40, width), initial_indent=" " * 6, subsequent_indent=" " * 6)
+        out += textwrap.wrap(
+            help_text, width=max(40, width), initial_indent=" " * 6, subsequent_indent=" " * 6
+        )
     return "\n".join(out[1:])
 
 
@@ -57,8 +69,9 @@ def main(argv: list[str] | None = None) -> int:
     import shutil
     import sys
 
-    ap = argparse.ArgumentParser(prog="python -m core.config",
-                                 description="Print every config key: default, valid values, meaning.")
+    ap = argparse.ArgumentParser(
+        prog="python -m core.config", description="Print every config key: default, valid values, meaning."
+    )
     ap.add_argument("--markdown", action="store_true", help="print the Markdown table the README carries")
     args = ap.parse_args(argv)
     try:

@@ -4,6 +4,7 @@ Layout matches the tutorials (root/train|valid|test/<class>/*, cat_to_name.json)
 numbers like Flowers-102's, so string ordering and display names are exercised. Each class is a
 shape with its own hue family, so even a small network trained from scratch learns it in an epoch or two.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -55,8 +56,13 @@ def make_image(class_index: int, rng: np.random.Generator, size: tuple[int, int]
     return img
 
 
-def make_demo_dataset(root: str | Path, num_classes: int = 4, per_split: dict[str, int] | None = None,
-                      size: int = 64, seed: int = 0) -> Path:
+def make_demo_dataset(
+    root: str | Path,
+    num_classes: int = 4,
+    per_split: dict[str, int] | None = None,
+    size: int = 64,
+    seed: int = 0,
+) -> Path:
     """Write the demo image folder under `root`; returns `root`. Same seed → byte-identical files."""
     root = Path(root)
     per_split = per_split or DEFAULT_SPLITS
@@ -101,8 +107,10 @@ def write_once(root: Path, settings: dict) -> str:
     if _read_marker(root) == settings:
         return f"{root} already holds the demo data set ({_count(root)} images, same settings); kept"
     if root.exists() and (not root.is_dir() or any(root.iterdir())):
-        raise UserError(f"{root} exists and is not a demo data set made with these settings; "
-                        "pass a new or empty folder (or delete this one)")
+        raise UserError(
+            f"{root} exists and is not a demo data set made with these settings; "
+            "pass a new or empty folder (or delete this one)"
+        )
     tmp = root.parent / f".{root.name}.tmp"
     if tmp.exists():
         shutil.rmtree(tmp)
@@ -122,8 +130,12 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--size", type=int, default=64, help="shorter side in pixels (roughly)")
     ap.add_argument("--seed", type=int, default=0)
     a = ap.parse_args(argv)
-    settings = {"classes": a.classes, "splits": {"train": a.train, "valid": a.valid, "test": a.test},
-                "size": a.size, "seed": a.seed}
+    settings = {
+        "classes": a.classes,
+        "splits": {"train": a.train, "valid": a.valid, "test": a.test},
+        "size": a.size,
+        "seed": a.seed,
+    }
     print(write_once(Path(a.dst), settings))
     return 0
 

@@ -1,4 +1,5 @@
 """Process-group lifetime for the stages' entry points: the group is destroyed on every way out."""
+
 from __future__ import annotations
 
 import functools

@@ -1,4 +1,5 @@
 """User-facing errors: one clear line and exit code 2, never a traceback for a fixable mistake."""
+
 from __future__ import annotations
 
 import functools

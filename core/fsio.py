@@ -1,4 +1,5 @@
 """Atomic file and directory writes: a kill never leaves a half-written file under the final name."""
+
 from __future__ import annotations
 
 import contextlib

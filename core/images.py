@@ -1,4 +1,5 @@
 """One robust image decoder: any file PIL can read becomes an upright 8-bit RGB image, or a BadImage."""
+
 from __future__ import annotations
 
 import io
@@ -74,7 +75,9 @@ def decode_image(source: str | os.PathLike | bytes, max_pixels: int = MAX_PIXELS
                 img = Image.open(fh)
                 w, h = img.size
                 if w * h > max_pixels:
-                    raise BadImage(f"image too large ({w}x{h} pixels > {max_pixels}); decompression-bomb guard")
+                    raise BadImage(
+                        f"image too large ({w}x{h} pixels > {max_pixels}); decompression-bomb guard"
+                    )
                 img.load()
             img = ImageOps.exif_transpose(img) or img
             return _to_rgb(img)

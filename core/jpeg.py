@@ -2,6 +2,7 @@
 nvJPEG gets, `decode_on_device` decodes those in bisected chunks under a stream protocol that is safe
 whatever the library does inside, and `DecodeStats` counts what went to the CPU and why.
 """
+
 from __future__ import annotations
 
 import struct
@@ -31,7 +32,10 @@ TOO_LARGE = f"over {DEVICE_MAX_PIXELS // 1_000_000} MP"
 REFUSED = "refused by the device decoder"
 NO_DEVICE_DECODER = "no device decoder"
 
-_BASELINE = {0xC0, 0xC1}  # SOF0 baseline, SOF1 extended sequential: both Huffman-coded, what nvJPEG's HW path takes
+_BASELINE = {
+    0xC0,
+    0xC1,
+}  # SOF0 baseline, SOF1 extended sequential: both Huffman-coded, what nvJPEG's HW path takes
 _PROGRESSIVE = {0xC2, 0xC6, 0xCA, 0xCE}
 _OTHER_SOF = {0xC3, 0xC5, 0xC7, 0xC9, 0xCB, 0xCD, 0xCF}  # lossless, hierarchical, arithmetic
 _STANDALONE = frozenset(range(0xD0, 0xD9)) | {0x01}  # RSTn, SOI, TEM: no length field
@@ -64,9 +68,9 @@ def exif_orientation(app1: bytes) -> int:
         return 1
     try:
         (ifd,) = struct.unpack(end + "I", tiff[4:8])
-        (count,) = struct.unpack(end + "H", tiff[ifd: ifd + 2])
+        (count,) = struct.unpack(end + "H", tiff[ifd : ifd + 2])
         for k in range(count):
-            tag, _typ, _n, value = struct.unpack(end + "HHIH", tiff[ifd + 2 + 12 * k: ifd + 12 + 12 * k])
+            tag, _typ, _n, value = struct.unpack(end + "HHIH", tiff[ifd + 2 + 12 * k : ifd + 12 + 12 * k])
             if tag == 0x0112:
                 return value if 1 <= value <= 8 else 1
     except struct.error:
@@ -119,7 +123,7 @@ def route_jpeg(data: bytes | memoryview | torch.Tensor) -> JpegRoute:
             break
         length = (data[pos + 2] << 8) | data[pos + 3]
         if marker in _WANTED:  # only these payloads are copied: the walk stays a few µs per file
-            payload = bytes(data[pos + 4: pos + 2 + length])
+            payload = bytes(data[pos + 4 : pos + 2 + length])
             if marker == 0xE1 and orientation == 1:
                 orientation = exif_orientation(payload)
             elif marker == 0xEE and payload.startswith(b"Adobe") and len(payload) >= 12:
@@ -167,7 +171,9 @@ class DecodeStats:
 
     def summary(self) -> str:
         why = ", ".join(f"{reason}: {n}" for reason, n in self.cpu.most_common())
-        return f"image decode: {self.device} on the device, {self.cpu_total} on the CPU" + (f" ({why})" if why else "")
+        return f"image decode: {self.device} on the device, {self.cpu_total} on the CPU" + (
+            f" ({why})" if why else ""
+        )
 
     def report_once(self, log: Callable[[str], None]) -> None:
         """Log the summary once per run, when anything went to the CPU (a silent CPU decode is a defect)."""
@@ -192,8 +198,9 @@ def torchvision_decoder(blobs: list[torch.Tensor], device: torch.device) -> list
         return decode_jpeg(blobs, mode=ImageReadMode.RGB, device=device)
 
 
-def bisect_decode(blobs: list[torch.Tensor], decode: Callable[[list[torch.Tensor]], list[torch.Tensor]]
-                  ) -> list[torch.Tensor | None]:
+def bisect_decode(
+    blobs: list[torch.Tensor], decode: Callable[[list[torch.Tensor]], list[torch.Tensor]]
+) -> list[torch.Tensor | None]:
     """Decode in one call; when it fails, split in halves and recurse, so k bad files in n cost about
     2·k·log2(n) calls instead of n. None marks a file that fails on its own."""
     if not blobs:
@@ -237,8 +244,13 @@ def _decode_stream(device: torch.device) -> torch.cuda.Stream:
     return stream if stream is not None else _streams.setdefault(device, torch.cuda.Stream(device))
 
 
-def decode_on_device(blobs: Sequence[torch.Tensor], device: torch.device | str, *, chunk: int = CHUNK,
-                     decoder: Decoder = torchvision_decoder) -> list[torch.Tensor | None]:
+def decode_on_device(
+    blobs: Sequence[torch.Tensor],
+    device: torch.device | str,
+    *,
+    chunk: int = CHUNK,
+    decoder: Decoder = torchvision_decoder,
+) -> list[torch.Tensor | None]:
     """1-D uint8 CPU tensors of routed JPEGs → uint8 RGB [3, H, W] on `device` (None where refused, for the CPU).
 
     Usable on the caller's current stream as soon as this returns. On CUDA:
@@ -252,13 +264,18 @@ def decode_on_device(blobs: Sequence[torch.Tensor], device: torch.device | str, 
         device = torch.device("cuda", torch.cuda.current_device())
     out: list[torch.Tensor | None] = []
     for start in range(0, len(blobs), chunk):
-        part = list(blobs[start: start + chunk])
-        out += (_decode_cuda(part, device, decoder) if device.type == "cuda"
-                else bisect_decode(part, lambda b: decoder(b, device)))
+        part = list(blobs[start : start + chunk])
+        out += (
+            _decode_cuda(part, device, decoder)
+            if device.type == "cuda"
+            else bisect_decode(part, lambda b: decoder(b, device))
+        )
     return out
 
 
-def _decode_cuda(blobs: list[torch.Tensor], device: torch.device, decoder: Decoder) -> list[torch.Tensor | None]:
+def _decode_cuda(
+    blobs: list[torch.Tensor], device: torch.device, decoder: Decoder
+) -> list[torch.Tensor | None]:
     consumer = torch.cuda.current_stream(device)
     stream = _decode_stream(device)
     with torch.cuda.stream(stream):
@@ -270,8 +287,12 @@ def _decode_cuda(blobs: list[torch.Tensor], device: torch.device, decoder: Decod
     return images
 
 
-def decode_files(blobs: Sequence[torch.Tensor], device: torch.device | str, stats: DecodeStats | None = None,
-                 max_pixels: int | None = None) -> tuple[list[torch.Tensor | None], dict[int, str]]:
+def decode_files(
+    blobs: Sequence[torch.Tensor],
+    device: torch.device | str,
+    stats: DecodeStats | None = None,
+    max_pixels: int | None = None,
+) -> tuple[list[torch.Tensor | None], dict[int, str]]:
     """Route, decode on `device` what nvJPEG takes (EXIF applied), the rest on the CPU in this thread.
 
     → (uint8 [3, H, W] on `device` or None, {position: reason} for files no decoder could read). Hot paths
@@ -279,7 +300,11 @@ def decode_files(blobs: Sequence[torch.Tensor], device: torch.device | str, stat
     """
     device = torch.device(device)
     routes = [route_jpeg(b) for b in blobs]
-    fast = [k for k, r in enumerate(routes) if r.device and (max_pixels is None or r.height * r.width <= max_pixels)]
+    fast = [
+        k
+        for k, r in enumerate(routes)
+        if r.device and (max_pixels is None or r.height * r.width <= max_pixels)
+    ]
     out: list[torch.Tensor | None] = [None] * len(blobs)
     why: dict[int, str] = {k: r.reason for k, r in enumerate(routes) if r.reason is not None}
     for k, img in zip(fast, decode_on_device([blobs[k] for k in fast], device)):
@@ -307,5 +332,18 @@ def decode_cpu(data: bytes | memoryview | torch.Tensor, max_pixels: int | None =
     return t.permute(2, 0, 1).contiguous()
 
 
-__all__ = ["CHUNK", "DEVICE_MAX_PIXELS", "BadImage", "DecodeStats", "JpegRoute", "bisect_decode", "decode_cpu",
-           "decode_files", "decode_on_device", "device_decoder_available", "exif_orientation", "route_jpeg", "torchvision_decoder"]
+__all__ = [
+    "CHUNK",
+    "DEVICE_MAX_PIXELS",
+    "BadImage",
+    "DecodeStats",
+    "JpegRoute",
+    "bisect_decode",
+    "decode_cpu",
+    "decode_files",
+    "decode_on_device",
+    "device_decoder_available",
+    "exif_orientation",
+    "route_jpeg",
+    "torchvision_decoder",
+]

@@ -3,6 +3,7 @@
 Export writes; serve and export's verifier read. Reading needs only onnxruntime or onnx, whichever
 is installed, so a serving machine with onnxruntime-gpu alone can still read labels.
 """
+
 from __future__ import annotations
 
 import json
@@ -12,12 +13,12 @@ from typing import Any
 from core.bundle import BundleRecord
 from core.errors import UserError
 
-ONNX_RECORD_KEY = "imgclf.bundle"   # metadata_props: the whole BundleRecord.to_dict() as JSON
-ONNX_EXPORT_KEY = "imgclf.export"   # metadata_props: export facts (opset, versions, exporter, weights sha256)
-ONNX_INPUT = "images"               # uint8 [N, 3, crop, crop] RGB
-ONNX_OUTPUT = "logits"              # float32 [N, num_classes]
-ONNX_PROBS = "probs"                # optional float32 [N, num_classes]
-ENGINE_SIDECAR_SUFFIX = ".json"     # model.engine → model.engine.json: {"record": {...}, "engine": {...}}
+ONNX_RECORD_KEY = "imgclf.bundle"  # metadata_props: the whole BundleRecord.to_dict() as JSON
+ONNX_EXPORT_KEY = "imgclf.export"  # metadata_props: export facts (opset, versions, exporter, weights sha256)
+ONNX_INPUT = "images"  # uint8 [N, 3, crop, crop] RGB
+ONNX_OUTPUT = "logits"  # float32 [N, num_classes]
+ONNX_PROBS = "probs"  # optional float32 [N, num_classes]
+ENGINE_SIDECAR_SUFFIX = ".json"  # model.engine → model.engine.json: {"record": {...}, "engine": {...}}
 
 
 def onnx_metadata(path: str | Path) -> dict[str, str]:
@@ -49,8 +50,10 @@ def read_onnx_record(path: str | Path) -> tuple[BundleRecord, dict[str, Any]]:
     """(bundle record, export facts) from a model.onnx written by `export`."""
     meta = onnx_metadata(path)
     if ONNX_RECORD_KEY not in meta:
-        raise UserError(f"{path} has no imgclf metadata ({ONNX_RECORD_KEY}); export it with "
-                        "`python export/main.py <bundle>` so labels and preprocessing travel with it")
+        raise UserError(
+            f"{path} has no imgclf metadata ({ONNX_RECORD_KEY}); export it with "
+            "`python export/main.py <bundle>` so labels and preprocessing travel with it"
+        )
     try:
         record = json.loads(meta[ONNX_RECORD_KEY])
         facts = json.loads(meta.get(ONNX_EXPORT_KEY, "{}"))
@@ -68,8 +71,10 @@ def read_engine_sidecar(engine: str | Path) -> tuple[BundleRecord, dict[str, Any
     """(bundle record, engine facts: trt version, gpu, compute capability, precision, profile, onnx sha256)."""
     side = engine_sidecar_path(engine)
     if not side.is_file():
-        raise UserError(f"{engine} has no sidecar {side.name}; a TensorRT engine needs the JSON written beside "
-                        "it by `python export/main.py <bundle> --tensorrt`")
+        raise UserError(
+            f"{engine} has no sidecar {side.name}; a TensorRT engine needs the JSON written beside "
+            "it by `python export/main.py <bundle> --tensorrt`"
+        )
     try:
         d = json.loads(side.read_text())
         return BundleRecord.from_dict(d["record"], str(side)), dict(d["engine"])
@@ -88,14 +93,23 @@ def sha256_file(path: str | Path, chunk: int = 1 << 20) -> str:
     return h.hexdigest()
 
 
-def check_engine_host(engine: str | Path, facts: dict[str, Any], *, tensorrt_version: str, gpu_name: str,
-                      compute_capability: tuple[int, int] | list[int]) -> None:
+def check_engine_host(
+    engine: str | Path,
+    facts: dict[str, Any],
+    *,
+    tensorrt_version: str,
+    gpu_name: str,
+    compute_capability: tuple[int, int] | list[int],
+) -> None:
     """Refuse an engine built for another GPU or TensorRT version (TensorRT engines are not portable).
 
     `facts` is the "engine" part of model.engine.json; the other arguments describe this machine.
     """
-    here = {"tensorrt_version": tensorrt_version, "gpu_name": gpu_name,
-            "compute_capability": list(compute_capability)}
+    here = {
+        "tensorrt_version": tensorrt_version,
+        "gpu_name": gpu_name,
+        "compute_capability": list(compute_capability),
+    }
     built = {k: facts.get(k) for k in here}
     built["compute_capability"] = list(built["compute_capability"] or [])
     diffs = [f"{k} {built[k]} (this machine: {here[k]})" for k in here if built[k] != here[k]]
@@ -103,7 +117,11 @@ def check_engine_host(engine: str | Path, facts: dict[str, Any], *, tensorrt_ver
         return
     bundle = facts.get("bundle_path") or "<bundle>"
     profile = facts.get("profile") or {}
-    rebuild = (f"python export/main.py {bundle} --tensorrt --engine-from {facts.get('precision', 'fp16')}"
-               f" --max-batch {profile.get('max', 64)}")
-    raise UserError(f"{engine} was built for another machine: {'; '.join(diffs)}. TensorRT engines only run "
-                    f"where they were built; rebuild it here with `{rebuild}`, or serve model.onnx instead")
+    rebuild = (
+        f"python export/main.py {bundle} --tensorrt --engine-from {facts.get('precision', 'fp16')}"
+        f" --max-batch {profile.get('max', 64)}"
+    )
+    raise UserError(
+        f"{engine} was built for another machine: {'; '.join(diffs)}. TensorRT engines only run "
+        f"where they were built; rebuild it here with `{rebuild}`, or serve model.onnx instead"
+    )

@@ -3,6 +3,7 @@
 Every built model carries `imgclf_head` (the attribute path of its new classifier head) so the
 trainer can freeze everything else and the bundle can say what was replaced.
 """
+
 from __future__ import annotations
 
 import difflib
@@ -103,8 +104,10 @@ def _head_slot(model: nn.Module) -> tuple[str, int]:
         if isinstance(m, nn.Linear):
             last_name, last = n, m
     if last is None:
-        raise UserError(f"cannot find a Linear classifier to replace in {type(model).__name__}; "
-                        "use a model with a fully connected head")
+        raise UserError(
+            f"cannot find a Linear classifier to replace in {type(model).__name__}; "
+            "use a model with a fully connected head"
+        )
     return last_name, last.in_features
 
 
@@ -123,10 +126,13 @@ def _unknown_arch(arch: str) -> UserError:
 def _load_state_file(path: str) -> dict[str, torch.Tensor]:
     p = Path(path).expanduser()
     if not p.is_file():
-        raise UserError(f"model.pretrained: file not found: {p} (use 'imagenet', 'none' or a state-dict path)")
+        raise UserError(
+            f"model.pretrained: file not found: {p} (use 'imagenet', 'none' or a state-dict path)"
+        )
     try:
         if p.suffix == ".safetensors":
             from safetensors.torch import load_file
+
             state = load_file(str(p))
         else:
             state = torch.load(p, map_location="cpu", weights_only=True)
@@ -149,9 +155,11 @@ def _torchvision_base(arch: str, pretrained: str) -> nn.Module:
             model = torchvision.models.get_model(arch, weights=weights, **kwargs)
         except Exception as exc:  # noqa: BLE001 - download/network failures
             cache = Path(torch.hub.get_dir()) / "checkpoints" / os.path.basename(weights.url)
-            raise UserError(f"could not load imagenet weights for {arch} ({type(exc).__name__}: {exc}); "
-                            f"when offline, place {os.path.basename(weights.url)} at {cache}, or set "
-                            "model.pretrained to a local file or none") from None
+            raise UserError(
+                f"could not load imagenet weights for {arch} ({type(exc).__name__}: {exc}); "
+                f"when offline, place {os.path.basename(weights.url)} at {cache}, or set "
+                "model.pretrained to a local file or none"
+            ) from None
     else:
         model = torchvision.models.get_model(arch, weights=None, **kwargs)
         if pretrained != "none":
@@ -159,8 +167,10 @@ def _torchvision_base(arch: str, pretrained: str) -> nn.Module:
             try:
                 model.load_state_dict(state)
             except RuntimeError as exc:
-                raise UserError(f"model.pretrained: {pretrained} does not fit {arch}: "
-                                f"{str(exc).splitlines()[0]} {str(exc).splitlines()[1:2]}") from None
+                raise UserError(
+                    f"model.pretrained: {pretrained} does not fit {arch}: "
+                    f"{str(exc).splitlines()[0]} {str(exc).splitlines()[1:2]}"
+                ) from None
     if hasattr(model, "aux_logits"):
         model.aux_logits = False
         for aux in ("AuxLogits", "aux1", "aux2"):
@@ -176,7 +186,9 @@ def _timm_model(name: str, num_classes: int, head: HeadSpec, pretrained: str) ->
         raise UserError(f"model.arch 'timm:{name}' needs timm: pip install '.[timm]'") from None
     if name not in timm.list_models(pretrained=False):
         close = difflib.get_close_matches(name, timm.list_models(), n=5)
-        raise UserError(f"unknown timm model '{name}'" + (f"; close matches: {', '.join(close)}" if close else ""))
+        raise UserError(
+            f"unknown timm model '{name}'" + (f"; close matches: {', '.join(close)}" if close else "")
+        )
     try:
         model = timm.create_model(name, pretrained=pretrained == "imagenet", num_classes=0)
     except Exception as exc:  # noqa: BLE001
@@ -190,7 +202,9 @@ def _timm_model(name: str, num_classes: int, head: HeadSpec, pretrained: str) ->
     return wrapped
 
 
-def build_model(arch: str, num_classes: int, head: HeadSpec | None = None, pretrained: str = "none") -> nn.Module:
+def build_model(
+    arch: str, num_classes: int, head: HeadSpec | None = None, pretrained: str = "none"
+) -> nn.Module:
     """Build `arch` with a fresh `num_classes` head. `pretrained`: 'imagenet', 'none' or a file path."""
     head = head or HeadSpec()
     if num_classes < 1:

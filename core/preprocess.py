@@ -3,6 +3,7 @@
 Keeping mean/std out of the CPU transforms means the same uint8 tensor feeds training, the ONNX
 graph (normalization inside) and serving, and transfers to the GPU at a quarter of float32's size.
 """
+
 from __future__ import annotations
 
 from typing import Callable
@@ -13,7 +14,14 @@ from torchvision.transforms import InterpolationMode
 from torchvision.transforms import v2 as T
 
 from core.augment import TrainWarp
-from core.specs import IMAGENET_MEAN, IMAGENET_STD, INTERPOLATION_NAMES, AugmentSpec, EvalSpec, default_spec_for
+from core.specs import (
+    IMAGENET_MEAN,
+    IMAGENET_STD,
+    INTERPOLATION_NAMES,
+    AugmentSpec,
+    EvalSpec,
+    default_spec_for,
+)
 
 INTERPOLATIONS = {name: InterpolationMode(name) for name in INTERPOLATION_NAMES}  # "bilinear" → BILINEAR
 
@@ -27,11 +35,13 @@ def interpolation_mode(name: str) -> InterpolationMode:
 
 def eval_transform(spec: EvalSpec) -> Callable[[Image.Image], torch.Tensor]:
     """PIL RGB image → uint8 tensor [3, crop, crop], exactly as at validation time."""
-    return T.Compose([
-        T.PILToTensor(),
-        T.Resize(spec.resize, interpolation=interpolation_mode(spec.interpolation), antialias=True),
-        T.CenterCrop(spec.crop),
-    ])
+    return T.Compose(
+        [
+            T.PILToTensor(),
+            T.Resize(spec.resize, interpolation=interpolation_mode(spec.interpolation), antialias=True),
+            T.CenterCrop(spec.crop),
+        ]
+    )
 
 
 def train_transform(aug: AugmentSpec, spec: EvalSpec) -> Callable[[Image.Image], torch.Tensor]:
@@ -66,6 +76,15 @@ class WithPreprocessing(torch.nn.Module):
 
 
 __all__ = [
-    "AugmentSpec", "EvalSpec", "IMAGENET_MEAN", "IMAGENET_STD", "INTERPOLATIONS", "Normalize",
-    "WithPreprocessing", "default_spec_for", "eval_transform", "interpolation_mode", "train_transform",
+    "AugmentSpec",
+    "EvalSpec",
+    "IMAGENET_MEAN",
+    "IMAGENET_STD",
+    "INTERPOLATIONS",
+    "Normalize",
+    "WithPreprocessing",
+    "default_spec_for",
+    "eval_transform",
+    "interpolation_mode",
+    "train_transform",
 ]

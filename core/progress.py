@@ -5,6 +5,7 @@ nohup, CI, a pipe) a bar's carriage-return frames would fill the log, so each re
 flushed line instead (`epoch 2/6 step 5/6 loss 0.2362 acc 0.812 ... eta 0:00:02`), and a time-driven
 user such as serve gets a line every `seconds`.
 """
+
 from __future__ import annotations
 
 import math
@@ -41,9 +42,19 @@ class Progress:
     `later_seconds`: work expected after this bar (the other epochs), added to the ETA as `run ...`.
     """
 
-    def __init__(self, total: int | None, desc: str, *, unit: str = "step", initial: int = 0,
-                 enabled: bool = True, seconds: float | None = None, stream: TextIO | None = None,
-                 tty: bool | None = None, leave: bool = False):
+    def __init__(
+        self,
+        total: int | None,
+        desc: str,
+        *,
+        unit: str = "step",
+        initial: int = 0,
+        enabled: bool = True,
+        seconds: float | None = None,
+        stream: TextIO | None = None,
+        tty: bool | None = None,
+        leave: bool = False,
+    ):
         self.stream = stream or sys.stdout
         self.total, self.desc, self.unit, self.n, self.initial = total, desc, unit, initial, initial
         self.enabled, self.seconds, self.later_seconds = enabled, seconds, 0.0
@@ -52,8 +63,16 @@ class Progress:
         self.start = self.last_line = time.perf_counter()
         self.bar = None
         if enabled and self.tty:
-            self.bar = tqdm(total=total, initial=initial, desc=desc, unit=unit, leave=leave, dynamic_ncols=True,
-                            file=self.stream, mininterval=0.5)
+            self.bar = tqdm(
+                total=total,
+                initial=initial,
+                desc=desc,
+                unit=unit,
+                leave=leave,
+                dynamic_ncols=True,
+                file=self.stream,
+                mininterval=0.5,
+            )
 
     def __enter__(self) -> Progress:
         return self
@@ -65,7 +84,9 @@ class Progress:
         self.n += n
         if self.bar is not None:
             self.bar.update(n)
-        elif self.enabled and self.seconds is not None and time.perf_counter() - self.last_line >= self.seconds:
+        elif (
+            self.enabled and self.seconds is not None and time.perf_counter() - self.last_line >= self.seconds
+        ):
             self._line()
 
     def report(self, metrics: dict[str, Any]) -> None:
@@ -99,7 +120,9 @@ class Progress:
             parts.append(f"{(self.n - self.initial) / elapsed:.1f} {self.unit}/s")
         if self.total is not None:
             eta = self.eta()
-            parts.append(f"eta {hms(eta)}" + (f" (run {hms(eta + self.later_seconds)})" if self.later_seconds else ""))
+            parts.append(
+                f"eta {hms(eta)}" + (f" (run {hms(eta + self.later_seconds)})" if self.later_seconds else "")
+            )
         print("  ".join(parts), file=self.stream, flush=True)
         self.last_line = time.perf_counter()
 

@@ -4,6 +4,7 @@ Figures are drawn on `matplotlib.figure.Figure` with the Agg canvas, never throu
 global figure registry grows, no display is needed, and worker threads can draw safely. Every file
 is written through core.fsio.atomic_path: a kill never leaves a half-written report behind.
 """
+
 from __future__ import annotations
 
 import csv
@@ -33,6 +34,7 @@ ImageLike = torch.Tensor | np.ndarray | Image.Image
 
 
 # ─── files ─────────────────────────────────────────────────────────────────────────────────────
+
 
 def _save_figure(fig: Figure, path: str | os.PathLike) -> Figure:
     """Write `fig` as PNG; returned so tests can check what was drawn without decoding pixels."""
@@ -68,6 +70,7 @@ def write_metrics_csv(rows: list[dict], path: str | os.PathLike) -> None:
 
 # ─── metrics ───────────────────────────────────────────────────────────────────────────────────
 
+
 def _safe_ratio(num: np.ndarray, den: np.ndarray) -> np.ndarray:
     """num / den with 0.0 where den is 0 (a class never seen or never predicted), no warnings."""
     out = np.zeros(num.shape, dtype=np.float64)
@@ -100,15 +103,22 @@ def per_class_scores(matrix: np.ndarray, classes: Sequence[str], names: Sequence
     undefined, not zero. F1 = 2TP / (support + predicted), so a class that is missed entirely scores 0.
     """
     tp, support, predicted = np.diag(matrix), matrix.sum(axis=1), matrix.sum(axis=0)
-    return [{"class": classes[i], "display_name": names[i], "support": int(support[i]),
-             "precision": _ratio_or_none(int(tp[i]), int(predicted[i])),
-             "recall": _ratio_or_none(int(tp[i]), int(support[i])),
-             "f1": _ratio_or_none(2 * int(tp[i]), int(support[i] + predicted[i])) if support[i] else None}
-            for i in range(len(classes))]
+    return [
+        {
+            "class": classes[i],
+            "display_name": names[i],
+            "support": int(support[i]),
+            "precision": _ratio_or_none(int(tp[i]), int(predicted[i])),
+            "recall": _ratio_or_none(int(tp[i]), int(support[i])),
+            "f1": _ratio_or_none(2 * int(tp[i]), int(support[i] + predicted[i])) if support[i] else None,
+        }
+        for i in range(len(classes))
+    ]
 
 
-def most_confused(matrix: np.ndarray, classes: Sequence[str], names: Sequence[str],
-                  top: int = CONFUSED_PAIRS) -> list[dict]:
+def most_confused(
+    matrix: np.ndarray, classes: Sequence[str], names: Sequence[str], top: int = CONFUSED_PAIRS
+) -> list[dict]:
     """The `top` largest off-diagonal counts, largest first (ties in class order): what is mistaken for what."""
     support = np.asarray(matrix, dtype=np.int64).sum(axis=1)
     off = np.array(matrix, dtype=np.int64)
@@ -118,14 +128,22 @@ def most_confused(matrix: np.ndarray, classes: Sequence[str], names: Sequence[st
         i, j = divmod(int(flat), off.shape[1])
         if off[i, j] == 0:
             break
-        pairs.append({"true": classes[i], "true_name": names[i], "predicted": classes[j],
-                      "predicted_name": names[j], "count": int(off[i, j]),
-                      "share_of_true": float(off[i, j] / support[i])})
+        pairs.append(
+            {
+                "true": classes[i],
+                "true_name": names[i],
+                "predicted": classes[j],
+                "predicted_name": names[j],
+                "count": int(off[i, j]),
+                "share_of_true": float(off[i, j] / support[i]),
+            }
+        )
     return pairs
 
 
-def classification_metrics(probs: np.ndarray, targets: np.ndarray, classes: list[str],
-                           display_names: list[str] | None = None) -> dict:
+def classification_metrics(
+    probs: np.ndarray, targets: np.ndarray, classes: list[str], display_names: list[str] | None = None
+) -> dict:
     """Accuracy, top-5 (only with more than 5 classes), mean NLL, macro F1, per-class scores, the most
     confused pairs and the confusion matrix. An empty input gives zeros, not NaN: the result goes to JSON."""
     probs = np.asarray(probs, dtype=np.float64)
@@ -143,13 +161,15 @@ def classification_metrics(probs: np.ndarray, targets: np.ndarray, classes: list
     if c > TOPK:
         topk = np.argsort(-probs, axis=1, kind="stable")[:, :TOPK]
         metrics["top5"] = float((topk == targets[:, None]).any(axis=1).mean()) if n else 0.0
-    metrics.update({
-        "loss": float(-np.log(np.clip(picked, _EPS, None)).mean()) if n else 0.0,
-        "macro_f1": float(np.mean(f1s)) if f1s else 0.0,  # over the classes present in the test set
-        "per_class": per_class,
-        "most_confused": most_confused(matrix, classes, names),
-        "confusion_matrix": matrix.tolist(),
-    })
+    metrics.update(
+        {
+            "loss": float(-np.log(np.clip(picked, _EPS, None)).mean()) if n else 0.0,
+            "macro_f1": float(np.mean(f1s)) if f1s else 0.0,  # over the classes present in the test set
+            "per_class": per_class,
+            "most_confused": most_confused(matrix, classes, names),
+            "confusion_matrix": matrix.tolist(),
+        }
+    )
     return metrics
 
 
@@ -158,6 +178,7 @@ def write_per_class_csv(metrics: dict, path: str | os.PathLike) -> None:
 
 
 # ─── image helpers ─────────────────────────────────────────────────────────────────────────────
+
 
 def _to_hwc(image: ImageLike) -> np.ndarray:
     """uint8 [3,H,W] tensor/array (or float in 0..1, or a PIL image) → uint8 [H,W,3] for imshow."""
@@ -201,12 +222,20 @@ def _topk(probs: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
 def _bar_colors(idx: np.ndarray, target: int | None) -> list[str]:
     """The true class green; the top-1 bar red when it is not the true class; the rest neutral blue."""
     pred = int(idx[0]) if len(idx) else -1
-    return [GREEN if target is not None and i == target else
-            RED if target is not None and i == pred else BLUE for i in idx]
+    return [
+        GREEN if target is not None and i == target else RED if target is not None and i == pred else BLUE
+        for i in idx
+    ]
 
 
-def _bars(ax, probs: np.ndarray, display_names: Sequence[str], k: int, target: int | None = None,
-          name_chars: int = 44) -> None:
+def _bars(
+    ax,
+    probs: np.ndarray,
+    display_names: Sequence[str],
+    k: int,
+    target: int | None = None,
+    name_chars: int = 44,
+) -> None:
     """Top-k probability bars, the most likely on top, each class name written above its bar and its
     probability at its end. Names above (not tick labels beside) get the axes' whole width, so a long
     display name stays whole and the image above keeps the full column width."""
@@ -216,8 +245,15 @@ def _bars(ax, probs: np.ndarray, display_names: Sequence[str], k: int, target: i
     for label in ax.bar_label(bars, labels=[f"{v:.2f}" for v in vals], padding=2, fontsize=7):
         label.set_gid("prob")
     for yi, i in zip(y, idx):
-        ax.text(0, yi - 0.27, _short(str(display_names[i]), name_chars), fontsize=7, va="bottom", ha="left",
-                gid="name")
+        ax.text(
+            0,
+            yi - 0.27,
+            _short(str(display_names[i]), name_chars),
+            fontsize=7,
+            va="bottom",
+            ha="left",
+            gid="name",
+        )
     ax.set_ylim(len(idx) - 0.5, -0.85)  # top down, with room for the first name
     ax.set_xlim(0, 1.15)  # room for the printed probability right of a full bar
     ax.set_xticks([])
@@ -227,8 +263,10 @@ def _bars(ax, probs: np.ndarray, display_names: Sequence[str], k: int, target: i
 
 # ─── figures ───────────────────────────────────────────────────────────────────────────────────
 
-def write_batch_grid(images: torch.Tensor, titles: list[str], path: str | os.PathLike,
-                     max_cols: int = 8) -> None:
+
+def write_batch_grid(
+    images: torch.Tensor, titles: list[str], path: str | os.PathLike, max_cols: int = 8
+) -> None:
     """The tutorials' data preview (train_batch.png): a grid of images, each titled with its label."""
     n = len(images)
     rows, cols = _grid_shape(n, max_cols)
@@ -258,8 +296,11 @@ def _series(rows: list[dict], key: str) -> tuple[list[float], list[float]]:
 
 # The top-5 line is drawn only when the rows have it (the trainer leaves it out with 5 classes or fewer,
 # where it is always 1.0). The lr is the one at the end of each epoch.
-CURVE_PANELS = {"loss": ("train_loss", "valid_loss"), "accuracy": ("train_acc", "valid_acc", "valid_top5"),
-                "learning rate": ("lr",)}
+CURVE_PANELS = {
+    "loss": ("train_loss", "valid_loss"),
+    "accuracy": ("train_acc", "valid_acc", "valid_top5"),
+    "learning rate": ("lr",),
+}
 BEST_MARKED = {"loss": "valid_loss", "accuracy": "valid_acc"}  # the value labelled at the best epoch
 
 
@@ -269,8 +310,15 @@ def _mark_best(ax, rows: list[dict], key: str | None, best_epoch: float) -> None
     xs, ys = _series(rows, key) if key else ([], [])
     if best_epoch in xs:
         y = ys[xs.index(best_epoch)]
-        ax.plot([best_epoch], [y], marker="*", markersize=12, color=NEUTRAL, linestyle="none",
-                label=f"best epoch {best_epoch:g}: {key} {y:.3f}")
+        ax.plot(
+            [best_epoch],
+            [y],
+            marker="*",
+            markersize=12,
+            color=NEUTRAL,
+            linestyle="none",
+            label=f"best epoch {best_epoch:g}: {key} {y:.3f}",
+        )
 
 
 def _curve_panel(ax, panel: str, rows: list[dict], best_epoch: float | None) -> None:
@@ -324,13 +372,26 @@ def plot_confusion_matrix(matrix, display_names: Sequence[str], path: str | os.P
     if c <= ANNOTATE_MAX_CLASSES:
         for (i, j), count in np.ndenumerate(counts):
             if count:
-                ax.text(j, i, str(count), ha="center", va="center", fontsize=max(6.0, tick_size - 1),
-                        color="white" if norm[i, j] > 0.5 else "black")
+                ax.text(
+                    j,
+                    i,
+                    str(count),
+                    ha="center",
+                    va="center",
+                    fontsize=max(6.0, tick_size - 1),
+                    color="white" if norm[i, j] > 0.5 else "black",
+                )
     return _save_figure(fig, path)
 
 
-def plot_topk(image: ImageLike, probs: np.ndarray, display_names: Sequence[str], k: int,
-              path: str | os.PathLike, title: str | None = None) -> Figure:
+def plot_topk(
+    image: ImageLike,
+    probs: np.ndarray,
+    display_names: Sequence[str],
+    k: int,
+    path: str | os.PathLike,
+    title: str | None = None,
+) -> Figure:
     """The tutorials' view_classify: the image at its own aspect (no empty bands) and its top-k bars,
     below a landscape or square image, beside a portrait one. The title names the prediction and its
     probability, under `title` (the file name) when given."""
@@ -345,9 +406,13 @@ def plot_topk(image: ImageLike, probs: np.ndarray, display_names: Sequence[str],
     else:  # a portrait image stacked over the bars would make a needlessly tall figure
         image_h = max(4.5, bars_h + 0.5)
         fig = Figure(figsize=(image_h / aspect + 3.8, image_h + 0.6), layout="constrained")
-        grid = fig.add_gridspec(2, 2, width_ratios=[image_h / aspect, 3.6],
-                                height_ratios=[bars_h + 0.3, image_h - bars_h - 0.3])
-        ax_img, ax_bar = fig.add_subplot(grid[:, 0]), fig.add_subplot(grid[0, 1])  # bars top right, unstretched
+        grid = fig.add_gridspec(
+            2, 2, width_ratios=[image_h / aspect, 3.6], height_ratios=[bars_h + 0.3, image_h - bars_h - 0.3]
+        )
+        ax_img, ax_bar = (
+            fig.add_subplot(grid[:, 0]),
+            fig.add_subplot(grid[0, 1]),
+        )  # bars top right, unstretched
     _show(ax_img, image)
     # A figure title, not the image's: a narrow portrait image must not clip a long prediction.
     fig.suptitle(f"{_short(title, 60)}\n{heading}" if title else heading, fontsize=10)
@@ -364,13 +429,22 @@ def _prediction_title(probs: np.ndarray, target: int | None, names: Sequence[str
     return f"true: {_short(str(names[target]), 20)}\n{guess}", GREEN if pred == target else RED
 
 
-PREDICTIONS_LEGEND = {GREEN: "true class (title green: prediction right)",
-                      RED: "wrong prediction (title red)", BLUE: "other classes"}
+PREDICTIONS_LEGEND = {
+    GREEN: "true class (title green: prediction right)",
+    RED: "wrong prediction (title red)",
+    BLUE: "other classes",
+}
 
 
-def write_predictions_grid(images: torch.Tensor, probs: np.ndarray, targets: np.ndarray | None,
-                           display_names: Sequence[str], path: str | os.PathLike, k: int = 5,
-                           max_cols: int = 4) -> Figure:
+def write_predictions_grid(
+    images: torch.Tensor,
+    probs: np.ndarray,
+    targets: np.ndarray | None,
+    display_names: Sequence[str],
+    path: str | os.PathLike,
+    k: int = 5,
+    max_cols: int = 4,
+) -> Figure:
     """predictions.png: each cell an image (true vs predicted, green/red) above its top-k bars, a legend
     on top saying what the colours mean."""
     probs = np.asarray(probs, dtype=np.float64)
@@ -393,12 +467,18 @@ def write_predictions_grid(images: torch.Tensor, probs: np.ndarray, targets: np.
         _show(ax_img, images[i], text, color, fontsize=8)
         _bars(ax_bar, probs[i], display_names, k, target)
     if targets is not None:
-        fig.legend(handles=[Patch(color=c, label=t) for c, t in PREDICTIONS_LEGEND.items()],
-                   loc="outside upper center", ncols=3, fontsize=8, frameon=False)
+        fig.legend(
+            handles=[Patch(color=c, label=t) for c, t in PREDICTIONS_LEGEND.items()],
+            loc="outside upper center",
+            ncols=3,
+            fontsize=8,
+            frameon=False,
+        )
     return _save_figure(fig, path)
 
 
 # ─── evaluation bundle of files ────────────────────────────────────────────────────────────────
+
 
 def model_identity(model: str | os.PathLike) -> dict[str, str]:
     """Which model a number belongs to: its path and the sha256 of its weights (a bundle's model.safetensors,
@@ -408,7 +488,11 @@ def model_identity(model: str | os.PathLike) -> dict[str, str]:
 
     p = Path(model)
     weights = resolve_bundle_dir(p) / WEIGHTS_FILE if p.is_dir() or p.name == RECORD_FILE else p
-    return {"path": str(p.resolve()), "weights": str(weights.resolve()), "weights_sha256": sha256_file(weights)}
+    return {
+        "path": str(p.resolve()),
+        "weights": str(weights.resolve()),
+        "weights_sha256": sha256_file(weights),
+    }
 
 
 def evaluation_source(model: str | os.PathLike, folder: str | os.PathLike, images: int, **extra: Any) -> dict:
@@ -416,9 +500,16 @@ def evaluation_source(model: str | os.PathLike, folder: str | os.PathLike, image
     return {"model": model_identity(model), "data": {"folder": str(folder), "images": int(images), **extra}}
 
 
-def write_evaluation(out_dir: str | os.PathLike, probs: np.ndarray, targets: np.ndarray, classes: list[str],
-                     display_names: list[str] | None, images: torch.Tensor | None = None,
-                     image_rows: Sequence[int] | None = None, source: dict | None = None) -> dict:
+def write_evaluation(
+    out_dir: str | os.PathLike,
+    probs: np.ndarray,
+    targets: np.ndarray,
+    classes: list[str],
+    display_names: list[str] | None,
+    images: torch.Tensor | None = None,
+    image_rows: Sequence[int] | None = None,
+    source: dict | None = None,
+) -> dict:
     """test_metrics.json (opening with `source`, see evaluation_source), per_class.csv, confusion_matrix.png
     (+ predictions.png for ≤16 images).
 
@@ -435,6 +526,7 @@ def write_evaluation(out_dir: str | os.PathLike, probs: np.ndarray, targets: np.
         rows = np.asarray(image_rows if image_rows is not None else range(len(images)), dtype=int)
         m = min(len(images), PREDICTIONS_MAX, len(rows))
         rows = rows[:m]
-        write_predictions_grid(images[:m], np.asarray(probs)[rows], np.asarray(targets)[rows], names,
-                               out / "predictions.png")
+        write_predictions_grid(
+            images[:m], np.asarray(probs)[rows], np.asarray(targets)[rows], names, out / "predictions.png"
+        )
     return metrics

@@ -3,6 +3,7 @@
 core.preprocess turns these specs into transforms; keeping them here lets `--help` and config
 validation run without importing torch or torchvision.
 """
+
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass

@@ -4,6 +4,7 @@ A fixed default (4) on a 2-core machine made PyTorch warn three times per run; `
 CPUs this process may use (affinity, so containers and `taskset` count) among the training
 processes on this node (LOCAL_WORLD_SIZE, set by accelerate/torchrun).
 """
+
 from __future__ import annotations
 
 import os

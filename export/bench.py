@@ -4,6 +4,7 @@ Each batch size is warmed up (first calls pay for kernel selection and thread-po
 a tiny CNN look 80 ms slow at batch 1), then the formats take turns call by call, so a machine whose
 load drifts during the check slows them all alike and the ratios between them stay fair.
 """
+
 from __future__ import annotations
 
 import statistics
@@ -25,8 +26,9 @@ def _warm_up(run: Runner, x: torch.Tensor) -> None:
         calls += 1
 
 
-def _timed_round_robin(runners: dict[str, Runner], x: torch.Tensor, budget_s: float,
-                       max_reps: int) -> dict[str, list[float]]:
+def _timed_round_robin(
+    runners: dict[str, Runner], x: torch.Tensor, budget_s: float, max_reps: int
+) -> dict[str, list[float]]:
     """Seconds per call of each runner, taking turns, until the budget or the rep cap (at least MIN_REPS)."""
     for run in runners.values():
         _warm_up(run, x)
@@ -45,8 +47,9 @@ def batch_sizes(max_batch: int) -> list[int]:
     return sorted({b for b in (1, 8, 32, max_batch) if b <= max_batch})
 
 
-def bench_all(runners: dict[str, Runner], images: torch.Tensor, max_batch: int,
-              budget_s: float = 0.3) -> dict[str, dict[str, Any]]:
+def bench_all(
+    runners: dict[str, Runner], images: torch.Tensor, max_batch: int, budget_s: float = 0.3
+) -> dict[str, dict[str, Any]]:
     """Per runner: median batch-1 latency (ms) and images/s per batch size, on `images` tiled to each size."""
     per_batch: dict[str, dict[str, float]] = {name: {} for name in runners}
     latency: dict[str, float] = {name: 0.0 for name in runners}
@@ -60,8 +63,12 @@ def bench_all(runners: dict[str, Runner], images: torch.Tensor, max_batch: int,
     out = {}
     for name, speeds in per_batch.items():
         best = max(speeds, key=speeds.__getitem__)
-        out[name] = {"batch1_latency_ms": round(latency[name], 3), "best_batch": int(best),
-                     "best_images_per_s": speeds[best], "images_per_s": speeds}
+        out[name] = {
+            "batch1_latency_ms": round(latency[name], 3),
+            "best_batch": int(best),
+            "best_images_per_s": speeds[best],
+            "images_per_s": speeds,
+        }
     return out
 
 

@@ -1,4 +1,5 @@
 """Bundle model → model.onnx: uint8 images in, logits out, record and export facts in metadata_props."""
+
 from __future__ import annotations
 
 import copy
@@ -38,8 +39,9 @@ class ExportGraph(nn.Module):
     normalization before it and the float32 logits (and softmax) after it keep the file's contract.
     """
 
-    def __init__(self, model: nn.Module, record: BundleRecord, probs: bool = False,
-                 dtype: torch.dtype = torch.float32):
+    def __init__(
+        self, model: nn.Module, record: BundleRecord, probs: bool = False, dtype: torch.dtype = torch.float32
+    ):
         super().__init__()
         self.net = WithPreprocessing(model, record.preprocess)
         self.probs = probs
@@ -64,21 +66,42 @@ def _example(record: BundleRecord) -> torch.Tensor:
     return torch.randint(0, 256, (2, 3, crop, crop), dtype=torch.uint8, generator=g)
 
 
-def _export_dynamo(graph: nn.Module, example: torch.Tensor, dest: Path, opset: int,
-                   outputs: list[str]) -> None:
+def _export_dynamo(
+    graph: nn.Module, example: torch.Tensor, dest: Path, opset: int, outputs: list[str]
+) -> None:
     from torch.export import Dim
 
     batch = Dim("batch", min=1, max=MAX_BATCH_DIM)
-    torch.onnx.export(graph, (example,), str(dest), dynamo=True, input_names=[ONNX_INPUT],
-                      output_names=outputs, opset_version=opset, dynamic_shapes={"images": {0: batch}},
-                      external_data=False, optimize=True, verbose=False)
+    torch.onnx.export(
+        graph,
+        (example,),
+        str(dest),
+        dynamo=True,
+        input_names=[ONNX_INPUT],
+        output_names=outputs,
+        opset_version=opset,
+        dynamic_shapes={"images": {0: batch}},
+        external_data=False,
+        optimize=True,
+        verbose=False,
+    )
 
 
-def _export_torchscript(graph: nn.Module, example: torch.Tensor, dest: Path, opset: int,
-                        outputs: list[str]) -> None:
+def _export_torchscript(
+    graph: nn.Module, example: torch.Tensor, dest: Path, opset: int, outputs: list[str]
+) -> None:
     axes = {name: {0: "batch"} for name in [ONNX_INPUT, *outputs]}
-    torch.onnx.export(graph, (example,), str(dest), dynamo=False, input_names=[ONNX_INPUT],
-                      output_names=outputs, opset_version=opset, dynamic_axes=axes, do_constant_folding=True)
+    torch.onnx.export(
+        graph,
+        (example,),
+        str(dest),
+        dynamo=False,
+        input_names=[ONNX_INPUT],
+        output_names=outputs,
+        opset_version=opset,
+        dynamic_axes=axes,
+        do_constant_folding=True,
+    )
 
 
 EXPORTERS: dict[str, Callable[[nn.Module, torch.Tensor, Path, int, list[str]], None]] = {
@@ -99,9 +122,13 @@ def opset_range(exporter: str) -> tuple[int, int]:
     except ImportError:  # private module: fall back to the limits of torch 2.4–2.14
         c = None
     newest = onnx.defs.onnx_opset_version()
-    ranges = {"dynamo": (OPSET, min(newest, getattr(c, "ONNX_MAX_OPSET", 23))),
-              "torchscript": (getattr(c, "ONNX_MIN_OPSET", 7),
-                              getattr(c, "ONNX_TORCHSCRIPT_EXPORTER_MAX_OPSET", 20))}
+    ranges = {
+        "dynamo": (OPSET, min(newest, getattr(c, "ONNX_MAX_OPSET", 23))),
+        "torchscript": (
+            getattr(c, "ONNX_MIN_OPSET", 7),
+            getattr(c, "ONNX_TORCHSCRIPT_EXPORTER_MAX_OPSET", 20),
+        ),
+    }
     return ranges[exporter]
 
 
@@ -113,12 +140,16 @@ def check_exporter(exporter: str, opset: int) -> None:
         try:
             import onnxscript  # noqa: F401 - the dynamo exporter is built on it
         except ImportError:
-            raise UserError("the dynamo ONNX exporter needs onnxscript, which is not installed: "
-                            "pip install onnxscript, or use --exporter torchscript") from None
+            raise UserError(
+                "the dynamo ONNX exporter needs onnxscript, which is not installed: "
+                "pip install onnxscript, or use --exporter torchscript"
+            ) from None
     low, high = opset_range(exporter)
     if not low <= opset <= high:
-        raise UserError(f"--opset {opset} is outside what the {exporter} exporter can produce here "
-                        f"({low}–{high}); use --opset {OPSET} (the default)")
+        raise UserError(
+            f"--opset {opset} is outside what the {exporter} exporter can produce here "
+            f"({low}–{high}); use --opset {OPSET} (the default)"
+        )
 
 
 def _exporter_version(name: str) -> str:
@@ -129,8 +160,9 @@ def _exporter_version(name: str) -> str:
     return f"torch.onnx torchscript {torch.__version__}"
 
 
-def export_facts(exporter: str, opset: int, bundle_dir: Path, probs: bool,
-                 precision: str = "fp32") -> dict[str, Any]:
+def export_facts(
+    exporter: str, opset: int, bundle_dir: Path, probs: bool, precision: str = "fp32"
+) -> dict[str, Any]:
     import onnx
     import torchvision
 
@@ -150,8 +182,9 @@ def export_facts(exporter: str, opset: int, bundle_dir: Path, probs: bool,
     }
 
 
-def _run_exporter(exporter: str, graph: nn.Module, example: torch.Tensor, dest: Path, opset: int,
-                  outputs: list[str]) -> None:
+def _run_exporter(
+    exporter: str, graph: nn.Module, example: torch.Tensor, dest: Path, opset: int, outputs: list[str]
+) -> None:
     """Run exactly the chosen exporter; its failure is reported with the other one suggested, never hidden."""
     other = next(name for name in EXPORTERS if name != exporter)
     try:
@@ -159,8 +192,9 @@ def _run_exporter(exporter: str, graph: nn.Module, example: torch.Tensor, dest: 
             EXPORTERS[exporter](graph, example, dest, opset, outputs)
     except Exception as exc:  # noqa: BLE001 - exporter internals raise anything; the user needs the gist
         first = (str(exc).strip().splitlines() or [""])[0][:300]
-        raise UserError(f"the {exporter} ONNX exporter failed ({type(exc).__name__}: {first}); "
-                        f"try --exporter {other}") from None
+        raise UserError(
+            f"the {exporter} ONNX exporter failed ({type(exc).__name__}: {first}); try --exporter {other}"
+        ) from None
 
 
 def embed_metadata(dest: Path, record: BundleRecord, facts: dict[str, Any]) -> None:
@@ -172,8 +206,10 @@ def embed_metadata(dest: Path, record: BundleRecord, facts: dict[str, Any]) -> N
     del model.metadata_props[:]
     for key, value in ((ONNX_RECORD_KEY, record.to_dict()), (ONNX_EXPORT_KEY, facts)):
         model.metadata_props.add(key=key, value=json.dumps(value))
-    model.doc_string = (f"imgclf {record.arch}, {record.num_classes} classes, {facts['precision']}; "
-                        "uint8 RGB NCHW in, float32 logits out")
+    model.doc_string = (
+        f"imgclf {record.arch}, {record.num_classes} classes, {facts['precision']}; "
+        "uint8 RGB NCHW in, float32 logits out"
+    )
     _check_contract(model, record, facts["outputs"])
     onnx.checker.check_model(model, full_check=True)
     onnx.save(model, str(dest))
@@ -184,8 +220,10 @@ def _check_opset(model, asked: int, exporter: str) -> None:
     got = next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), None)
     if got != asked:
         other = next(name for name in EXPORTERS if name != exporter)
-        raise UserError(f"the {exporter} exporter could not produce opset {asked} (the graph came out as opset "
-                        f"{got}); try --exporter {other} or another --opset (default {OPSET})")
+        raise UserError(
+            f"the {exporter} exporter could not produce opset {asked} (the graph came out as opset "
+            f"{got}); try --exporter {other} or another --opset (default {OPSET})"
+        )
 
 
 def _check_contract(model, record: BundleRecord, outputs: list[str]) -> None:
@@ -209,9 +247,16 @@ def _check_contract(model, record: BundleRecord, outputs: list[str]) -> None:
         raise RuntimeError("exported graph breaks the model.onnx contract: " + "; ".join(problems))
 
 
-def export_onnx(model: nn.Module, record: BundleRecord, bundle_dir: Path, dest: Path,
-                exporter: str = DEFAULT_EXPORTER, opset: int = OPSET, probs: bool = False,
-                precision: str = "fp32") -> dict[str, Any]:
+def export_onnx(
+    model: nn.Module,
+    record: BundleRecord,
+    bundle_dir: Path,
+    dest: Path,
+    exporter: str = DEFAULT_EXPORTER,
+    opset: int = OPSET,
+    probs: bool = False,
+    precision: str = "fp32",
+) -> dict[str, Any]:
     """Export to `dest` (normally a temp path) as an fp32 or fp16 graph; return the facts embedded in it."""
     check_exporter(exporter, opset)
     dtype = GRAPH_DTYPES[precision]

@@ -1,4 +1,5 @@
 """export_report.json / verify_report.json: what was made, how long it took, how equal and how fast it is."""
+
 from __future__ import annotations
 
 import platform
@@ -15,16 +16,25 @@ from core.model_record import sha256_file
 
 def file_info(path: Path) -> dict[str, Any]:
     size = path.stat().st_size
-    return {"path": str(path.resolve()), "bytes": size, "mb": round(size / 2**20, 3),
-            "sha256": sha256_file(path)}
+    return {
+        "path": str(path.resolve()),
+        "bytes": size,
+        "mb": round(size / 2**20, 3),
+        "sha256": sha256_file(path),
+    }
 
 
 def versions() -> dict[str, str]:
     import onnx
     import onnxruntime
 
-    return {"python": sys.version.split()[0], "torch": torch.__version__, "onnx": onnx.__version__,
-            "onnxruntime": onnxruntime.__version__, "platform": platform.platform()}
+    return {
+        "python": sys.version.split()[0],
+        "torch": torch.__version__,
+        "onnx": onnx.__version__,
+        "onnxruntime": onnxruntime.__version__,
+        "platform": platform.platform(),
+    }
 
 
 def machine() -> dict[str, Any]:
@@ -33,9 +43,18 @@ def machine() -> dict[str, Any]:
 
 
 def new_report(kind: str, **fields: Any) -> dict[str, Any]:
-    return {"kind": kind, "status": "running", "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-            **fields, "versions": versions(), "machine": machine(), "times_s": {}, "files": {}, "parity": {},
-            "bench": {}}
+    return {
+        "kind": kind,
+        "status": "running",
+        "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        **fields,
+        "versions": versions(),
+        "machine": machine(),
+        "times_s": {},
+        "files": {},
+        "parity": {},
+        "bench": {},
+    }
 
 
 def write_report(path: Path, report: dict[str, Any]) -> Path:
@@ -45,18 +64,25 @@ def write_report(path: Path, report: dict[str, Any]) -> Path:
 
 def parity_line(fmt: str, parity: dict[str, Any]) -> str:
     verdict = "PASS" if parity["passed"] else "FAIL: " + "; ".join(parity["failures"])
-    return (f"{fmt}: top-1 agreement {parity['top1_agreement']:.2%}, "
-            f"max |Δprob| {parity['max_abs_prob']:.2e}, max |Δlogit| {parity['max_abs_logit']:.2e} "
-            f"on {parity['n']} images → {verdict}")
+    return (
+        f"{fmt}: top-1 agreement {parity['top1_agreement']:.2%}, "
+        f"max |Δprob| {parity['max_abs_prob']:.2e}, max |Δlogit| {parity['max_abs_logit']:.2e} "
+        f"on {parity['n']} images → {verdict}"
+    )
 
 
 def divergence_lines(parity: dict[str, Any]) -> list[str]:
     """Where a failed gate diverged: the worst image with both sets of logits, and top-1 disagreements."""
     w = parity["worst"]
-    lines = [f"worst image: {w['path']} |Δprob| {w['abs_prob']:.3g}",
-             f"  torch logits:    {w['torch_logits']}", f"  exported logits: {w['exported_logits']}"]
-    lines += [f"  disagrees: {d['path']} torch={d['torch']} exported={d['exported']}"
-              for d in parity["disagreements"][:5]]
+    lines = [
+        f"worst image: {w['path']} |Δprob| {w['abs_prob']:.3g}",
+        f"  torch logits:    {w['torch_logits']}",
+        f"  exported logits: {w['exported_logits']}",
+    ]
+    lines += [
+        f"  disagrees: {d['path']} torch={d['torch']} exported={d['exported']}"
+        for d in parity["disagreements"][:5]
+    ]
     return lines
 
 
@@ -64,10 +90,15 @@ def _row(parity: dict[str, Any] | None, speed: dict[str, Any] | None, status: st
     row: dict[str, Any] = {"status": status}
     if parity:
         acc = parity.get("accuracy") or {}
-        row.update(top1_agreement=parity["top1_agreement"], max_abs_prob=parity["max_abs_prob"],
-                   accuracy_torch=acc.get("torch"), accuracy=acc.get("exported"),
-                   accuracy_delta_points=None if not acc else round(acc["delta"] * 100, 3),
-                   gate=parity["gate"], failures=parity["failures"])
+        row.update(
+            top1_agreement=parity["top1_agreement"],
+            max_abs_prob=parity["max_abs_prob"],
+            accuracy_torch=acc.get("torch"),
+            accuracy=acc.get("exported"),
+            accuracy_delta_points=None if not acc else round(acc["delta"] * 100, 3),
+            gate=parity["gate"],
+            failures=parity["failures"],
+        )
     if speed:
         row.update(images_per_s=speed["best_images_per_s"], vs_onnx_fp32=speed.get("vs_onnx_fp32"))
     return row
@@ -82,12 +113,16 @@ def variant_table(report: dict[str, Any], asked: list[str], failed: dict[str, li
         if key not in report["parity"]:
             continue
         status = "failed" if p in failed else ("written" if p in asked else "checked (base of the others)")
-        table[f"onnx {p}"] = {"file": name, **_row(report["parity"][key], report["bench"].get(f"onnx {p}"),
-                                                   status)}
+        table[f"onnx {p}"] = {
+            "file": name,
+            **_row(report["parity"][key], report["bench"].get(f"onnx {p}"), status),
+        }
     if "tensorrt" in report["parity"] or "tensorrt" in failed:
         status = "failed" if "tensorrt" in failed else "written"
-        table["tensorrt"] = {"file": "model.engine", **_row(report["parity"].get("tensorrt"),
-                                                            report["bench"].get("tensorrt"), status)}
+        table["tensorrt"] = {
+            "file": "model.engine",
+            **_row(report["parity"].get("tensorrt"), report["bench"].get("tensorrt"), status),
+        }
     return table
 
 
@@ -97,14 +132,18 @@ def _pct(v: float | None) -> str:
 
 def table_lines(table: dict[str, Any]) -> list[str]:
     """The variant table as aligned text for the log."""
-    lines = [f"{'format':<12} {'status':<10} {'top-1 agree':>11} {'accuracy':>9} {'Δacc pts':>8} "
-             f"{'img/s':>8} {'×onnx fp32':>10}"]
+    lines = [
+        f"{'format':<12} {'status':<10} {'top-1 agree':>11} {'accuracy':>9} {'Δacc pts':>8} "
+        f"{'img/s':>8} {'×onnx fp32':>10}"
+    ]
     for name, r in table.items():
         delta = r.get("accuracy_delta_points")
         speed = r.get("images_per_s")
         ratio = r.get("vs_onnx_fp32")
-        lines.append(f"{name:<12} {r['status'].split(' ')[0]:<10} {_pct(r.get('top1_agreement')):>11} "
-                     f"{_pct(r.get('accuracy', r.get('accuracy_torch'))):>9} "
-                     f"{'-' if delta is None else f'{delta:+.2f}':>8} "
-                     f"{'-' if speed is None else f'{speed:.0f}':>8} {'-' if ratio is None else f'{ratio:.2f}':>10}")
+        lines.append(
+            f"{name:<12} {r['status'].split(' ')[0]:<10} {_pct(r.get('top1_agreement')):>11} "
+            f"{_pct(r.get('accuracy', r.get('accuracy_torch'))):>9} "
+            f"{'-' if delta is None else f'{delta:+.2f}':>8} "
+            f"{'-' if speed is None else f'{speed:.0f}':>8} {'-' if ratio is None else f'{ratio:.2f}':>10}"
+        )
     return lines

@@ -1,4 +1,5 @@
 """The parity gate's inputs: real images, decoded and preprocessed as serve does, or loud random tensors."""
+
 from __future__ import annotations
 
 import os
@@ -13,8 +14,10 @@ from core.errors import UserError
 from core.images import IMAGE_EXTENSIONS, BadImage, decode_image, is_image_file
 from core.preprocess import EvalSpec, eval_transform
 
-RANDOM_WARNING = ("no real images: the parity gate ran on RANDOM uint8 tensors, which prove far less than "
-                  "real images; pass --images DIR (e.g. your validation folder)")
+RANDOM_WARNING = (
+    "no real images: the parity gate ran on RANDOM uint8 tensors, which prove far less than "
+    "real images; pass --images DIR (e.g. your validation folder)"
+)
 
 
 @dataclass
@@ -29,8 +32,13 @@ class Samples:
     skipped: list[dict[str, str]] = field(default_factory=list)
 
     def describe(self) -> dict[str, Any]:
-        d: dict[str, Any] = {"source": self.source, "root": self.root, "count": len(self.paths),
-                             "labelled": sum(lab >= 0 for lab in self.labels), "skipped": self.skipped}
+        d: dict[str, Any] = {
+            "source": self.source,
+            "root": self.root,
+            "count": len(self.paths),
+            "labelled": sum(lab >= 0 for lab in self.labels),
+            "skipped": self.skipped,
+        }
         if self.source == "random":
             d["warning"] = RANDOM_WARNING
         return d
@@ -70,8 +78,10 @@ def load_samples(root: Path, spec: EvalSpec, classes: list[str], cap: int, sourc
         paths.append(str(f))
         labels.append(_label(f, class_index))
     if not tensors:
-        raise UserError(f"none of the {len(files)} images under {root} could be decoded "
-                        f"(first: {skipped[0]['path']}: {skipped[0]['reason']})")
+        raise UserError(
+            f"none of the {len(files)} images under {root} could be decoded "
+            f"(first: {skipped[0]['path']}: {skipped[0]['reason']})"
+        )
     return Samples(torch.stack(tensors), paths, labels, source, str(root), skipped)
 
 
@@ -96,4 +106,3 @@ def gate_samples(images: str | None, record: BundleRecord, cap: int) -> Samples:
     if valid is not None:
         return load_samples(valid, spec, classes, cap, "valid_dir")
     return random_samples(spec, n=min(cap, 32))
-

@@ -3,6 +3,7 @@
 Nothing reaches --out until its gate has passed; a failing variant is left out and the others still
 go out. Every backend is a `logits = run(uint8 batch)` runner, so they are gated and timed alike.
 """
+
 from __future__ import annotations
 
 import copy
@@ -73,9 +74,13 @@ def report_key(precision: str) -> str:
 
 # ── gating ───────────────────────────────────────────────────────────────────────────────────────────
 
+
 def record_mismatch(onnx_record: dict[str, Any], bundle_record: dict[str, Any]) -> list[str]:
-    return [f"metadata {k} differs from the bundle's" for k in RECORD_FIELDS
-            if onnx_record.get(k) != bundle_record.get(k)]
+    return [
+        f"metadata {k} differs from the bundle's"
+        for k in RECORD_FIELDS
+        if onnx_record.get(k) != bundle_record.get(k)
+    ]
 
 
 def reference(model, record, samples) -> tuple[verify.Runner, torch.Tensor]:
@@ -83,8 +88,17 @@ def reference(model, record, samples) -> tuple[verify.Runner, torch.Tensor]:
     return ref, verify.run_batched(ref, samples.images)
 
 
-def gate_onnx(onnx_path: Path, precision: str, ref, ref_logits, samples, record, args, report: dict[str, Any],
-              bundle_record=None):
+def gate_onnx(
+    onnx_path: Path,
+    precision: str,
+    ref,
+    ref_logits,
+    samples,
+    record,
+    args,
+    report: dict[str, Any],
+    bundle_record=None,
+):
     """Parity of onnxruntime with PyTorch fp32 on the samples, and of the embedded record with the bundle's.
 
     `record` supplies the preprocessing (with --verify-only: the ONNX's own, as serve will use it).
@@ -92,9 +106,15 @@ def gate_onnx(onnx_path: Path, precision: str, ref, ref_logits, samples, record,
     """
     t = time.perf_counter()
     sess = verify.ort_session(onnx_path, args.provider, args.allow_cpu)
-    parity = verify.verify(ref, verify.ort_runner(sess), samples, record.display_names,
-                           gate_for(precision, getattr(args, "max_int8_drop", None)),
-                           gate_sizes(args.max_batch), ref_logits)
+    parity = verify.verify(
+        ref,
+        verify.ort_runner(sess),
+        samples,
+        record.display_names,
+        gate_for(precision, getattr(args, "max_int8_drop", None)),
+        gate_sizes(args.max_batch),
+        ref_logits,
+    )
     onnx_record, _ = read_onnx_record(onnx_path)
     parity["failures"] += record_mismatch(onnx_record.to_dict(), (bundle_record or record).to_dict())
     parity["passed"] = not parity["failures"]
@@ -110,12 +130,16 @@ def gate_onnx(onnx_path: Path, precision: str, ref, ref_logits, samples, record,
 
 # ── variants ─────────────────────────────────────────────────────────────────────────────────────────
 
+
 def export_graph(job: Job, precision: str, report: dict[str, Any]) -> Path:
     args, dest = job.args, job.work / var.FILES[precision]
-    log(f"exporting {job.record.arch} as {precision} with the {args.exporter} exporter, opset {args.opset} ...")
+    log(
+        f"exporting {job.record.arch} as {precision} with the {args.exporter} exporter, opset {args.opset} ..."
+    )
     t = time.perf_counter()
-    facts = onnx_export.export_onnx(job.model, job.record, job.bundle, dest, args.exporter, args.opset,
-                                    args.probs, precision)
+    facts = onnx_export.export_onnx(
+        job.model, job.record, job.bundle, dest, args.exporter, args.opset, args.probs, precision
+    )
     report["times_s"][f"export_{report_key(precision)}"] = round(time.perf_counter() - t, 3)
     report["export"] = report.get("export") or facts
     log(f"{dest.name}: exported in {time.perf_counter() - t:.1f} s ({dest.stat().st_size / 2**20:.2f} MB)")
@@ -126,14 +150,23 @@ def quantize(job: Job, report: dict[str, Any]) -> Path:
     """model.int8.onnx from the gated fp32 graph; its facts name the calibration set by fingerprint."""
     src, dest = job.passed["fp32"], job.work / var.FILES["int8"]
     calib = job.calib
-    log(f"quantizing to int8 ({job.args.int8_activations} activations), calibrated on {len(calib.paths)} images "
-        f"from {calib.root} ...")
+    log(
+        f"quantizing to int8 ({job.args.int8_activations} activations), calibrated on {len(calib.paths)} images "
+        f"from {calib.root} ..."
+    )
     t = time.perf_counter()
     quant = var.quantize_int8(src, dest, calib.images, job.args.int8_activations)
     record, facts = read_onnx_record(src)
-    facts.update(precision="int8", quantization=quant,
-                 calibration={"images": len(calib.paths), "fingerprint": var.fingerprint(calib.images),
-                              "root": calib.root, "source": calib.source})
+    facts.update(
+        precision="int8",
+        quantization=quant,
+        calibration={
+            "images": len(calib.paths),
+            "fingerprint": var.fingerprint(calib.images),
+            "root": calib.root,
+            "source": calib.source,
+        },
+    )
     onnx_export.embed_metadata(dest, record, facts)
     report["times_s"]["export_onnx.int8"] = round(time.perf_counter() - t, 3)
     log(f"{dest.name}: quantized in {time.perf_counter() - t:.1f} s ({dest.stat().st_size / 2**20:.2f} MB)")
@@ -149,16 +182,21 @@ def make_variant(job: Job, precision: str, ref, ref_logits, report: dict[str, An
         if precision == "fp32":
             raise
         job.failed[precision] = exc.parity["failures"]
-        log(f"{var.FILES[precision]} FAILED its gate and is not written: " + "; ".join(exc.parity["failures"]))
+        log(
+            f"{var.FILES[precision]} FAILED its gate and is not written: " + "; ".join(exc.parity["failures"])
+        )
         for line in rep.divergence_lines(exc.parity):
             log(line)
-        job.runners[f"onnx {precision}"] = verify.ort_runner(exc.session)  # the report shows what was given up
+        job.runners[f"onnx {precision}"] = verify.ort_runner(
+            exc.session
+        )  # the report shows what was given up
         return
     job.passed[precision] = path
     job.runners[f"onnx {precision}"] = verify.ort_runner(sess)
 
 
 # ── TensorRT ─────────────────────────────────────────────────────────────────────────────────────────
+
 
 def tensorrt_stage(job: Job, ref, ref_logits, report: dict[str, Any]) -> None:
     from export import tensorrt_engine as te
@@ -176,9 +214,15 @@ def tensorrt_stage(job: Job, ref, ref_logits, report: dict[str, Any]) -> None:
     side = te.sidecar(record.to_dict(), opts, source.name, sha256_file(source), job.bundle)
     engine_sidecar_path(engine).write_text(te.sidecar_json(side))
     runner = te.EngineRunner(engine.read_bytes())
-    parity = verify.verify(ref, runner, job.samples, record.display_names,
-                           gate_for(opts.source, job.args.max_int8_drop), gate_sizes(job.args.max_batch),
-                           ref_logits)
+    parity = verify.verify(
+        ref,
+        runner,
+        job.samples,
+        record.display_names,
+        gate_for(opts.source, job.args.max_int8_drop),
+        gate_sizes(job.args.max_batch),
+        ref_logits,
+    )
     report["parity"]["tensorrt"] = parity
     log(rep.parity_line(f"tensorrt from {source.name}", parity))
     if not parity["passed"]:
@@ -190,6 +234,7 @@ def tensorrt_stage(job: Job, ref, ref_logits, report: dict[str, Any]) -> None:
 
 # ── speed ────────────────────────────────────────────────────────────────────────────────────────────
 
+
 def torch_bench_runner(model, record):
     device = "cuda" if torch.cuda.is_available() else "cpu"
     return verify.torch_runner(copy.deepcopy(onnx_export.ExportGraph(model, record)), device)
@@ -199,14 +244,17 @@ def run_bench(runners: dict[str, Any], images: torch.Tensor, max_batch: int, rep
     """Every runner on the same real images, taking turns in this run; ratios against ONNX fp32."""
     for name, b in bench_all(runners, images, max_batch).items():
         report["bench"][name] = b
-        log(f"speed {name}: batch 1 {b['batch1_latency_ms']:.2f} ms, best {b['best_images_per_s']:.0f} img/s "
-            f"at batch {b['best_batch']}")
+        log(
+            f"speed {name}: batch 1 {b['batch1_latency_ms']:.2f} ms, best {b['best_images_per_s']:.0f} img/s "
+            f"at batch {b['best_batch']}"
+        )
     base = report["bench"].get("onnx fp32", {}).get("best_images_per_s")
     for b in report["bench"].values():
         b["vs_onnx_fp32"] = round(b["best_images_per_s"] / base, 3) if base else None
 
 
 # ── the whole pipeline ───────────────────────────────────────────────────────────────────────────────
+
 
 def run(job: Job, report: dict[str, Any]) -> None:
     """fp32 first (the others derive from it and share its reference), then the rest, then the engine."""

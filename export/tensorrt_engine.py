@@ -5,6 +5,7 @@ Precision lives in the ONNX file (fp32, fp16 graph, int8 Q/DQ): the network is s
 only kind TensorRT 11 builds (10.x: the STRONGLY_TYPED flag), with no builder precision flags and no
 calibrator. Not named tensorrt.py: were export/ on sys.path (a script run), that would shadow the package.
 """
+
 from __future__ import annotations
 
 import json
@@ -46,8 +47,9 @@ def check_version(trt) -> None:
     version = version_of(trt)
     major = version.split(".")[0]
     if not major.isdigit() or int(major) not in SUPPORTED_MAJORS:
-        raise UserError(f"TensorRT {version} is installed; export builds engines with TensorRT 10.x or 11.x: "
-                        f"{PIN}")
+        raise UserError(
+            f"TensorRT {version} is installed; export builds engines with TensorRT 10.x or 11.x: {PIN}"
+        )
 
 
 @contextmanager
@@ -56,8 +58,10 @@ def tensorrt_api(trt):
     try:
         yield
     except AttributeError as exc:
-        raise UserError(f"the installed TensorRT {version_of(trt)} lacks an API export uses ({exc}); "
-                        f"{PIN} (export supports TensorRT 10.x and 11.x)") from None
+        raise UserError(
+            f"the installed TensorRT {version_of(trt)} lacks an API export uses ({exc}); "
+            f"{PIN} (export supports TensorRT 10.x and 11.x)"
+        ) from None
 
 
 def _logger(trt):
@@ -83,11 +87,15 @@ class EngineOptions:
 def host_facts() -> dict[str, Any]:
     """What ties an engine to this machine: TensorRT version, GPU name, compute capability."""
     trt = require_tensorrt()
-    return {"tensorrt_version": trt.__version__, "gpu_name": torch.cuda.get_device_name(),
-            "compute_capability": list(torch.cuda.get_device_capability())}
+    return {
+        "tensorrt_version": trt.__version__,
+        "gpu_name": torch.cuda.get_device_name(),
+        "compute_capability": list(torch.cuda.get_device_capability()),
+    }
 
 
 # ── build ────────────────────────────────────────────────────────────────────────────────────────────
+
 
 def network_flags(trt) -> int:
     """STRONGLY_TYPED: layer precisions come from the ONNX types (required on 11.x, where it is a no-op)."""
@@ -155,27 +163,45 @@ def _build(trt, onnx_path: Path, dest: Path, crop: int, opts: EngineOptions) -> 
     start = time.perf_counter()
     serialized = builder.build_serialized_network(network, config)
     if serialized is None:
-        raise UserError("TensorRT failed to build the engine (see its messages above); try --engine-from fp32 "
-                        "or a larger --workspace-gb")
+        raise UserError(
+            "TensorRT failed to build the engine (see its messages above); try --engine-from fp32 "
+            "or a larger --workspace-gb"
+        )
     with open(dest, "wb") as fh:
         fh.write(serialized)
     if opts.timing_cache is not None:
         write_bytes_atomic(opts.timing_cache, bytes(config.get_timing_cache().serialize()))
     del parser
-    return {"build_s": round(time.perf_counter() - start, 3), "timing_cache": str(opts.timing_cache),
-            "timing_cache_reused_bytes": cache_bytes_in, "strongly_typed": True,
-            "tensorrt_version": version_of(trt), "engine_from": opts.source}
+    return {
+        "build_s": round(time.perf_counter() - start, 3),
+        "timing_cache": str(opts.timing_cache),
+        "timing_cache_reused_bytes": cache_bytes_in,
+        "strongly_typed": True,
+        "tensorrt_version": version_of(trt),
+        "engine_from": opts.source,
+    }
 
 
 # ── sidecar ──────────────────────────────────────────────────────────────────────────────────────────
 
-def sidecar(record_dict: dict[str, Any], opts: EngineOptions, onnx_file: str, onnx_sha256: str,
-            bundle_dir: Path) -> dict[str, Any]:
+
+def sidecar(
+    record_dict: dict[str, Any], opts: EngineOptions, onnx_file: str, onnx_sha256: str, bundle_dir: Path
+) -> dict[str, Any]:
     """model.engine.json: the bundle record plus what ties the engine to its GPU, TensorRT and ONNX variant."""
-    engine = {**host_facts(), "precision": opts.source, "engine_from": onnx_file, "strongly_typed": True,
-              "profile": opts.profile(), "onnx_sha256": onnx_sha256, "input": ONNX_INPUT, "output": ONNX_OUTPUT,
-              "workspace_gb": opts.workspace_gb,
-              "bundle_path": str(bundle_dir.resolve()), "created": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
+    engine = {
+        **host_facts(),
+        "precision": opts.source,
+        "engine_from": onnx_file,
+        "strongly_typed": True,
+        "profile": opts.profile(),
+        "onnx_sha256": onnx_sha256,
+        "input": ONNX_INPUT,
+        "output": ONNX_OUTPUT,
+        "workspace_gb": opts.workspace_gb,
+        "bundle_path": str(bundle_dir.resolve()),
+        "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+    }
     return {"record": record_dict, "engine": engine}
 
 
@@ -184,6 +210,7 @@ def sidecar_json(side: dict[str, Any]) -> str:
 
 
 # ── run ──────────────────────────────────────────────────────────────────────────────────────────────
+
 
 class EngineRunner:
     """logits = runner(uint8 batch): the engine executed on CUDA torch tensors (execute_async_v3)."""
@@ -198,8 +225,10 @@ class EngineRunner:
         self.runtime = trt.Runtime(_logger(trt))
         self.engine = self.runtime.deserialize_cuda_engine(blob)
         if self.engine is None:
-            raise UserError("TensorRT could not deserialize the engine (corrupt, or from another version); "
-                            "rebuild it with `python export/main.py <bundle> --tensorrt`")
+            raise UserError(
+                "TensorRT could not deserialize the engine (corrupt, or from another version); "
+                "rebuild it with `python export/main.py <bundle> --tensorrt`"
+            )
         self.context = self.engine.create_execution_context()
         names = [self.engine.get_tensor_name(i) for i in range(self.engine.num_io_tensors)]
         self.outputs = [n for n in names if self.engine.get_tensor_mode(n) == trt.TensorIOMode.OUTPUT]
@@ -207,8 +236,14 @@ class EngineRunner:
 
     def _dtype(self, name: str) -> torch.dtype:
         t = self._trt.DataType
-        names = {"FLOAT": torch.float32, "HALF": torch.float16, "INT32": torch.int32, "INT8": torch.int8,
-                 "UINT8": torch.uint8, "BOOL": torch.bool}
+        names = {
+            "FLOAT": torch.float32,
+            "HALF": torch.float16,
+            "INT32": torch.int32,
+            "INT8": torch.int8,
+            "UINT8": torch.uint8,
+            "BOOL": torch.bool,
+        }
         table = {getattr(t, k): v for k, v in names.items() if hasattr(t, k)}
         return table[self.engine.get_tensor_dtype(name)]
 
@@ -219,8 +254,9 @@ class EngineRunner:
             self.context.set_tensor_address(ONNX_INPUT, x.data_ptr())
             outs = {}
             for name in self.outputs:
-                outs[name] = torch.empty(tuple(self.context.get_tensor_shape(name)), dtype=self._dtype(name),
-                                         device="cuda")
+                outs[name] = torch.empty(
+                    tuple(self.context.get_tensor_shape(name)), dtype=self._dtype(name), device="cuda"
+                )
                 self.context.set_tensor_address(name, outs[name].data_ptr())
             if not self.context.execute_async_v3(self.stream.cuda_stream):
                 raise RuntimeError("TensorRT execute_async_v3 failed")

@@ -4,6 +4,7 @@ fp32 and fp16 are exported from torch (onnx_export); int8 is quantized from the 
 onnxruntime's quantize_static: per-channel symmetric int8 weights, activations calibrated on real images.
 The uint8 input and the normalization in front of the first layer stay float32 in every variant.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -29,8 +30,10 @@ def parse_precisions(text: str) -> list[str]:
     asked = [p.strip() for p in text.split(",") if p.strip()]
     unknown = [p for p in asked if p not in FILES]
     if unknown or not asked:
-        raise UserError(f"--precision {text!r}: unknown {', '.join(unknown) or 'empty list'}; valid: a comma "
-                        f"list of {', '.join(FILES)} (e.g. --precision fp32,fp16,int8)")
+        raise UserError(
+            f"--precision {text!r}: unknown {', '.join(unknown) or 'empty list'}; valid: a comma "
+            f"list of {', '.join(FILES)} (e.g. --precision fp32,fp16,int8)"
+        )
     return [p for p in FILES if p in asked]
 
 
@@ -66,8 +69,9 @@ def _reader(images: torch.Tensor, batch: int):
     return Batches()
 
 
-def quantize_int8(src: Path, dest: Path, calib: torch.Tensor, activations: str = "uint8",
-                  batch: int = 16) -> dict[str, Any]:
+def quantize_int8(
+    src: Path, dest: Path, calib: torch.Tensor, activations: str = "uint8", batch: int = 16
+) -> dict[str, Any]:
     """fp32 ONNX → Q/DQ int8 ONNX at `dest`; returns the quantization facts for the metadata and report."""
     import logging
 
@@ -84,13 +88,25 @@ def quantize_int8(src: Path, dest: Path, calib: torch.Tensor, activations: str =
     quiet = logging.getLogger().level
     logging.getLogger().setLevel(logging.ERROR)
     try:
-        quantize_static(str(pre), str(dest), _reader(calib, batch), quant_format=QuantFormat.QDQ,
-                        per_channel=True, activation_type=act, weight_type=QuantType.QInt8,
-                        nodes_to_exclude=exclude, calibrate_method=CalibrationMethod.MinMax,
-                        extra_options={"ActivationSymmetric": activations == "int8", "WeightSymmetric": True})
+        quantize_static(
+            str(pre),
+            str(dest),
+            _reader(calib, batch),
+            quant_format=QuantFormat.QDQ,
+            per_channel=True,
+            activation_type=act,
+            weight_type=QuantType.QInt8,
+            nodes_to_exclude=exclude,
+            calibrate_method=CalibrationMethod.MinMax,
+            extra_options={"ActivationSymmetric": activations == "int8", "WeightSymmetric": True},
+        )
     finally:
         logging.getLogger().setLevel(quiet)
         pre.unlink(missing_ok=True)
-    return {"format": "QDQ", "weights": "int8 per-channel symmetric",
-            "activations": f"{activations} {'symmetric' if activations == 'int8' else 'asymmetric'}",
-            "calibration_method": "minmax", "excluded_nodes": exclude}
+    return {
+        "format": "QDQ",
+        "weights": "int8 per-channel symmetric",
+        "activations": f"{activations} {'symmetric' if activations == 'int8' else 'asymmetric'}",
+        "calibration_method": "minmax",
+        "excluded_nodes": exclude,
+    }

@@ -3,6 +3,7 @@
 Every backend is reduced to one shape, `logits = run(uint8 batch)`, so torch, onnxruntime and TensorRT
 are compared (and timed) by the same code.
 """
+
 from __future__ import annotations
 
 from collections.abc import Callable
@@ -50,6 +51,7 @@ def _name(p: Any) -> str:
 
 # ── runners ──────────────────────────────────────────────────────────────────────────────────────────
 
+
 def torch_runner(module: torch.nn.Module, device: str = "cpu") -> Runner:
     module = module.to(device).eval()
 
@@ -74,9 +76,11 @@ def provider_chain(provider: str, allow_cpu: bool) -> list[Any]:
         return PROVIDERS[provider]
     if allow_cpu:
         return PROVIDERS["cpu"]
-    raise UserError(f"--provider {provider} needs onnxruntime's {primary}, but this onnxruntime offers only "
-                    f"{', '.join(available)}; install onnxruntime-gpu (pip install '.[gpu]') or pass "
-                    "--allow-cpu to verify on CPU")
+    raise UserError(
+        f"--provider {provider} needs onnxruntime's {primary}, but this onnxruntime offers only "
+        f"{', '.join(available)}; install onnxruntime-gpu (pip install '.[gpu]') or pass "
+        "--allow-cpu to verify on CPU"
+    )
 
 
 def ort_session(path: Path, provider: str, allow_cpu: bool):
@@ -90,9 +94,11 @@ def ort_session(path: Path, provider: str, allow_cpu: bool):
     opts.intra_op_num_threads = torch.get_num_threads()  # same CPU threads as torch (--threads): fair speeds
     sess = ort.InferenceSession(str(path), opts, providers=chain)
     if primary not in sess.get_providers() and not allow_cpu:
-        raise UserError(f"onnxruntime could not start {primary} (the session runs on "
-                        f"{', '.join(sess.get_providers())}); check the CUDA/cuDNN/TensorRT libraries "
-                        "or pass --allow-cpu")
+        raise UserError(
+            f"onnxruntime could not start {primary} (the session runs on "
+            f"{', '.join(sess.get_providers())}); check the CUDA/cuDNN/TensorRT libraries "
+            "or pass --allow-cpu"
+        )
     return sess
 
 
@@ -104,13 +110,15 @@ def ort_runner(sess, output: str = ONNX_OUTPUT) -> Runner:
 
 
 def run_batched(run: Runner, images: torch.Tensor, batch: int = 32) -> torch.Tensor:
-    return torch.cat([run(images[i:i + batch]) for i in range(0, len(images), batch)])
+    return torch.cat([run(images[i : i + batch]) for i in range(0, len(images), batch)])
 
 
 # ── comparison ───────────────────────────────────────────────────────────────────────────────────────
 
-def compare(ref: torch.Tensor, got: torch.Tensor, paths: list[str], labels: list[int],
-            display_names: list[str]) -> dict[str, Any]:
+
+def compare(
+    ref: torch.Tensor, got: torch.Tensor, paths: list[str], labels: list[int], display_names: list[str]
+) -> dict[str, Any]:
     """Parity figures of `got` against the reference logits, and where they diverge most."""
     ref, got = ref.double(), got.double()
     dprob = (ref.softmax(1) - got.softmax(1)).abs().amax(1)
@@ -124,12 +132,20 @@ def compare(ref: torch.Tensor, got: torch.Tensor, paths: list[str], labels: list
         "max_abs_logit": float(dlogit.max()),
         "max_abs_prob": float(dprob.max()),
         "mean_abs_prob": float(dprob.mean()),
-        "worst": {"path": paths[worst], "abs_prob": float(dprob[worst]),
-                  "torch_logits": [round(v, 6) for v in ref[worst].tolist()],
-                  "exported_logits": [round(v, 6) for v in got[worst].tolist()]},
-        "disagreements": [{"path": paths[i], "torch": display_names[int(ref_top[i])],
-                           "exported": display_names[int(got_top[i])]}
-                          for i in (~agree).nonzero().flatten().tolist()[:10]],
+        "worst": {
+            "path": paths[worst],
+            "abs_prob": float(dprob[worst]),
+            "torch_logits": [round(v, 6) for v in ref[worst].tolist()],
+            "exported_logits": [round(v, 6) for v in got[worst].tolist()],
+        },
+        "disagreements": [
+            {
+                "path": paths[i],
+                "torch": display_names[int(ref_top[i])],
+                "exported": display_names[int(got_top[i])],
+            }
+            for i in (~agree).nonzero().flatten().tolist()[:10]
+        ],
     }
     out["accuracy"] = _accuracy(ref_top, got_top, labels)
     return out
@@ -164,15 +180,25 @@ def _accuracy_drop(parity: dict[str, Any], max_drop: float) -> list[str]:
     acc = parity["accuracy"]
     if acc is not None:
         drop = (acc["torch"] - acc["exported"]) * 100
-        return [f"accuracy {acc['exported']:.2%} vs torch {acc['torch']:.2%}: drop {drop:.2f} points > "
-                f"{max_drop:g}"] if drop > max_drop + 1e-9 else []
+        return (
+            [
+                f"accuracy {acc['exported']:.2%} vs torch {acc['torch']:.2%}: drop {drop:.2f} points > "
+                f"{max_drop:g}"
+            ]
+            if drop > max_drop + 1e-9
+            else []
+        )
     changed = (1 - parity["top1_agreement"]) * 100
-    return [f"top-1 changed on {changed:.2f}% of the (unlabelled) images > {max_drop:g} points"] \
-        if changed > max_drop + 1e-9 else []
+    return (
+        [f"top-1 changed on {changed:.2f}% of the (unlabelled) images > {max_drop:g} points"]
+        if changed > max_drop + 1e-9
+        else []
+    )
 
 
-def check_batches(ref: Runner, got: Runner, images: torch.Tensor, sizes: list[int],
-                  num_classes: int, gate: Gate) -> tuple[dict[str, Any], list[str]]:
+def check_batches(
+    ref: Runner, got: Runner, images: torch.Tensor, sizes: list[int], num_classes: int, gate: Gate
+) -> tuple[dict[str, Any], list[str]]:
     """Run the dynamic batch axis at each size (real images tiled to fill) against the reference."""
     figures, reasons = {}, []
     for b in sizes:
@@ -188,16 +214,27 @@ def check_batches(ref: Runner, got: Runner, images: torch.Tensor, sizes: list[in
     return figures, reasons
 
 
-def verify(ref: Runner, got: Runner, samples, display_names: list[str], gate: Gate,
-           batch_sizes: list[int], ref_logits: torch.Tensor | None = None) -> dict[str, Any]:
+def verify(
+    ref: Runner,
+    got: Runner,
+    samples,
+    display_names: list[str],
+    gate: Gate,
+    batch_sizes: list[int],
+    ref_logits: torch.Tensor | None = None,
+) -> dict[str, Any]:
     """The whole gate for one exported format: parity on the samples plus the batch-size check."""
     ref_logits = run_batched(ref, samples.images) if ref_logits is None else ref_logits
     got_logits = run_batched(got, samples.images)
     parity = compare(ref_logits, got_logits, samples.paths, samples.labels, display_names)
-    parity["batches"], batch_reasons = check_batches(ref, got, samples.images, batch_sizes,
-                                                     len(display_names), gate)
-    parity["gate"] = {"min_top1": gate.min_top1, "max_abs_prob": gate.max_dprob,
-                      "max_accuracy_drop_points": gate.max_acc_drop}
+    parity["batches"], batch_reasons = check_batches(
+        ref, got, samples.images, batch_sizes, len(display_names), gate
+    )
+    parity["gate"] = {
+        "min_top1": gate.min_top1,
+        "max_abs_prob": gate.max_dprob,
+        "max_accuracy_drop_points": gate.max_acc_drop,
+    }
     parity["failures"] = judge(parity, gate) + batch_reasons
     parity["passed"] = not parity["failures"]
     return parity

@@ -4,6 +4,7 @@
 The model file says which backend is natural (bundle folder → torch, model.onnx → onnxruntime,
 model.engine → TensorRT); labels and preprocessing always come from the file's own record.
 """
+
 from __future__ import annotations
 
 import os
@@ -24,7 +25,7 @@ from serve.checks import check_model
 
 class Backend(Protocol):
     device: torch.device  # where input batches should live
-    description: str      # printed at start: what runs, on what
+    description: str  # printed at start: what runs, on what
 
     def __call__(self, images: torch.Tensor) -> torch.Tensor: ...
 
@@ -42,8 +43,10 @@ def model_kind(path: str | Path) -> str:
         return kinds[p.suffix.lower()]
     if not p.exists():
         raise UserError(f"model not found: {p} (give a bundle folder, model.onnx or model.engine)")
-    raise UserError(f"cannot tell what model {p} is; give a bundle folder (runs/<name>/best), "
-                    "a .onnx file or a .engine file")
+    raise UserError(
+        f"cannot tell what model {p} is; give a bundle folder (runs/<name>/best), "
+        "a .onnx file or a .engine file"
+    )
 
 
 def load_record(path: str | Path) -> BundleRecord:
@@ -62,7 +65,11 @@ def resolve_device(device: str, state_device: torch.device | None = None) -> tor
         return torch.device("cpu")
     if device in ("auto", "cuda"):
         if torch.cuda.is_available():
-            return state_device if state_device is not None and state_device.type == "cuda" else torch.device("cuda")
+            return (
+                state_device
+                if state_device is not None and state_device.type == "cuda"
+                else torch.device("cuda")
+            )
         if device == "cuda":
             raise UserError("--device cuda asked for, but torch sees no CUDA GPU here; use --device cpu")
         return torch.device("cpu")
@@ -74,16 +81,24 @@ def default_threads(workers: int, world: int = 1) -> int:
     return max(1, usable_cpus() // max(1, world) - workers)
 
 
-def open_backend(model: str | Path, backend: str, device: torch.device, providers: list[str] | None = None,
-                 allow_cpu: bool = False, threads: int | None = None) -> Backend:
+def open_backend(
+    model: str | Path,
+    backend: str,
+    device: torch.device,
+    providers: list[str] | None = None,
+    allow_cpu: bool = False,
+    threads: int | None = None,
+) -> Backend:
     """`threads`: intra-op threads for torch (process-wide) and onnxruntime; None leaves both as they are."""
     natural = model_kind(model)
     chosen = natural if backend == "auto" else backend
     if chosen not in OPENERS:
         raise UserError(f"unknown --backend {backend!r}; valid: auto, {', '.join(OPENERS)}")
     if chosen != natural:
-        raise UserError(f"--backend {chosen} cannot run {model} (a {natural} model); convert it with "
-                        f"`python export/main.py <bundle>` or pass --backend auto")
+        raise UserError(
+            f"--backend {chosen} cannot run {model} (a {natural} model); convert it with "
+            f"`python export/main.py <bundle>` or pass --backend auto"
+        )
     if providers and chosen != "onnx":
         raise UserError("--providers applies to onnxruntime only (a model.onnx file)")
     if threads:
@@ -92,6 +107,7 @@ def open_backend(model: str | Path, backend: str, device: torch.device, provider
 
 
 # ─── torch: the bundle itself ─────────────────────────────────────────────────────────────────
+
 
 class TorchBackend:
     def __init__(self, bundle: Path, device: torch.device):
@@ -122,12 +138,16 @@ def _open_torch(model: Path, device: torch.device, providers, allow_cpu, threads
 
 # ─── onnxruntime ──────────────────────────────────────────────────────────────────────────────
 
-PROVIDERS = {"tensorrt": "TensorrtExecutionProvider", "cuda": "CUDAExecutionProvider",
-             "cpu": "CPUExecutionProvider"}
+PROVIDERS = {
+    "tensorrt": "TensorrtExecutionProvider",
+    "cuda": "CUDAExecutionProvider",
+    "cpu": "CPUExecutionProvider",
+}
 
 
-def choose_providers(requested: list[str] | None, device: torch.device, allow_cpu: bool,
-                     available: list[str]) -> list[str]:
+def choose_providers(
+    requested: list[str] | None, device: torch.device, allow_cpu: bool, available: list[str]
+) -> list[str]:
     """The execution providers to ask for, in priority order.
 
     Default on a GPU: CUDA (TensorRT EP only when named: it builds an engine at every start, and
@@ -138,8 +158,10 @@ def choose_providers(requested: list[str] | None, device: torch.device, allow_cp
         names = [PROVIDERS.get(r.strip().lower(), r.strip()) for r in requested if r.strip()]
         missing = [n for n in names if n not in available]
         if missing:
-            raise UserError(f"onnxruntime here lacks {', '.join(missing)} (available: {', '.join(available)}); "
-                            "for GPU providers install the gpu extra: pip install '.[gpu]'")
+            raise UserError(
+                f"onnxruntime here lacks {', '.join(missing)} (available: {', '.join(available)}); "
+                "for GPU providers install the gpu extra: pip install '.[gpu]'"
+            )
         return names
     if device.type == "cuda" and PROVIDERS["cuda"] in available:
         return [PROVIDERS["cuda"]] + ([PROVIDERS["cpu"]] if allow_cpu else [])
@@ -176,8 +198,14 @@ def onnx_precision(model: Path, facts: object) -> str:
 
 
 class OnnxBackend:
-    def __init__(self, model: Path, device: torch.device, providers: list[str] | None, allow_cpu: bool,
-                 threads: int | None = None):
+    def __init__(
+        self,
+        model: Path,
+        device: torch.device,
+        providers: list[str] | None,
+        allow_cpu: bool,
+        threads: int | None = None,
+    ):
         import onnxruntime as ort
 
         record, facts = read_onnx_record(model)  # refuses a file without imgclf metadata before the session
@@ -187,15 +215,18 @@ class OnnxBackend:
         if threads:
             options.intra_op_num_threads = threads
         try:
-            self.session = ort.InferenceSession(str(model), sess_options=options,
-                                                providers=provider_options(wanted, device))
+            self.session = ort.InferenceSession(
+                str(model), sess_options=options, providers=provider_options(wanted, device)
+            )
         except Exception as exc:  # noqa: BLE001 - onnxruntime raises its own untyped errors
             raise UserError(f"onnxruntime cannot load {model}: {exc}") from None
         used = self.session.get_providers()
         lost = [p for p in wanted if p not in used]
         if lost and not allow_cpu:  # ort drops a provider whose libraries fail to load, silently
-            raise UserError(f"onnxruntime could not start {', '.join(lost)} (running: {', '.join(used)}); "
-                            "check the CUDA/TensorRT libraries, or pass --allow-cpu to accept this")
+            raise UserError(
+                f"onnxruntime could not start {', '.join(lost)} (running: {', '.join(used)}); "
+                "check the CUDA/TensorRT libraries, or pass --allow-cpu to accept this"
+            )
         self._check_io(model)
         on_gpu = device.type == "cuda" and used[0] in (PROVIDERS["cuda"], PROVIDERS["tensorrt"])
         self.device = device if on_gpu else torch.device("cpu")  # where batches are decoded for it
@@ -203,16 +234,22 @@ class OnnxBackend:
         self.precision = onnx_precision(model, facts)
         note = ""
         if device.type == "cuda" and not on_gpu:
-            note = (" - onnxruntime runs on the CPU here (no CUDA provider: the CPU-only wheel? "
-                    "pip install '.[gpu]'), so images are decoded on the CPU too")
-        self.description = (f"onnxruntime providers: {', '.join(used)} ({self.precision} {model.name}, "
-                            f"intra-op threads: {threads or 'default'}){note}")
+            note = (
+                " - onnxruntime runs on the CPU here (no CUDA provider: the CPU-only wheel? "
+                "pip install '.[gpu]'), so images are decoded on the CPU too"
+            )
+        self.description = (
+            f"onnxruntime providers: {', '.join(used)} ({self.precision} {model.name}, "
+            f"intra-op threads: {threads or 'default'}){note}"
+        )
 
     def _check_io(self, model: Path) -> None:
         inputs, outputs = self.session.get_inputs(), [o.name for o in self.session.get_outputs()]
         if inputs[0].name != ONNX_INPUT or inputs[0].type != "tensor(uint8)" or ONNX_OUTPUT not in outputs:
-            raise UserError(f"{model} does not take uint8 '{ONNX_INPUT}' → '{ONNX_OUTPUT}'; "
-                            "re-export it with `python export/main.py <bundle>`")
+            raise UserError(
+                f"{model} does not take uint8 '{ONNX_INPUT}' → '{ONNX_OUTPUT}'; "
+                "re-export it with `python export/main.py <bundle>`"
+            )
 
     def _width(self, classes: int) -> int:
         shape = next(o.shape for o in self.session.get_outputs() if o.name == ONNX_OUTPUT)
@@ -252,5 +289,8 @@ def _open_tensorrt(model: Path, device: torch.device, providers, allow_cpu, thre
     return TensorRTBackend(model, device)
 
 
-OPENERS: dict[str, Callable[..., Backend]] = {"torch": _open_torch, "onnx": _open_onnx,
-                                              "tensorrt": _open_tensorrt}
+OPENERS: dict[str, Callable[..., Backend]] = {
+    "torch": _open_torch,
+    "onnx": _open_onnx,
+    "tensorrt": _open_tensorrt,
+}

@@ -5,6 +5,7 @@ predictor (PIL + torchvision transforms in a DataLoader, fp32), measured in one 
     python serve/bench.py --n 64 --arch resnet18 --size 64         # CPU, well under a minute
     python serve/bench.py --n 4096 --side 500 --arch resnet50 --json serve_bench.json   # a GPU
 """
+
 from __future__ import annotations
 
 import argparse
@@ -37,36 +38,56 @@ from serve.discover import iter_items
 from serve.main import classify, default_workers
 from serve.writer import Layout, RowWriter
 
-UNIQUE_IMAGES = 32  # synthetic JPEGs are copies of a few unique ones: generating noise is slower than decoding
+UNIQUE_IMAGES = (
+    32  # synthetic JPEGs are copies of a few unique ones: generating noise is slower than decoding
+)
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="serve/bench.py", description=__doc__.splitlines()[0])
     p.add_argument("--folder", help="benchmark on these images instead of synthetic ones")
     p.add_argument("--n", "--images", dest="images", type=int, default=512, help="how many synthetic JPEGs")
-    p.add_argument("--side", "--image-size", dest="image_size", type=int, default=500,
-                   help="synthetic JPEG side (±10%%)")
+    p.add_argument(
+        "--side", "--image-size", dest="image_size", type=int, default=500, help="synthetic JPEG side (±10%%)"
+    )
     p.add_argument("--model", help="bundle / model.onnx / model.engine to time (default: untrained --arch)")
     p.add_argument("--arch", default="resnet50")
     p.add_argument("--size", type=int, default=224, help="model crop for --arch (resize = size·256/224)")
     p.add_argument("--batch-size", type=int)
     p.add_argument("--workers", type=int, help="CPU decoding processes (default: cores − 1)")
     p.add_argument("--device", default="auto", choices=["auto", "cuda", "cpu"])
-    p.add_argument("--threads", type=int, help="model threads (default: serve's, the CPUs left after the workers)")
-    p.add_argument("--variants", nargs="+", metavar="ONNX",
-                   help="also time these ONNX files (model.onnx, model.fp16.onnx, model.int8.onnx) on the same "
-                        "images, with their top-1 agreement with --model")
+    p.add_argument(
+        "--threads", type=int, help="model threads (default: serve's, the CPUs left after the workers)"
+    )
+    p.add_argument(
+        "--variants",
+        nargs="+",
+        metavar="ONNX",
+        help="also time these ONNX files (model.onnx, model.fp16.onnx, model.int8.onnx) on the same "
+        "images, with their top-1 agreement with --model",
+    )
     p.add_argument("--json", help="also write the figures to this JSON file")
-    p.add_argument("--smoke", action="store_true", help="every stage on a tiny CPU run (24 JPEGs of 64 px, "
-                   "resnet18 at 32 px, batch 8, 1 worker), in seconds; overrides those flags")
+    p.add_argument(
+        "--smoke",
+        action="store_true",
+        help="every stage on a tiny CPU run (24 JPEGs of 64 px, "
+        "resnet18 at 32 px, batch 8, 1 worker), in seconds; overrides those flags",
+    )
     args = p.parse_args(argv)
     if args.smoke:
         vars(args).update(SMOKE)
     return args
 
 
-SMOKE = {"images": 24, "image_size": 64, "arch": "resnet18", "size": 32, "batch_size": 8, "workers": 1,
-         "device": "cpu"}
+SMOKE = {
+    "images": 24,
+    "image_size": 64,
+    "arch": "resnet18",
+    "size": 32,
+    "batch_size": 8,
+    "workers": 1,
+    "device": "cpu",
+}
 
 
 def synthetic_jpegs(root: Path, n: int, side: int) -> Path:
@@ -130,8 +151,14 @@ class _PILFolder(Dataset):
 
     def __init__(self, paths: list[str], spec: EvalSpec):
         self.paths = paths
-        self.tf = T1.Compose([T1.Resize(spec.resize), T1.CenterCrop(spec.crop), T1.ToTensor(),
-                              T1.Normalize(spec.mean, spec.std)])
+        self.tf = T1.Compose(
+            [
+                T1.Resize(spec.resize),
+                T1.CenterCrop(spec.crop),
+                T1.ToTensor(),
+                T1.Normalize(spec.mean, spec.std),
+            ]
+        )
 
     def __len__(self) -> int:
         return len(self.paths)
@@ -140,7 +167,9 @@ class _PILFolder(Dataset):
         return self.tf(Image.open(self.paths[i]).convert("RGB"))
 
 
-def time_naive(folder: Path, model_path: str, spec: EvalSpec, device: torch.device, workers: int, bs: int) -> float:
+def time_naive(
+    folder: Path, model_path: str, spec: EvalSpec, device: torch.device, workers: int, bs: int
+) -> float:
     from core.bundle import load_bundle
 
     model = load_bundle(model_path, map_location=device)[0]  # plain fp32 module, no autocast
@@ -161,25 +190,33 @@ def main(argv: list[str] | None = None) -> int:
     workers = default_workers(device, 1) if args.workers is None else args.workers
     with tempfile.TemporaryDirectory(prefix="imgclf-bench-") as tmp:
         tmp = Path(tmp)
-        folder = Path(args.folder) if args.folder else synthetic_jpegs(tmp / "jpegs", args.images, args.image_size)
+        folder = (
+            Path(args.folder) if args.folder else synthetic_jpegs(tmp / "jpegs", args.images, args.image_size)
+        )
         model_path = args.model or str(untrained_bundle(tmp, args.arch, args.size))
         record = load_record(model_path)
         # the decode workers fork before the backend touches CUDA (a fork after CUDA init is unsafe)
         with DecodePipeline(record.preprocess, "cpu", workers) as pipe:
-            backend = open_backend(model_path, "auto", device, threads=args.threads or default_threads(workers))
+            backend = open_backend(
+                model_path, "auto", device, threads=args.threads or default_threads(workers)
+            )
             figures = run_stages(args, pipe, backend, record, folder, model_path, workers, tmp)
     if args.json:
         Path(args.json).write_text(json.dumps(figures, indent=2) + "\n")
     return 0
 
 
-def run_stages(args, pipe: DecodePipeline, backend, record, folder: Path, model_path: str, workers: int,
-               tmp: Path) -> dict:
+def run_stages(
+    args, pipe: DecodePipeline, backend, record, folder: Path, model_path: str, workers: int, tmp: Path
+) -> dict:
     spec, device = record.preprocess, backend.device
     bs = args.batch_size or (256 if device.type == "cuda" else 32)
     n, t_disc = time_discovery(folder)
-    print(f"{n} images in {folder}; model {backend.description}; batch {bs}; {workers} decode workers; "
-          f"{torch.get_num_threads()} model threads; crop {spec.crop}", flush=True)
+    print(
+        f"{n} images in {folder}; model {backend.description}; batch {bs}; {workers} decode workers; "
+        f"{torch.get_num_threads()} model threads; crop {spec.crop}",
+        flush=True,
+    )
     print(f"{'stage':<58}{'images/s':>10}")
     rates: dict[str, float] = {}
 
@@ -188,19 +225,40 @@ def run_stages(args, pipe: DecodePipeline, backend, record, folder: Path, model_
         print(f"{label:<58}{_rate(n, seconds)}", flush=True)
 
     row("discovery", "discovery (os.scandir walk)", t_disc)
-    row("decode_cpu", "decode, CPU path (PIL + eval transform in processes)", time_decode(pipe.to("cpu"), folder, bs))
+    row(
+        "decode_cpu",
+        "decode, CPU path (PIL + eval transform in processes)",
+        time_decode(pipe.to("cpu"), folder, bs),
+    )
     if device.type == "cuda":
-        row("decode_gpu", "decode, GPU path (nvJPEG batched + resize/crop)", time_decode(pipe.to(device), folder, bs))
+        row(
+            "decode_gpu",
+            "decode, GPU path (nvJPEG batched + resize/crop)",
+            time_decode(pipe.to(device), folder, bs),
+        )
     row("model", "model only (uint8 in, logits out)", time_model(backend, spec, n, bs))
     pipe.to(device).stats = DecodeStats()  # the end line counts the end-to-end pass only
-    row("end_to_end", "end to end (serve: read, decode, model, CSV)",
-        time_end_to_end(pipe, folder, backend, record, bs, tmp / "preds.csv"))
-    figures = {"images": n, "model": backend.description, "device": str(device), "batch_size": bs,
-               "decode_workers": workers, "crop": spec.crop, "images_per_s": rates,
-               "decode": pipe.report() or "CPU decoding"}
+    row(
+        "end_to_end",
+        "end to end (serve: read, decode, model, CSV)",
+        time_end_to_end(pipe, folder, backend, record, bs, tmp / "preds.csv"),
+    )
+    figures = {
+        "images": n,
+        "model": backend.description,
+        "device": str(device),
+        "batch_size": bs,
+        "decode_workers": workers,
+        "crop": spec.crop,
+        "images_per_s": rates,
+        "decode": pipe.report() or "CPU decoding",
+    }
     if args.model is None or Path(model_path).is_dir():
-        row("naive", "naive baseline (PIL + transforms in DataLoader, fp32)",
-            time_naive(folder, model_path, spec, device, workers, bs))
+        row(
+            "naive",
+            "naive baseline (PIL + transforms in DataLoader, fp32)",
+            time_naive(folder, model_path, spec, device, workers, bs),
+        )
         figures["end_to_end_vs_naive"] = rates["end_to_end"] / rates["naive"]
         print(f"end to end vs naive: {figures['end_to_end_vs_naive']:.2f}x")
     if pipe.report():
@@ -210,8 +268,9 @@ def run_stages(args, pipe: DecodePipeline, backend, record, folder: Path, model_
     return figures
 
 
-def time_variants(paths: list[str], pipe: DecodePipeline, backend, record, folder: Path, bs: int,
-                  tmp: Path) -> list[dict]:
+def time_variants(
+    paths: list[str], pipe: DecodePipeline, backend, record, folder: Path, bs: int, tmp: Path
+) -> list[dict]:
     """Each ONNX variant on the same images: model-only and end-to-end images/s, and how often its top-1
     agrees with the main model's (tmp/preds.csv, written by the end-to-end row)."""
     n = sum(1 for _ in iter_items([str(folder)]))
@@ -225,8 +284,15 @@ def time_variants(paths: list[str], pipe: DecodePipeline, backend, record, folde
         t_e2e = time_end_to_end(pipe.to(variant.device), folder, variant, record, bs, out)
         labels = _labels(out)
         agree = sum(labels[k] == v for k, v in reference.items()) / max(1, len(reference))
-        rows.append({"path": path, "precision": getattr(variant, "precision", "?"), "model_images_per_s":
-                     n / max(t_model, 1e-9), "end_to_end_images_per_s": n / max(t_e2e, 1e-9), "top1_agreement": agree})
+        rows.append(
+            {
+                "path": path,
+                "precision": getattr(variant, "precision", "?"),
+                "model_images_per_s": n / max(t_model, 1e-9),
+                "end_to_end_images_per_s": n / max(t_e2e, 1e-9),
+                "top1_agreement": agree,
+            }
+        )
         name = f"{Path(path).name} ({rows[-1]['precision']})"
         print(f"{name:<40}{_rate(n, t_model):>12}{_rate(n, t_e2e):>12}{agree:>17.4f}", flush=True)
     return rows

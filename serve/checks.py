@@ -5,6 +5,7 @@ or (fewer logits than classes) rows with wrong labels and exit 0.
 Static shapes are read where the file declares them (ONNX input/output dims, TensorRT tensor shapes);
 then one dummy batch settles what dynamic dims hide.
 """
+
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
@@ -17,9 +18,11 @@ from core.bundle import BundleRecord, read_record
 from core.errors import UserError
 from core.model_record import ONNX_INPUT, ONNX_OUTPUT, read_engine_sidecar, read_onnx_record
 
-FIXES = {"torch": "its weights and record disagree: re-copy or re-train the bundle",
-         "onnx": "re-export it from its bundle with `python export/main.py <bundle>`",
-         "tensorrt": "rebuild it with `python export/main.py <bundle> --tensorrt`"}
+FIXES = {
+    "torch": "its weights and record disagree: re-copy or re-train the bundle",
+    "onnx": "re-export it from its bundle with `python export/main.py <bundle>`",
+    "tensorrt": "rebuild it with `python export/main.py <bundle> --tensorrt`",
+}
 RECORDS: dict[str, Callable[[Path], BundleRecord]] = {
     "torch": read_record,
     "onnx": lambda p: read_onnx_record(p)[0],
@@ -67,13 +70,17 @@ def check_input_dims(model: Path, dims: Sequence, crop: int, fix: str) -> None:
         raise UserError(f"{model} takes a {len(dims)}-d input, not [N, 3, H, W] images; {fix}")
     n, c, h, w = (_static(d) for d in dims)
     if n is not None:  # a fixed batch, even of 1, fails on serve's first full batch
-        raise UserError(f"{model} takes exactly {n} image(s) per call (a fixed batch dim); serving needs a "
-                        f"dynamic batch: {fix}")
+        raise UserError(
+            f"{model} takes exactly {n} image(s) per call (a fixed batch dim); serving needs a "
+            f"dynamic batch: {fix}"
+        )
     if c not in (None, 3):
         raise UserError(f"{model} takes {c}-channel images, not RGB; {fix}")
     if (h is not None and h != crop) or (w is not None and w != crop):
-        raise UserError(f"{model} takes {h or '?'}×{w or '?'} images but its record says crop {crop} "
-                        f"(the input serve feeds it); {fix}")
+        raise UserError(
+            f"{model} takes {h or '?'}×{w or '?'} images but its record says crop {crop} "
+            f"(the input serve feeds it); {fix}"
+        )
 
 
 def check_engine_profile(model: Path, engine: Any, crop: int, fix: str) -> None:
@@ -82,15 +89,19 @@ def check_engine_profile(model: Path, engine: Any, crop: int, fix: str) -> None:
         return
     low, _, high = (tuple(s) for s in engine.get_tensor_profile_shape(ONNX_INPUT, 0))
     if not all(lo <= crop <= hi for lo, hi in zip(low[2:], high[2:])):
-        raise UserError(f"{model} was built for {low[2]}..{high[2]} × {low[3]}..{high[3]} images but its record "
-                        f"says crop {crop}; {fix}")
+        raise UserError(
+            f"{model} was built for {low[2]}..{high[2]} × {low[3]}..{high[3]} images but its record "
+            f"says crop {crop}; {fix}"
+        )
 
 
 def check_logits_width(model: Path, width: int | None, classes: int, fix: str) -> None:
     """`width` None (a dynamic dim) passes: the dummy batch decides."""
     if width is not None and width != classes:
-        raise UserError(f"{model} outputs {width} logits per image but its record lists {classes} classes, so "
-                        f"its labels would be wrong; {fix}")
+        raise UserError(
+            f"{model} outputs {width} logits per image but its record lists {classes} classes, so "
+            f"its labels would be wrong; {fix}"
+        )
 
 
 def _one_batch(backend: Any, model: Path, crop: int, fix: str) -> torch.Tensor:
@@ -99,5 +110,7 @@ def _one_batch(backend: Any, model: Path, crop: int, fix: str) -> torch.Tensor:
         return torch.as_tensor(backend(images))
     except Exception as exc:  # noqa: BLE001 - each runtime raises its own types; all mean the same here
         first = (str(exc).strip().splitlines() or [""])[0][:300]
-        raise UserError(f"{model} fails on one 1×3×{crop}×{crop} batch, the input its record describes "
-                        f"({type(exc).__name__}: {first}); {fix}") from None
+        raise UserError(
+            f"{model} fails on one 1×3×{crop}×{crop} batch, the input its record describes "
+            f"({type(exc).__name__}: {first}); {fix}"
+        ) from None

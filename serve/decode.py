@@ -4,6 +4,7 @@ decoder and the training eval transform in worker processes. A bad file becomes 
 
 Decoding runs in its own thread (and CUDA stream), so batch k+1 is decoded while the model runs batch k.
 """
+
 from __future__ import annotations
 
 import functools
@@ -30,7 +31,9 @@ from serve.sources import SourceError, read_bytes
 from serve.workers import DecodeWorkers
 
 T = TypeVar("T")
-CropKey = tuple[int, int, str]  # (resize, crop, interpolation): all decoding needs; normalization is on the device
+CropKey = tuple[
+    int, int, str
+]  # (resize, crop, interpolation): all decoding needs; normalization is on the device
 
 ORIENT = EXIF_TRANSPOSE  # EXIF orientation → the tensor op PIL's ImageOps.exif_transpose applies
 
@@ -40,6 +43,7 @@ def spec_key(spec: EvalSpec) -> CropKey:
 
 
 # ─── CPU path: exactly the training eval transform ────────────────────────────────────────────
+
 
 @functools.lru_cache(maxsize=4)
 def _transform(key: CropKey) -> Callable[[Image.Image], torch.Tensor]:
@@ -96,8 +100,9 @@ def _index(positions: list[int], device: torch.device) -> torch.Tensor:
     return torch.tensor(positions, dtype=torch.long).to(device, non_blocking=True)
 
 
-def gpu_decode(datas: list[bytes], orientations: list[int], key: CropKey,
-               device: torch.device) -> list[torch.Tensor | None]:
+def gpu_decode(
+    datas: list[bytes], orientations: list[int], key: CropKey, device: torch.device
+) -> list[torch.Tensor | None]:
     """Decode (core.jpeg: chunked, bisected, stream-safe), orient, resize and crop JPEG bytes on `device`;
     None for each image the decoder refuses."""
     decoded = decode_on_device([torch.frombuffer(bytearray(d), dtype=torch.uint8) for d in datas], device)
@@ -111,11 +116,12 @@ def gpu_decode(datas: list[bytes], orientations: list[int], key: CropKey,
 
 # ─── the streaming pipeline ───────────────────────────────────────────────────────────────────
 
+
 @dataclass
 class Batch:
     items: list[Item]
     images: torch.Tensor  # uint8 [n_ok, 3, crop, crop] on the pipeline's device, in item order
-    errors: list[str]     # one per item: "" for items in `images`, else the reason
+    errors: list[str]  # one per item: "" for items in `images`, else the reason
     ready: torch.cuda.Event | None = None  # recorded on the decode stream once `images` is written
 
 
@@ -138,8 +144,16 @@ class DecodePipeline:
     batches are read and `depth` decoded ahead of the one being consumed, so memory stays flat however
     many files the stream holds."""
 
-    def __init__(self, spec: EvalSpec, device: str | torch.device = "cpu", workers: int = 0,
-                 threads: int = 8, timeout: float = 10.0, gpu_decode: bool | None = None, depth: int = 2):
+    def __init__(
+        self,
+        spec: EvalSpec,
+        device: str | torch.device = "cpu",
+        workers: int = 0,
+        threads: int = 8,
+        timeout: float = 10.0,
+        gpu_decode: bool | None = None,
+        depth: int = 2,
+    ):
         self.key, self.crop = spec_key(spec), spec.crop
         self.workers, self.timeout, self.depth = workers, timeout, depth
         self.procs = DecodeWorkers(workers) if workers > 0 else None  # fork before any thread or CUDA
@@ -185,8 +199,9 @@ class DecodePipeline:
     def batches(self, items: Iterable[Item], batch_size: int) -> Iterator[Batch]:
         out: queue.Queue = queue.Queue(maxsize=1)
         stop = threading.Event()
-        thread = threading.Thread(target=self._produce, args=(items, batch_size, out, stop),
-                                  name="imgclf-decode", daemon=True)
+        thread = threading.Thread(
+            target=self._produce, args=(items, batch_size, out, stop), name="imgclf-decode", daemon=True
+        )
         self._running.append((thread, stop))
         thread.start()
         try:
@@ -206,7 +221,9 @@ class DecodePipeline:
             batch.images.record_stream(stream)
         return batch
 
-    def _produce(self, items: Iterable[Item], batch_size: int, out: queue.Queue, stop: threading.Event) -> None:
+    def _produce(
+        self, items: Iterable[Item], batch_size: int, out: queue.Queue, stop: threading.Event
+    ) -> None:
         cuda = self.device.type == "cuda"
         try:
             if cuda:  # the current device is per thread: a new thread starts on GPU 0
@@ -252,15 +269,21 @@ class DecodePipeline:
         if self.procs is None:
             return [functools.partial(cpu_decode_many, datas, self.key)]
         size = max(4, math.ceil(len(datas) / self.workers))
-        return [self.procs.submit(cpu_decode_many, datas[i:i + size], self.key).result
-                for i in range(0, len(datas), size)]
+        return [
+            self.procs.submit(cpu_decode_many, datas[i : i + size], self.key).result
+            for i in range(0, len(datas), size)
+        ]
 
     def _finish(self, chunk: list[Item], loaded: list[_Loaded], cpu: list[int], jobs: list) -> Batch:
         results: list[torch.Tensor | np.ndarray | str | None] = [x.error or None for x in loaded]
         gpu = [i for i, x in enumerate(loaded) if x.device]
         if gpu:
-            decoded = gpu_decode([loaded[i].data for i in gpu], [loaded[i].route.orientation for i in gpu],
-                                 self.key, self.device)
+            decoded = gpu_decode(
+                [loaded[i].data for i in gpu],
+                [loaded[i].route.orientation for i in gpu],
+                self.key,
+                self.device,
+            )
             refused = [i for i, img in zip(gpu, decoded) if img is None]
             for i, img in zip(gpu, decoded):
                 results[i] = img
@@ -285,7 +308,9 @@ class DecodePipeline:
         if on_device:
             images[_index([s for s, _ in on_device], self.device)] = torch.stack([t for _, t in on_device])
         if on_host:
-            staged = torch.empty((len(on_host), 3, self.crop, self.crop), dtype=torch.uint8, pin_memory=self.pin)
+            staged = torch.empty(
+                (len(on_host), 3, self.crop, self.crop), dtype=torch.uint8, pin_memory=self.pin
+            )
             for k, (_, array) in enumerate(on_host):
                 staged[k] = torch.from_numpy(array)
             images[_index([s for s, _ in on_host], self.device)] = staged.to(self.device, non_blocking=True)

@@ -6,6 +6,7 @@ location, the (st_dev, st_ino) of the folder that holds it plus its name, so the
 it names it. A walked file's key costs no system call (its folder was stat'ed to be listed); only a
 16-byte digest per file is kept, so the stream stays lazy on huge trees.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -47,12 +48,14 @@ def check_inputs(inputs: list[str]) -> None:
             raise UserError(f"input not found: {text} (give an existing folder, image file or http(s) URL)")
 
 
-def iter_items(inputs: list[str], absolute: bool = False, max_bytes: int = MAX_FILE_MB * 2**20) -> Iterator[Item]:
+def iter_items(
+    inputs: list[str], absolute: bool = False, max_bytes: int = MAX_FILE_MB * 2**20
+) -> Iterator[Item]:
     """Every item in input order, each file once; folder contents sorted. With several inputs, paths keep
     the input prefix so rows from `dirA/x.jpg` and `dirB/x.jpg` stay distinct (resume keys on the path)."""
     prefixed = len(inputs) > 1
-    seen: set = set()      # files already yielded (their _file_key), and URLs
-    walked: set = set()    # folders already walked, shared by all inputs
+    seen: set = set()  # files already yielded (their _file_key), and URLs
+    walked: set = set()  # folders already walked, shared by all inputs
     for text in inputs:
         if is_url(text):
             if _first_time(text, seen):

@@ -4,6 +4,7 @@ The kernel drops a flock when its holder dies, so a lock file left by a killed r
 one: only the lock counts, never the file's existence. The file holds the holder's pid, host and start
 time so the refused run can name it.
 """
+
 from __future__ import annotations
 
 import fcntl
@@ -53,7 +54,9 @@ class OutputLock:
                     return None
                 os.close(fd)
         except OSError as exc:
-            raise UserError(f"cannot write {self.path} ({exc.strerror or exc}); choose another --out") from None
+            raise UserError(
+                f"cannot write {self.path} ({exc.strerror or exc}); choose another --out"
+            ) from None
         raise UserError(f"cannot lock {self.path}: it keeps being replaced; is another serve starting?")
 
     def release(self) -> None:
@@ -71,8 +74,12 @@ class OutputLock:
         return (st.st_dev, st.st_ino) == (now.st_dev, now.st_ino)
 
     def _describe_me(self) -> None:
-        me = {"pid": os.getpid(), "host": socket.gethostname(),
-              "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "out": str(self.out)}
+        me = {
+            "pid": os.getpid(),
+            "host": socket.gethostname(),
+            "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+            "out": str(self.out),
+        }
         os.ftruncate(self.fd, 0)
         os.pwrite(self.fd, (json.dumps(me) + "\n").encode(), 0)
 
@@ -83,7 +90,12 @@ class OutputLock:
             holder = {}
         finally:
             os.close(fd)
-        who = (f"pid {holder.get('pid', '?')} on {holder.get('host', '?')}, started {holder.get('started', '?')}"
-               if isinstance(holder, dict) and holder else "a process that is just starting")
-        return (f"{self.out} is being written by another serve ({who}); wait for it to finish, stop it, "
-                "or choose another --out")
+        who = (
+            f"pid {holder.get('pid', '?')} on {holder.get('host', '?')}, started {holder.get('started', '?')}"
+            if isinstance(holder, dict) and holder
+            else "a process that is just starting"
+        )
+        return (
+            f"{self.out} is being written by another serve ({who}); wait for it to finish, stop it, "
+            "or choose another --out"
+        )

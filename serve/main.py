@@ -1,8 +1,9 @@
 """Classify folders, files and URLs with a bundle, model.onnx or model.engine into a streaming, resumable CSV.
 
-    python serve/main.py runs/flowers/best data/incoming --out predictions.csv
-    accelerate launch --num_processes 8 serve/main.py model.onnx /data/millions --out preds.csv
+python serve/main.py runs/flowers/best data/incoming --out predictions.csv
+accelerate launch --num_processes 8 serve/main.py model.onnx /data/millions --out preds.csv
 """
+
 from __future__ import annotations
 
 import argparse
@@ -39,7 +40,11 @@ from serve.writer import (
 )
 
 EXIT_INTERRUPTED = 130  # 128 + SIGINT, as a shell reports a Ctrl-C
-BACKENDS = ("torch", "onnx", "tensorrt")  # serve.backends.OPENERS' keys, here so --help needs no torch (tested)
+BACKENDS = (
+    "torch",
+    "onnx",
+    "tensorrt",
+)  # serve.backends.OPENERS' keys, here so --help needs no torch (tested)
 
 
 _heavy_loaded = False
@@ -47,7 +52,15 @@ _heavy_loaded = False
 
 def import_heavy() -> None:
     """torch, accelerate and the backends take seconds to import: only once the arguments are checked."""
-    global _heavy_loaded, torch, PartialState, Backend, default_threads, load_record, open_backend, resolve_device
+    global \
+        _heavy_loaded, \
+        torch, \
+        PartialState, \
+        Backend, \
+        default_threads, \
+        load_record, \
+        open_backend, \
+        resolve_device
     global DecodePipeline, predictions, check_same_job, job_identity, meta_path, write_identity
     if _heavy_loaded:  # a second call must not undo what a test patched
         return
@@ -76,21 +89,38 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--backend", default="auto", choices=["auto", *BACKENDS], help="default: the file's own")
     p.add_argument("--device", default="auto", choices=["auto", "cuda", "cpu"])
     p.add_argument("--providers", help="onnxruntime providers in priority order, e.g. tensorrt,cuda,cpu")
-    p.add_argument("--allow-cpu", action="store_true", help="with onnxruntime's CUDA provider: CPU kernels "
-                   "may take what CUDA cannot, and a CUDA provider that failed to start is accepted")
+    p.add_argument(
+        "--allow-cpu",
+        action="store_true",
+        help="with onnxruntime's CUDA provider: CPU kernels "
+        "may take what CUDA cannot, and a CUDA provider that failed to start is accepted",
+    )
     p.add_argument("--batch-size", type=int, help="images per model call (default: 256 on GPU, 32 on CPU)")
     p.add_argument("--workers", type=int, help="CPU decoding processes per GPU/process (0: decode inline)")
-    p.add_argument("--threads", type=int, help="model threads, torch and onnxruntime (default: the usable CPUs "
-                   "left after the decode workers, at least 1)")
+    p.add_argument(
+        "--threads",
+        type=int,
+        help="model threads, torch and onnxruntime (default: the usable CPUs "
+        "left after the decode workers, at least 1)",
+    )
     p.add_argument("--read-threads", type=int, default=8, help="file/URL reading threads")
     p.add_argument("--timeout", type=float, default=10.0, help="seconds before a URL fetch gives up")
-    p.add_argument("--max-file-mb", type=float, default=MAX_FILE_MB,
-                   help=f"larger files and downloads get an error row, unread (default {MAX_FILE_MB})")
+    p.add_argument(
+        "--max-file-mb",
+        type=float,
+        default=MAX_FILE_MB,
+        help=f"larger files and downloads get an error row, unread (default {MAX_FILE_MB})",
+    )
     p.add_argument("--limit", type=int, help="classify at most N new images")
-    p.add_argument("--throttle", type=float, default=0.0, help="pause N seconds after each batch (shared disks)")
+    p.add_argument(
+        "--throttle", type=float, default=0.0, help="pause N seconds after each batch (shared disks)"
+    )
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
-    p.add_argument("--evaluate", action="store_true",
-                   help="input is a labelled folder: also write accuracy, per-class accuracy, confusion matrix")
+    p.add_argument(
+        "--evaluate",
+        action="store_true",
+        help="input is a labelled folder: also write accuracy, per-class accuracy, confusion matrix",
+    )
     p.add_argument("--eval-dir", help="where --evaluate writes (default: <out stem>_eval/ beside --out)")
     p.add_argument("--show", action="store_true", help="one image: print top-k and save the top-k figure")
     p.add_argument("--figure", help="--show figure path (default: <image name>_topk.png)")
@@ -98,9 +128,15 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 
 def check_args(args: argparse.Namespace) -> None:
-    positive = {"--topk": args.topk, "--batch-size": args.batch_size, "--limit": args.limit,
-                "--threads": args.threads, "--read-threads": args.read_threads, "--timeout": args.timeout,
-                "--max-file-mb": args.max_file_mb}
+    positive = {
+        "--topk": args.topk,
+        "--batch-size": args.batch_size,
+        "--limit": args.limit,
+        "--threads": args.threads,
+        "--read-threads": args.read_threads,
+        "--timeout": args.timeout,
+        "--max-file-mb": args.max_file_mb,
+    }
     for flag, value in positive.items():
         if value is not None and value <= 0:
             raise UserError(f"{flag} must be positive (got {value})")
@@ -110,8 +146,10 @@ def check_args(args: argparse.Namespace) -> None:
         raise UserError("--show takes exactly one image file or URL; for folders use --out preds.csv")
     if args.evaluate and (len(args.inputs) != 1 or is_url(args.inputs[0])):
         raise UserError("--evaluate takes exactly one labelled folder (class subfolders) as input")
-    for flag, value, mode, on in (("--eval-dir", args.eval_dir, "--evaluate", args.evaluate),
-                                  ("--figure", args.figure, "--show", args.show)):
+    for flag, value, mode, on in (
+        ("--eval-dir", args.eval_dir, "--evaluate", args.evaluate),
+        ("--figure", args.figure, "--show", args.show),
+    ):
         if value and not on:
             raise UserError(f"{flag} only applies with {mode}; add {mode} or drop {flag}")
     if not args.out and not args.show:
@@ -119,8 +157,10 @@ def check_args(args: argparse.Namespace) -> None:
     if args.out and Path(args.out).is_dir():
         raise UserError(f"--out {args.out} is a folder; give a file name such as {args.out}/predictions.csv")
     if args.out and os.path.exists(args.out) and not os.path.isfile(args.out):  # --overwrite would unlink it
-        raise UserError(f"--out {args.out} is not a regular file (a device, FIFO or socket); give a file name "
-                        "such as predictions.csv")
+        raise UserError(
+            f"--out {args.out} is not a regular file (a device, FIFO or socket); give a file name "
+            "such as predictions.csv"
+        )
 
 
 def output_format(args: argparse.Namespace) -> str:
@@ -131,8 +171,10 @@ def output_format(args: argparse.Namespace) -> str:
 
 # ─── the output file's life: refuse, prepare (main process), merge ────────────────────────────
 
-def check_output(out: Path, layout: Layout, args: argparse.Namespace, identity: dict,
-                 state: PartialState) -> None:
+
+def check_output(
+    out: Path, layout: Layout, args: argparse.Namespace, identity: dict, state: PartialState
+) -> None:
     """Read-only, on every process, so all of them refuse together (no one waits at a barrier)."""
     parts = existing_parts(out)
     if (out.exists() or parts) and not (args.resume or args.overwrite):
@@ -144,8 +186,12 @@ def check_output(out: Path, layout: Layout, args: argparse.Namespace, identity: 
         for p in parts:
             check_layout(p, layout, seq=True)
         if not recorded and state.is_main_process:
-            print(f"warning: {out} has no {meta_path(out).name} (written by an older serve), so --resume cannot "
-                  "check it came from this model; its columns match, continuing", file=sys.stderr, flush=True)
+            print(
+                f"warning: {out} has no {meta_path(out).name} (written by an older serve), so --resume cannot "
+                "check it came from this model; its columns match, continuing",
+                file=sys.stderr,
+                flush=True,
+            )
 
 
 @contextlib.contextmanager
@@ -170,8 +216,9 @@ def output_lock(out: Path, state: PartialState) -> Iterator[None]:
         lock.release()
 
 
-def prepare_output(out: Path, layout: Layout, args: argparse.Namespace, identity: dict,
-                   state: PartialState) -> set[str]:
+def prepare_output(
+    out: Path, layout: Layout, args: argparse.Namespace, identity: dict, state: PartialState
+) -> set[str]:
     """Main process: clear (--overwrite) or repair and fold leftover part files (--resume), then record
     the job beside `out` before its first row. Returns done paths."""
     if state.is_main_process:
@@ -202,14 +249,23 @@ def my_items(args: argparse.Namespace, done: set[str], state: PartialState) -> I
 
 # ─── the classification loop ──────────────────────────────────────────────────────────────────
 
+
 @dataclass
 class Counts:
     ok: int = 0
     errors: int = 0
 
 
-def classify(pipe: DecodePipeline, backend: Backend, layout: Layout, items: Iterator[Item], writer: RowWriter,
-             batch_size: int, bar: Progress, throttle: float) -> Counts:
+def classify(
+    pipe: DecodePipeline,
+    backend: Backend,
+    layout: Layout,
+    items: Iterator[Item],
+    writer: RowWriter,
+    batch_size: int,
+    bar: Progress,
+    throttle: float,
+) -> Counts:
     counts = Counts()
     for batch, probs in predictions(pipe, backend, items, batch_size):
         rows, j = [], 0
@@ -234,8 +290,9 @@ def default_workers(device: torch.device, world: int) -> int:
     return max(1, min(16, cores // world - 1))
 
 
-def run(args: argparse.Namespace, state: PartialState, layout: Layout, spec, out: Path,
-        identity: dict) -> tuple[Counts, int]:
+def run(
+    args: argparse.Namespace, state: PartialState, layout: Layout, spec, out: Path, identity: dict
+) -> tuple[Counts, int]:
     device = resolve_device(args.device, state.device)
     workers = default_workers(device, state.num_processes) if args.workers is None else args.workers
     threads = args.threads or default_threads(workers, state.num_processes)
@@ -245,18 +302,28 @@ def run(args: argparse.Namespace, state: PartialState, layout: Layout, spec, out
         pipe.to(backend.device)
         batch_size = args.batch_size or (256 if backend.device.type == "cuda" else 32)
         if state.is_main_process:
-            print(f"model: {args.model} | {backend.description} | decoding: {pipe.describe()} | "
-                  f"batch {batch_size} | {threads} model thread(s) | {state.num_processes} process(es)", flush=True)
+            print(
+                f"model: {args.model} | {backend.description} | decoding: {pipe.describe()} | "
+                f"batch {batch_size} | {threads} model thread(s) | {state.num_processes} process(es)",
+                flush=True,
+            )
         done = prepare_output(out, layout, args, identity, state)
         multi = state.num_processes > 1
         target = part_path(out, state.process_index) if multi else out
         share = -(-args.limit // state.num_processes) if args.limit else None
         # A bar on a terminal; in a batch log one line every SERVE_LOG_SECONDS instead of bar frames.
-        bar = Progress(share, f"rank 0/{state.num_processes}" if multi else "classify", unit="img",
-                       enabled=not args.no_progress and state.is_main_process, seconds=SERVE_LOG_SECONDS, leave=True)
+        bar = Progress(
+            share,
+            f"rank 0/{state.num_processes}" if multi else "classify",
+            unit="img",
+            enabled=not args.no_progress and state.is_main_process,
+            seconds=SERVE_LOG_SECONDS,
+            leave=True,
+        )
         with RowWriter(target, layout, append=args.resume and not multi, seq=multi) as writer, bar:
-            counts = classify(pipe, backend, layout, my_items(args, done, state), writer, batch_size, bar,
-                              args.throttle)
+            counts = classify(
+                pipe, backend, layout, my_items(args, done, state), writer, batch_size, bar, args.throttle
+            )
         if state.is_main_process and pipe.report():
             print(pipe.report() + (" (this process)" if multi else ""), flush=True)
     return _gather(counts, state), len(done)
@@ -291,12 +358,15 @@ def process_state(device: str) -> PartialState:
     state = PartialState(cpu=device == "cpu" or not torch.cuda.is_available())
     launched = int(os.environ.get("WORLD_SIZE", "1"))
     if state.num_processes != launched:
-        raise UserError(f"launched as {launched} processes but accelerate set up {state.num_processes}; "
-                        "launch with `accelerate launch --num_processes N serve/main.py ...`")
+        raise UserError(
+            f"launched as {launched} processes but accelerate set up {state.num_processes}; "
+            "launch with `accelerate launch --num_processes N serve/main.py ...`"
+        )
     return state
 
 
 # ─── entry ────────────────────────────────────────────────────────────────────────────────────
+
 
 def show(args: argparse.Namespace, layout: Layout, spec, state: PartialState) -> int:
     from serve.show import default_figure_path, show_one
@@ -310,8 +380,9 @@ def show(args: argparse.Namespace, layout: Layout, spec, state: PartialState) ->
             identity = _identity(args, layout)
             check_output(out, layout, args, identity, state)
         item = next(iter_items(args.inputs, args.absolute, _max_bytes(args)))
-        row = show_one(item, backend, spec, layout, Path(args.figure or default_figure_path(item.source)),
-                       args.timeout)
+        row = show_one(
+            item, backend, spec, layout, Path(args.figure or default_figure_path(item.source)), args.timeout
+        )
         if out:
             write_identity(out, identity)
             with RowWriter(out, layout, append=args.resume) as writer:
@@ -331,8 +402,13 @@ def main(argv: list[str] | None = None) -> int:
     check_inputs(args.inputs)
     import_heavy()
     record = load_record(args.model)
-    layout = Layout(tuple(record.classes), tuple(record.display_names), args.topk,
-                    args.probs or args.evaluate, output_format(args))
+    layout = Layout(
+        tuple(record.classes),
+        tuple(record.display_names),
+        args.topk,
+        args.probs or args.evaluate,
+        output_format(args),
+    )
     state = process_state(args.device)
     if args.show:
         return show(args, layout, record.preprocess, state)
@@ -348,8 +424,11 @@ def main(argv: list[str] | None = None) -> int:
         try:
             counts, skipped = run(args, state, layout, record.preprocess, out, identity)
         except KeyboardInterrupt:  # Ctrl-C is a normal way to stop: say how to continue, not a traceback
-            print(f"interrupted: the rows written so far are kept in {out}; rerun with --resume to continue",
-                  file=sys.stderr, flush=True)
+            print(
+                f"interrupted: the rows written so far are kept in {out}; rerun with --resume to continue",
+                file=sys.stderr,
+                flush=True,
+            )
             return EXIT_INTERRUPTED
         finish(out, layout, args, state)
         if state.is_main_process:
@@ -363,8 +442,11 @@ def main(argv: list[str] | None = None) -> int:
 def _summary(counts: Counts, skipped: int, seconds: float, out: Path) -> None:
     n = counts.ok + counts.errors
     resumed = f", {skipped} already in {out.name} skipped" if skipped else ""
-    print(f"done: {counts.ok} ok, {counts.errors} errors{resumed} in {seconds:.1f} s "
-          f"({n / max(seconds, 1e-9):.1f} images/s) -> {out}", flush=True)
+    print(
+        f"done: {counts.ok} ok, {counts.errors} errors{resumed} in {seconds:.1f} s "
+        f"({n / max(seconds, 1e-9):.1f} images/s) -> {out}",
+        flush=True,
+    )
 
 
 def _warn_if_nothing_found(counts: Counts, skipped: int, inputs: list[str]) -> None:
@@ -372,9 +454,12 @@ def _warn_if_nothing_found(counts: Counts, skipped: int, inputs: list[str]) -> N
     if counts.ok + counts.errors + skipped == 0:
         from core.images import IMAGE_EXTENSIONS
 
-        print(f"warning: no images found in {', '.join(inputs)} (looked recursively for "
-              f"{', '.join(sorted(IMAGE_EXTENSIONS))}); nothing was classified",
-              file=sys.stderr, flush=True)
+        print(
+            f"warning: no images found in {', '.join(inputs)} (looked recursively for "
+            f"{', '.join(sorted(IMAGE_EXTENSIONS))}); nothing was classified",
+            file=sys.stderr,
+            flush=True,
+        )
 
 
 def _evaluate(out: Path, layout: Layout, args: argparse.Namespace) -> None:

@@ -5,6 +5,7 @@ writer accepts. In the path column that byte is written as the four characters `
 backslash as `\\\\`, so every name round-trips: `unescape_path(escape_path(name)) == name`, and
 `os.fsencode(unescape_path(cell))` gives the exact bytes of the name on disk.
 """
+
 from __future__ import annotations
 
 import re

@@ -1,6 +1,7 @@
 """Batches → class probabilities on the host, with the device kept busy: the model is launched on batch k
 before the host waits for batch k-1's results (and the decode thread is already on batch k+1), and each
 batch's probabilities come back in one non_blocking copy into pinned memory, waited for with an event."""
+
 from __future__ import annotations
 
 from collections.abc import Iterable, Iterator
@@ -16,8 +17,8 @@ from serve.discover import Item
 
 class _Launched(NamedTuple):
     batch: Batch
-    probs: torch.Tensor | None        # host tensor (pinned when it came from a GPU); None: no decodable image
-    done: torch.cuda.Event | None     # set once `probs` holds the copy
+    probs: torch.Tensor | None  # host tensor (pinned when it came from a GPU); None: no decodable image
+    done: torch.cuda.Event | None  # set once `probs` holds the copy
 
 
 def launch(backend: Backend, batch: Batch) -> _Launched:
@@ -41,8 +42,9 @@ def collect(launched: _Launched) -> tuple[Batch, np.ndarray | None]:
     return launched.batch, None if launched.probs is None else launched.probs.numpy()
 
 
-def predictions(pipe: DecodePipeline, backend: Backend, items: Iterable[Item],
-                batch_size: int) -> Iterator[tuple[Batch, np.ndarray | None]]:
+def predictions(
+    pipe: DecodePipeline, backend: Backend, items: Iterable[Item], batch_size: int
+) -> Iterator[tuple[Batch, np.ndarray | None]]:
     """(batch, probabilities [n_ok, classes] in the batch's image order), one batch behind the model."""
     pending: _Launched | None = None
     for batch in pipe.batches(items, batch_size):

@@ -2,6 +2,7 @@
 same job: the same model (sha256 of its file, or of a bundle's weights and record), top-k, probability
 columns, format and path style. The CSV itself stays plain (no comment lines) for every CSV reader.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -15,8 +16,13 @@ from core.errors import UserError
 from core.fsio import write_json_atomic
 from core.model_record import sha256_file
 
-MUST_MATCH = {"model_sha256": "model", "topk": "--topk", "probs": "--probs/--evaluate", "format": "--format",
-              "absolute": "--absolute"}
+MUST_MATCH = {
+    "model_sha256": "model",
+    "topk": "--topk",
+    "probs": "--probs/--evaluate",
+    "format": "--format",
+    "absolute": "--absolute",
+}
 
 
 def meta_path(out: Path) -> Path:
@@ -33,8 +39,15 @@ def model_sha256(model: str | Path) -> str:
 
 
 def job_identity(model: str | Path, topk: int, probs: bool, fmt: str, absolute: bool) -> dict[str, Any]:
-    return {"model_sha256": model_sha256(model), "topk": topk, "probs": probs, "format": fmt,
-            "absolute": absolute, "model": str(model), "serve_version": _version()}
+    return {
+        "model_sha256": model_sha256(model),
+        "topk": topk,
+        "probs": probs,
+        "format": fmt,
+        "absolute": absolute,
+        "model": str(model),
+        "serve_version": _version(),
+    }
 
 
 def _version() -> str:
@@ -48,7 +61,9 @@ def write_identity(out: Path, identity: dict[str, Any]) -> None:
     try:
         write_json_atomic(meta_path(out), identity)
     except OSError as exc:
-        raise UserError(f"cannot write {meta_path(out)} ({exc.strerror or exc}); choose another --out") from None
+        raise UserError(
+            f"cannot write {meta_path(out)} ({exc.strerror or exc}); choose another --out"
+        ) from None
 
 
 def check_same_job(out: Path, identity: dict[str, Any]) -> bool:
@@ -61,18 +76,26 @@ def check_same_job(out: Path, identity: dict[str, Any]) -> bool:
     except (OSError, ValueError):
         recorded = None
     if not isinstance(recorded, dict):
-        raise UserError(f"{path} is damaged, so --resume cannot tell what wrote {out.name}; "
-                        "pass --overwrite to start again, or choose another --out")
-    differs = [_difference(key, recorded, identity) for key in MUST_MATCH if recorded.get(key) != identity[key]]
+        raise UserError(
+            f"{path} is damaged, so --resume cannot tell what wrote {out.name}; "
+            "pass --overwrite to start again, or choose another --out"
+        )
+    differs = [
+        _difference(key, recorded, identity) for key in MUST_MATCH if recorded.get(key) != identity[key]
+    ]
     if differs:
-        raise UserError(f"--resume: {out} was written by another job ({'; '.join(differs)}); pass --overwrite "
-                        "to replace it, or choose another --out")
+        raise UserError(
+            f"--resume: {out} was written by another job ({'; '.join(differs)}); pass --overwrite "
+            "to replace it, or choose another --out"
+        )
     return True
 
 
 def _difference(key: str, recorded: dict[str, Any], identity: dict[str, Any]) -> str:
     was, now = recorded.get(key), identity[key]
     if key == "model_sha256":
-        return (f"model {recorded.get('model', '?')} (sha256 {str(was)[:12]}) there, "
-                f"{identity['model']} (sha256 {now[:12]}) now")
+        return (
+            f"model {recorded.get('model', '?')} (sha256 {str(was)[:12]}) there, "
+            f"{identity['model']} (sha256 {now[:12]}) now"
+        )
     return f"{MUST_MATCH[key]} {was} there, {now} now"

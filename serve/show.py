@@ -1,4 +1,5 @@
 """--show: classify one image (file or URL), print its top-k, and save the tutorials' figure."""
+
 from __future__ import annotations
 
 import os
@@ -25,8 +26,9 @@ def default_figure_path(source: str) -> Path:
     return Path(f"{stem}_topk.png")
 
 
-def show_one(item: Item, backend: Backend, spec: EvalSpec, layout: Layout, figure: Path,
-             timeout: float) -> dict[str, Any]:
+def show_one(
+    item: Item, backend: Backend, spec: EvalSpec, layout: Layout, figure: Path, timeout: float
+) -> dict[str, Any]:
     """The row for `item`; prints the top-k (or the error) and writes the figure when it decodes."""
     try:
         if item.error:
@@ -43,8 +45,9 @@ def show_one(item: Item, backend: Backend, spec: EvalSpec, layout: Layout, figur
     for rank, i in enumerate(top, start=1):
         print(f"  {rank}. {layout.display_names[i]:<{width}}  {probs[i]:.4f}  (label {layout.classes[i]})")
     try:
-        plot_topk(image, probs, list(layout.display_names), layout.topk, figure,
-                  title=os.path.basename(item.path))
+        plot_topk(
+            image, probs, list(layout.display_names), layout.topk, figure, title=os.path.basename(item.path)
+        )
     except OSError as exc:
         raise UserError(f"cannot write {figure} ({exc.strerror or exc}); choose another --figure") from None
     print(f"figure: {figure}")

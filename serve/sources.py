@@ -3,6 +3,7 @@
 Only regular files are read, and never more than the item's cap + 1 bytes: a FIFO, a device (/dev/zero
 behind a symlink), a socket or a huge sparse file must become an error row, not a hung or exhausted run.
 """
+
 from __future__ import annotations
 
 import errno
@@ -14,13 +15,20 @@ import urllib.request
 
 from serve.discover import Item, is_url
 
-NOT_REGULAR = {stat.S_IFIFO: "a FIFO (named pipe)", stat.S_IFCHR: "a character device",
-               stat.S_IFBLK: "a block device", stat.S_IFSOCK: "a socket", stat.S_IFDIR: "a directory"}
-OPEN_ERRORS = {errno.EACCES: "permission denied (cannot read the file)",
-               errno.EPERM: "permission denied (cannot read the file)",
-               errno.ENOENT: "file not found (deleted or a broken symlink)",
-               errno.ELOOP: "symlink loop (too many levels of symbolic links)",
-               errno.ENXIO: "not a regular file (a socket or a device without a reader)"}
+NOT_REGULAR = {
+    stat.S_IFIFO: "a FIFO (named pipe)",
+    stat.S_IFCHR: "a character device",
+    stat.S_IFBLK: "a block device",
+    stat.S_IFSOCK: "a socket",
+    stat.S_IFDIR: "a directory",
+}
+OPEN_ERRORS = {
+    errno.EACCES: "permission denied (cannot read the file)",
+    errno.EPERM: "permission denied (cannot read the file)",
+    errno.ENOENT: "file not found (deleted or a broken symlink)",
+    errno.ELOOP: "symlink loop (too many levels of symbolic links)",
+    errno.ENXIO: "not a regular file (a socket or a device without a reader)",
+}
 
 
 class SourceError(Exception):
@@ -73,8 +81,10 @@ def _read_at_most(fd: int, limit: int) -> bytes:
 
 
 def _too_big(size: int, max_bytes: int) -> str:
-    return (f"file larger than the --max-file-mb limit ({size / 2**20:.1f} MiB > {max_bytes / 2**20:g} MiB); "
-            "not read")
+    return (
+        f"file larger than the --max-file-mb limit ({size / 2**20:.1f} MiB > {max_bytes / 2**20:g} MiB); "
+        "not read"
+    )
 
 
 def _fetch(url: str, timeout: float, max_bytes: int) -> bytes:
@@ -92,5 +102,7 @@ def _fetch(url: str, timeout: float, max_bytes: int) -> bytes:
     except (OSError, ValueError) as exc:
         raise SourceError(f"cannot fetch URL: {exc}") from None
     if len(data) > max_bytes:
-        raise SourceError(f"download larger than the --max-file-mb limit ({max_bytes / 2**20:g} MiB); refused")
+        raise SourceError(
+            f"download larger than the --max-file-mb limit ({max_bytes / 2**20:g} MiB); refused"
+        )
     return data

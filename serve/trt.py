@@ -1,6 +1,7 @@
 """TensorRT engine backend. An engine only runs on the GPU model and TensorRT version it was built for,
 so its sidecar is checked against this machine first (core.model_record.check_engine_host) and a
 mismatch is refused with the command that rebuilds it."""
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -17,8 +18,9 @@ def _import_tensorrt():
     try:
         import tensorrt
     except ImportError:
-        raise UserError("serving a .engine needs TensorRT: pip install '.[gpu]' (or serve model.onnx "
-                        "with onnxruntime)") from None
+        raise UserError(
+            "serving a .engine needs TensorRT: pip install '.[gpu]' (or serve model.onnx with onnxruntime)"
+        ) from None
     return tensorrt
 
 
@@ -28,9 +30,13 @@ class TensorRTBackend:
         if device.type != "cuda":
             raise UserError("a TensorRT engine needs a CUDA GPU; serve model.onnx or the bundle on the CPU")
         trt = _import_tensorrt()
-        check_engine_host(engine, facts, tensorrt_version=trt.__version__,
-                          gpu_name=torch.cuda.get_device_name(device),
-                          compute_capability=torch.cuda.get_device_capability(device))
+        check_engine_host(
+            engine,
+            facts,
+            tensorrt_version=trt.__version__,
+            gpu_name=torch.cuda.get_device_name(device),
+            compute_capability=torch.cuda.get_device_capability(device),
+        )
         self.device, self.trt = device, trt
         torch.cuda.set_device(device)
         self.engine = trt.Runtime(trt.Logger(trt.Logger.WARNING)).deserialize_cuda_engine(engine.read_bytes())
@@ -42,8 +48,10 @@ class TensorRTBackend:
         # every output (logits, and probs when export added it) needs a buffer bound, even unused ones
         self.outputs = [n for n in names if self.engine.get_tensor_mode(n) == trt.TensorIOMode.OUTPUT]
         self.stream = torch.cuda.Stream(device)
-        self.description = (f"TensorRT {trt.__version__} engine on {torch.cuda.get_device_name(device)} "
-                            f"({facts.get('precision', '?')}, max batch {self.max_batch})")
+        self.description = (
+            f"TensorRT {trt.__version__} engine on {torch.cuda.get_device_name(device)} "
+            f"({facts.get('precision', '?')}, max batch {self.max_batch})"
+        )
 
     def _dtype(self, name: str) -> torch.dtype:
         t = self.trt.DataType
@@ -71,8 +79,10 @@ class TensorRTBackend:
     def _enqueue(self, images: torch.Tensor) -> torch.Tensor:
         self.context.set_input_shape(ONNX_INPUT, tuple(images.shape))
         self.context.set_tensor_address(ONNX_INPUT, images.data_ptr())
-        outs = {n: torch.empty(tuple(self.context.get_tensor_shape(n)), dtype=self._dtype(n), device=self.device)
-                for n in self.outputs}
+        outs = {
+            n: torch.empty(tuple(self.context.get_tensor_shape(n)), dtype=self._dtype(n), device=self.device)
+            for n in self.outputs
+        }
         for name, out in outs.items():
             self.context.set_tensor_address(name, out.data_ptr())
         if not self.context.execute_async_v3(self.stream.cuda_stream):

@@ -1,5 +1,6 @@
 """The CPU decode worker processes: forked once, deaf to Ctrl-C, dead with their parent, and ended at
 once (not drained) when the run is interrupted, so a Ctrl-C or a killed serve never leaves them behind."""
+
 from __future__ import annotations
 
 import ctypes
@@ -14,7 +15,7 @@ from concurrent.futures import Future, ProcessPoolExecutor
 import torch
 
 PR_SET_PDEATHSIG = 1  # linux/prctl.h
-PARENT_POLL_S = 0.5   # the portable backstop: how often a worker checks that its parent still lives
+PARENT_POLL_S = 0.5  # the portable backstop: how often a worker checks that its parent still lives
 
 
 def die_with_parent(parent: int) -> None:
@@ -57,8 +58,9 @@ class DecodeWorkers:
         # inherit) or CUDA exist. PR_SET_PDEATHSIG is tied to this forking thread: call it from the main one.
         ctx = mp.get_context("fork") if "fork" in mp.get_all_start_methods() else None
         self.workers = workers
-        self.pool = ProcessPoolExecutor(workers, mp_context=ctx, initializer=init_worker,
-                                        initargs=(os.getpid(),))
+        self.pool = ProcessPoolExecutor(
+            workers, mp_context=ctx, initializer=init_worker, initargs=(os.getpid(),)
+        )
         self.pool.submit(int).result()
 
     def submit(self, fn: Callable, *args) -> Future:

@@ -3,6 +3,7 @@
 A kill loses at most the batch in flight: every batch is one write of complete lines, and a torn
 last line (a kill inside that write) is cut off when the file is resumed.
 """
+
 from __future__ import annotations
 
 import csv
@@ -44,7 +45,17 @@ class Layout:
     def columns(self) -> list[str]:
         k = f"top{self.topk}"
         per_class = [f"prob_{c}" for c in self.classes] if self.probs else []
-        return ["path", "status", "label", "display_name", "prob", f"{k}_labels", f"{k}_probs", "error", *per_class]
+        return [
+            "path",
+            "status",
+            "label",
+            "display_name",
+            "prob",
+            f"{k}_labels",
+            f"{k}_probs",
+            "error",
+            *per_class,
+        ]
 
     @property
     def topk_columns(self) -> tuple[str, str]:
@@ -53,13 +64,21 @@ class Layout:
 
 # ─── rows ─────────────────────────────────────────────────────────────────────────────────────
 
+
 def ok_row(layout: Layout, path: str, probs: np.ndarray) -> dict[str, Any]:
     order = np.argsort(-probs, kind="stable")[: layout.topk]
     best = int(order[0])
     labels_col, probs_col = layout.topk_columns
-    row = {"path": path, "status": "ok", "label": layout.classes[best], "display_name": layout.display_names[best],
-           "prob": float(probs[best]), labels_col: [layout.classes[i] for i in order],
-           probs_col: [float(probs[i]) for i in order], "error": ""}
+    row = {
+        "path": path,
+        "status": "ok",
+        "label": layout.classes[best],
+        "display_name": layout.display_names[best],
+        "prob": float(probs[best]),
+        labels_col: [layout.classes[i] for i in order],
+        probs_col: [float(probs[i]) for i in order],
+        "error": "",
+    }
     if layout.probs:
         row.update({f"prob_{c}": float(p) for c, p in zip(layout.classes, probs)})
     return row
@@ -67,8 +86,16 @@ def ok_row(layout: Layout, path: str, probs: np.ndarray) -> dict[str, Any]:
 
 def error_row(layout: Layout, path: str, reason: str) -> dict[str, Any]:
     labels_col, probs_col = layout.topk_columns
-    row = {"path": path, "status": "error", "label": None, "display_name": None, "prob": None,
-           labels_col: [], probs_col: [], "error": reason}
+    row = {
+        "path": path,
+        "status": "error",
+        "label": None,
+        "display_name": None,
+        "prob": None,
+        labels_col: [],
+        probs_col: [],
+        "error": reason,
+    }
     if layout.probs:
         row.update({f"prob_{c}": None for c in layout.classes})
     return row
@@ -97,10 +124,14 @@ def encode(layout: Layout, rows: Iterable[dict[str, Any]], seq: bool = False) ->
     """Complete lines for `rows` in the layout's column order (a part file's lines start with seq)."""
     columns = ([SEQ] if seq else []) + layout.columns
     if layout.fmt == "jsonl":
-        return "".join(json.dumps({c: _json_value(r.get(c)) for c in columns}, ensure_ascii=False) + "\n"
-                       for r in rows)
+        return "".join(
+            json.dumps({c: _json_value(r.get(c)) for c in columns}, ensure_ascii=False) + "\n" for r in rows
+        )
     buf = io.StringIO()
-    plain, quote_all = csv.writer(buf, lineterminator="\n"), csv.writer(buf, lineterminator="\n", quoting=csv.QUOTE_ALL)
+    plain, quote_all = (
+        csv.writer(buf, lineterminator="\n"),
+        csv.writer(buf, lineterminator="\n", quoting=csv.QUOTE_ALL),
+    )
     for r in rows:
         cells = [_cell(r.get(c)) for c in columns]
         # csv quotes a field holding "\n" but not one holding a bare "\r", which readers take as a line end
@@ -118,6 +149,7 @@ def header(layout: Layout, seq: bool = False) -> str:
 
 # ─── writing ──────────────────────────────────────────────────────────────────────────────────
 
+
 class RowWriter:
     """Appends batches of rows to one file; each batch is one write of whole lines, then flushed."""
 
@@ -127,7 +159,9 @@ class RowWriter:
         try:
             path.parent.mkdir(parents=True, exist_ok=True)
             fresh = not append or not path.exists() or path.stat().st_size == 0
-            self.fh = open(path, "a" if append else "w", encoding="utf-8", newline="", errors="backslashreplace")
+            self.fh = open(
+                path, "a" if append else "w", encoding="utf-8", newline="", errors="backslashreplace"
+            )
         except OSError as exc:
             raise UserError(f"cannot write {path} ({exc.strerror or exc}); choose another --out") from None
         if fresh:
@@ -150,6 +184,7 @@ class RowWriter:
 
 
 # ─── reading back: resume, merge, evaluation ──────────────────────────────────────────────────
+
 
 def repair_tail(path: str | Path, fmt: str = "csv") -> int:
     """Cut a torn tail (a kill inside a write) after the last complete record. Returns the bytes removed.
@@ -201,15 +236,19 @@ def _last_csv_record_end(path: Path) -> int:
                 width = len(record) if width is None else width
                 if last_line_whole and len(record) == width:
                     if bad_at is not None:
-                        raise UserError(f"{path} is damaged at line {bad_at} (not only at its end); "
-                                        "pass --overwrite to start it again, or use another --out")
+                        raise UserError(
+                            f"{path} is damaged at line {bad_at} (not only at its end); "
+                            "pass --overwrite to start it again, or use another --out"
+                        )
                     good = consumed
                 elif bad_at is None:
                     bad_at = reader.line_num
         except csv.Error:  # an unterminated quote: a torn tail if nothing follows it
             if fh.read(1):
-                raise UserError(f"{path} is damaged at line {reader.line_num} (not a CSV record); pass "
-                                "--overwrite to start it again, or use another --out") from None
+                raise UserError(
+                    f"{path} is damaged at line {reader.line_num} (not a CSV record); pass "
+                    "--overwrite to start it again, or use another --out"
+                ) from None
     return good
 
 
@@ -221,8 +260,10 @@ def check_layout(path: str | Path, layout: Layout, seq: bool = False) -> None:
         return
     found = _columns_of(first, layout.fmt)
     if found != expected:
-        raise UserError(f"{path} has different columns than this run would write ({_diff(found, expected)}); "
-                        "use the same model, --topk, --probs and --format, or pass --overwrite")
+        raise UserError(
+            f"{path} has different columns than this run would write ({_diff(found, expected)}); "
+            "use the same model, --topk, --probs and --format, or pass --overwrite"
+        )
 
 
 def _first_line(path: Path) -> str | None:
@@ -245,8 +286,9 @@ def _diff(found: list[str] | None, expected: list[str]) -> str:
     if found is None:
         return "it is not a predictions file in this format"
     extra, missing = [c for c in found if c not in expected], [c for c in expected if c not in found]
-    parts = ([f"unexpected {', '.join(extra[:4])}"] if extra else []) + \
-        ([f"missing {', '.join(missing[:4])}"] if missing else [])
+    parts = ([f"unexpected {', '.join(extra[:4])}"] if extra else []) + (
+        [f"missing {', '.join(missing[:4])}"] if missing else []
+    )
     return "; ".join(parts) or "column order differs"
 
 
@@ -279,8 +321,9 @@ def existing_parts(out: str | Path) -> list[Path]:
     return sorted(p for p in out.parent.iterdir() if pattern.fullmatch(p.name))
 
 
-def merge_parts(out: str | Path, layout: Layout, parts: list[Path], append: bool,
-                skip: set[str] | None = None) -> int:
+def merge_parts(
+    out: str | Path, layout: Layout, parts: list[Path], append: bool, skip: set[str] | None = None
+) -> int:
     """Merge per-process part files (each in stream order) into `out` in stream order, streaming.
 
     Appends after a resumed file's rows, or writes a new file atomically; then removes the parts.
@@ -301,7 +344,9 @@ def merge_parts(out: str | Path, layout: Layout, parts: list[Path], append: bool
     return count
 
 
-def _append_rows(path: str | Path, layout: Layout, rows: Iterator[dict[str, Any]], fresh: bool = False) -> int:
+def _append_rows(
+    path: str | Path, layout: Layout, rows: Iterator[dict[str, Any]], fresh: bool = False
+) -> int:
     count, block = 0, []
     with open(path, "w" if fresh else "a", encoding="utf-8", newline="") as fh:
         fh.write(header(layout) if fresh else "")

@@ -5,6 +5,7 @@ the launcher's process group misses the workers. The tree is therefore recorded 
 start time, so a recycled pid is never hit) and every member still alive at the end is killed.
 Output goes to files, not pipes: a stray worker holding a pipe open cannot block the reading.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -63,10 +64,14 @@ def run_tree(cmd: list[str], timeout: float, **popen_kw) -> subprocess.Completed
 def run_trees(commands: list[tuple[list[str], dict]], timeout: float) -> list[subprocess.CompletedProcess]:
     """run_tree for commands that must run at the same time (e.g. one launcher per node), one shared deadline."""
     with contextlib.ExitStack() as stack:
-        files = [(stack.enter_context(tempfile.TemporaryFile()), stack.enter_context(tempfile.TemporaryFile()))
-                 for _ in commands]
-        procs = [subprocess.Popen(cmd, stdout=out, stderr=err, start_new_session=True, **kw)
-                 for (cmd, kw), (out, err) in zip(commands, files)]
+        files = [
+            (stack.enter_context(tempfile.TemporaryFile()), stack.enter_context(tempfile.TemporaryFile()))
+            for _ in commands
+        ]
+        procs = [
+            subprocess.Popen(cmd, stdout=out, stderr=err, start_new_session=True, **kw)
+            for (cmd, kw), (out, err) in zip(commands, files)
+        ]
         tree: dict[int, str] = {}
         deadline = time.monotonic() + timeout
         try:
@@ -85,13 +90,19 @@ def run_trees(commands: list[tuple[list[str], dict]], timeout: float) -> list[su
                 p.wait()
         outputs = [(_read(out), _read(err)) for out, err in files]
     if any(hung):
-        shown = "\n".join(f"=== {' '.join(map(str, cmd[:6]))} ... ({'hung' if h else f'exit {p.returncode}'})\n"
-                          f"--- stdout (tail) ---\n{o[-TAIL:]}\n--- stderr (tail) ---\n{e[-TAIL:]}"
-                          for (cmd, _), p, h, (o, e) in zip(commands, procs, hung, outputs))
-        pytest.fail(f"still running after {timeout:.0f} s; killed with {len(tree)} child process(es)\n{shown}",
-                    pytrace=False)
-    return [subprocess.CompletedProcess(cmd, p.returncode, o, e)
-            for (cmd, _), p, (o, e) in zip(commands, procs, outputs)]
+        shown = "\n".join(
+            f"=== {' '.join(map(str, cmd[:6]))} ... ({'hung' if h else f'exit {p.returncode}'})\n"
+            f"--- stdout (tail) ---\n{o[-TAIL:]}\n--- stderr (tail) ---\n{e[-TAIL:]}"
+            for (cmd, _), p, h, (o, e) in zip(commands, procs, hung, outputs)
+        )
+        pytest.fail(
+            f"still running after {timeout:.0f} s; killed with {len(tree)} child process(es)\n{shown}",
+            pytrace=False,
+        )
+    return [
+        subprocess.CompletedProcess(cmd, p.returncode, o, e)
+        for (cmd, _), p, (o, e) in zip(commands, procs, outputs)
+    ]
 
 
 def _read(fh) -> str:

@@ -3,6 +3,7 @@
 Checked by what is imported (`python -X importtime` lists every module), not by timing: the
 commands run exactly as a user types them, in a fresh interpreter.
 """
+
 from __future__ import annotations
 
 import os
@@ -19,21 +20,30 @@ HEAVY = ("torch", "torchvision", "accelerate", "onnx", "onnxruntime", "tensorrt"
 
 def imported_heavy(args: list[str]) -> tuple[subprocess.CompletedProcess, set[str]]:
     env = {**os.environ, "PYTHONPATH": str(REPO)}
-    proc = subprocess.run([sys.executable, "-X", "importtime", *args], cwd=REPO, env=env,
-                          capture_output=True, text=True, timeout=120)
+    proc = subprocess.run(
+        [sys.executable, "-X", "importtime", *args],
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     names = {m.group(1) for m in re.finditer(r"^import time:.*\|\s*(\S+)\s*$", proc.stderr, re.M)}
     return proc, names & set(HEAVY)
 
 
-@pytest.mark.parametrize("command", [
-    ["train/main.py", "--help"],
-    ["export/main.py", "--help"],
-    ["serve/main.py", "--help"],
-    ["train/split.py", "--help"],
-    ["train/demo_data.py", "--help"],
-    ["-m", "core.config"],
-    ["-m", "core.config", "--markdown"],
-])
+@pytest.mark.parametrize(
+    "command",
+    [
+        ["train/main.py", "--help"],
+        ["export/main.py", "--help"],
+        ["serve/main.py", "--help"],
+        ["train/split.py", "--help"],
+        ["train/demo_data.py", "--help"],
+        ["-m", "core.config"],
+        ["-m", "core.config", "--markdown"],
+    ],
+)
 def test_help_and_config_reference_import_no_heavy_library(command):
     proc, heavy = imported_heavy(command)
     assert proc.returncode == 0, proc.stderr[-2000:]
@@ -48,8 +58,17 @@ def test_config_markdown_is_the_readme_table():
     assert proc.stdout.strip() == reference_markdown()
 
 
-@pytest.mark.parametrize("override", ["model.head.dropout=1.5", "train.optimizer.lr=-1", "augment.hflip=2",
-                                      "preprocess.crop=0", "augment.scale=[1.0,0.5]", "data.num_workers=-1"])
+@pytest.mark.parametrize(
+    "override",
+    [
+        "model.head.dropout=1.5",
+        "train.optimizer.lr=-1",
+        "augment.hflip=2",
+        "preprocess.crop=0",
+        "augment.scale=[1.0,0.5]",
+        "data.num_workers=-1",
+    ],
+)
 def test_config_value_out_of_range_is_one_line_exit_2_before_torch(override):
     proc, heavy = imported_heavy(["train/main.py", override])
     errors = [line for line in proc.stderr.splitlines() if not line.startswith("import time:")]
@@ -66,5 +85,8 @@ def test_option_names_copied_for_a_light_help_match_the_heavy_modules():
 
     assert serve_main.BACKENDS == tuple(OPENERS)
     assert export_main.EXPORTERS == tuple(onnx_export.EXPORTERS)
-    assert (export_main.DEFAULT_EXPORTER, export_main.OPSET) == (onnx_export.DEFAULT_EXPORTER, onnx_export.OPSET)
+    assert (export_main.DEFAULT_EXPORTER, export_main.OPSET) == (
+        onnx_export.DEFAULT_EXPORTER,
+        onnx_export.OPSET,
+    )
     assert export_main.PROVIDERS == tuple(verify.PROVIDERS) and export_main.PRECISIONS == tuple(verify.GATES)

@@ -1,4 +1,5 @@
 """tools/gpu_check.py --smoke: every step of the GPU check runs at tiny sizes on the CPU, so the script cannot rot."""
+
 from __future__ import annotations
 
 import json
@@ -16,14 +17,36 @@ REPO = Path(__file__).resolve().parents[1]
 def test_smoke_run_passes_every_step_and_writes_its_summary(tmp_path):
     out = tmp_path / "check"
     env = {**os.environ, "OMP_NUM_THREADS": "2", "CUDA_VISIBLE_DEVICES": ""}
-    proc = subprocess.run([sys.executable, str(REPO / "tools" / "gpu_check.py"), "--smoke", "--out", str(out),
-                           "--budget", "420"], capture_output=True, text=True, env=env, timeout=600, cwd=tmp_path)
+    proc = subprocess.run(
+        [
+            sys.executable,
+            str(REPO / "tools" / "gpu_check.py"),
+            "--smoke",
+            "--out",
+            str(out),
+            "--budget",
+            "420",
+        ],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=600,
+        cwd=tmp_path,
+    )
     summary = json.loads((out / "summary.json").read_text())
     statuses = {s["name"]: s["status"] for s in summary["steps"]}
     assert proc.returncode == 0 and summary["ok"], proc.stdout + proc.stderr
-    assert statuses == {"env": "pass", "pytest_gpu": "pass", "decode": "pass", "train_bench_resnet50": "pass",
-                        "train_bench_densenet": "skipped", "serve_bench": "pass", "train_2_epochs": "pass",
-                        "serve_gpu_vs_cpu": "pass", "export": "pass"}
+    assert statuses == {
+        "env": "pass",
+        "pytest_gpu": "pass",
+        "decode": "pass",
+        "train_bench_resnet50": "pass",
+        "train_bench_densenet": "skipped",
+        "serve_bench": "pass",
+        "train_2_epochs": "pass",
+        "serve_gpu_vs_cpu": "pass",
+        "export": "pass",
+    }
     steps = {s["name"]: s for s in summary["steps"]}
     assert steps["decode"]["figures"]["444"]["max_abs_diff"] <= 1  # CPU decoders agree on 4:4:4
     assert steps["train_2_epochs"]["figures"]["classes"] == 4

@@ -1,4 +1,5 @@
 """launch.sh: the topology it resolves from plain and SLURM variables, seen through --dry-run, and real launches."""
+
 from __future__ import annotations
 
 import os
@@ -15,8 +16,16 @@ from tests.proctree import run_trees
 
 REPO = Path(__file__).resolve().parents[1]
 LAUNCH = REPO / "launch.sh"
-TOPOLOGY_VARS = ("NUM_NODES", "NODE_RANK", "MASTER_ADDR", "MASTER_PORT", "GPUS_PER_NODE", "CUDA_VISIBLE_DEVICES",
-                 "LAUNCH_DRY_RUN", "ACCELERATE_CONFIG")
+TOPOLOGY_VARS = (
+    "NUM_NODES",
+    "NODE_RANK",
+    "MASTER_ADDR",
+    "MASTER_PORT",
+    "GPUS_PER_NODE",
+    "CUDA_VISIBLE_DEVICES",
+    "LAUNCH_DRY_RUN",
+    "ACCELERATE_CONFIG",
+)
 
 
 def fake_tool(bin_dir: Path, name: str, body: str) -> None:
@@ -36,13 +45,16 @@ def env(tmp_path) -> dict[str, str]:
 
 
 def launch(env: dict[str, str], *args: str, **extra: str) -> subprocess.CompletedProcess:
-    return subprocess.run([str(LAUNCH), *args], env={**env, **extra}, capture_output=True, text=True,
-                          timeout=60, check=False)
+    return subprocess.run(
+        [str(LAUNCH), *args], env={**env, **extra}, capture_output=True, text=True, timeout=60, check=False
+    )
 
 
 def dry_run(env: dict[str, str], **extra: str) -> tuple[str, dict, list[str]]:
     """(topology line, accelerate flags, script + its args) of `./launch.sh --dry-run train/main.py ...`."""
-    res = launch(env, "--dry-run", "train/main.py", "--config", "configs/my recipe.yaml", "train.epochs=3", **extra)
+    res = launch(
+        env, "--dry-run", "train/main.py", "--config", "configs/my recipe.yaml", "train.epochs=3", **extra
+    )
     assert res.returncode == 0, res.stderr
     topology, command = res.stdout.splitlines()
     words = shlex.split(command)
@@ -50,18 +62,29 @@ def dry_run(env: dict[str, str], **extra: str) -> tuple[str, dict, list[str]]:
     assert words[start + 1] == "launch"
     flags, i = {"env": words[:start]}, start + 2
     while words[i].startswith("--"):
-        takes_value = i + 1 < len(words) and not words[i + 1].startswith("--") and words[i + 1] != "train/main.py"
+        takes_value = (
+            i + 1 < len(words) and not words[i + 1].startswith("--") and words[i + 1] != "train/main.py"
+        )
         flags[words[i]] = words[i + 1] if takes_value else True
         i += 2 if takes_value else 1
     return topology, flags, words[i:]
 
 
 def topology_of(flags: dict) -> tuple:
-    return tuple(flags.get(k) for k in ("--num_machines", "--machine_rank", "--main_process_ip",
-                                        "--main_process_port", "--num_processes"))
+    return tuple(
+        flags.get(k)
+        for k in (
+            "--num_machines",
+            "--machine_rank",
+            "--main_process_ip",
+            "--main_process_port",
+            "--num_processes",
+        )
+    )
 
 
 # ─── defaults ──────────────────────────────────────────────────────────────────────────────────
+
 
 def test_default_is_one_cpu_process_on_this_node_and_the_script_args_pass_through_verbatim(env):
     topology, flags, script = dry_run(env)
@@ -72,8 +95,11 @@ def test_default_is_one_cpu_process_on_this_node_and_the_script_args_pass_throug
 
 
 def test_all_local_gpus_counted_by_nvidia_smi_become_processes(env):
-    fake_tool(Path(env["FAKE_BIN"]), "nvidia-smi",
-              '[[ $1 == -L ]] || exit 1\nfor i in 0 1 2; do echo "GPU $i: NVIDIA H100 (UUID: GPU-$i)"; done')
+    fake_tool(
+        Path(env["FAKE_BIN"]),
+        "nvidia-smi",
+        '[[ $1 == -L ]] || exit 1\nfor i in 0 1 2; do echo "GPU $i: NVIDIA H100 (UUID: GPU-$i)"; done',
+    )
     _, flags, _ = dry_run(env)
     assert flags["--num_processes"] == "3" and flags["--multi_gpu"] is True and "--cpu" not in flags
 
@@ -90,13 +116,16 @@ def test_launch_dry_run_variable_equals_the_flag(env):
 
 # ─── plain variables ───────────────────────────────────────────────────────────────────────────
 
+
 def test_plain_variables_give_nodes_rank_master_and_nodes_times_gpus_processes(env):
-    topology, flags, _ = dry_run(env, NUM_NODES="3", NODE_RANK="2", MASTER_ADDR="10.1.2.3",
-                                 MASTER_PORT="12345", GPUS_PER_NODE="8")
+    topology, flags, _ = dry_run(
+        env, NUM_NODES="3", NODE_RANK="2", MASTER_ADDR="10.1.2.3", MASTER_PORT="12345", GPUS_PER_NODE="8"
+    )
     assert topology_of(flags) == ("3", "2", "10.1.2.3", "12345", "24")
     assert flags["--multi_gpu"] is True
-    assert topology == ("launch: nodes=3 node_rank=2 device=gpu procs_per_node=8 processes=24 "
-                        "master=10.1.2.3:12345")
+    assert topology == (
+        "launch: nodes=3 node_rank=2 device=gpu procs_per_node=8 processes=24 master=10.1.2.3:12345"
+    )
 
 
 def test_multi_node_without_gpus_runs_one_gloo_process_per_node(env):
@@ -112,13 +141,21 @@ def test_accelerate_config_adds_config_file(env):
 
 # ─── SLURM ─────────────────────────────────────────────────────────────────────────────────────
 
-SLURM = {"SLURM_NNODES": "2", "SLURM_NODEID": "1", "SLURM_JOB_NODELIST": "gpu-[07-08]", "SLURM_GPUS_ON_NODE": "4"}
+SLURM = {
+    "SLURM_NNODES": "2",
+    "SLURM_NODEID": "1",
+    "SLURM_JOB_NODELIST": "gpu-[07-08]",
+    "SLURM_GPUS_ON_NODE": "4",
+}
 
 
 def fake_scontrol(env: dict[str, str]) -> None:
-    fake_tool(Path(env["FAKE_BIN"]), "scontrol",
-              '[[ "$*" == "show hostnames gpu-[07-08]" ]] || { echo "bad call: $*" >&2; exit 1; }\n'
-              'printf "gpu-07\\ngpu-08\\n"')
+    fake_tool(
+        Path(env["FAKE_BIN"]),
+        "scontrol",
+        '[[ "$*" == "show hostnames gpu-[07-08]" ]] || { echo "bad call: $*" >&2; exit 1; }\n'
+        'printf "gpu-07\\ngpu-08\\n"',
+    )
 
 
 def test_slurm_variables_and_scontrol_give_the_topology(env):
@@ -143,12 +180,16 @@ def test_plain_variables_win_over_slurm(env):
 
 # ─── refusals ──────────────────────────────────────────────────────────────────────────────────
 
-@pytest.mark.parametrize("extra, message", [
-    ({"NUM_NODES": "2"}, "MASTER_ADDR is not set"),
-    ({"NUM_NODES": "2", "NODE_RANK": "2", "MASTER_ADDR": "h"}, "NODE_RANK 2 is out of range for 2 nodes"),
-    ({"GPUS_PER_NODE": "four"}, "GPUS_PER_NODE must be a whole number"),
-    ({"NUM_NODES": "0"}, "NUM_NODES must be at least 1"),
-])
+
+@pytest.mark.parametrize(
+    "extra, message",
+    [
+        ({"NUM_NODES": "2"}, "MASTER_ADDR is not set"),
+        ({"NUM_NODES": "2", "NODE_RANK": "2", "MASTER_ADDR": "h"}, "NODE_RANK 2 is out of range for 2 nodes"),
+        ({"GPUS_PER_NODE": "four"}, "GPUS_PER_NODE must be a whole number"),
+        ({"NUM_NODES": "0"}, "NUM_NODES must be at least 1"),
+    ],
+)
 def test_inconsistent_topology_is_one_error_line_and_exit_2(env, extra, message):
     res = launch(env, "--dry-run", "train/main.py", **extra)
     assert res.returncode == 2
@@ -193,9 +234,16 @@ def probe(tmp_path, env) -> Path:
 @pytest.mark.slow
 def test_two_nodes_on_localhost_join_one_process_group(env, probe, tmp_path):
     node = {"NUM_NODES": "2", "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(free_port())}
-    runs = run_trees([([str(LAUNCH), str(probe), "a", "b c"], {"env": {**env, **node, "NODE_RANK": str(rank)}})
-                      for rank in (0, 1)], timeout=DEADLINE_S)
-    assert [r.returncode for r in runs] == [0, 0], "\n---\n".join(r.stdout[-3000:] + r.stderr[-3000:] for r in runs)
+    runs = run_trees(
+        [
+            ([str(LAUNCH), str(probe), "a", "b c"], {"env": {**env, **node, "NODE_RANK": str(rank)}})
+            for rank in (0, 1)
+        ],
+        timeout=DEADLINE_S,
+    )
+    assert [r.returncode for r in runs] == [0, 0], "\n---\n".join(
+        r.stdout[-3000:] + r.stderr[-3000:] for r in runs
+    )
     assert "rank=0 world=2 ranks=[0, 1] args=['a', 'b c']" in runs[0].stdout
     assert "rank=1 world=2 ranks=[0, 1] args=['a', 'b c']" in runs[1].stdout
     assert not any("terminate called" in r.stderr for r in runs)

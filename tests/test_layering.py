@@ -1,4 +1,5 @@
 """The architecture rule: stages import core/, never each other; core imports no stage."""
+
 import ast
 from pathlib import Path
 
@@ -22,6 +23,9 @@ def _imports(path: Path) -> set[str]:
 @pytest.mark.parametrize("package", STAGES + ("core",))
 def test_no_stage_imports_another_stage(package):
     forbidden = set(STAGES) - {package}
-    offenders = {str(p.relative_to(REPO)): sorted(_imports(p) & forbidden)
-                 for p in (REPO / package).rglob("*.py") if _imports(p) & forbidden}
+    offenders = {
+        str(p.relative_to(REPO)): sorted(_imports(p) & forbidden)
+        for p in (REPO / package).rglob("*.py")
+        if _imports(p) & forbidden
+    }
     assert not offenders, f"cross-stage imports: {offenders}"

@@ -1,4 +1,5 @@
 """The deadline helper of the multi-process tests: a hung tree fails fast with its output and leaves nothing."""
+
 from __future__ import annotations
 
 import os
@@ -35,6 +36,9 @@ def _state(pid: int) -> str:
 
 
 def test_a_finished_command_returns_its_exit_code_and_output():
-    done = run_tree([sys.executable, "-c", "import sys; print('out'); print('err', file=sys.stderr); sys.exit(3)"],
-                    timeout=60, env=dict(os.environ))
+    done = run_tree(
+        [sys.executable, "-c", "import sys; print('out'); print('err', file=sys.stderr); sys.exit(3)"],
+        timeout=60,
+        env=dict(os.environ),
+    )
     assert (done.returncode, done.stdout, done.stderr) == (3, "out\n", "err\n")

@@ -7,6 +7,7 @@ Each step runs in its own process with its own time limit, inside a total budget
 times out is recorded and the next one still runs. Everything lands in --out: `summary.json` (status,
 seconds and figures per step) and `logs/<step>.log`. Exit 0 only when every step passed.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -41,24 +42,69 @@ class Sizes:
 
 
 GPU = Sizes(
-    decode_images=256, decode_side=500,
-    bench_args=["--models", "resnet50", "--size", "224", "--batch-size", "256", "--amp", "--channels-last",
-                "--steps", "30", "--warmup", "8", "--workers", "8", "--synthetic", "2048", "--image-size", "500"],
-    densenet_args=["--models", "densenet161", "--freeze-backbone", "--size", "224", "--batch-size", "128",
-                   "--amp", "--channels-last", "--steps", "20", "--warmup", "5", "--workers", "8", "--synthetic", "1024",
-                   "--image-size", "500", "--paths", "model,gpu,tutorial"],
+    decode_images=256,
+    decode_side=500,
+    bench_args=[
+        "--models",
+        "resnet50",
+        "--size",
+        "224",
+        "--batch-size",
+        "256",
+        "--amp",
+        "--channels-last",
+        "--steps",
+        "30",
+        "--warmup",
+        "8",
+        "--workers",
+        "8",
+        "--synthetic",
+        "2048",
+        "--image-size",
+        "500",
+    ],
+    densenet_args=[
+        "--models",
+        "densenet161",
+        "--freeze-backbone",
+        "--size",
+        "224",
+        "--batch-size",
+        "128",
+        "--amp",
+        "--channels-last",
+        "--steps",
+        "20",
+        "--warmup",
+        "5",
+        "--workers",
+        "8",
+        "--synthetic",
+        "1024",
+        "--image-size",
+        "500",
+        "--paths",
+        "model,gpu,tutorial",
+    ],
     serve_bench_args=["--n", "4096", "--side", "500", "--arch", "resnet50", "--size", "224"],
     demo_args=["--size", "128"],
     train_overrides=["train.epochs=2", "train.batch_size=32", "preprocess.resize=128", "preprocess.crop=112"],
 )
 SMOKE = Sizes(
-    decode_images=8, decode_side=64,
+    decode_images=8,
+    decode_side=64,
     bench_args=["--smoke"],
     densenet_args=[],  # densenet161 is too big for a CPU smoke run; the resnet row covers the code path
     serve_bench_args=["--smoke"],
     demo_args=["--size", "48"],
-    train_overrides=["train.epochs=2", "train.batch_size=8", "preprocess.resize=37", "preprocess.crop=32",
-                     "data.num_workers=0"],
+    train_overrides=[
+        "train.epochs=2",
+        "train.batch_size=8",
+        "preprocess.resize=37",
+        "preprocess.crop=32",
+        "data.num_workers=0",
+    ],
 )
 
 
@@ -109,13 +155,26 @@ class Check:
         left = self.deadline - time.monotonic()
         if left <= 1:
             raise subprocess.TimeoutExpired(cmd, 0)
-        full_env = {**os.environ, "PYTHONPATH": str(REPO), "MPLBACKEND": "Agg", "HF_HUB_OFFLINE": "1",
-                    "PYTHONUNBUFFERED": "1", **(env or {})}
+        full_env = {
+            **os.environ,
+            "PYTHONPATH": str(REPO),
+            "MPLBACKEND": "Agg",
+            "HF_HUB_OFFLINE": "1",
+            "PYTHONUNBUFFERED": "1",
+            **(env or {}),
+        }
         with log.open("a") as f:
             f.write(f"$ {' '.join(cmd)}\n")
             f.flush()
-            proc = subprocess.Popen(cmd, cwd=REPO, env=full_env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                                    text=True, start_new_session=True)
+            proc = subprocess.Popen(
+                cmd,
+                cwd=REPO,
+                env=full_env,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.STDOUT,
+                text=True,
+                start_new_session=True,
+            )
             try:
                 text, _ = proc.communicate(timeout=left)
             except subprocess.TimeoutExpired:
@@ -164,8 +223,11 @@ def run_steps(check: Check, steps: list[Step], budget_s: float) -> list[Outcome]
         outcome.seconds = round(time.monotonic() - t0, 1)
         outcome.log = str((check.logs / f"{step.name}.log").relative_to(check.out))
         outcomes.append(outcome)
-        print(f"{outcome.status:>8}  {step.name:<22} {outcome.seconds:6.1f} s  "
-              f"{json.dumps(outcome.figures) if outcome.figures else outcome.detail}"[:300], flush=True)
+        print(
+            f"{outcome.status:>8}  {step.name:<22} {outcome.seconds:6.1f} s  "
+            f"{json.dumps(outcome.figures) if outcome.figures else outcome.detail}"[:300],
+            flush=True,
+        )
     return outcomes
 
 
@@ -213,16 +275,28 @@ DECODE_MEAN_BOUNDS = {"444": 1.0, "420": 8.0}
 
 def step_decode(c: Check) -> dict:
     out = c.work / "decode.json"
-    c.py(str(PARTS), "decode", "--work", str(c.work), "--images", str(c.sizes.decode_images),
-         "--side", str(c.sizes.decode_side))
+    c.py(
+        str(PARTS),
+        "decode",
+        "--work",
+        str(c.work),
+        "--images",
+        str(c.sizes.decode_images),
+        "--side",
+        str(c.sizes.decode_side),
+    )
     figures = c.json_of(out)
     if c.cuda and figures.get("fallbacks", 0):
-        raise StepFailed(f"nvJPEG did not decode every baseline JPEG: {figures['fallbacks']} fell back to the CPU")
+        raise StepFailed(
+            f"nvJPEG did not decode every baseline JPEG: {figures['fallbacks']} fell back to the CPU"
+        )
     # 4:4:4 has no chroma upsampling, so decoders agree; on 4:2:0 nvJPEG's default (nearest) chroma
     # upsampling differs from libjpeg's fancy upsampling: a realistic bound, not a tight one.
     for name, bound in DECODE_MEAN_BOUNDS.items():
         if figures.get(name, {}).get("mean_abs_diff", 0) > bound:
-            raise StepFailed(f"{name} decode differs from PIL by mean {figures[name]['mean_abs_diff']} > {bound} levels")
+            raise StepFailed(
+                f"{name} decode differs from PIL by mean {figures[name]['mean_abs_diff']} > {bound} levels"
+            )
     return figures
 
 
@@ -242,16 +316,39 @@ def step_serve_bench(c: Check) -> dict:
 
 def _launch(c: Check) -> list[str]:
     # Explicit launcher settings: no "defaults were used" warnings, one process on the one device.
-    return [PY, "-m", "accelerate.commands.launch", "--num_processes", "1", "--num_machines", "1",
-            "--mixed_precision", "no", "--dynamo_backend", "no"]
+    return [
+        PY,
+        "-m",
+        "accelerate.commands.launch",
+        "--num_processes",
+        "1",
+        "--num_machines",
+        "1",
+        "--mixed_precision",
+        "no",
+        "--dynamo_backend",
+        "no",
+    ]
 
 
 def step_train(c: Check) -> dict:
     data = c.work / "demo"
     if not (data / "train").is_dir():
         c.py("-m", "train.demo_data", str(data), *c.sizes.demo_args)
-    c.sh([*_launch(c), "train/main.py", "--config", "configs/demo.yaml", f"data.root={data}", "data.decode=gpu",
-          f"run.output_dir={c.work / 'runs'}", "run.name=check", "train.resume=auto", *c.sizes.train_overrides])
+    c.sh(
+        [
+            *_launch(c),
+            "train/main.py",
+            "--config",
+            "configs/demo.yaml",
+            f"data.root={data}",
+            "data.decode=gpu",
+            f"run.output_dir={c.work / 'runs'}",
+            "run.name=check",
+            "train.resume=auto",
+            *c.sizes.train_overrides,
+        ]
+    )
     reload = c.py(str(PARTS), "reload", "--work", str(c.work))
     figures = json.loads(reload.strip().splitlines()[-1])
     rows = list(csv.DictReader((c.work / "runs" / "check" / "metrics.csv").open()))
@@ -274,11 +371,20 @@ def step_serve_agreement(c: Check) -> dict:
     bundle, test = c.work / "runs" / "check" / "best", c.work / "demo" / "test"
     figures = {}
     for device in ("cuda", "cpu") if c.cuda else ("cpu",):
-        c.py("serve/main.py", str(bundle), str(test), "--out", str(c.work / f"serve_{device}.csv"), "--overwrite",
-             "--device", device)
+        c.py(
+            "serve/main.py",
+            str(bundle),
+            str(test),
+            "--out",
+            str(c.work / f"serve_{device}.csv"),
+            "--overwrite",
+            "--device",
+            device,
+        )
     if c.cuda:
-        figures["top1_agreement_gpu_vs_cpu"] = _agreement(_labels(c.work / "serve_cuda.csv"),
-                                                          _labels(c.work / "serve_cpu.csv"))
+        figures["top1_agreement_gpu_vs_cpu"] = _agreement(
+            _labels(c.work / "serve_cuda.csv"), _labels(c.work / "serve_cpu.csv")
+        )
     figures["images"] = len(_labels(c.work / "serve_cpu.csv"))
     return figures
 
@@ -287,15 +393,30 @@ def step_export(c: Check) -> dict:
     bundle, out = c.work / "runs" / "check" / "best", c.work / "export"
     exporter = [] if importlib.util.find_spec("onnxscript") else ["--exporter", "torchscript"]
     speed = ["--no-bench"] if c.smoke else []  # the smoke run checks the code path, not a CPU's speed
-    c.py("export/main.py", str(bundle), "--out", str(out), "--precision", "fp32,fp16,int8", *exporter, *speed,
-         ok_codes=(0, 1))
+    c.py(
+        "export/main.py",
+        str(bundle),
+        "--out",
+        str(out),
+        "--precision",
+        "fp32,fp16,int8",
+        *exporter,
+        *speed,
+        ok_codes=(0, 1),
+    )
     report = c.json_of(out / "export_report.json")
     written = sorted(p.name for p in out.glob("*.onnx"))
     if "model.onnx" not in written:
         raise StepFailed(f"no fp32 model.onnx written; see {out / 'export_report.json'}")
     # The ONNX file, served with the default flags, must work on this machine (CPU-only onnxruntime included).
-    c.py("serve/main.py", str(out / "model.onnx"), str(c.work / "demo" / "test"), "--out",
-         str(c.work / "serve_onnx.csv"), "--overwrite")
+    c.py(
+        "serve/main.py",
+        str(out / "model.onnx"),
+        str(c.work / "demo" / "test"),
+        "--out",
+        str(c.work / "serve_onnx.csv"),
+        "--overwrite",
+    )
     agree = _agreement(_labels(c.work / "serve_onnx.csv"), _labels(c.work / "serve_cpu.csv"))
     return {"written": written, "status": report.get("status"), "onnx_vs_torch_top1": agree}
 
@@ -306,8 +427,12 @@ def steps(c: Check) -> list[Step]:
         Step("env", 60, step_env),
         Step("pytest_gpu", 150, step_pytest_gpu),
         Step("decode", 60, step_decode),
-        Step("train_bench_resnet50", 110, lambda c: step_train_bench(c, s.bench_args, "train_bench_resnet50")),
-        Step("train_bench_densenet", 80, lambda c: step_train_bench(c, s.densenet_args, "train_bench_densenet")),
+        Step(
+            "train_bench_resnet50", 110, lambda c: step_train_bench(c, s.bench_args, "train_bench_resnet50")
+        ),
+        Step(
+            "train_bench_densenet", 80, lambda c: step_train_bench(c, s.densenet_args, "train_bench_densenet")
+        ),
         Step("serve_bench", 90, step_serve_bench),
         Step("train_2_epochs", 90, step_train),
         Step("serve_gpu_vs_cpu", 60, step_serve_agreement),
@@ -323,7 +448,11 @@ TARGETS = {
     "train resnet50 GPU feed img/s >= 5000": ("train_bench_resnet50", ("resnet50", "rows", "gpu"), 5000),
     "train resnet50 gpu/model >= 0.9": ("train_bench_resnet50", ("resnet50", "ratios", "gpu/model"), 0.9),
     "train densenet161 frozen img/s >= 2500": ("train_bench_densenet", ("densenet161", "rows", "gpu"), 2500),
-    "train densenet161 gpu/tutorial >= 5": ("train_bench_densenet", ("densenet161", "ratios", "gpu/tutorial"), 5),
+    "train densenet161 gpu/tutorial >= 5": (
+        "train_bench_densenet",
+        ("densenet161", "ratios", "gpu/tutorial"),
+        5,
+    ),
     "serve resnet50 end-to-end img/s >= 8000": ("serve_bench", ("images_per_s", "end_to_end"), 8000),
 }
 
@@ -362,16 +491,27 @@ def main(argv: list[str] | None = None) -> int:
     check = Check(out, args.smoke, torch.cuda.is_available())
     plan = [s for s in steps(check) if not args.only or s.name in args.only.split(",")]
     budget = args.budget or (180.0 if args.smoke else 540.0)
-    print(f"gpu_check: {'smoke' if args.smoke else 'full'} run, {len(plan)} steps, budget {budget:.0f} s, "
-          f"cuda {check.cuda}, out {out}", flush=True)
+    print(
+        f"gpu_check: {'smoke' if args.smoke else 'full'} run, {len(plan)} steps, budget {budget:.0f} s, "
+        f"cuda {check.cuda}, out {out}",
+        flush=True,
+    )
     t0 = time.monotonic()
     outcomes = run_steps(check, plan, budget)
-    summary = {"mode": "smoke" if args.smoke else "gpu", "cuda": check.cuda, "budget_s": budget,
-               "total_s": round(time.monotonic() - t0, 1), "ok": all(o.status in ("pass", "skipped") for o in outcomes)
-               and any(o.status == "pass" for o in outcomes),
-               "steps": [asdict(o) for o in outcomes], "targets": {} if args.smoke else check_targets(outcomes)}
+    summary = {
+        "mode": "smoke" if args.smoke else "gpu",
+        "cuda": check.cuda,
+        "budget_s": budget,
+        "total_s": round(time.monotonic() - t0, 1),
+        "ok": all(o.status in ("pass", "skipped") for o in outcomes)
+        and any(o.status == "pass" for o in outcomes),
+        "steps": [asdict(o) for o in outcomes],
+        "targets": {} if args.smoke else check_targets(outcomes),
+    }
     (out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
-    print(f"gpu_check: {'OK' if summary['ok'] else 'FAILED'} in {summary['total_s']} s; {out / 'summary.json'}")
+    print(
+        f"gpu_check: {'OK' if summary['ok'] else 'FAILED'} in {summary['total_s']} s; {out / 'summary.json'}"
+    )
     return 0 if summary["ok"] else 1
 
 

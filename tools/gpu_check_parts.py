@@ -5,6 +5,7 @@
 
 Each prints its figures as one JSON line; a failed check exits 1 with one line saying what failed.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -43,11 +44,17 @@ def decode_parity(work: Path, n_images: int, side: int) -> dict:
             img.save(buf, "JPEG", quality=90, subsampling=subsampling)
             datas.append(buf.getvalue())
         decoded, seconds, fallbacks = _device_decode(datas, device)
-        diffs = [np.abs(np.asarray(decode_image(d), np.int16) - t.permute(1, 2, 0).cpu().numpy().astype(np.int16))
-                 for d, t in zip(datas, decoded)]
+        diffs = [
+            np.abs(np.asarray(decode_image(d), np.int16) - t.permute(1, 2, 0).cpu().numpy().astype(np.int16))
+            for d, t in zip(datas, decoded)
+        ]
         allv = np.concatenate([d.ravel() for d in diffs])
-        figures[name] = {"mean_abs_diff": round(float(allv.mean()), 3), "p99_abs_diff": float(np.percentile(allv, 99)),
-                         "max_abs_diff": int(allv.max()), "images_per_s": round(len(datas) / seconds, 1)}
+        figures[name] = {
+            "mean_abs_diff": round(float(allv.mean()), 3),
+            "p99_abs_diff": float(np.percentile(allv, 99)),
+            "max_abs_diff": int(allv.max()),
+            "images_per_s": round(len(datas) / seconds, 1),
+        }
         figures["fallbacks"] = figures.get("fallbacks", 0) + fallbacks
     (work / "decode.json").write_text(json.dumps(figures, indent=2))
     return figures
@@ -88,7 +95,9 @@ def reload_bundle(work: Path) -> dict:
     with torch.no_grad():
         logits = model.eval()(torch.zeros(2, 3, crop, crop))
     if tuple(logits.shape) != (2, len(record.classes)):
-        raise CheckFailed(f"reloaded bundle gives logits {tuple(logits.shape)}, expected (2, {len(record.classes)})")
+        raise CheckFailed(
+            f"reloaded bundle gives logits {tuple(logits.shape)}, expected (2, {len(record.classes)})"
+        )
     return {"arch": record.arch, "classes": len(record.classes), "crop": crop}
 
 
@@ -100,8 +109,11 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--side", type=int, default=64, help="decode: their width in pixels")
     args = ap.parse_args(argv)
     try:
-        figures = (decode_parity(args.work, args.images, args.side) if args.part == "decode"
-                   else reload_bundle(args.work))
+        figures = (
+            decode_parity(args.work, args.images, args.side)
+            if args.part == "decode"
+            else reload_bundle(args.work)
+        )
     except CheckFailed as e:
         print(f"error: {e}", file=sys.stderr)
         return 1

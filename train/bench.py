@@ -5,6 +5,7 @@ All rows come from one run on one machine. Runs on CPU at tiny sizes too (CI smo
     python train/bench.py --models resnet50 --batch-size 256 --amp --channels-last --compile
     python train/bench.py --models densenet161 --freeze-backbone --amp --channels-last --data /data/flowers/train
 """
+
 from __future__ import annotations
 
 import argparse
@@ -64,10 +65,14 @@ def list_samples(root: Path) -> list[tuple[str, int]]:
     if (root / "train").is_dir():
         root = root / "train"
     classes = sorted(p.name for p in root.iterdir() if p.is_dir()) if root.is_dir() else []
-    samples = [(str(f), k) for k, c in enumerate(classes) for f in sorted((root / c).iterdir()) if is_image_file(f)]
+    samples = [
+        (str(f), k) for k, c in enumerate(classes) for f in sorted((root / c).iterdir()) if is_image_file(f)
+    ]
     if not samples:
-        raise UserError(f"no images under {root}/<class>/; pass --data with class folders or leave it out "
-                        "for a synthetic folder")
+        raise UserError(
+            f"no images under {root}/<class>/; pass --data with class folders or leave it out "
+            "for a synthetic folder"
+        )
     return samples
 
 
@@ -118,8 +123,9 @@ def amp_dtype_for(device: torch.device, amp: bool) -> torch.dtype | None:
     return torch.bfloat16
 
 
-def build(arch: str, num_classes: int, freeze: bool, setup: Setup, compile_model: bool,
-          channels_last: bool) -> tuple[nn.Module, nn.Module]:
+def build(
+    arch: str, num_classes: int, freeze: bool, setup: Setup, compile_model: bool, channels_last: bool
+) -> tuple[nn.Module, nn.Module]:
     """(module to call, underlying model). Frozen backbone: its parameters do not require grad, so no
     autograd graph is recorded through it and its BatchNorm layers stay in eval mode."""
     model = build_model(arch, num_classes, HeadSpec(), pretrained="none").to(setup.device).train()
@@ -131,8 +137,9 @@ def build(arch: str, num_classes: int, freeze: bool, setup: Setup, compile_model
     return (torch.compile(model) if compile_model else model), model
 
 
-def make_step(model: nn.Module, params: list[nn.Parameter], setup: Setup,
-              sync_loss: bool = False) -> Callable[[torch.Tensor, torch.Tensor], None]:
+def make_step(
+    model: nn.Module, params: list[nn.Parameter], setup: Setup, sync_loss: bool = False
+) -> Callable[[torch.Tensor, torch.Tensor], None]:
     """One optimizer step on normalized float images. The loss is summed on the device (no host sync)
     unless `sync_loss` (the tutorial's per-step `loss.item()`)."""
     opt = torch.optim.SGD(params, lr=1e-3, momentum=0.9)
@@ -143,8 +150,9 @@ def make_step(model: nn.Module, params: list[nn.Parameter], setup: Setup,
 
     def step(images: torch.Tensor, labels: torch.Tensor) -> None:
         nonlocal total
-        with torch.autocast(setup.device.type, dtype=setup.amp_dtype or torch.float32,
-                            enabled=setup.amp_dtype is not None):
+        with torch.autocast(
+            setup.device.type, dtype=setup.amp_dtype or torch.float32, enabled=setup.amp_dtype is not None
+        ):
             loss = crit(model(images), labels)
         opt.zero_grad(set_to_none=True)
         scaler.scale(loss).backward()
@@ -171,7 +179,9 @@ class Row:
     data_wait: float  # fraction of the timed wall time spent waiting for the next batch
 
 
-def measure(batches: Batches, step: Callable, warmup: int, steps: int, device: torch.device) -> tuple[float, float]:
+def measure(
+    batches: Batches, step: Callable, warmup: int, steps: int, device: torch.device
+) -> tuple[float, float]:
     for _ in range(warmup):
         step(*next(batches))
     sync(device)
@@ -190,7 +200,9 @@ def measure(batches: Batches, step: Callable, warmup: int, steps: int, device: t
 # ------------------------------------------------------------------------------ the four paths
 
 
-def model_only_batches(batch: int, crop: int, num_classes: int, setup: Setup, normalize: nn.Module) -> Batches:
+def model_only_batches(
+    batch: int, crop: int, num_classes: int, setup: Setup, normalize: nn.Module
+) -> Batches:
     g = torch.Generator().manual_seed(0)
     images = torch.randint(0, 256, (batch, 3, crop, crop), dtype=torch.uint8, generator=g).to(setup.device)
     labels = torch.randint(0, num_classes, (batch,), generator=g).to(setup.device)
@@ -199,12 +211,20 @@ def model_only_batches(batch: int, crop: int, num_classes: int, setup: Setup, no
         yield (x.contiguous(memory_format=torch.channels_last) if setup.channels_last else x), labels
 
 
-def cpu_batches(samples, aug: AugmentSpec, spec: EvalSpec, batch: int, workers: int, setup: Setup,
-                normalize: nn.Module) -> Batches:
+def cpu_batches(
+    samples, aug: AugmentSpec, spec: EvalSpec, batch: int, workers: int, setup: Setup, normalize: nn.Module
+) -> Batches:
     ds = DecodedImages(samples, train_transform(aug, spec))
-    loader = DataLoader(ds, batch_size=batch, shuffle=True, num_workers=workers, drop_last=True,
-                        collate_fn=collate_decoded, pin_memory=setup.device.type == "cuda",
-                        persistent_workers=workers > 0)
+    loader = DataLoader(
+        ds,
+        batch_size=batch,
+        shuffle=True,
+        num_workers=workers,
+        drop_last=True,
+        collate_fn=collate_decoded,
+        pin_memory=setup.device.type == "cuda",
+        persistent_workers=workers > 0,
+    )
 
     def epoch(_: int) -> Batches:
         for images, labels in loader:
@@ -215,11 +235,25 @@ def cpu_batches(samples, aug: AugmentSpec, spec: EvalSpec, batch: int, workers: 
     return forever(epoch)
 
 
-def gpu_batches(samples, aug: AugmentSpec, spec: EvalSpec, batch: int, workers: int, threads: int,
-                setup: Setup, stats: list[DecodeStats]) -> Batches:
-    loader = DataLoader(EncodedImages(samples, threads=threads), batch_size=batch, shuffle=True,
-                        num_workers=workers, drop_last=True, collate_fn=collate_encoded,
-                        persistent_workers=workers > 0)
+def gpu_batches(
+    samples,
+    aug: AugmentSpec,
+    spec: EvalSpec,
+    batch: int,
+    workers: int,
+    threads: int,
+    setup: Setup,
+    stats: list[DecodeStats],
+) -> Batches:
+    loader = DataLoader(
+        EncodedImages(samples, threads=threads),
+        batch_size=batch,
+        shuffle=True,
+        num_workers=workers,
+        drop_last=True,
+        collate_fn=collate_encoded,
+        persistent_workers=workers > 0,
+    )
     pipe = GpuPipeline(spec, setup.device, aug, seed=0, channels_last=setup.channels_last)
     stats.append(pipe.stats)  # the caller prints how many images went to the CPU decoder instead
 
@@ -230,14 +264,23 @@ def gpu_batches(samples, aug: AugmentSpec, spec: EvalSpec, batch: int, workers: 
     return forever(epoch)
 
 
-def tutorial_batches(samples, crop: int, resize: int, batch: int, workers: int, device: torch.device) -> Batches:
+def tutorial_batches(
+    samples, crop: int, resize: int, batch: int, workers: int, device: torch.device
+) -> Batches:
     """The Flowers tutorial's input pipeline: PIL → RandomRotation(30) → RandomResizedCrop → flip → ToTensor
     → Normalize on the CPU, float32 batches copied to the device."""
     from PIL import Image
     from torchvision import transforms as T1
 
-    tf = T1.Compose([T1.RandomRotation(30), T1.RandomResizedCrop(crop), T1.RandomHorizontalFlip(), T1.ToTensor(),
-                     T1.Normalize([0.485, 0.456, 0.406], [0.229, 0.224, 0.225])])
+    tf = T1.Compose(
+        [
+            T1.RandomRotation(30),
+            T1.RandomResizedCrop(crop),
+            T1.RandomHorizontalFlip(),
+            T1.ToTensor(),
+            T1.Normalize([0.485, 0.456, 0.406], [0.229, 0.224, 0.225]),
+        ]
+    )
 
     class Tutorial(Dataset):
         def __len__(self) -> int:
@@ -247,8 +290,14 @@ def tutorial_batches(samples, crop: int, resize: int, batch: int, workers: int, 
             path, label = samples[i]
             return tf(Image.open(path).convert("RGB")), label
 
-    loader = DataLoader(Tutorial(), batch_size=batch, shuffle=True, num_workers=workers, drop_last=True,
-                        persistent_workers=workers > 0)
+    loader = DataLoader(
+        Tutorial(),
+        batch_size=batch,
+        shuffle=True,
+        num_workers=workers,
+        drop_last=True,
+        persistent_workers=workers > 0,
+    )
 
     def epoch(_: int) -> Batches:
         for images, labels in loader:
@@ -299,18 +348,24 @@ def bench_model(arch: str, args: argparse.Namespace, samples, setup: Setup) -> t
     step = make_step(module, params, setup)
     batch = args.batch_size
     if args.find_batch_size:
+
         def try_batch(n: int) -> None:
             for _ in range(2):
                 step(*next(model_only_batches(n, spec.crop, num_classes, setup, normalize)))
             sync(setup.device)
+
         batch = largest_batch_that_fits(try_batch, args.batch_size)
         print(f"{arch}: largest batch that fits: {batch}", flush=True)
     if len(samples) < batch:
-        raise UserError(f"{len(samples)} images is fewer than one batch of {batch}; add images or lower --batch-size")
+        raise UserError(
+            f"{len(samples)} images is fewer than one batch of {batch}; add images or lower --batch-size"
+        )
     makers = {
         "model": lambda: model_only_batches(batch, spec.crop, num_classes, setup, normalize),
         "cpu": lambda: cpu_batches(samples, aug, spec, batch, args.workers, setup, normalize),
-        "gpu": lambda: gpu_batches(samples, aug, spec, batch, args.workers, args.threads, setup, decode_stats),
+        "gpu": lambda: gpu_batches(
+            samples, aug, spec, batch, args.workers, args.threads, setup, decode_stats
+        ),
     }
     decode_stats: list[DecodeStats] = []
     rows = []
@@ -333,8 +388,9 @@ def bench_tutorial(arch: str, args, samples, spec: EvalSpec, num_classes: int, s
     step = make_step(module, [p for p in model.parameters() if p.requires_grad], plain, sync_loss=True)
     batch = args.tutorial_batch_size
     if len(samples) < batch:
-        raise UserError(f"{len(samples)} images is fewer than one tutorial batch of {batch}; "
-                        "lower --tutorial-batch-size")
+        raise UserError(
+            f"{len(samples)} images is fewer than one tutorial batch of {batch}; lower --tutorial-batch-size"
+        )
     batches = tutorial_batches(samples, spec.crop, spec.resize, batch, args.tutorial_workers, setup.device)
     ips, wait = measure(batches, step, args.warmup, args.steps, setup.device)
     print(f"  {arch:<14} {LABELS['tutorial']:<32} {ips:10.1f} img/s  data wait {wait:5.1%}", flush=True)
@@ -343,49 +399,100 @@ def bench_tutorial(arch: str, args, samples, spec: EvalSpec, num_classes: int, s
 
 def ratios(rows: list[Row]) -> dict[str, float]:
     ips = {r.path: r.images_per_s for r in rows}
-    pairs = {"gpu/model": ("gpu", "model"), "cpu/model": ("cpu", "model"),
-             "gpu/tutorial": ("gpu", "tutorial"), "cpu/tutorial": ("cpu", "tutorial")}
+    pairs = {
+        "gpu/model": ("gpu", "model"),
+        "cpu/model": ("cpu", "model"),
+        "gpu/tutorial": ("gpu", "tutorial"),
+        "cpu/tutorial": ("cpu", "tutorial"),
+    }
     return {name: ips[a] / ips[b] for name, (a, b) in pairs.items() if a in ips and b in ips and ips[b] > 0}
 
 
 def describe(args: argparse.Namespace, setup: Setup) -> str:
     amp = {None: "fp32", torch.bfloat16: "bf16", torch.float16: "fp16"}[setup.amp_dtype]
-    parts = [setup.device.type if setup.device.type != "cuda" else torch.cuda.get_device_name(setup.device),
-             "frozen backbone" if args.freeze_backbone else "full fine-tune", amp,
-             "channels_last" if setup.channels_last else "contiguous", "compiled" if args.compile else "eager",
-             f"{args.size} px", f"rotation {args.rotation:g}°"]
+    parts = [
+        setup.device.type if setup.device.type != "cuda" else torch.cuda.get_device_name(setup.device),
+        "frozen backbone" if args.freeze_backbone else "full fine-tune",
+        amp,
+        "channels_last" if setup.channels_last else "contiguous",
+        "compiled" if args.compile else "eager",
+        f"{args.size} px",
+        f"rotation {args.rotation:g}°",
+    ]
     return ", ".join(parts)
 
 
 # --smoke: every row at CPU size, well under a minute on 2 cores (what CI and gpu_check --smoke run)
-SMOKE = {"models": "resnet18", "size": 32, "steps": 2, "warmup": 1, "batch_size": 4, "tutorial_batch_size": 4,
-         "workers": 0, "tutorial_workers": 0, "threads": 2, "synthetic": 8, "image_size": 48, "device": "cpu"}
+SMOKE = {
+    "models": "resnet18",
+    "size": 32,
+    "steps": 2,
+    "warmup": 1,
+    "batch_size": 4,
+    "tutorial_batch_size": 4,
+    "workers": 0,
+    "tutorial_workers": 0,
+    "threads": 2,
+    "synthetic": 8,
+    "image_size": 48,
+    "device": "cpu",
+}
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     ap = argparse.ArgumentParser(prog="train/bench.py", description=__doc__.splitlines()[0])
-    ap.add_argument("--data", help="image folder (<class>/<image> or train/<class>/<image>); default: synthetic JPEGs")
-    ap.add_argument("--synthetic", type=int, default=512, help="number of synthetic JPEGs when --data is not given")
+    ap.add_argument(
+        "--data", help="image folder (<class>/<image> or train/<class>/<image>); default: synthetic JPEGs"
+    )
+    ap.add_argument(
+        "--synthetic", type=int, default=512, help="number of synthetic JPEGs when --data is not given"
+    )
     ap.add_argument("--image-size", type=int, default=500, help="synthetic JPEG side (±25%%)")
     ap.add_argument("--cache", default="runs/bench-data", help="where synthetic JPEGs are written (reused)")
-    ap.add_argument("--smoke", action="store_true",
-                    help="tiny CPU sizes for checking the script (resnet18, 32 px, 8 images, 2 steps); flags still override")
-    ap.add_argument("--models", "--arch", dest="models", default="resnet50", help="comma-separated archs, e.g. resnet50,densenet161")
+    ap.add_argument(
+        "--smoke",
+        action="store_true",
+        help="tiny CPU sizes for checking the script (resnet18, 32 px, 8 images, 2 steps); flags still override",
+    )
+    ap.add_argument(
+        "--models",
+        "--arch",
+        dest="models",
+        default="resnet50",
+        help="comma-separated archs, e.g. resnet50,densenet161",
+    )
     ap.add_argument("--size", type=int, default=224, help="training crop size")
-    ap.add_argument("--rotation", type=float, default=30.0, help="our paths' RandomRotation degrees (tutorial: 30)")
-    ap.add_argument("--batch-size", "--batch", dest="batch_size", type=int, default=64, help="our batch size (start of the search with --find-batch-size)")
-    ap.add_argument("--find-batch-size", action="store_true", help="halve from --batch-size until a step fits")
+    ap.add_argument(
+        "--rotation", type=float, default=30.0, help="our paths' RandomRotation degrees (tutorial: 30)"
+    )
+    ap.add_argument(
+        "--batch-size",
+        "--batch",
+        dest="batch_size",
+        type=int,
+        default=64,
+        help="our batch size (start of the search with --find-batch-size)",
+    )
+    ap.add_argument(
+        "--find-batch-size", action="store_true", help="halve from --batch-size until a step fits"
+    )
     ap.add_argument("--steps", type=int, default=30, help="timed steps per path")
-    ap.add_argument("--warmup", type=int, default=5, help="untimed steps first (worker start-up, compile, cudnn)")
+    ap.add_argument(
+        "--warmup", type=int, default=5, help="untimed steps first (worker start-up, compile, cudnn)"
+    )
     ap.add_argument("--workers", type=int, default=8, help="DataLoader worker processes for our paths")
     ap.add_argument("--threads", type=int, default=8, help="file-reading threads per worker (GPU path)")
-    ap.add_argument("--amp", action="store_true", help="bf16 autocast (fp16 + scaler where bf16 is unsupported)")
+    ap.add_argument(
+        "--amp", action="store_true", help="bf16 autocast (fp16 + scaler where bf16 is unsupported)"
+    )
     ap.add_argument("--channels-last", action="store_true", help="channels_last model and inputs")
     ap.add_argument("--compile", action="store_true", help="torch.compile the model (our paths)")
     ap.add_argument("--freeze-backbone", action="store_true", help="train the head only (the Flowers recipe)")
     ap.add_argument("--paths", default=",".join(PATHS), help=f"which rows to run, from {','.join(PATHS)}")
     ap.add_argument("--tutorial-batch-size", type=int, default=64, help="the Flowers tutorial's batch size")
-    ap.add_argument("--tutorial-workers", type=int, default=4, help="the Flowers tutorial's DataLoader workers")
+    ap.add_argument(
+        "--tutorial-workers", type=int, default=4, help="the Flowers tutorial's DataLoader workers"
+    )
     ap.add_argument("--device", default="auto", help="auto (cuda if available), cuda, cpu")
     ap.add_argument("--out", "--json", dest="out", help="also write the rows and ratios to this JSON file")
     if "--smoke" in (sys.argv[1:] if argv is None else argv):

@@ -10,6 +10,7 @@ Compose([RandomRotation, RandomResizedCrop, RandomHorizontalFlip, ToTensor]); `o
 core.preprocess.train_transform; `stepwise` is our previous transform (full-resolution rotation,
 then crop), kept here as the figure the one-warp version replaced.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -49,8 +50,9 @@ def photo_like_jpegs(dst: Path, count: int, width: int, height: int) -> list[Pat
 
 
 def tutorial_transform(rotation: float, crop: int) -> Callable:
-    return T1.Compose([T1.RandomRotation(rotation), T1.RandomResizedCrop(crop), T1.RandomHorizontalFlip(),
-                       T1.ToTensor()])
+    return T1.Compose(
+        [T1.RandomRotation(rotation), T1.RandomResizedCrop(crop), T1.RandomHorizontalFlip(), T1.ToTensor()]
+    )
 
 
 def stepwise_transform(rotation: float, crop: int) -> Callable:
@@ -96,13 +98,17 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--width", type=int, default=500)
     ap.add_argument("--height", type=int, default=375)
     ap.add_argument("--crop", type=int, default=128, help="output crop (default %(default)s)")
-    ap.add_argument("--rotation", type=float, default=30.0, help="RandomRotation degrees (default %(default)s)")
+    ap.add_argument(
+        "--rotation", type=float, default=30.0, help="RandomRotation degrees (default %(default)s)"
+    )
     ap.add_argument("--rounds", type=int, default=7, help="timed rounds; the median is reported")
     ap.add_argument("--json", help="also write the figures to this file")
     args = ap.parse_args(argv)
     r = run(args)
-    print(f"{args.images} images {args.width}x{args.height} JPEG-decoded → {args.crop} px, rotation "
-          f"{args.rotation:g}, 1 thread, median of {args.rounds} rounds")
+    print(
+        f"{args.images} images {args.width}x{args.height} JPEG-decoded → {args.crop} px, rotation "
+        f"{args.rotation:g}, 1 thread, median of {args.rounds} rounds"
+    )
     for name in ("tutorial", "ours", "stepwise"):
         print(f"  {name:9s} {r[name] * 1e3:7.3f} ms/image   {r[name] / r['tutorial']:.2f}× tutorial")
     if args.json:

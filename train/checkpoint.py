@@ -4,6 +4,7 @@ The folder is built under a temporary name by every process and swapped in whole
 process; trainer_state.json is written last. A kill at any instant leaves either the previous
 complete last/ or the new one, never a half-written folder that resume would pick.
 """
+
 from __future__ import annotations
 
 import json
@@ -78,8 +79,9 @@ def read_state(last: Path) -> TrainerState:
     try:
         return TrainerState.from_dict(json.loads((last / STATE_FILE).read_text()))
     except (OSError, ValueError, TypeError) as exc:
-        raise UserError(f"{last / STATE_FILE} is unreadable ({exc}); resume from another last/ or start anew") \
-            from None
+        raise UserError(
+            f"{last / STATE_FILE} is unreadable ({exc}); resume from another last/ or start anew"
+        ) from None
 
 
 def _safetensors_problem(path: Path) -> str | None:
@@ -110,8 +112,12 @@ def _torch_file_problem(path: Path) -> str | None:
         return f"truncated or corrupt ({exc})"
 
 
-FILE_CHECKS = {".safetensors": _safetensors_problem, ".bin": _torch_file_problem, ".pkl": _torch_file_problem,
-               ".pt": _torch_file_problem}
+FILE_CHECKS = {
+    ".safetensors": _safetensors_problem,
+    ".bin": _torch_file_problem,
+    ".pkl": _torch_file_problem,
+    ".pt": _torch_file_problem,
+}
 
 
 def check_files(last: Path) -> None:
@@ -123,8 +129,10 @@ def check_files(last: Path) -> None:
         check = FILE_CHECKS.get(path.suffix)
         problem = check(path) if check and path.is_file() else None
         if problem:
-            raise UserError(f"{path} is {problem}, so {last} cannot be resumed; resume from another checkpoint "
-                            f"(train.resume=PATH), or delete {last} to train this run again from its first epoch")
+            raise UserError(
+                f"{path} is {problem}, so {last} cannot be resumed; resume from another checkpoint "
+                f"(train.resume=PATH), or delete {last} to train this run again from its first epoch"
+            )
 
 
 def load_last(accelerator: Accelerator, last: Path) -> TrainerState:
@@ -143,8 +151,10 @@ def resume_dir(path: str | Path) -> Path:
     for candidate in (p, find_last(p)):
         if candidate is not None and candidate.is_dir() and is_complete(candidate):
             return candidate
-    raise UserError(f"train.resume: {p} holds no complete checkpoint ({STATE_FILE} missing); "
-                    f"point it at runs/<name>/{LAST_DIR} or use train.resume=auto")
+    raise UserError(
+        f"train.resume: {p} holds no complete checkpoint ({STATE_FILE} missing); "
+        f"point it at runs/<name>/{LAST_DIR} or use train.resume=auto"
+    )
 
 
 def latest_run_with_last(output_dir: Path, prefix: str) -> Path | None:

@@ -5,6 +5,7 @@ epoch to the dataset with every index, and the dataset seeds torch's RNG from th
 So an image gets the same crop whatever worker, process or batch it lands in, and a resumed run
 sees exactly the pixels an uninterrupted one would have seen.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -114,7 +115,9 @@ class EpochSampler(Sampler):
     def order(self) -> list[int]:
         if not self.shuffle:
             return list(range(self.n))
-        g = torch.Generator().manual_seed(int(np.random.SeedSequence([self.seed, self.epoch]).generate_state(1)[0]))
+        g = torch.Generator().manual_seed(
+            int(np.random.SeedSequence([self.seed, self.epoch]).generate_state(1)[0])
+        )
         return torch.randperm(self.n, generator=g).tolist()
 
     def __iter__(self) -> Iterator[tuple[int, int]]:
@@ -124,16 +127,24 @@ class EpochSampler(Sampler):
         return self.n
 
 
-def collate_train(items: list[tuple[torch.Tensor | None, int, str]]) -> tuple[torch.Tensor, torch.Tensor, list[str]]:
+def collate_train(
+    items: list[tuple[torch.Tensor | None, int, str]],
+) -> tuple[torch.Tensor, torch.Tensor, list[str]]:
     """Unreadable images keep their slot as a zero image labelled IGNORE_LABEL (masked out of the loss), so
     batch shapes stay static for torch.compile; their notes travel back with the batch. A batch with no
     readable image at all comes back empty."""
     if all(x is None for x, _, _ in items):
-        return torch.empty(0, dtype=torch.uint8), torch.empty(0, dtype=torch.long), [note for _, _, note in items]
+        return (
+            torch.empty(0, dtype=torch.uint8),
+            torch.empty(0, dtype=torch.long),
+            [note for _, _, note in items],
+        )
     return collate_eval(items)
 
 
-def collate_eval(items: list[tuple[torch.Tensor | None, int, str]]) -> tuple[torch.Tensor, torch.Tensor, list[str]]:
+def collate_eval(
+    items: list[tuple[torch.Tensor | None, int, str]],
+) -> tuple[torch.Tensor, torch.Tensor, list[str]]:
     """Unreadable images become a zero image labelled IGNORE_LABEL: every batch keeps its size, so
     gather_for_metrics can still drop the padding of the last distributed batch exactly."""
     shape = next((x.shape for x, _, _ in items if x is not None), None)
@@ -169,22 +180,34 @@ def list_classes(train_dir: Path) -> list[str]:
 
 def list_samples(split_dir: Path, classes: list[str]) -> list[tuple[str, int]]:
     index = {c: i for i, c in enumerate(classes)}
-    extra = sorted(e.name for e in os.scandir(split_dir)
-                   if e.is_dir() and not e.name.startswith(".") and e.name not in index)
+    extra = sorted(
+        e.name
+        for e in os.scandir(split_dir)
+        if e.is_dir() and not e.name.startswith(".") and e.name not in index
+    )
     if extra:
-        raise UserError(f"{split_dir} has class folders that train/ lacks: {', '.join(extra[:10])}; "
-                        "every class needs training images")
+        raise UserError(
+            f"{split_dir} has class folders that train/ lacks: {', '.join(extra[:10])}; "
+            "every class needs training images"
+        )
     samples = []
     for c in classes:
         folder = split_dir / c
         if not folder.is_dir():
             continue  # a class may be absent from valid/test
         # Files in hidden subfolders (.ipynb_checkpoints, ...) are not data, as in train/split.py.
-        files = sorted(str(p) for p in folder.rglob("*") if p.is_file() and is_image_file(p)
-                       and not any(part.startswith(".") for part in p.relative_to(folder).parts))
+        files = sorted(
+            str(p)
+            for p in folder.rglob("*")
+            if p.is_file()
+            and is_image_file(p)
+            and not any(part.startswith(".") for part in p.relative_to(folder).parts)
+        )
         if not files:
-            raise UserError(f"class folder {folder} holds no images ({', '.join(sorted(IMAGE_EXTENSIONS))}); "
-                            "add images or remove the folder")
+            raise UserError(
+                f"class folder {folder} holds no images ({', '.join(sorted(IMAGE_EXTENSIONS))}); "
+                "add images or remove the folder"
+            )
         samples.extend((f, index[c]) for f in files)
     return samples
 
@@ -205,20 +228,30 @@ class TrainData:
 
 
 def fingerprint(classes: list[str], counts: dict[str, int]) -> str:
-    return hashlib.sha256(json.dumps({"classes": classes, "num_files": counts}, sort_keys=True).encode()).hexdigest()
+    return hashlib.sha256(
+        json.dumps({"classes": classes, "num_files": counts}, sort_keys=True).encode()
+    ).hexdigest()
 
 
-def _lineage(source: str, root: Path, dirs: dict[str, Path | None], classes: list[str],
-             counts: dict[str, int]) -> dict[str, Any]:
-    return {"source": source, "root": str(root.resolve()),
-            **{f"{k}_dir": (str(v.resolve()) if v else None) for k, v in dirs.items()},
-            "num_files": counts, "fingerprint": fingerprint(classes, counts)}
+def _lineage(
+    source: str, root: Path, dirs: dict[str, Path | None], classes: list[str], counts: dict[str, int]
+) -> dict[str, Any]:
+    return {
+        "source": source,
+        "root": str(root.resolve()),
+        **{f"{k}_dir": (str(v.resolve()) if v else None) for k, v in dirs.items()},
+        "num_files": counts,
+        "fingerprint": fingerprint(classes, counts),
+    }
 
 
 def _datasets(cfg: Config, sources: dict[str, ImageSource | None]) -> dict[str, ImageDataset | None]:
     spec, seed = cfg.preprocess.spec(), cfg.run.seed
-    tfs = {"train": train_transform(cfg.augment.spec(), spec), "valid": eval_transform(spec),
-           "test": eval_transform(spec)}
+    tfs = {
+        "train": train_transform(cfg.augment.spec(), spec),
+        "valid": eval_transform(spec),
+        "test": eval_transform(spec),
+    }
     return {k: (ImageDataset(s, tfs[k], seed) if s is not None else None) for k, s in sources.items()}
 
 
@@ -230,8 +263,10 @@ def load_folder_data(cfg: Config) -> TrainData:
     if dirs["train"] is None:
         raise UserError(f"no train/ folder in {root}; expected {root}/train/<class>/<images>")
     if dirs["valid"] is None:
-        raise UserError(f"no validation split in {root}: expected one of "
-                        f"{', '.join(str(root / n) for n in SPLIT_DIRS['valid'])}")
+        raise UserError(
+            f"no validation split in {root}: expected one of "
+            f"{', '.join(str(root / n) for n in SPLIT_DIRS['valid'])}"
+        )
     classes = list_classes(dirs["train"])
     samples = {split: (list_samples(d, classes) if d else None) for split, d in dirs.items()}
     for split in ("train", "valid"):
@@ -242,8 +277,9 @@ def load_folder_data(cfg: Config) -> TrainData:
     counts = {split: len(s or []) for split, s in samples.items()}
     ds = _datasets(cfg, {k: (FolderSource(s) if s else None) for k, s in samples.items()})
     names = load_display_names(classes, root / CAT_TO_NAME)
-    return TrainData(classes, names, ds["train"], ds["valid"], ds["test"],
-                     _lineage("folder", root, dirs, classes, counts))
+    return TrainData(
+        classes, names, ds["train"], ds["valid"], ds["test"], _lineage("folder", root, dirs, classes, counts)
+    )
 
 
 def load_cifar10(cfg: Config) -> TrainData:
@@ -252,21 +288,33 @@ def load_cifar10(cfg: Config) -> TrainData:
 
     root = Path(cfg.data.root).expanduser()
     try:
-        parts = {train: CIFAR10(str(root), train=train, download=cfg.data.download) for train in (True, False)}
+        parts = {
+            train: CIFAR10(str(root), train=train, download=cfg.data.download) for train in (True, False)
+        }
     except RuntimeError as exc:
-        raise UserError(f"CIFAR-10 not found or corrupted in {root / CIFAR10.base_folder} ({exc}); set "
-                        "data.download: true (needs network) or data.root to the folder holding it") from None
+        raise UserError(
+            f"CIFAR-10 not found or corrupted in {root / CIFAR10.base_folder} ({exc}); set "
+            "data.download: true (needs network) or data.root to the folder holding it"
+        ) from None
     except OSError as exc:  # network failure during download
         raise UserError(f"could not download CIFAR-10 to {root}: {exc}") from None
     classes = list(parts[True].classes)
-    sources = {"train": ArraySource(parts[True].data, parts[True].targets, "cifar10/train"),
-               "valid": ArraySource(parts[False].data, parts[False].targets, "cifar10/test")}
+    sources = {
+        "train": ArraySource(parts[True].data, parts[True].targets, "cifar10/train"),
+        "valid": ArraySource(parts[False].data, parts[False].targets, "cifar10/test"),
+    }
     sources["test"] = sources["valid"]
     counts = {"train": len(sources["train"]), "valid": len(sources["valid"]), "test": len(sources["valid"])}
     ds = _datasets(cfg, sources)
     dirs = {"train": None, "valid": None, "test": None}
-    return TrainData(classes, list(classes), ds["train"], ds["valid"], ds["test"],
-                     _lineage("cifar10", root, dirs, classes, counts))
+    return TrainData(
+        classes,
+        list(classes),
+        ds["train"],
+        ds["valid"],
+        ds["test"],
+        _lineage("cifar10", root, dirs, classes, counts),
+    )
 
 
 SOURCES: dict[str, Callable[[Config], TrainData]] = {"folder": load_folder_data, "cifar10": load_cifar10}
@@ -283,32 +331,65 @@ def load_data(cfg: Config) -> TrainData:
 # ------------------------------------------------------------------------------------------ loaders
 
 
-def train_loader(ds: ImageDataset, batch_size: int, seed: int, num_workers: int, pin: bool,
-                 drop_last: bool = False) -> DataLoader:
+def train_loader(
+    ds: ImageDataset, batch_size: int, seed: int, num_workers: int, pin: bool, drop_last: bool = False
+) -> DataLoader:
     """drop_last: with train.compile, so a partial last batch does not recompile the model."""
-    return DataLoader(ds, batch_size=batch_size, sampler=EpochSampler(len(ds), seed), num_workers=num_workers,
-                      collate_fn=collate_train, pin_memory=pin, persistent_workers=num_workers > 0,
-                      drop_last=drop_last)
+    return DataLoader(
+        ds,
+        batch_size=batch_size,
+        sampler=EpochSampler(len(ds), seed),
+        num_workers=num_workers,
+        collate_fn=collate_train,
+        pin_memory=pin,
+        persistent_workers=num_workers > 0,
+        drop_last=drop_last,
+    )
 
 
 def eval_loader(ds: ImageDataset, batch_size: int, num_workers: int, pin: bool) -> DataLoader:
-    return DataLoader(ds, batch_size=batch_size, shuffle=False, num_workers=num_workers,
-                      collate_fn=collate_eval, pin_memory=pin, persistent_workers=num_workers > 0)
+    return DataLoader(
+        ds,
+        batch_size=batch_size,
+        shuffle=False,
+        num_workers=num_workers,
+        collate_fn=collate_eval,
+        pin_memory=pin,
+        persistent_workers=num_workers > 0,
+    )
 
 
-def encoded_train_loader(samples: Sequence[tuple[str, int]], batch_size: int, seed: int,
-                         num_workers: int, drop_last: bool = False, device_decode: bool = True) -> DataLoader:
+def encoded_train_loader(
+    samples: Sequence[tuple[str, int]],
+    batch_size: int,
+    seed: int,
+    num_workers: int,
+    drop_last: bool = False,
+    device_decode: bool = True,
+) -> DataLoader:
     """GPU path: file bytes in the CPU path's (epoch, index) order; the device decodes and augments them."""
-    return DataLoader(EncodedImages(samples, READ_THREADS, device_decode=device_decode), batch_size=batch_size,
-                      sampler=EpochSampler(len(samples), seed), num_workers=num_workers,
-                      collate_fn=collate_encoded, persistent_workers=num_workers > 0, drop_last=drop_last)
+    return DataLoader(
+        EncodedImages(samples, READ_THREADS, device_decode=device_decode),
+        batch_size=batch_size,
+        sampler=EpochSampler(len(samples), seed),
+        num_workers=num_workers,
+        collate_fn=collate_encoded,
+        persistent_workers=num_workers > 0,
+        drop_last=drop_last,
+    )
 
 
-def encoded_eval_loader(samples: Sequence[tuple[str, int]], batch_size: int, num_workers: int,
-                        device_decode: bool = True) -> DataLoader:
-    return DataLoader(EncodedImages(samples, READ_THREADS, device_decode=device_decode), batch_size=batch_size,
-                      shuffle=False, num_workers=num_workers, collate_fn=collate_encoded,
-                      persistent_workers=num_workers > 0)
+def encoded_eval_loader(
+    samples: Sequence[tuple[str, int]], batch_size: int, num_workers: int, device_decode: bool = True
+) -> DataLoader:
+    return DataLoader(
+        EncodedImages(samples, READ_THREADS, device_decode=device_decode),
+        batch_size=batch_size,
+        shuffle=False,
+        num_workers=num_workers,
+        collate_fn=collate_encoded,
+        persistent_workers=num_workers > 0,
+    )
 
 
 def preview_batch(ds: ImageDataset, seed: int, n: int = 16) -> tuple[torch.Tensor, list[int]]:

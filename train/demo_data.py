@@ -1,4 +1,5 @@
 """Write the built-in demo image folder: `python -m train.demo_data data/demo` (see core.demo_data)."""
+
 from __future__ import annotations
 
 import sys

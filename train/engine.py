@@ -4,6 +4,7 @@ No per-step host sync: losses and hit counts accumulate on the device and are re
 `train.log_every` steps and at epoch end. The global torch RNG is reseeded from (seed, rank, epoch,
 step) before every step, so dropout draws are the same in a resumed run as in an uninterrupted one.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -76,8 +77,17 @@ class Parts:
 
 
 class Trainer:
-    def __init__(self, cfg: Config, data: TrainData, run_dir: Path, accelerator: Accelerator, parts: Parts,
-                 stop: StopFlag, lineage: dict[str, Any], tracking: Tracking | None = None):
+    def __init__(
+        self,
+        cfg: Config,
+        data: TrainData,
+        run_dir: Path,
+        accelerator: Accelerator,
+        parts: Parts,
+        stop: StopFlag,
+        lineage: dict[str, Any],
+        tracking: Tracking | None = None,
+    ):
         self.cfg, self.data, self.run_dir, self.acc, self.p = cfg, data, run_dir, accelerator, parts
         self.stop, self.lineage = stop, lineage
         self.tracking = tracking or Tracking(accelerator, [])
@@ -95,7 +105,9 @@ class Trainer:
         """(stop requested anywhere, bad images this epoch everywhere); one tiny all-reduce when distributed."""
         if self.acc.num_processes == 1:
             return self.stop.received is not None, len(epoch_bad)
-        flags = torch.tensor([float(self.stop.received is not None), float(len(epoch_bad))], device=self.acc.device)
+        flags = torch.tensor(
+            [float(self.stop.received is not None), float(len(epoch_bad))], device=self.acc.device
+        )
         stop, bad = self.acc.reduce(flags, reduction="sum").tolist()
         return stop > 0, int(bad)
 
@@ -110,8 +122,10 @@ class Trainer:
         more = f" (and {len(notes) - 20} more)" if len(notes) > 20 else ""
         count = f"{len(notes)}" if epoch_done else f"at least {len(notes)}"
         so_far = "" if epoch_done else " (counted so far; the rest of the epoch was not read)"
-        raise UserError(f"{count} of {len(self.data.train)} training images cannot be decoded{so_far}, more than "
-                        f"data.max_bad_fraction={self.cfg.data.max_bad_fraction}: {shown}{more}; fix or remove them")
+        raise UserError(
+            f"{count} of {len(self.data.train)} training images cannot be decoded{so_far}, more than "
+            f"data.max_bad_fraction={self.cfg.data.max_bad_fraction}: {shown}{more}; fix or remove them"
+        )
 
     def _set_mode(self, epoch: int) -> None:
         trainable = backbone_trainable(self.cfg.model.freeze, epoch)
@@ -138,10 +152,14 @@ class Trainer:
         epoch_bad: list[str] = list(part.get("epoch_bad", []))
         since_check, start, total = 0, time.perf_counter(), len(p.train_loader)
         self._rows, self._window = state.rows, (loss_sum.item(), seen)
-        bar = Progress(total, f"epoch {epoch + 1}/{cfg.train.epochs}", initial=skip, enabled=acc.is_main_process)
+        bar = Progress(
+            total, f"epoch {epoch + 1}/{cfg.train.epochs}", initial=skip, enabled=acc.is_main_process
+        )
         for step, (images, labels, bad) in enumerate(p.feed.train_batches(loader), start=skip):
             epoch_bad.extend(bad)
-            valid = len(labels) - len(bad) if len(labels) else 0  # bad files keep a masked slot (IGNORE_LABEL)
+            valid = (
+                len(labels) - len(bad) if len(labels) else 0
+            )  # bad files keep a masked slot (IGNORE_LABEL)
             if valid:
                 loss, logits = self._step(images, labels, epoch, step)
                 loss_sum += loss.detach().float() * valid
@@ -152,8 +170,12 @@ class Trainer:
             bar.update(1)
             self.stop.test_hook(epoch * len(p.train_loader) + step + 1)
             if acc.is_main_process and ((step + 1) % cfg.train.log_every == 0 or step + 1 == total):
-                self._report(bar, epoch * total + step + 1, (loss_sum.item(), hits.item(), seen),
-                             seconds + time.perf_counter() - start)
+                self._report(
+                    bar,
+                    epoch * total + step + 1,
+                    (loss_sum.item(), hits.item(), seen),
+                    seconds + time.perf_counter() - start,
+                )
             since_check += 1
             if not acc.sync_gradients or (acc.num_processes > 1 and since_check < cfg.train.log_every):
                 continue
@@ -163,14 +185,21 @@ class Trainer:
             if stop and step + 1 < len(p.train_loader):
                 bar.close()
                 state.epoch, state.step = epoch, step + 1
-                state.partial = {"loss_sum": loss_sum.item(), "hits": hits.item(), "seen": seen,
-                                 "seconds": seconds + time.perf_counter() - start, "epoch_bad": epoch_bad}
+                state.partial = {
+                    "loss_sum": loss_sum.item(),
+                    "hits": hits.item(),
+                    "seen": seen,
+                    "seconds": seconds + time.perf_counter() - start,
+                    "epoch_bad": epoch_bad,
+                }
                 return None
         bar.close()
         seconds += time.perf_counter() - start
         return self._train_summary(loss_sum, hits, seen, seconds, epoch_bad, state)
 
-    def _report(self, bar: Progress, global_step: int, sums: tuple[float, float, int], elapsed: float) -> None:
+    def _report(
+        self, bar: Progress, global_step: int, sums: tuple[float, float, int], elapsed: float
+    ) -> None:
         """Every log_every steps and at the epoch's end (main process): the epoch's running numbers on the
         console, and the loss since the last report plus the learning rate to the trackers."""
         loss_sum, hits, seen = sums
@@ -178,12 +207,19 @@ class Trainer:
         left = self.cfg.train.epochs - len(self._rows) - 1  # epochs after this one
         done = [r["epoch_seconds"] for r in self._rows]
         bar.later_seconds = left * (sum(done) / len(done) if done else bar.per_unit() * (bar.total or 0))
-        bar.report({"loss": f"{loss_sum / max(seen, 1):.4f}", "acc": f"{hits / max(seen, 1):.3f}",
-                    "img/s": f"{seen * self.acc.num_processes / max(elapsed, 1e-9):.0f}", "lr": f"{lr:.2e}"})
+        bar.report(
+            {
+                "loss": f"{loss_sum / max(seen, 1):.4f}",
+                "acc": f"{hits / max(seen, 1):.3f}",
+                "img/s": f"{seen * self.acc.num_processes / max(elapsed, 1e-9):.0f}",
+                "lr": f"{lr:.2e}",
+            }
+        )
         last_loss, last_seen = self._window
         if seen > last_seen:
-            self.tracking.log({"train/loss": (loss_sum - last_loss) / (seen - last_seen), "train/lr": lr},
-                              step=global_step)
+            self.tracking.log(
+                {"train/loss": (loss_sum - last_loss) / (seen - last_seen), "train/lr": lr}, step=global_step
+            )
         self._window = (loss_sum, seen)
 
     def _step(self, images: torch.Tensor, labels: torch.Tensor, epoch: int, step: int):
@@ -202,28 +238,47 @@ class Trainer:
 
     def _train_summary(self, loss_sum, hits, seen, seconds, epoch_bad, state) -> dict[str, float]:
         acc = self.acc
-        totals = acc.reduce(torch.stack([loss_sum.double(), hits.double(),
-                                         torch.tensor(float(seen), device=acc.device, dtype=torch.float64)]),
-                            reduction="sum")
+        totals = acc.reduce(
+            torch.stack(
+                [
+                    loss_sum.double(),
+                    hits.double(),
+                    torch.tensor(float(seen), device=acc.device, dtype=torch.float64),
+                ]
+            ),
+            reduction="sum",
+        )
         loss_total, hit_total, n = totals.tolist()
         all_bad = gather_object(epoch_bad) if acc.num_processes > 1 else epoch_bad
         self._check_bad(len(set(all_bad)), epoch_bad, epoch_done=True)
         state.bad_files = sorted(set(state.bad_files) | set(all_bad))
-        return {"train_loss": loss_total / max(n, 1), "train_acc": hit_total / max(n, 1),
-                "images_per_s": n / max(seconds, 1e-9), "train_seconds": seconds}
+        return {
+            "train_loss": loss_total / max(n, 1),
+            "train_acc": hit_total / max(n, 1),
+            "images_per_s": n / max(seconds, 1e-9),
+            "train_seconds": seconds,
+        }
 
     # ------------------------------------------------------------------ epoch end
 
     def validate(self) -> EvalResult:
         return evaluate(self.acc, self.p.model, self.p.feed.eval_batches(self.p.valid_loader), self.p.prepare)
 
-    def end_epoch(self, epoch: int, train: dict[str, float], valid: EvalResult, seconds: float,
-                  state: TrainerState) -> bool:
+    def end_epoch(
+        self, epoch: int, train: dict[str, float], valid: EvalResult, seconds: float, state: TrainerState
+    ) -> bool:
         """Record the epoch, keep the best bundle; return True when early stopping says stop."""
-        row = {"epoch": epoch + 1, "train_loss": train["train_loss"], "train_acc": train["train_acc"],
-               "valid_loss": valid.loss, "valid_acc": valid.acc, **valid.top5_metric("valid"),
-               "lr": self.p.optimizer.param_groups[0]["lr"], "images_per_s": train["images_per_s"],
-               "epoch_seconds": seconds}
+        row = {
+            "epoch": epoch + 1,
+            "train_loss": train["train_loss"],
+            "train_acc": train["train_acc"],
+            "valid_loss": valid.loss,
+            "valid_acc": valid.acc,
+            **valid.top5_metric("valid"),
+            "lr": self.p.optimizer.param_groups[0]["lr"],
+            "images_per_s": train["images_per_s"],
+            "epoch_seconds": seconds,
+        }
         state.rows.append(row)
         metrics = {**row, "valid_n": valid.n}
         is_best = better(metrics, state.best)
@@ -245,9 +300,15 @@ class Trainer:
 
     def save_best(self, metrics: dict[str, Any]) -> None:
         cfg = self.cfg
-        record = BundleRecord(arch=cfg.model.arch, classes=list(self.data.classes),
-                              display_names=list(self.data.display_names), preprocess=cfg.preprocess.spec(),
-                              head=_head_spec(cfg), metrics=dict(metrics), lineage=dict(self.lineage))
+        record = BundleRecord(
+            arch=cfg.model.arch,
+            classes=list(self.data.classes),
+            display_names=list(self.data.display_names),
+            preprocess=cfg.preprocess.spec(),
+            head=_head_spec(cfg),
+            metrics=dict(metrics),
+            lineage=dict(self.lineage),
+        )
         save_bundle(self.run_dir / BEST_DIR, self.unwrapped, record)
 
     def write_reports(self, state: TrainerState) -> None:
@@ -265,12 +326,16 @@ class Trainer:
             prior = float((state.partial or {}).get("seconds", 0.0))
             train = self.train_epoch(epoch, state)
             if train is None:
-                self.log(f"stop requested ({self.stop.received.name if self.stop.received else 'signal'}): "
-                         f"saving {self.run_dir / 'last'} at epoch {epoch + 1}, step {state.step}")
+                self.log(
+                    f"stop requested ({self.stop.received.name if self.stop.received else 'signal'}): "
+                    f"saving {self.run_dir / 'last'} at epoch {epoch + 1}, step {state.step}"
+                )
                 save_last(self.acc, self.run_dir, state)
                 return state
             valid = self.validate()
-            self.p.feed.report_once(self.log)  # how many images the CPU decoded instead of the device, and why
+            self.p.feed.report_once(
+                self.log
+            )  # how many images the CPU decoded instead of the device, and why
             seconds = prior + time.perf_counter() - start
             state.finished = self.end_epoch(epoch, train, valid, seconds, state)
             if state.finished:
@@ -288,8 +353,11 @@ def _head_spec(cfg: Config) -> HeadSpec:
 
 
 def _summary(epoch: int, epochs: int, row: dict[str, Any], n_valid: int, is_best: bool) -> str:
-    return (f"epoch {epoch + 1}/{epochs}  train loss {row['train_loss']:.4f} acc {row['train_acc']:.3f}  "
-            f"valid loss {row['valid_loss']:.4f} acc {row['valid_acc']:.3f}"
-            + (f" top5 {row['valid_top5']:.3f}" if "valid_top5" in row else "") + " "
-            f"(n={n_valid})  lr {row['lr']:.2e}  {row['images_per_s']:.0f} img/s  {row['epoch_seconds']:.1f}s"
-            + ("  *best" if is_best else ""))
+    return (
+        f"epoch {epoch + 1}/{epochs}  train loss {row['train_loss']:.4f} acc {row['train_acc']:.3f}  "
+        f"valid loss {row['valid_loss']:.4f} acc {row['valid_acc']:.3f}"
+        + (f" top5 {row['valid_top5']:.3f}" if "valid_top5" in row else "")
+        + " "
+        f"(n={n_valid})  lr {row['lr']:.2e}  {row['images_per_s']:.0f} img/s  {row['epoch_seconds']:.1f}s"
+        + ("  *best" if is_best else "")
+    )

@@ -4,6 +4,7 @@ Every image is counted exactly once whatever the number of processes: gather_for
 samples Accelerate repeats to even out the last batch, and unreadable images (label IGNORE_LABEL,
 see train.data.collate_eval) are masked out of every metric.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -29,8 +30,12 @@ class EvalResult:
     indices: np.ndarray | None = None  # dataset index of each row of probs (unreadable images are dropped)
 
     def as_metrics(self, prefix: str) -> dict[str, float | int]:
-        return {f"{prefix}_loss": self.loss, f"{prefix}_acc": self.acc, **self.top5_metric(prefix),
-                f"{prefix}_n": self.n}
+        return {
+            f"{prefix}_loss": self.loss,
+            f"{prefix}_acc": self.acc,
+            **self.top5_metric(prefix),
+            f"{prefix}_n": self.n,
+        }
 
     def top5_metric(self, prefix: str) -> dict[str, float]:
         """{prefix_top5: value}, or {} where top-5 means nothing (5 classes or fewer)."""
@@ -50,8 +55,9 @@ def _per_image(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
 
 
 @torch.no_grad()
-def evaluate(accelerator: Accelerator, model: nn.Module, loader, prepare: nn.Module,
-             keep_probs: bool = False) -> EvalResult:
+def evaluate(
+    accelerator: Accelerator, model: nn.Module, loader, prepare: nn.Module, keep_probs: bool = False
+) -> EvalResult:
     """Run `model(prepare(images))` over `loader`; with keep_probs, also return softmax probs and targets."""
     model.eval()
     totals = torch.zeros(4, dtype=torch.float64, device=accelerator.device)

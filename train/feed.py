@@ -2,6 +2,7 @@
 or file bytes decoded and augmented on the device by train.gpu_data. Either way the loop gets
 (uint8 images, labels, bad-file notes) tuples on the device, and normalizes them itself.
 """
+
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable
@@ -36,8 +37,9 @@ CPU_SHARE_PROBE = 64  # files whose route is checked up front, spread over the t
 class Feed(Protocol):
     mode: str
 
-    def loaders(self, batch_size: int, eval_batch_size: int, pin: bool,
-                drop_last: bool = False) -> tuple[DataLoader, DataLoader]: ...
+    def loaders(
+        self, batch_size: int, eval_batch_size: int, pin: bool, drop_last: bool = False
+    ) -> tuple[DataLoader, DataLoader]: ...
     def report_once(self, log: Callable[[str], None]) -> None: ...
     def train_batches(self, loader: Iterable) -> Iterable[Batch]: ...
     def eval_batches(self, loader: Iterable) -> Iterable[Batch]: ...
@@ -49,8 +51,10 @@ def decode_mode(cfg: Config, device: torch.device) -> str:
     decoder: `auto` keeps CIFAR-10 (in-memory arrays) on the CPU path, an explicit `gpu` is refused."""
     if cfg.data.source != "folder":
         if cfg.data.decode == "gpu":
-            raise UserError(f"data.decode: gpu decodes image files, but data.source: {cfg.data.source} is "
-                            "already decoded in memory; use data.decode: cpu (or auto)")
+            raise UserError(
+                f"data.decode: gpu decodes image files, but data.source: {cfg.data.source} is "
+                "already decoded in memory; use data.decode: cpu (or auto)"
+            )
         return "cpu"
     return resolve_decode(cfg.data.decode, device)
 
@@ -63,10 +67,13 @@ class CpuFeed:
     def __init__(self, cfg: Config, data: TrainData, device: torch.device):
         self.data, self.seed, self.workers = data, cfg.run.seed, cfg.data.num_workers
 
-    def loaders(self, batch_size: int, eval_batch_size: int, pin: bool,
-                drop_last: bool = False) -> tuple[DataLoader, DataLoader]:
-        return (train_loader(self.data.train, batch_size, self.seed, self.workers, pin, drop_last),
-                eval_loader(self.data.valid, eval_batch_size, self.workers, pin))
+    def loaders(
+        self, batch_size: int, eval_batch_size: int, pin: bool, drop_last: bool = False
+    ) -> tuple[DataLoader, DataLoader]:
+        return (
+            train_loader(self.data.train, batch_size, self.seed, self.workers, pin, drop_last),
+            eval_loader(self.data.valid, eval_batch_size, self.workers, pin),
+        )
 
     def report_once(self, log: Callable[[str], None]) -> None:
         pass  # PIL decodes everything here, in the workers: nothing to report
@@ -119,18 +126,27 @@ class GpuFeed:
         self.data, self.seed = data, cfg.run.seed
         self.train_samples, self.valid_samples = _samples(data.train), _samples(data.valid)
         self.device_decode = device_decoder_available(device)  # if not, PIL decodes all in the workers
-        self.workers = (gpu_path_workers(cfg.data.num_workers, self.train_samples) if self.device_decode
-                        else cfg.data.num_workers)
+        self.workers = (
+            gpu_path_workers(cfg.data.num_workers, self.train_samples)
+            if self.device_decode
+            else cfg.data.num_workers
+        )
         # normalize=False: uint8 batches, so the trainer's own prepare() normalizes as on the CPU path
-        self.train_pipe = GpuPipeline(spec, device, aug=cfg.augment.spec(), seed=cfg.run.seed, normalize=False)
+        self.train_pipe = GpuPipeline(
+            spec, device, aug=cfg.augment.spec(), seed=cfg.run.seed, normalize=False
+        )
         self.eval_pipe = GpuPipeline(spec, device, normalize=False)
         self._reported = False
 
-    def loaders(self, batch_size: int, eval_batch_size: int, pin: bool,
-                drop_last: bool = False) -> tuple[DataLoader, DataLoader]:
-        return (encoded_train_loader(self.train_samples, batch_size, self.seed, self.workers, drop_last,
-                                     self.device_decode),
-                encoded_eval_loader(self.valid_samples, eval_batch_size, self.workers, self.device_decode))
+    def loaders(
+        self, batch_size: int, eval_batch_size: int, pin: bool, drop_last: bool = False
+    ) -> tuple[DataLoader, DataLoader]:
+        return (
+            encoded_train_loader(
+                self.train_samples, batch_size, self.seed, self.workers, drop_last, self.device_decode
+            ),
+            encoded_eval_loader(self.valid_samples, eval_batch_size, self.workers, self.device_decode),
+        )
 
     def report_once(self, log: Callable[[str], None]) -> None:
         """How many images the device decoded and how many went to PIL (and why), once per run."""
@@ -155,7 +171,7 @@ class GpuFeed:
         for start in range(0, len(keys), n):
             if len(labels) >= n:
                 break
-            raw = collate_encoded(reader.__getitems__(keys[start: start + n]))
+            raw = collate_encoded(reader.__getitems__(keys[start : start + n]))
             batch = self.train_pipe(raw)
             keep = batch.valid.cpu()
             images.append(batch.images.cpu()[keep])

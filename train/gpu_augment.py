@@ -16,6 +16,7 @@ antialiased resize; with rotation the antialias filter runs before the rotation 
 decode itself differs from PIL's on 4:2:0 JPEGs (nvJPEG's nearest-neighbour chroma upsampling, mean
 ≈5 uint8 levels predicted; measured by tools/gpu_check.py), so GPU-vs-CPU batches are NOT within 1 level.
 """
+
 from __future__ import annotations
 
 import math
@@ -54,7 +55,9 @@ def _mix32(x: torch.Tensor) -> torch.Tensor:
     return x ^ (x >> 16)
 
 
-def uniforms(seed: int, epoch: int | torch.Tensor, indices: torch.Tensor, n: int = DRAWS_PER_IMAGE) -> torch.Tensor:
+def uniforms(
+    seed: int, epoch: int | torch.Tensor, indices: torch.Tensor, n: int = DRAWS_PER_IMAGE
+) -> torch.Tensor:
     """[N, n] float64 uniforms in [0, 1), a pure function of (seed, epoch, index, draw number).
 
     `epoch` is one number or one per image (a batch may straddle epochs when keys come from a sampler).
@@ -71,8 +74,9 @@ def uniforms(seed: int, epoch: int | torch.Tensor, indices: torch.Tensor, n: int
 # ------------------------------------------------------------------------------ parameters
 
 
-def resized_crop_params(u: torch.Tensor, height: torch.Tensor, width: torch.Tensor,
-                        scale: Sequence[float], ratio: Sequence[float]) -> torch.Tensor:
+def resized_crop_params(
+    u: torch.Tensor, height: torch.Tensor, width: torch.Tensor, scale: Sequence[float], ratio: Sequence[float]
+) -> torch.Tensor:
     """torchvision RandomResizedCrop.get_params for N images at once → int64 [N, 4] (top, left, h, w).
 
     Same algorithm: up to 10 tries of (area scale, log-uniform aspect ratio), the first try that fits
@@ -96,10 +100,20 @@ def resized_crop_params(u: torch.Tensor, height: torch.Tensor, width: torch.Tens
     in_ratio = W / H
     fb_w = torch.where(in_ratio > max(ratio), torch.round(H * max(ratio)), W)
     fb_h = torch.where(in_ratio < min(ratio), torch.round(W / min(ratio)), H)
-    fb_top, fb_left = torch.div(H - fb_h, 2, rounding_mode="floor"), torch.div(W - fb_w, 2, rounding_mode="floor")
+    fb_top, fb_left = (
+        torch.div(H - fb_h, 2, rounding_mode="floor"),
+        torch.div(W - fb_w, 2, rounding_mode="floor"),
+    )
     ok = fits.any(dim=1)
-    params = torch.stack([torch.where(ok, top, fb_top), torch.where(ok, left, fb_left),
-                          torch.where(ok, h, fb_h), torch.where(ok, w, fb_w)], dim=1)
+    params = torch.stack(
+        [
+            torch.where(ok, top, fb_top),
+            torch.where(ok, left, fb_left),
+            torch.where(ok, h, fb_h),
+            torch.where(ok, w, fb_w),
+        ],
+        dim=1,
+    )
     return params.to(torch.int64)
 
 
@@ -135,8 +149,9 @@ class TrainGeometry:
         return (_homogeneous(self.rotate) @ _homogeneous(self.crop))[:, :2]
 
 
-def train_geometry(u: torch.Tensor, height: torch.Tensor, width: torch.Tensor, aug: AugmentSpec,
-                   size: int) -> TrainGeometry:
+def train_geometry(
+    u: torch.Tensor, height: torch.Tensor, width: torch.Tensor, aug: AugmentSpec, size: int
+) -> TrainGeometry:
     """The random crop box, flip and rotation of each image as affine maps (all on the host, float64)."""
     n = u.shape[0]
     box = resized_crop_params(u, height, width, aug.scale, aug.ratio)
@@ -157,8 +172,9 @@ def train_geometry(u: torch.Tensor, height: torch.Tensor, width: torch.Tensor, a
     return TrainGeometry(crop, rotate, box, flip, angle)
 
 
-def _source_boxes(maps: torch.Tensor, size: int, height: torch.Tensor, width: torch.Tensor,
-                  margin: int) -> torch.Tensor:
+def _source_boxes(
+    maps: torch.Tensor, size: int, height: torch.Tensor, width: torch.Tensor, margin: int
+) -> torch.Tensor:
     """Integer [N, 4] (x0, y0, x1, y1): bounding box of each map's size×size output in the source, clipped."""
     corners = torch.tensor([[0.0, 0.0], [size, 0.0], [0.0, size], [size, size]], dtype=torch.float64)
     src = torch.einsum("nij,kj->nki", maps[:, :, :2], corners) + maps[:, None, :, 2]  # [N, 4, 2]
@@ -183,12 +199,18 @@ def _shrink_batch(images: torch.Tensor, out_hw: tuple[int, int], interpolation: 
     x = images.to(torch.float32)
     if tuple(x.shape[-2:]) == out_hw:
         return x
-    return F.interpolate(x, size=out_hw, mode=interpolation, align_corners=False,
-                         antialias=interpolation != "nearest")
+    return F.interpolate(
+        x, size=out_hw, mode=interpolation, align_corners=False, antialias=interpolation != "nearest"
+    )
 
 
-def _canvas(images: Sequence[torch.Tensor], boxes: torch.Tensor, scale: torch.Tensor, interpolation: str,
-            device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+def _canvas(
+    images: Sequence[torch.Tensor],
+    boxes: torch.Tensor,
+    scale: torch.Tensor,
+    interpolation: str,
+    device: torch.device,
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Cut each source box, shrink it by `scale` (per axis, <= 1) and stack into a zero-padded canvas.
 
     Channel 4 marks the inside of each image: torchvision's rotate samples such a mask alongside the
@@ -196,8 +218,10 @@ def _canvas(images: Sequence[torch.Tensor], boxes: torch.Tensor, scale: torch.Te
     [N, 4, CH, CW] float32 and the actual per-axis scale [N, 2] after rounding to whole pixels.
     """
     rows = boxes.tolist()
-    sizes = [(max(1, round((y1 - y0) * ky)), max(1, round((x1 - x0) * kx)))
-             for (x0, y0, x1, y1), (kx, ky) in zip(rows, scale.tolist())]
+    sizes = [
+        (max(1, round((y1 - y0) * ky)), max(1, round((x1 - x0) * kx)))
+        for (x0, y0, x1, y1), (kx, ky) in zip(rows, scale.tolist())
+    ]
     ch, cw = max(s[0] for s in sizes), max(s[1] for s in sizes)
     canvas = torch.zeros(len(images), 4, ch, cw, dtype=torch.float32, device=device)
     for n, (img, (x0, y0, x1, y1), (oh, ow)) in enumerate(zip(images, rows, sizes)):
@@ -209,14 +233,25 @@ def _canvas(images: Sequence[torch.Tensor], boxes: torch.Tensor, scale: torch.Te
     # the inside-of-image channel for the whole batch at once instead of one fill per image
     hw = torch.tensor(sizes, dtype=torch.int64).to(device, non_blocking=True)
     rows_in = torch.arange(ch, device=device).view(1, ch, 1) < hw[:, 0].view(-1, 1, 1)
-    canvas[:, 3] = (rows_in & (torch.arange(cw, device=device).view(1, 1, cw) < hw[:, 1].view(-1, 1, 1))).float()
-    actual = torch.tensor([[ow / (x1 - x0), oh / (y1 - y0)] for (oh, ow), (x0, y0, x1, y1) in zip(sizes, rows)],
-                          dtype=torch.float64)
+    canvas[:, 3] = (
+        rows_in & (torch.arange(cw, device=device).view(1, 1, cw) < hw[:, 1].view(-1, 1, 1))
+    ).float()
+    actual = torch.tensor(
+        [[ow / (x1 - x0), oh / (y1 - y0)] for (oh, ow), (x0, y0, x1, y1) in zip(sizes, rows)],
+        dtype=torch.float64,
+    )
     return canvas, actual
 
 
-def _sampling_grid(geo: TrainGeometry, boxes: torch.Tensor, actual: torch.Tensor, canvas_hw: tuple[int, int],
-                   size: int, crop: int, device: torch.device) -> torch.Tensor:
+def _sampling_grid(
+    geo: TrainGeometry,
+    boxes: torch.Tensor,
+    actual: torch.Tensor,
+    canvas_hw: tuple[int, int],
+    size: int,
+    crop: int,
+    device: torch.device,
+) -> torch.Tensor:
     """grid_sample grid [N, crop, crop, 2] in two affine steps with a clamp between them.
 
     Step 1 maps output pixels into the rotated image and clamps them to the crop box's pixel centres
@@ -226,8 +261,9 @@ def _sampling_grid(geo: TrainGeometry, boxes: torch.Tensor, actual: torch.Tensor
     n = geo.crop.shape[0]
     off = _center_offset(size, crop)
     # affine_grid's normalized output (align_corners=False) → RRC-output pixels p = off + (x_n + 1) * crop / 2
-    den = torch.tensor([[crop / 2, 0, off + crop / 2], [0, crop / 2, off + crop / 2], [0, 0, 1]],
-                       dtype=torch.float64)
+    den = torch.tensor(
+        [[crop / 2, 0, off + crop / 2], [0, crop / 2, off + crop / 2], [0, 0, 1]], dtype=torch.float64
+    )
     step1 = (_homogeneous(geo.crop) @ den)[:, :2]
     ch, cw = canvas_hw
     to_canvas = torch.zeros(n, 3, 3, dtype=torch.float64)  # g = 2 * (x - x0) * k / CW - 1
@@ -251,8 +287,14 @@ def _to_uint8(x: torch.Tensor) -> torch.Tensor:
     return x.round_().clamp_(0, 255).to(torch.uint8)
 
 
-def train_batch(images: Sequence[torch.Tensor], indices: torch.Tensor, seed: int, epoch: int | torch.Tensor,
-                aug: AugmentSpec, spec: EvalSpec) -> torch.Tensor:
+def train_batch(
+    images: Sequence[torch.Tensor],
+    indices: torch.Tensor,
+    seed: int,
+    epoch: int | torch.Tensor,
+    aug: AugmentSpec,
+    spec: EvalSpec,
+) -> torch.Tensor:
     """uint8 [3, H_i, W_i] images (any sizes, one device) → augmented uint8 [N, 3, crop, crop]."""
     if not aug.enabled:
         return eval_batch(images, spec)
@@ -330,10 +372,18 @@ def eval_batch(images: Sequence[torch.Tensor], spec: EvalSpec) -> torch.Tensor:
         h, w = resized_size(height, width, spec.resize)
         x = _shrink_batch(torch.stack([images[k] for k in ks]), (h, w), spec.interpolation)
         top, left = _center_offset(h, spec.crop), _center_offset(w, spec.crop)
-        crop = _to_uint8(x[:, :, top: top + spec.crop, left: left + spec.crop])
+        crop = _to_uint8(x[:, :, top : top + spec.crop, left : left + spec.crop])
         out[torch.tensor(ks, device=out.device)] = crop
     return out
 
 
-__all__ = ["DRAWS_PER_IMAGE", "color_jitter", "eval_batch", "resized_crop_params", "resized_size",
-           "train_batch", "train_geometry", "uniforms"]
+__all__ = [
+    "DRAWS_PER_IMAGE",
+    "color_jitter",
+    "eval_batch",
+    "resized_crop_params",
+    "resized_size",
+    "train_batch",
+    "train_geometry",
+    "uniforms",
+]

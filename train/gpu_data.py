@@ -5,6 +5,7 @@ Used by train.feed for `data.decode: gpu`: the DataLoader over `EncodedImages` w
 sharded by `accelerator.prepare` as usual (a plain dataclass batch, so Accelerate leaves the bytes on the
 host), and `engine_batches` turns it into the trainer's (images, labels, notes) tuples on the device.
 """
+
 from __future__ import annotations
 
 import os
@@ -58,7 +59,9 @@ class EncodedBatch:
 
     buffer: torch.Tensor  # uint8 [total bytes]
     offsets: torch.Tensor  # int64 [N + 1]: sample k is buffer[offsets[k]:offsets[k + 1]]
-    shapes: torch.Tensor  # int64 [N, 3]: (3, H, W) of a CPU-decoded image, zeros for JPEG bytes for the device
+    shapes: (
+        torch.Tensor
+    )  # int64 [N, 3]: (3, H, W) of a CPU-decoded image, zeros for JPEG bytes for the device
     orientations: torch.Tensor  # int64 [N]
     labels: torch.Tensor  # int64 [N]
     indices: torch.Tensor  # int64 [N], dataset positions: with `epochs`, the key of each image's augmentation
@@ -70,7 +73,7 @@ class EncodedBatch:
         return len(self.labels)
 
     def blob(self, k: int) -> torch.Tensor:
-        return self.buffer[int(self.offsets[k]): int(self.offsets[k + 1])]
+        return self.buffer[int(self.offsets[k]) : int(self.offsets[k + 1])]
 
     @property
     def data(self) -> list[torch.Tensor]:
@@ -99,8 +102,13 @@ class EncodedImages(torch.utils.data.Dataset):
     process so DataLoader worker processes each get their own.
     """
 
-    def __init__(self, samples: Sequence[tuple[str, int]], threads: int = 8, cpu_decode: bool = True,
-                 device_decode: bool = True):
+    def __init__(
+        self,
+        samples: Sequence[tuple[str, int]],
+        threads: int = 8,
+        cpu_decode: bool = True,
+        device_decode: bool = True,
+    ):
         self.samples = [(os.fspath(p), int(y)) for p, y in samples]
         self.threads, self.cpu_decode = threads, cpu_decode
         self.device_decode = device_decode  # False: no working device decoder, PIL decodes every file here
@@ -122,11 +130,16 @@ class EncodedImages(torch.utils.data.Dataset):
         try:
             return EncodedSample(decode_cpu(data), label, i, epoch, cpu_reason=route.reason)
         except BadImage as exc:
-            return EncodedSample(torch.empty(0, dtype=torch.uint8), label, i, epoch, str(exc), cpu_reason=route.reason)
+            return EncodedSample(
+                torch.empty(0, dtype=torch.uint8), label, i, epoch, str(exc), cpu_reason=route.reason
+            )
 
     def __getitems__(self, indices: list) -> list[EncodedSample]:
         if self._pool is None or self._pid != os.getpid():
-            self._pool, self._pid = ThreadPoolExecutor(self.threads, thread_name_prefix="imgclf-read"), os.getpid()
+            self._pool, self._pid = (
+                ThreadPoolExecutor(self.threads, thread_name_prefix="imgclf-read"),
+                os.getpid(),
+            )
         return list(self._pool.map(self.__getitem__, indices))
 
     def __getstate__(self) -> dict:  # a pool cannot cross into worker processes
@@ -139,10 +152,13 @@ def collate_encoded(samples: list[EncodedSample]) -> EncodedBatch:
     torch.cumsum(sizes, 0, out=offsets[1:])
     decoded = [s.data.dim() == 3 for s in samples]
     return EncodedBatch(
-        buffer=torch.cat([s.data.reshape(-1) for s in samples]) if samples else torch.empty(0, dtype=torch.uint8),
+        buffer=torch.cat([s.data.reshape(-1) for s in samples])
+        if samples
+        else torch.empty(0, dtype=torch.uint8),
         offsets=offsets,
-        shapes=torch.tensor([list(s.data.shape) if d else [0, 0, 0] for s, d in zip(samples, decoded)],
-                            dtype=torch.int64).reshape(-1, 3),
+        shapes=torch.tensor(
+            [list(s.data.shape) if d else [0, 0, 0] for s, d in zip(samples, decoded)], dtype=torch.int64
+        ).reshape(-1, 3),
         orientations=torch.tensor([s.orientation for s in samples], dtype=torch.int64),
         labels=torch.tensor([s.label for s in samples], dtype=torch.int64),
         indices=torch.tensor([s.index for s in samples], dtype=torch.int64),
@@ -170,8 +186,15 @@ class GpuPipeline:
     torch.compile and DDP; weight the loss with `valid` or drop them with `images[valid]`.
     """
 
-    def __init__(self, spec: EvalSpec, device: torch.device | str, aug: AugmentSpec | None = None,
-                 seed: int = 0, channels_last: bool = False, normalize: bool = True):
+    def __init__(
+        self,
+        spec: EvalSpec,
+        device: torch.device | str,
+        aug: AugmentSpec | None = None,
+        seed: int = 0,
+        channels_last: bool = False,
+        normalize: bool = True,
+    ):
         self.spec, self.aug, self.seed = spec, aug, seed
         self.device = torch.device(device)
         # normalize=False hands out uint8 batches, for a loop that normalizes itself (train.engine's prepare)
@@ -197,14 +220,18 @@ class GpuPipeline:
         for k, img in zip(todo, decode_on_device([batch.blob(k) for k in todo], self.device)):
             self.stats.add(None if img is not None else REFUSED)
             try:
-                out[k] = (exif_transpose_tensor(img, orientation[k]) if img is not None
-                          else decode_cpu(batch.blob(k)).to(self.device, non_blocking=True))
+                out[k] = (
+                    exif_transpose_tensor(img, orientation[k])
+                    if img is not None
+                    else decode_cpu(batch.blob(k)).to(self.device, non_blocking=True)
+                )
             except BadImage as exc:
                 errors[k] = str(exc)
         return out, errors
 
-    def images_uint8(self, batch: EncodedBatch, epoch: int | torch.Tensor | None = None
-                     ) -> tuple[torch.Tensor, dict[int, str]]:
+    def images_uint8(
+        self, batch: EncodedBatch, epoch: int | torch.Tensor | None = None
+    ) -> tuple[torch.Tensor, dict[int, str]]:
         """The batch → uint8 [N, 3, crop, crop] on the device and {position: reason} for bad files."""
         decoded, errors = self.decode(batch)
         epoch = batch.epochs if epoch is None else epoch
@@ -215,8 +242,11 @@ class GpuPipeline:
             images = [decoded[k] for k in good]
             keep = torch.tensor(good)
             ep = epoch[keep] if isinstance(epoch, torch.Tensor) else epoch
-            done = (train_batch(images, batch.indices[keep], self.seed, ep, self.aug, self.spec) if self.aug
-                    else eval_batch(images, self.spec))
+            done = (
+                train_batch(images, batch.indices[keep], self.seed, ep, self.aug, self.spec)
+                if self.aug
+                else eval_batch(images, self.spec)
+            )
             if len(good) == len(batch):
                 out = done
             else:
@@ -232,8 +262,9 @@ class GpuPipeline:
         valid = torch.ones(len(batch), dtype=torch.bool)
         valid[list(errors)] = False
         bad = [(int(batch.indices[k]), reason) for k, reason in sorted(errors.items())]
-        return DeviceBatch(x, batch.labels.to(self.device, non_blocking=True),
-                           valid.to(self.device, non_blocking=True), bad)
+        return DeviceBatch(
+            x, batch.labels.to(self.device, non_blocking=True), valid.to(self.device, non_blocking=True), bad
+        )
 
 
 # ------------------------------------------------------------------------------ overlap with the step
@@ -258,8 +289,9 @@ def _pull_limit(batches: Iterable) -> int | float:
         return 0
 
 
-def prefetch(batches: Iterable[EncodedBatch], pipeline: GpuPipeline, epoch: int | None = None,
-             depth: int = 2) -> Iterator[DeviceBatch]:
+def prefetch(
+    batches: Iterable[EncodedBatch], pipeline: GpuPipeline, epoch: int | None = None, depth: int = 2
+) -> Iterator[DeviceBatch]:
     """Pull from the loader and run the pipeline up to `depth` batches ahead in a background thread, on its
     own CUDA stream on GPU, so the training thread does not block on loader IPC, decode or augmentation.
 
@@ -286,7 +318,9 @@ def prefetch(batches: Iterable[EncodedBatch], pipeline: GpuPipeline, epoch: int 
             event.record(side)
         return out, event
 
-    def run_pulled(pulled_raw: Future) -> tuple[tuple[DeviceBatch, torch.cuda.Event | None] | None, bool | None]:
+    def run_pulled(
+        pulled_raw: Future,
+    ) -> tuple[tuple[DeviceBatch, torch.cuda.Event | None] | None, bool | None]:
         raw, last = pulled_raw.result()
         return (None, last) if raw is _END else (run(raw), last)
 
@@ -331,15 +365,22 @@ def prefetch(batches: Iterable[EncodedBatch], pipeline: GpuPipeline, epoch: int 
                 for t in (item.images, item.labels, item.valid):
                     t.record_stream(current)  # made on the side stream, used and freed on this one
             yield item
-        for _ in source:  # past the last batch: an Accelerate loader now ends its epoch (and leaves gradient state)
+        for _ in (
+            source
+        ):  # past the last batch: an Accelerate loader now ends its epoch (and leaves gradient state)
             pass
     finally:  # also when the consumer stops early: drop queued work, wait for the running batch
         pool.shutdown(wait=True, cancel_futures=True)
         loads.shutdown(wait=True, cancel_futures=True)
 
 
-def engine_batches(batches: Iterable[EncodedBatch], pipeline: GpuPipeline, name: Callable[[int], str],
-                   ignore_label: int = -1, depth: int = 2) -> Iterator[tuple[torch.Tensor, torch.Tensor, list[str]]]:
+def engine_batches(
+    batches: Iterable[EncodedBatch],
+    pipeline: GpuPipeline,
+    name: Callable[[int], str],
+    ignore_label: int = -1,
+    depth: int = 2,
+) -> Iterator[tuple[torch.Tensor, torch.Tensor, list[str]]]:
     """The (images, labels, bad notes) tuples train.engine takes from its CPU loaders, from the GPU path.
 
     Bad files become notes `"<name>\t<reason>"` and keep their slot (zero image, label `ignore_label`),
@@ -358,5 +399,14 @@ def resolve_decode(mode: str, device: torch.device | str) -> str:
     return choices[mode]
 
 
-__all__ = ["DeviceBatch", "EncodedBatch", "EncodedImages", "EncodedSample", "GpuPipeline", "collate_encoded",
-           "engine_batches", "prefetch", "resolve_decode"]
+__all__ = [
+    "DeviceBatch",
+    "EncodedBatch",
+    "EncodedImages",
+    "EncodedSample",
+    "GpuPipeline",
+    "collate_encoded",
+    "engine_batches",
+    "prefetch",
+    "resolve_decode",
+]

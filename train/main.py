@@ -3,6 +3,7 @@
 Also runs as `python train/main.py ...` (one process) and `python -m train.main ...`. Every config
 key can be overridden on the command line; `python -m core.config` prints them all.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -19,8 +20,10 @@ from core.errors import EXIT_USER_ERROR, UserError, cli_entry
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     ap = argparse.ArgumentParser(
-        prog="train/main.py", description=__doc__.splitlines()[0],
-        epilog="example: accelerate launch train/main.py --config configs/demo.yaml train.epochs=3 data.root=data/demo")
+        prog="train/main.py",
+        description=__doc__.splitlines()[0],
+        epilog="example: accelerate launch train/main.py --config configs/demo.yaml train.epochs=3 data.root=data/demo",
+    )
     ap.add_argument("--config", "-c", help="YAML recipe (configs/*.yaml); without it the defaults apply")
     ap.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides, e.g. train.epochs=3")
     return ap.parse_args(argv)

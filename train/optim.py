@@ -4,6 +4,7 @@ Every schedule steps once per optimizer step, so a resume in the middle of an ep
 exact learning rate. Step counts are single-process numbers: Accelerate's scheduler wrapper steps
 num_processes times per call, which keeps the shape of the schedule whatever the process count.
 """
+
 from __future__ import annotations
 
 import math
@@ -17,8 +18,9 @@ from core.config import OptimizerConfig, SchedulerConfig
 from core.errors import UserError
 
 OPTIMIZERS: dict[str, Callable[[Iterable, OptimizerConfig], Optimizer]] = {
-    "sgd": lambda p, c: torch.optim.SGD(p, lr=c.lr, momentum=c.momentum, weight_decay=c.weight_decay,
-                                        nesterov=c.nesterov and c.momentum > 0),
+    "sgd": lambda p, c: torch.optim.SGD(
+        p, lr=c.lr, momentum=c.momentum, weight_decay=c.weight_decay, nesterov=c.nesterov and c.momentum > 0
+    ),
     "adam": lambda p, c: torch.optim.Adam(p, lr=c.lr, weight_decay=c.weight_decay),
     "adamw": lambda p, c: torch.optim.AdamW(p, lr=c.lr, weight_decay=c.weight_decay),
     "adadelta": lambda p, c: torch.optim.Adadelta(p, lr=c.lr, weight_decay=c.weight_decay),
@@ -30,7 +32,9 @@ def build_optimizer(params: Iterable[torch.nn.Parameter], cfg: OptimizerConfig) 
     try:
         make = OPTIMIZERS[cfg.name]
     except KeyError:
-        raise UserError(f"unknown train.optimizer.name {cfg.name!r}; valid: {', '.join(OPTIMIZERS)}") from None
+        raise UserError(
+            f"unknown train.optimizer.name {cfg.name!r}; valid: {', '.join(OPTIMIZERS)}"
+        ) from None
     return make(params, cfg)
 
 
@@ -61,12 +65,19 @@ def _cosine(opt: Optimizer, cfg: SchedulerConfig, steps_per_epoch: int, epochs: 
 def _onecycle(opt: Optimizer, cfg: SchedulerConfig, steps_per_epoch: int, epochs: int) -> LRScheduler:
     max_lr = [g["lr"] for g in opt.param_groups]
     cycle_momentum = "momentum" in opt.defaults or "betas" in opt.defaults
-    return OneCycleLR(opt, max_lr=max_lr, total_steps=max(2, epochs * steps_per_epoch),
-                      cycle_momentum=cycle_momentum and opt.defaults.get("momentum", 1) != 0)
+    return OneCycleLR(
+        opt,
+        max_lr=max_lr,
+        total_steps=max(2, epochs * steps_per_epoch),
+        cycle_momentum=cycle_momentum and opt.defaults.get("momentum", 1) != 0,
+    )
 
 
 SCHEDULERS: dict[str, Callable[[Optimizer, SchedulerConfig, int, int], LRScheduler]] = {
-    "none": _constant, "step": _step, "cosine": _cosine, "onecycle": _onecycle,
+    "none": _constant,
+    "step": _step,
+    "cosine": _cosine,
+    "onecycle": _onecycle,
 }
 
 
@@ -74,5 +85,7 @@ def build_scheduler(opt: Optimizer, cfg: SchedulerConfig, steps_per_epoch: int, 
     try:
         make = SCHEDULERS[cfg.name]
     except KeyError:
-        raise UserError(f"unknown train.scheduler.name {cfg.name!r}; valid: {', '.join(SCHEDULERS)}") from None
+        raise UserError(
+            f"unknown train.scheduler.name {cfg.name!r}; valid: {', '.join(SCHEDULERS)}"
+        ) from None
     return make(opt, cfg, steps_per_epoch, epochs)

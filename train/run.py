@@ -1,4 +1,5 @@
 """One training run end to end: accelerator, run folder, data, model, the epoch loop, the test evaluation."""
+
 from __future__ import annotations
 
 import math
@@ -68,12 +69,20 @@ def make_accelerator(cfg: Config) -> Accelerator:
     cpu = parse_flag_from_env("ACCELERATE_USE_CPU") or not torch.cuda.is_available()
     mp = resolve_mixed_precision(cfg.train.mixed_precision, cpu, os.environ.get("ACCELERATE_MIXED_PRECISION"))
     # Unfreezing after N epochs changes which parameters get gradients; DDP must then look each step.
-    ddp = DistributedDataParallelKwargs(find_unused_parameters=isinstance(cfg.model.freeze, int)
-                                        and cfg.model.freeze > 0)
+    ddp = DistributedDataParallelKwargs(
+        find_unused_parameters=isinstance(cfg.model.freeze, int) and cfg.model.freeze > 0
+    )
     if not cpu:
-        torch.backends.cudnn.benchmark = True  # fixed input shapes: autotuned convolutions, as train/bench measures
-    return Accelerator(cpu=cpu, mixed_precision=mp, gradient_accumulation_steps=cfg.train.grad_accum_steps,
-                       kwargs_handlers=[ddp], dataloader_config=DataLoaderConfiguration(non_blocking=not cpu))
+        torch.backends.cudnn.benchmark = (
+            True  # fixed input shapes: autotuned convolutions, as train/bench measures
+        )
+    return Accelerator(
+        cpu=cpu,
+        mixed_precision=mp,
+        gradient_accumulation_steps=cfg.train.grad_accum_steps,
+        kwargs_handlers=[ddp],
+        dataloader_config=DataLoaderConfiguration(non_blocking=not cpu),
+    )
 
 
 def on_main(accelerator: Accelerator, fn: Callable[[], Any]) -> Any:
@@ -107,8 +116,10 @@ def check_writable(run_dir: Path) -> None:
     """Fail before training, not with a traceback at the first write: the run folder must be creatable."""
     existing = next(p for p in (run_dir, *run_dir.parents) if p.exists())
     if not existing.is_dir() or not os.access(existing, os.W_OK | os.X_OK):
-        raise UserError(f"cannot create the run folder {run_dir}: {existing} is not a writable folder; "
-                        "set run.output_dir (or run.name) to a folder you can write")
+        raise UserError(
+            f"cannot create the run folder {run_dir}: {existing} is not a writable folder; "
+            "set run.output_dir (or run.name) to a folder you can write"
+        )
 
 
 def resolve_run(cfg: Config, stem: str) -> tuple[Path, Path | None]:
@@ -129,10 +140,14 @@ def _resolve_run(cfg: Config, stem: str) -> tuple[Path, Path | None]:
         return (run_dir or _new_run_dir(out, stem)), last
     if name:
         run_dir = out / name
-        find_last(run_dir)  # a crash mid-swap leaves only .last.old: that is still a run to refuse to overwrite
+        find_last(
+            run_dir
+        )  # a crash mid-swap leaves only .last.old: that is still a run to refuse to overwrite
         if (run_dir / LAST_DIR).exists() or (run_dir / BEST_DIR).exists():
-            raise UserError(f"run folder {run_dir} already holds a run; continue it with train.resume=auto "
-                            "or choose another run.name")
+            raise UserError(
+                f"run folder {run_dir} already holds a run; continue it with train.resume=auto "
+                "or choose another run.name"
+            )
         return run_dir, None
     return _new_run_dir(out, stem), None
 
@@ -146,15 +161,23 @@ def finished_note(cfg: Config, run_dir: Path, last: Path | None) -> str | None:
         return None
     best = state.best or {}
     how = "early-stopped" if state.epoch < cfg.train.epochs else "finished"
-    return (f"run {run_dir} is {how} ({state.epoch}/{cfg.train.epochs} epochs, best valid_acc "
-            f"{best.get('valid_acc', 0):.3f} at epoch {best.get('epoch')}); nothing to do. Its bundle is "
-            f"{run_dir / BEST_DIR}; choose another run.name to train a new run")
+    return (
+        f"run {run_dir} is {how} ({state.epoch}/{cfg.train.epochs} epochs, best valid_acc "
+        f"{best.get('valid_acc', 0):.3f} at epoch {best.get('epoch')}); nothing to do. Its bundle is "
+        f"{run_dir / BEST_DIR}; choose another run.name to train a new run"
+    )
 
 
 def git_commit() -> str | None:
     try:
-        out = subprocess.run(["git", "rev-parse", "HEAD"], check=False, cwd=Path(__file__).resolve().parent,
-                             capture_output=True, text=True, timeout=5)
+        out = subprocess.run(
+            ["git", "rev-parse", "HEAD"],
+            check=False,
+            cwd=Path(__file__).resolve().parent,
+            capture_output=True,
+            text=True,
+            timeout=5,
+        )
     except (OSError, subprocess.SubprocessError):
         return None
     return (out.stdout.strip() or None) if out.returncode == 0 else None
@@ -173,7 +196,9 @@ def write_run_files(cfg: Config, data: TrainData, feed: Feed, run_dir: Path) -> 
 # ---------------------------------------------------------------------------------------- model
 
 
-def _input_prep(cfg: Config, device: torch.device, channels_last: bool) -> Callable[[torch.Tensor], torch.Tensor]:
+def _input_prep(
+    cfg: Config, device: torch.device, channels_last: bool
+) -> Callable[[torch.Tensor], torch.Tensor]:
     normalize = Normalize(tuple(cfg.preprocess.mean), tuple(cfg.preprocess.std)).to(device)
     if not channels_last:
         return normalize
@@ -194,8 +219,9 @@ def make_criterion(label_smoothing: float) -> torch.nn.Module:
     return torch.nn.CrossEntropyLoss(label_smoothing=label_smoothing, ignore_index=IGNORE_LABEL)
 
 
-def build_parts(cfg: Config, feed: Feed, data: TrainData, model: torch.nn.Module,
-                accelerator: Accelerator) -> Parts:
+def build_parts(
+    cfg: Config, feed: Feed, data: TrainData, model: torch.nn.Module, accelerator: Accelerator
+) -> Parts:
     """Collective (DDP wraps the model): every process calls it, outside main_process_first."""
     t = cfg.train
     on_gpu = accelerator.device.type == "cuda"
@@ -211,13 +237,23 @@ def build_parts(cfg: Config, feed: Feed, data: TrainData, model: torch.nn.Module
     batches = len(data.train) // t.batch_size if drop_last else math.ceil(len(data.train) / t.batch_size)
     steps_per_epoch = math.ceil(batches / t.grad_accum_steps)
     scheduler = build_scheduler(optimizer, t.scheduler, steps_per_epoch, t.epochs)
-    tl, vl = feed.loaders(t.batch_size, t.eval_batch_size or 2 * t.batch_size, pin=on_gpu, drop_last=drop_last)
+    tl, vl = feed.loaders(
+        t.batch_size, t.eval_batch_size or 2 * t.batch_size, pin=on_gpu, drop_last=drop_last
+    )
     model, optimizer, scheduler, tl, vl = accelerator.prepare(model, optimizer, scheduler, tl, vl)
     if t.compile:
         model = torch.compile(model)
     criterion = make_criterion(t.label_smoothing)
-    return Parts(model, optimizer, scheduler, tl, vl, _input_prep(cfg, accelerator.device, channels_last), criterion,
-                 feed)
+    return Parts(
+        model,
+        optimizer,
+        scheduler,
+        tl,
+        vl,
+        _input_prep(cfg, accelerator.device, channels_last),
+        criterion,
+        feed,
+    )
 
 
 # ---------------------------------------------------------------------------------------- test evaluation
@@ -231,20 +267,32 @@ def evaluate_test(cfg: Config, data: TrainData, run_dir: Path, accelerator: Acce
     model = accelerator.prepare_model(WithPreprocessing(model, record.preprocess), evaluation_mode=True)
     batch = cfg.train.eval_batch_size or 2 * cfg.train.batch_size
     loader = accelerator.prepare_data_loader(
-        eval_loader(data.test, batch, cfg.data.num_workers, pin=accelerator.device.type == "cuda"))
+        eval_loader(data.test, batch, cfg.data.num_workers, pin=accelerator.device.type == "cuda")
+    )
     result = evaluate(accelerator, model, loader, lambda x: x, keep_probs=True)
     if not accelerator.is_main_process:
         return None
     # Sample the predictions grid evenly over the test set (it is listed class by class), not its first rows.
-    rows = np.unique(np.linspace(0, len(result.targets) - 1, PREVIEW_IMAGES).round().astype(int)) \
-        if result.targets is not None and len(result.targets) else np.array([], dtype=int)
+    rows = (
+        np.unique(np.linspace(0, len(result.targets) - 1, PREVIEW_IMAGES).round().astype(int))
+        if result.targets is not None and len(result.targets)
+        else np.array([], dtype=int)
+    )
     images = [data.test[int(result.indices[r])][0] for r in rows]
     keep = [r for r, x in zip(rows, images) if x is not None]
     images = [x for x in images if x is not None]
     folder = data.lineage.get("test_dir") or data.lineage.get("source", "test")  # CIFAR-10 has no folder
     source = evaluation_source(run_dir / BEST_DIR, folder, len(data.test))
-    return write_evaluation(run_dir, result.probs, result.targets, record.classes, record.display_names,
-                            torch.stack(images) if images else None, image_rows=keep, source=source)
+    return write_evaluation(
+        run_dir,
+        result.probs,
+        result.targets,
+        record.classes,
+        record.display_names,
+        torch.stack(images) if images else None,
+        image_rows=keep,
+        source=source,
+    )
 
 
 # ---------------------------------------------------------------------------------------- the run
@@ -265,7 +313,9 @@ class RunResult:
     exit_code: int  # 0, or 128 + signal number when preempted (last/ saved)
     run_dir: Path
     state: TrainerState
-    model: torch.nn.Module | None  # the trained model as it ended (unwrapped, on its device); None: nothing to do
+    model: (
+        torch.nn.Module | None
+    )  # the trained model as it ended (unwrapped, on its device); None: nothing to do
     test_metrics: dict | None = None
 
 
@@ -293,8 +343,10 @@ def _train(accelerator: Accelerator, cfg: Config, stem: str) -> RunResult:
     set_seed(cfg.run.seed, device_specific=True)
     decode = decode_mode(cfg, accelerator.device)
     if decode == "gpu" and accelerator.device.type != "cuda":
-        accelerator.print("warning: data.decode: gpu runs its batched decode + augmentation on the CPU here (no "
-                          "CUDA device); data.decode: cpu (parallel workers) is faster on this machine")
+        accelerator.print(
+            "warning: data.decode: gpu runs its batched decode + augmentation on the CPU here (no "
+            "CUDA device); data.decode: cpu (parallel workers) is faster on this machine"
+        )
     run_dir, last = on_main(accelerator, lambda: resolve_run(cfg, stem))
     note = on_main(accelerator, lambda: finished_note(cfg, run_dir, last))
     if note:  # a rerun of a finished run (the README's newcomer command twice) succeeds and says so
@@ -305,16 +357,20 @@ def _train(accelerator: Accelerator, cfg: Config, stem: str) -> RunResult:
         model = make_model(cfg, data)
     feed = FEEDS[decode](cfg, data, accelerator.device)
     if decode == "gpu" and not getattr(feed, "device_decode", True):
-        accelerator.print(f"warning: the device JPEG decoder does not work on {accelerator.device} (torchvision "
-                          "without nvJPEG, or a GPU slice without a JPEG engine): PIL decodes every image in the "
-                          "DataLoader workers; data.decode: cpu does the same with CPU augmentation")
+        accelerator.print(
+            f"warning: the device JPEG decoder does not work on {accelerator.device} (torchvision "
+            "without nvJPEG, or a GPU slice without a JPEG engine): PIL decodes every image in the "
+            "DataLoader workers; data.decode: cpu does the same with CPU augmentation"
+        )
     parts = build_parts(cfg, feed, data, model, accelerator)
     if accelerator.is_main_process:
         write_run_files(cfg, data, feed, run_dir)
     lineage = {"config_hash": cfg.hash(), "git_commit": git_commit(), "dataset": data.lineage}
-    accelerator.print(f"run folder {run_dir} | {len(data.classes)} classes, {len(data.train)} train / "
-                      f"{len(data.valid)} valid images | {accelerator.num_processes} process(es) on "
-                      f"{_device_text(accelerator)}, mixed precision {accelerator.mixed_precision}, data.decode {decode}")
+    accelerator.print(
+        f"run folder {run_dir} | {len(data.classes)} classes, {len(data.train)} train / "
+        f"{len(data.valid)} valid images | {accelerator.num_processes} process(es) on "
+        f"{_device_text(accelerator)}, mixed precision {accelerator.mixed_precision}, data.decode {decode}"
+    )
     state = _restore(accelerator, cfg, last)
     tracking = Tracking.start(accelerator, cfg, run_dir)
     try:
@@ -323,8 +379,16 @@ def _train(accelerator: Accelerator, cfg: Config, stem: str) -> RunResult:
         tracking.finish()
 
 
-def _fit_and_test(cfg: Config, data: TrainData, run_dir: Path, accelerator: Accelerator, parts, lineage: dict,
-                  state: TrainerState, tracking: Tracking) -> RunResult:
+def _fit_and_test(
+    cfg: Config,
+    data: TrainData,
+    run_dir: Path,
+    accelerator: Accelerator,
+    parts,
+    lineage: dict,
+    state: TrainerState,
+    tracking: Tracking,
+) -> RunResult:
     with StopFlag() as stop:
         trainer = Trainer(cfg, data, run_dir, accelerator, parts, stop, lineage, tracking)
         state = trainer.fit(state)
@@ -334,11 +398,19 @@ def _fit_and_test(cfg: Config, data: TrainData, run_dir: Path, accelerator: Acce
     accelerator.wait_for_everyone()
     result.test_metrics = evaluate_test(cfg, data, run_dir, accelerator)
     best, test = state.best or {}, result.test_metrics
-    accelerator.print(f"best epoch {best.get('epoch')}: valid acc {best.get('valid_acc', 0):.3f} → "
-                      f"{run_dir / BEST_DIR}" + (f" | test acc {test['accuracy']:.3f}" if test else ""))
+    accelerator.print(
+        f"best epoch {best.get('epoch')}: valid acc {best.get('valid_acc', 0):.3f} → "
+        f"{run_dir / BEST_DIR}" + (f" | test acc {test['accuracy']:.3f}" if test else "")
+    )
     if test:
         step = len(state.rows) * len(parts.train_loader)
-        tracking.log({f"test/{k}": v for k, v in test.items()
-                      if isinstance(v, (int, float)) and not isinstance(v, bool)}, step=step)
+        tracking.log(
+            {
+                f"test/{k}": v
+                for k, v in test.items()
+                if isinstance(v, (int, float)) and not isinstance(v, bool)
+            },
+            step=step,
+        )
         tracking.images({n: run_dir / f"{n}.png" for n in ("confusion_matrix", "predictions")}, step=step)
     return result

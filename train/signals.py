@@ -2,6 +2,7 @@
 
 A second signal of the same kind gets the default behaviour back (a second Ctrl-C kills at once).
 """
+
 from __future__ import annotations
 
 import os

@@ -10,6 +10,7 @@ either absent or complete. --move plans everything first, writes the plan, then 
 files back if anything fails. Only image files (core.images.is_image_file) are split; the rest
 stay where they are and are listed, except SRC/cat_to_name.json, which is copied to DST.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -50,6 +51,7 @@ class Source:
 
 # ─── arithmetic ────────────────────────────────────────────────────────────────────────────────
 
+
 def check_ratios(ratios: list[float]) -> tuple[float, ...]:
     if len(ratios) not in (2, 3):
         raise UserError(f"--ratios takes 2 (train valid) or 3 (train valid test) numbers, got {len(ratios)}")
@@ -80,12 +82,13 @@ def assign(files: list[str], ratios: tuple[float, ...], seed: int, cls: str) -> 
     random.Random(f"{seed}/{cls}").shuffle(order)  # string seeds hash with sha512: stable across runs
     out, start = {}, 0
     for name, count in zip(SPLITS, split_counts(len(order), ratios)):
-        out[name] = sorted(order[start:start + count])
+        out[name] = sorted(order[start : start + count])
         start += count
     return out
 
 
 # ─── source and destination ────────────────────────────────────────────────────────────────────
+
 
 def _hidden(rel: Path) -> bool:
     return any(part.startswith(".") for part in rel.parts)
@@ -118,7 +121,9 @@ def scan_source(src: Path) -> Source:
         elif entry.is_file() and entry.name != LABEL_MAP:
             source.skipped.append(entry.name)
     if not source.classes:
-        raise UserError(f"SRC {src} has no class folder with images in it; expected SRC/<class>/<image files>")
+        raise UserError(
+            f"SRC {src} has no class folder with images in it; expected SRC/<class>/<image files>"
+        )
     return source
 
 
@@ -139,14 +144,18 @@ _LINK_FALLBACK_ERRNOS = {errno.EXDEV, errno.EPERM, errno.ENOTSUP, errno.EMLINK}
 def _link(a: Path, b: Path) -> None:
     """Hard link; across file systems (or where hard links are refused) an absolute symlink instead."""
     try:
-        os.link(os.path.realpath(a), b)  # link() would link a symlink itself; a relative one then dangles in DST
+        os.link(
+            os.path.realpath(a), b
+        )  # link() would link a symlink itself; a relative one then dangles in DST
     except OSError as exc:
         if exc.errno not in _LINK_FALLBACK_ERRNOS:
             raise
         try:
             os.symlink(a.resolve(), b)
         except OSError as exc2:
-            raise UserError(f"cannot hard link or symlink {a} into DST ({exc2.strerror}); use --copy") from None
+            raise UserError(
+                f"cannot hard link or symlink {a} into DST ({exc2.strerror}); use --copy"
+            ) from None
 
 
 TRANSFER: dict[str, Callable[[Path, Path], object]] = {
@@ -158,11 +167,18 @@ TRANSFER: dict[str, Callable[[Path, Path], object]] = {
 
 def check_movable(plan: dict[str, dict[str, list[str]]], src: Path) -> None:
     """--move would carry a symlink over as it is; a relative one then points nowhere. Refuse before moving."""
-    links = [f"{cls}/{rel}" for cls, splits in plan.items() for files in splits.values() for rel in files
-             if (src / cls / rel).is_symlink()]
+    links = [
+        f"{cls}/{rel}"
+        for cls, splits in plan.items()
+        for files in splits.values()
+        for rel in files
+        if (src / cls / rel).is_symlink()
+    ]
     if links:
-        raise UserError(f"SRC holds {len(links)} symlinked image(s) (e.g. {links[0]}) that --move would break; "
-                        "use --copy or --link, or replace the links with the files (nothing was moved)")
+        raise UserError(
+            f"SRC holds {len(links)} symlinked image(s) (e.g. {links[0]}) that --move would break; "
+            "use --copy or --link, or replace the links with the files (nothing was moved)"
+        )
 
 
 def _pairs(plan: dict[str, dict[str, list[str]]], src: Path, stage: Path):
@@ -187,7 +203,9 @@ def _undo(stage: Path, done: list[tuple[Path, Path]], mode: str) -> str:
     """Clean up after a failed transfer; return what became of the files, for the error line."""
     stuck = _move_back(done) if mode == "move" else []
     if stuck:
-        return f"{len(stuck)} moved files could not be put back; they are in {stage} (origins in {stage / PLAN})"
+        return (
+            f"{len(stuck)} moved files could not be put back; they are in {stage} (origins in {stage / PLAN})"
+        )
     shutil.rmtree(stage, ignore_errors=True)
     return "every moved file was put back" if mode == "move" else "nothing was written to DST"
 
@@ -215,15 +233,20 @@ def _umask() -> int:
 
 # ─── the command ───────────────────────────────────────────────────────────────────────────────
 
-def build_manifest(args: argparse.Namespace, ratios: tuple[float, ...], source: Source,
-                   plan: dict[str, dict[str, list[str]]]) -> dict:
+
+def build_manifest(
+    args: argparse.Namespace, ratios: tuple[float, ...], source: Source, plan: dict[str, dict[str, list[str]]]
+) -> dict:
     names = SPLITS[: len(ratios)]
     return {
-        "src": str(Path(args.src).resolve()), "mode": args.mode, "seed": args.seed,
+        "src": str(Path(args.src).resolve()),
+        "mode": args.mode,
+        "seed": args.seed,
         "ratios": dict(zip(names, ratios)),
         "counts": {cls: {s: len(plan[cls][s]) for s in names} for cls in plan},
         "totals": {s: sum(len(plan[cls][s]) for cls in plan) for s in names},
-        "skipped": source.skipped, "empty_classes": source.empty,
+        "skipped": source.skipped,
+        "empty_classes": source.empty,
         "files": {cls: {s: plan[cls][s] for s in names} for cls in plan},
     }
 
@@ -236,14 +259,20 @@ def summary(manifest: dict, dst: Path) -> str:
     lines.append(f"{'total':<6} {len(counts):>7} {sum(totals.values()):>7}  ({manifest['mode']} → {dst})")
     short = [c for c, n in counts.items() if not all(n.values())]
     if short:
-        lines.append(f"note: {len(short)} class(es) too small for every split (e.g. {short[0]}: "
-                     f"{counts[short[0]]}); they are absent from the splits that got none")
+        lines.append(
+            f"note: {len(short)} class(es) too small for every split (e.g. {short[0]}: "
+            f"{counts[short[0]]}); they are absent from the splits that got none"
+        )
     if manifest["empty_classes"]:
-        lines.append(f"note: {len(manifest['empty_classes'])} class folder(s) hold no images and were left out: "
-                     f"{', '.join(manifest['empty_classes'][:SHOW_SKIPPED])}")
+        lines.append(
+            f"note: {len(manifest['empty_classes'])} class folder(s) hold no images and were left out: "
+            f"{', '.join(manifest['empty_classes'][:SHOW_SKIPPED])}"
+        )
     if manifest["skipped"]:
-        lines.append(f"skipped {len(manifest['skipped'])} files that are not images (listed in {MANIFEST}): "
-                     f"{', '.join(manifest['skipped'][:SHOW_SKIPPED])}")
+        lines.append(
+            f"skipped {len(manifest['skipped'])} files that are not images (listed in {MANIFEST}): "
+            f"{', '.join(manifest['skipped'][:SHOW_SKIPPED])}"
+        )
     return "\n".join(lines)
 
 
@@ -267,16 +296,36 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="train/split.py", description=__doc__.split("\n\n")[0])
     p.add_argument("src", help="folder with one subfolder of images per class")
     p.add_argument("dst", help="new or empty folder to create train/ valid/ [test/] in")
-    p.add_argument("--ratios", type=float, nargs="+", default=[0.75, 0.125, 0.125],
-                   help="train valid [test] shares, positive, summing to 1 (default 0.75 0.125 0.125)")
+    p.add_argument(
+        "--ratios",
+        type=float,
+        nargs="+",
+        default=[0.75, 0.125, 0.125],
+        help="train valid [test] shares, positive, summing to 1 (default 0.75 0.125 0.125)",
+    )
     p.add_argument("--seed", type=int, default=0, help="shuffle seed (default 0)")
     mode = p.add_mutually_exclusive_group()
-    mode.add_argument("--copy", dest="mode", action="store_const", const="copy",
-                      help="copy files (default: SRC untouched, DST independent of it)")
-    mode.add_argument("--link", dest="mode", action="store_const", const="link",
-                      help="hard link (symlink across file systems): no extra space, DST shares SRC's files")
-    mode.add_argument("--move", dest="mode", action="store_const", const="move",
-                      help="move files out of SRC (planned first, undone on failure)")
+    mode.add_argument(
+        "--copy",
+        dest="mode",
+        action="store_const",
+        const="copy",
+        help="copy files (default: SRC untouched, DST independent of it)",
+    )
+    mode.add_argument(
+        "--link",
+        dest="mode",
+        action="store_const",
+        const="link",
+        help="hard link (symlink across file systems): no extra space, DST shares SRC's files",
+    )
+    mode.add_argument(
+        "--move",
+        dest="mode",
+        action="store_const",
+        const="move",
+        help="move files out of SRC (planned first, undone on failure)",
+    )
     p.set_defaults(mode="copy")
     return p.parse_args(argv)
 

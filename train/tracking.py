@@ -5,6 +5,7 @@ rate every `train.log_every` steps, the per-epoch metrics row, and the figures (
 test confusion matrix and predictions at the end) where the tracker takes images. Everything happens on
 the main process; `finish` closes the trackers (also safe to call twice, and before end_training).
 """
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -20,10 +21,17 @@ from core.errors import UserError
 PROJECT = "imgclf"  # wandb project / mlflow experiment; the run is named after its run folder
 
 # The pip package that makes each tracker available; tensorboard also comes with the project's extra.
-PIP = {"tensorboard": "pip install -e '.[tensorboard]' (or pip install tensorboard)", "wandb": "pip install wandb",
-       "mlflow": "pip install mlflow", "comet_ml": "pip install comet_ml", "aim": "pip install aim",
-       "clearml": "pip install clearml", "dvclive": "pip install dvclive", "swanlab": "pip install swanlab",
-       "trackio": "pip install trackio"}
+PIP = {
+    "tensorboard": "pip install -e '.[tensorboard]' (or pip install tensorboard)",
+    "wandb": "pip install wandb",
+    "mlflow": "pip install mlflow",
+    "comet_ml": "pip install comet_ml",
+    "aim": "pip install aim",
+    "clearml": "pip install clearml",
+    "dvclive": "pip install dvclive",
+    "swanlab": "pip install swanlab",
+    "trackio": "pip install trackio",
+}
 
 
 def check_installed(names: list[str]) -> None:
@@ -31,8 +39,10 @@ def check_installed(names: list[str]) -> None:
     available = {str(getattr(t, "value", t)) for t in get_available_trackers()}
     for name in names:
         if name not in available:
-            raise UserError(f"run.log_with: {name} is not installed in this environment; {PIP.get(name, '')}"
-                            " — or set run.log_with=none")
+            raise UserError(
+                f"run.log_with: {name} is not installed in this environment; {PIP.get(name, '')}"
+                " — or set run.log_with=none"
+            )
 
 
 def flat_hparams(tree: dict[str, Any], prefix: str = "") -> dict[str, bool | int | float | str]:
@@ -85,7 +95,9 @@ def _wandb_images(tracker, images: dict[str, np.ndarray], step: int) -> None:
 
 # Trackers that take images, and how; the others get the numbers only (the PNGs stay in the run folder).
 IMAGE_WRITERS: dict[str, Callable[[Any, dict[str, np.ndarray], int], None]] = {
-    "tensorboard": _tensorboard_images, "wandb": _wandb_images}
+    "tensorboard": _tensorboard_images,
+    "wandb": _wandb_images,
+}
 
 
 class Tracking:

@@ -1,4 +1,5 @@
 """The one-warp CPU training transform: torchvision's step-by-step result, from crop-sized work only."""
+
 from __future__ import annotations
 
 import pytest
@@ -13,7 +14,9 @@ from core.preprocess import AugmentSpec, EvalSpec, train_transform
 
 def smooth_image(height: int = 300, width: int = 400) -> torch.Tensor:
     y, x = torch.meshgrid(torch.arange(float(height)), torch.arange(float(width)), indexing="ij")
-    return TF.gaussian_blur(torch.stack([x * 0.6, y * 0.8, (x + y) * 0.3]).clamp(0, 255).to(torch.uint8), [9, 9])
+    return TF.gaussian_blur(
+        torch.stack([x * 0.6, y * 0.8, (x + y) * 0.3]).clamp(0, 255).to(torch.uint8), [9, 9]
+    )
 
 
 def stepwise(img: torch.Tensor, angle: float, box: tuple, flip: bool, size: int, crop: int) -> torch.Tensor:
@@ -23,13 +26,16 @@ def stepwise(img: torch.Tensor, angle: float, box: tuple, flip: bool, size: int,
     return TF.center_crop(TF.horizontal_flip(out) if flip else out, [crop, crop])
 
 
-@pytest.mark.parametrize("angle, box, flip, size", [
-    (0.0, (20, 30, 200, 250), False, 64),
-    (0.0, (20, 30, 200, 250), True, 80),
-    (25.0, (50, 60, 150, 200), False, 64),
-    (-25.0, (50, 60, 150, 200), True, 80),
-    (12.0, (100, 150, 40, 30), True, 64),  # upscaling a small box
-])
+@pytest.mark.parametrize(
+    "angle, box, flip, size",
+    [
+        (0.0, (20, 30, 200, 250), False, 64),
+        (0.0, (20, 30, 200, 250), True, 80),
+        (25.0, (50, 60, 150, 200), False, 64),
+        (-25.0, (50, 60, 150, 200), True, 80),
+        (12.0, (100, 150, 40, 30), True, 64),  # upscaling a small box
+    ],
+)
 def test_one_warp_equals_torchvision_step_by_step_for_the_same_draws(angle, box, flip, size):
     img = smooth_image()
     warp = TrainWarp(AugmentSpec(rotation=abs(angle), size=size), EvalSpec(resize=64, crop=64))
@@ -46,6 +52,7 @@ def test_one_warp_equals_torchvision_step_by_step_for_the_same_draws(angle, box,
 
 def test_rotation_never_touches_the_full_resolution_image(monkeypatch):
     """The cost fix: no full-image rotation, and the warp computes only crop×crop output pixels."""
+
     def refuse(*args, **kwargs):
         raise AssertionError("full-resolution rotation")
 
@@ -54,8 +61,11 @@ def test_rotation_never_touches_the_full_resolution_image(monkeypatch):
     monkeypatch.setattr(Image.Image, "rotate", refuse)
     warped = []
     transform = Image.Image.transform
-    monkeypatch.setattr(Image.Image, "transform",
-                        lambda self, size, *a, **k: warped.append(size) or transform(self, size, *a, **k))
+    monkeypatch.setattr(
+        Image.Image,
+        "transform",
+        lambda self, size, *a, **k: warped.append(size) or transform(self, size, *a, **k),
+    )
     tf = train_transform(AugmentSpec(rotation=30.0, size=80), EvalSpec(resize=73, crop=64))
     big = TF.to_pil_image(smooth_image(900, 1200))
     for _ in range(5):

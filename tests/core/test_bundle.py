@@ -1,4 +1,5 @@
 """The bundle rebuilds the exact model from its folder alone and refuses what it cannot read."""
+
 import json
 
 import pytest
@@ -11,10 +12,15 @@ from core.preprocess import EvalSpec
 
 
 def _record(**kw):
-    base = dict(arch="cifar_cnn", classes=["1", "10", "2"], preprocess=EvalSpec(36, 32, mean=(0.5,) * 3,
-                std=(0.5,) * 3), display_names=["pink primrose", "globe thistle", "hard-leaved pocket orchid"],
-                head=HeadSpec([16], 0.3), metrics={"valid_acc": 0.9, "epoch": 3},
-                lineage={"config_hash": "abc", "dataset": {"num_files": {"train": 3}}})
+    base = dict(
+        arch="cifar_cnn",
+        classes=["1", "10", "2"],
+        preprocess=EvalSpec(36, 32, mean=(0.5,) * 3, std=(0.5,) * 3),
+        display_names=["pink primrose", "globe thistle", "hard-leaved pocket orchid"],
+        head=HeadSpec([16], 0.3),
+        metrics={"valid_acc": 0.9, "epoch": 3},
+        lineage={"config_hash": "abc", "dataset": {"num_files": {"train": 3}}},
+    )
     base.update(kw)
     return BundleRecord(**base)
 
@@ -36,8 +42,13 @@ def test_bundle_json_is_readable_by_a_person(tmp_path):
     save_bundle(tmp_path / "b", build_model("cifar_cnn", 3, HeadSpec([16], 0.3)), _record())
     d = json.loads((tmp_path / "b" / "bundle.json").read_text())
     assert d["format"] == "imgclf-bundle" and d["schema_version"] == 1 and d["num_classes"] == 3
-    assert d["preprocess"] == {"resize": 36, "crop": 32, "interpolation": "bilinear",
-                               "mean": [0.5] * 3, "std": [0.5] * 3}
+    assert d["preprocess"] == {
+        "resize": 36,
+        "crop": 32,
+        "interpolation": "bilinear",
+        "mean": [0.5] * 3,
+        "std": [0.5] * 3,
+    }
 
 
 def test_saving_again_replaces_the_bundle_whole(tmp_path):

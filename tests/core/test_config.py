@@ -1,4 +1,5 @@
 """The config loader: typos name the nearest key, wrong types name the expected one, overrides win."""
+
 import dataclasses
 import typing
 from pathlib import Path
@@ -29,12 +30,15 @@ def test_yaml_file_and_overrides_are_merged_with_overrides_winning(tmp_path):
     assert cfg.model.head.dropout == 0.5
 
 
-@pytest.mark.parametrize("override, nearest", [
-    ("train.epoch=3", "train.epochs"),
-    ("model.head.hiden=[1]", "model.head.hidden"),
-    ("train.optimizer.lrr=0.1", "train.optimizer.lr"),
-    ("trian.epochs=3", "train"),
-])
+@pytest.mark.parametrize(
+    "override, nearest",
+    [
+        ("train.epoch=3", "train.epochs"),
+        ("model.head.hiden=[1]", "model.head.hidden"),
+        ("train.optimizer.lrr=0.1", "train.optimizer.lr"),
+        ("trian.epochs=3", "train"),
+    ],
+)
 def test_unknown_key_names_the_nearest_valid_key(override, nearest):
     with pytest.raises(UserError, match=f"unknown config key .*did you mean '{nearest}'"):
         load_config(None, [override])
@@ -47,13 +51,16 @@ def test_unknown_key_in_yaml_file_is_rejected(tmp_path):
         load_config(p)
 
 
-@pytest.mark.parametrize("override, expected", [
-    ("train.epochs=ten", "expected int"),
-    ("train.epochs=2.5", "expected int"),
-    ("train.optimizer.lr=fast", "expected float"),
-    ("model.head.hidden=12", "expected list of int"),
-    ("train.compile=maybe", "expected bool"),
-])
+@pytest.mark.parametrize(
+    "override, expected",
+    [
+        ("train.epochs=ten", "expected int"),
+        ("train.epochs=2.5", "expected int"),
+        ("train.optimizer.lr=fast", "expected float"),
+        ("model.head.hidden=12", "expected list of int"),
+        ("train.compile=maybe", "expected bool"),
+    ],
+)
 def test_wrong_type_names_the_expected_type(override, expected):
     with pytest.raises(UserError, match=expected):
         load_config(None, [override])
@@ -108,33 +115,44 @@ def test_reference_table_lists_every_key_with_its_help():
 def test_every_shipped_recipe_loads():
     recipes = sorted((REPO / "configs").glob("*.yaml"))
     names = {p.stem for p in recipes}
-    assert {"flowers102_densenet161", "flowers102_vgg16", "caltech101_resnet50", "cifar10_cnn", "demo"} <= names
+    assert {
+        "flowers102_densenet161",
+        "flowers102_vgg16",
+        "caltech101_resnet50",
+        "cifar10_cnn",
+        "demo",
+    } <= names
     for p in recipes:
         load_config(p)
 
 
 def test_readme_config_reference_matches_the_code():
     readme = (REPO / "README.md").read_text()
-    assert reference_markdown() in readme, "README config table is stale: paste `python -m core.config --markdown`"
+    assert reference_markdown() in readme, (
+        "README config table is stale: paste `python -m core.config --markdown`"
+    )
 
 
-@pytest.mark.parametrize("override, shown, valid", [
-    ("model.head.dropout=1.5", "1.5", "[0, 1)"),
-    ("train.optimizer.lr=-1", "-1.0", ">= 0"),
-    ("augment.hflip=2", "2.0", "[0, 1]"),
-    ("preprocess.crop=0", "0", ">= 1"),
-    ("augment.scale=[1.0,0.5]", "[1.0, 0.5]", "2 values in (0, 1], min <= max"),
-    ("augment.ratio=[0.5]", "[0.5]", "2 values in > 0, min <= max"),
-    ("data.num_workers=-1", "-1", "auto or >= 0"),
-    ("data.max_bad_fraction=1.5", "1.5", "[0, 1]"),
-    ("preprocess.mean=[0.5,0.5]", "[0.5, 0.5]", "3 values in [0, 1]"),
-    ("preprocess.std=[0.2,0,0.2]", "[0.2, 0.0, 0.2]", "3 values in (0, 1]"),
-    ("train.optimizer.lr=.nan", "NaN", ">= 0"),
-    ("train.epochs=0", "0", ">= 1"),
-    ("model.freeze=-2", "-2", "backbone, none or >= 0"),
-    ("model.head.hidden=[64,0]", "[64, 0]", ">= 1"),
-    ("run.seed=4294967296", "4294967296", "[0, 2147483647]"),
-])
+@pytest.mark.parametrize(
+    "override, shown, valid",
+    [
+        ("model.head.dropout=1.5", "1.5", "[0, 1)"),
+        ("train.optimizer.lr=-1", "-1.0", ">= 0"),
+        ("augment.hflip=2", "2.0", "[0, 1]"),
+        ("preprocess.crop=0", "0", ">= 1"),
+        ("augment.scale=[1.0,0.5]", "[1.0, 0.5]", "2 values in (0, 1], min <= max"),
+        ("augment.ratio=[0.5]", "[0.5]", "2 values in > 0, min <= max"),
+        ("data.num_workers=-1", "-1", "auto or >= 0"),
+        ("data.max_bad_fraction=1.5", "1.5", "[0, 1]"),
+        ("preprocess.mean=[0.5,0.5]", "[0.5, 0.5]", "3 values in [0, 1]"),
+        ("preprocess.std=[0.2,0,0.2]", "[0.2, 0.0, 0.2]", "3 values in (0, 1]"),
+        ("train.optimizer.lr=.nan", "NaN", ">= 0"),
+        ("train.epochs=0", "0", ">= 1"),
+        ("model.freeze=-2", "-2", "backbone, none or >= 0"),
+        ("model.head.hidden=[64,0]", "[64, 0]", ">= 1"),
+        ("run.seed=4294967296", "4294967296", "[0, 2147483647]"),
+    ],
+)
 def test_out_of_range_value_names_key_value_and_valid_range(override, shown, valid):
     key = override.split("=")[0]
     with pytest.raises(UserError) as exc:
@@ -172,19 +190,35 @@ def test_every_numeric_key_declares_a_range_its_default_satisfies():
             _check_value(key, value, f.metadata)  # raises if a default is outside its own range
 
 
-@pytest.mark.parametrize("overrides, match", [
-    (["preprocess.crop=64", "augment.size=48"], "'augment.size' .48. must be >= 'preprocess.crop' .64."),
-    (["train.scheduler.name=cosine", "train.scheduler.min_lr=0.1", "train.optimizer.lr=0.01"],
-     "'train.scheduler.min_lr' .0.1. must be <= 'train.optimizer.lr'"),
-])
+@pytest.mark.parametrize(
+    "overrides, match",
+    [
+        (["preprocess.crop=64", "augment.size=48"], "'augment.size' .48. must be >= 'preprocess.crop' .64."),
+        (
+            ["train.scheduler.name=cosine", "train.scheduler.min_lr=0.1", "train.optimizer.lr=0.01"],
+            "'train.scheduler.min_lr' .0.1. must be <= 'train.optimizer.lr'",
+        ),
+    ],
+)
 def test_cross_key_rules_are_one_line(overrides, match):
     with pytest.raises(UserError, match=match):
         load_config(None, overrides)
 
 
 def test_boundaries_that_are_valid_load():
-    cfg = load_config(None, ["model.head.dropout=0", "augment.hflip=1", "augment.scale=[1,1]", "data.num_workers=0",
-                             "data.max_bad_fraction=1", "preprocess.crop=64", "augment.size=64", "model.freeze=0"])
+    cfg = load_config(
+        None,
+        [
+            "model.head.dropout=0",
+            "augment.hflip=1",
+            "augment.scale=[1,1]",
+            "data.num_workers=0",
+            "data.max_bad_fraction=1",
+            "preprocess.crop=64",
+            "augment.size=64",
+            "model.freeze=0",
+        ],
+    )
     assert cfg.augment.scale == [1.0, 1.0] and cfg.data.num_workers == 0 and cfg.model.freeze == 0
 
 

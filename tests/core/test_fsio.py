@@ -1,4 +1,5 @@
 """core.fsio's folder swap: a crash between its two renames never costs the last complete version."""
+
 from __future__ import annotations
 
 import os

@@ -1,4 +1,5 @@
 """The robust decoder: every odd-but-valid image becomes upright 8-bit RGB; every broken one a BadImage."""
+
 import io
 
 import numpy as np
@@ -99,4 +100,6 @@ def test_bytes_decode_like_files(tmp_path):
 
 def test_image_extension_filter_is_case_insensitive_and_skips_hidden():
     assert is_image_file("a/B.JPG") and is_image_file("x.TiFF") and is_image_file("y.webp")
-    assert not is_image_file(".DS_Store") and not is_image_file("a/.hidden.jpg") and not is_image_file("n.txt")
+    assert (
+        not is_image_file(".DS_Store") and not is_image_file("a/.hidden.jpg") and not is_image_file("n.txt")
+    )

@@ -1,5 +1,6 @@
 """core.jpeg: the header router on real files, bisection of failed batched decodes, counted fallbacks,
 and (on CUDA) nvJPEG parity with the CPU decoder and the stream protocol under load."""
+
 from __future__ import annotations
 
 import io
@@ -60,15 +61,19 @@ def test_gray_jpegs_go_to_the_device():
     assert route_jpeg(encode(noise().convert("L"))).device
 
 
-@pytest.mark.parametrize("make, reason", [
-    (lambda: encode(noise(), progressive=True), jpeg.PROGRESSIVE),
-    (lambda: encode(noise().convert("CMYK")), jpeg.COLOR),
-    (lambda: encode(noise())[:-200], jpeg.TRUNCATED),
-    (lambda: encode(noise(), "PNG"), jpeg.NOT_JPEG),
-    (lambda: b"\xff\xd8\xff", jpeg.NOT_JPEG),
-    (lambda: b"", jpeg.NOT_JPEG),
-    (lambda: encode(noise())[:40], jpeg.NOT_JPEG),  # cut inside the headers: no frame
-], ids=["progressive", "cmyk", "truncated-scan", "png", "three-bytes", "empty", "truncated-header"])
+@pytest.mark.parametrize(
+    "make, reason",
+    [
+        (lambda: encode(noise(), progressive=True), jpeg.PROGRESSIVE),
+        (lambda: encode(noise().convert("CMYK")), jpeg.COLOR),
+        (lambda: encode(noise())[:-200], jpeg.TRUNCATED),
+        (lambda: encode(noise(), "PNG"), jpeg.NOT_JPEG),
+        (lambda: b"\xff\xd8\xff", jpeg.NOT_JPEG),
+        (lambda: b"", jpeg.NOT_JPEG),
+        (lambda: encode(noise())[:40], jpeg.NOT_JPEG),  # cut inside the headers: no frame
+    ],
+    ids=["progressive", "cmyk", "truncated-scan", "png", "three-bytes", "empty", "truncated-header"],
+)
 def test_everything_else_goes_to_the_cpu_with_its_reason(make, reason):
     r = route_jpeg(make())
     assert not r.device and r.reason == reason
@@ -84,8 +89,12 @@ def test_jpegs_over_the_pixel_cap_go_to_the_cpu(monkeypatch):
 def test_sof_types_other_than_baseline_and_extended_huffman_go_to_the_cpu():
     data = bytearray(encode(noise()))
     sof = data.index(b"\xff\xc0")
-    for marker, reason in {0xC1: None, 0xC3: jpeg.NOT_BASELINE, 0xC9: jpeg.NOT_BASELINE,
-                           0xCA: jpeg.PROGRESSIVE}.items():
+    for marker, reason in {
+        0xC1: None,
+        0xC3: jpeg.NOT_BASELINE,
+        0xC9: jpeg.NOT_BASELINE,
+        0xCA: jpeg.PROGRESSIVE,
+    }.items():
         data[sof + 1] = marker
         assert route_jpeg(bytes(data)).reason == reason
     data[sof + 1] = 0xC0
@@ -156,8 +165,11 @@ def test_decode_files_sends_refused_jpegs_to_the_cpu_and_counts_why(monkeypatch)
             raise RuntimeError("refused")
         return real(blobs, device)
 
-    monkeypatch.setattr(jpeg, "decode_on_device",
-                        lambda blobs, device: jpeg.bisect_decode(list(blobs), lambda b: picky(b, device)))
+    monkeypatch.setattr(
+        jpeg,
+        "decode_on_device",
+        lambda blobs, device: jpeg.bisect_decode(list(blobs), lambda b: picky(b, device)),
+    )
     blobs = [as_tensor(d) for d in (good, refused, encode(noise(), progressive=True), gray, b"junk")]
     stats = DecodeStats()
     images, errors = decode_files(blobs, "cpu", stats)
@@ -237,10 +249,10 @@ def test_device_decodes_under_a_busy_consumer_stream_equal_a_synchronous_referen
         for start in range(0, len(datas), 16):
             for _ in range(4):
                 a = (a @ a).tanh()  # keep the consumer stream busy while the decode runs
-            got = decode_on_device(datas[start: start + 16], "cuda")
+            got = decode_on_device(datas[start : start + 16], "cuda")
             sums = torch.stack([g.long().sum() for g in got])  # queued on the consumer stream
             del got  # freed while the reductions above are still queued
-            expect = torch.stack([w.long().sum() for w in want[start: start + 16]])
+            expect = torch.stack([w.long().sum() for w in want[start : start + 16]])
             assert torch.equal(sums.cpu(), expect)
 
 

@@ -1,14 +1,28 @@
 """The model registry: known names build with a fresh head, unknown names list close matches."""
+
 import pytest
 import torch
 
 from core.errors import UserError
-from core.models import (HeadSpec, available_archs, backbone_frozen_eval, build_model, head_module,
-                         set_backbone_trainable)
+from core.models import (
+    HeadSpec,
+    available_archs,
+    backbone_frozen_eval,
+    build_model,
+    head_module,
+    set_backbone_trainable,
+)
 
 
-@pytest.mark.parametrize("arch, slot", [("resnet18", "fc"), ("mobilenet_v3_small", "classifier"),
-                                        ("densenet121", "classifier"), ("cifar_cnn", "fc3")])
+@pytest.mark.parametrize(
+    "arch, slot",
+    [
+        ("resnet18", "fc"),
+        ("mobilenet_v3_small", "classifier"),
+        ("densenet121", "classifier"),
+        ("cifar_cnn", "fc3"),
+    ],
+)
 def test_head_is_replaced_with_the_requested_classes(arch, slot):
     model = build_model(arch, 7, HeadSpec([32], 0.2)).eval()
     assert model.imgclf_head == slot
@@ -50,6 +64,7 @@ def test_pretrained_state_dict_from_a_local_path_is_loaded(tmp_path):
 
 def test_imagenet_weights_load_from_the_torch_cache_without_network(tmp_path, monkeypatch):
     import torchvision
+
     url = torchvision.models.get_model_weights("resnet18").DEFAULT.url
     reference = torchvision.models.resnet18()
     ckpt = tmp_path / "hub" / "checkpoints"
@@ -67,6 +82,7 @@ def test_missing_imagenet_weights_offline_explain_where_to_put_the_file(tmp_path
 
     def offline(*a, **k):
         raise OSError("network unreachable")
+
     monkeypatch.setattr(torch.hub, "download_url_to_file", offline)
     with pytest.raises(UserError, match="resnet18-.*pth.*model.pretrained"):
         build_model("resnet18", 3, pretrained="imagenet")

@@ -1,9 +1,17 @@
 """Preprocessing: uint8 in, the tutorials' normalization out, identical wherever it runs."""
+
 import torch
 from PIL import Image
 from torchvision.transforms import v2 as T
 
-from core.preprocess import AugmentSpec, EvalSpec, Normalize, WithPreprocessing, eval_transform, train_transform
+from core.preprocess import (
+    AugmentSpec,
+    EvalSpec,
+    Normalize,
+    WithPreprocessing,
+    eval_transform,
+    train_transform,
+)
 
 
 def test_eval_transform_gives_uint8_center_crop_of_resized_image():

@@ -1,4 +1,5 @@
 """core.progress: plain lines for batch logs, a bar with current numbers on a terminal."""
+
 from __future__ import annotations
 
 import io

@@ -1,4 +1,5 @@
 """core.report: metric numbers checked by hand, CSVs read back, figures opened and looked into."""
+
 from __future__ import annotations
 
 import csv
@@ -44,10 +45,14 @@ def only_files(folder) -> list[str]:
 # ─── metrics ───────────────────────────────────────────────────────────────────────────────────
 
 # 4 samples, 3 classes; class "c" never appears as a target and "b" is never predicted.
-PROBS = np.array([[0.7, 0.2, 0.1],   # true a, pred a
-                  [0.6, 0.3, 0.1],   # true b, pred a
-                  [0.1, 0.2, 0.7],   # true b, pred c
-                  [0.5, 0.4, 0.1]])  # true a, pred a
+PROBS = np.array(
+    [
+        [0.7, 0.2, 0.1],  # true a, pred a
+        [0.6, 0.3, 0.1],  # true b, pred a
+        [0.1, 0.2, 0.7],  # true b, pred c
+        [0.5, 0.4, 0.1],
+    ]
+)  # true a, pred a
 TARGETS = np.array([0, 1, 1, 0])
 
 
@@ -65,12 +70,28 @@ def test_per_class_scores_by_hand_left_blank_where_undefined_and_without_warning
         m = report.classification_metrics(PROBS, TARGETS, ["a", "b", "c"], ["Ant", "Bee", "Cat"])
     rows = {r["class"]: r for r in m["per_class"]}
     # a: 2 right, 1 false positive (a b predicted as a); recall is what "per-class accuracy" was, so no such key
-    assert rows["a"] == {"class": "a", "display_name": "Ant", "support": 2,
-                         "precision": pytest.approx(2 / 3), "recall": 1.0, "f1": pytest.approx(0.8)}
+    assert rows["a"] == {
+        "class": "a",
+        "display_name": "Ant",
+        "support": 2,
+        "precision": pytest.approx(2 / 3),
+        "recall": 1.0,
+        "f1": pytest.approx(0.8),
+    }
     # b: never predicted (precision undefined) and missed entirely (recall and F1 are a real 0)
-    assert (rows["b"]["support"], rows["b"]["precision"], rows["b"]["recall"], rows["b"]["f1"]) == (2, None, 0.0, 0.0)
+    assert (rows["b"]["support"], rows["b"]["precision"], rows["b"]["recall"], rows["b"]["f1"]) == (
+        2,
+        None,
+        0.0,
+        0.0,
+    )
     # c: no test image (recall, F1 undefined) but predicted once, wrongly (precision 0)
-    assert (rows["c"]["support"], rows["c"]["precision"], rows["c"]["recall"], rows["c"]["f1"]) == (0, 0.0, None, None)
+    assert (rows["c"]["support"], rows["c"]["precision"], rows["c"]["recall"], rows["c"]["f1"]) == (
+        0,
+        0.0,
+        None,
+        None,
+    )
     assert m["macro_f1"] == pytest.approx(0.4)  # over the classes present: (0.8 + 0) / 2
 
 
@@ -123,6 +144,7 @@ def test_metrics_reject_a_probability_column_count_that_does_not_match_classes()
 
 # ─── CSV ───────────────────────────────────────────────────────────────────────────────────────
 
+
 def test_metrics_csv_header_is_union_of_keys_in_first_seen_order(tmp_path):
     rows = [{"epoch": 1, "train_loss": 1.0}, {"epoch": 2, "train_loss": 0.5, "valid_top5": 0.9}]
     report.write_metrics_csv(rows, tmp_path / "metrics.csv")
@@ -156,20 +178,33 @@ def test_per_class_csv_has_one_row_per_class_and_blank_cells_where_a_score_is_un
 
 # ─── figures ───────────────────────────────────────────────────────────────────────────────────
 
+
 def test_batch_grid_draws_the_uint8_pixels_themselves(tmp_path):
     report.write_batch_grid(solid(ODD, n=3), ["x", "y", "z"], tmp_path / "train_batch.png")
     assert has_color_near(png_colors(tmp_path / "train_batch.png"), ODD, tol=0)
 
 
 def test_curves_tolerate_missing_columns_and_blank_values(tmp_path):
-    rows = [{"epoch": 1, "train_loss": 1.0, "valid_acc": ""}, {"epoch": 2, "train_loss": 0.8, "valid_acc": 0.6}]
+    rows = [
+        {"epoch": 1, "train_loss": 1.0, "valid_acc": ""},
+        {"epoch": 2, "train_loss": 0.8, "valid_acc": 0.6},
+    ]
     report.plot_curves(rows, tmp_path / "curves.png")
     report.plot_curves([], tmp_path / "empty.png")
     assert png_colors(tmp_path / "curves.png") and png_colors(tmp_path / "empty.png")
 
 
-CURVE_ROWS = [{"epoch": e, "train_loss": 1.0 / e, "valid_loss": 1.2 / e, "train_acc": 0.3 * e,
-               "valid_acc": acc, "lr": lr} for e, acc, lr in ((1, 0.5, 1e-3), (2, 0.7, 5e-4), (3, 0.6, 1e-5))]
+CURVE_ROWS = [
+    {
+        "epoch": e,
+        "train_loss": 1.0 / e,
+        "valid_loss": 1.2 / e,
+        "train_acc": 0.3 * e,
+        "valid_acc": acc,
+        "lr": lr,
+    }
+    for e, acc, lr in ((1, 0.5, 1e-3), (2, 0.7, 5e-4), (3, 0.6, 1e-5))
+]
 
 
 def panel(fig, title: str):
@@ -218,8 +253,9 @@ def assert_inside_figure(fig, artists):
 
 
 def test_topk_figure_prints_each_probability_and_the_prediction_in_the_title(tmp_path):
-    fig = report.plot_topk(solid(ODD)[0], np.array([0.1, 0.6, 0.3]), ["a", "b", "c"], 5, tmp_path / "t.png",
-                           title="x.jpg")
+    fig = report.plot_topk(
+        solid(ODD)[0], np.array([0.1, 0.6, 0.3]), ["a", "b", "c"], 5, tmp_path / "t.png", title="x.jpg"
+    )
     ax_bar = fig.axes[1]
     assert texts(ax_bar, "prob") == ["0.60", "0.30", "0.10"] and texts(ax_bar, "name") == ["b", "c", "a"]
     assert fig.get_suptitle() == "x.jpg\nprediction: b (0.60)"
@@ -228,7 +264,9 @@ def test_topk_figure_prints_each_probability_and_the_prediction_in_the_title(tmp
 @pytest.mark.parametrize("size", [(96, 32), (32, 96)])  # landscape: bars below, portrait: bars beside
 def test_topk_figure_keeps_long_display_names_whole_and_inside_the_figure(tmp_path, size):
     image = Image.new("RGB", size, ODD)
-    fig = report.plot_topk(image, np.array([0.7, 0.3]), [LONG_NAME, "b"], 2, tmp_path / "t.png", title="x.jpg")
+    fig = report.plot_topk(
+        image, np.array([0.7, 0.3]), [LONG_NAME, "b"], 2, tmp_path / "t.png", title="x.jpg"
+    )
     assert texts(fig.axes[1], "name")[0] == LONG_NAME
     assert_inside_figure(fig, [*fig.axes[1].texts, *fig.texts])
     assert LONG_NAME in fig.get_suptitle()
@@ -236,7 +274,9 @@ def test_topk_figure_keeps_long_display_names_whole_and_inside_the_figure(tmp_pa
 
 @pytest.mark.parametrize("size", [(96, 32), (32, 96)])  # landscape, portrait (width, height)
 def test_topk_figure_fits_a_non_square_image_without_empty_bands(tmp_path, size):
-    fig = report.plot_topk(Image.new("RGB", size, ODD), np.array([0.7, 0.3]), ["a", "b"], 2, tmp_path / "t.png")
+    fig = report.plot_topk(
+        Image.new("RGB", size, ODD), np.array([0.7, 0.3]), ["a", "b"], 2, tmp_path / "t.png"
+    )
     ax_img = fig.axes[0]
     given, drawn = ax_img.get_position(original=True), ax_img.get_position()
     assert drawn.height / given.height > 0.9 and drawn.width / given.width > 0.9  # the image fills its cell
@@ -244,8 +284,9 @@ def test_topk_figure_fits_a_non_square_image_without_empty_bands(tmp_path, size)
 
 def test_predictions_grid_bars_show_true_class_green_wrong_prediction_red_and_a_legend_says_so(tmp_path):
     probs = np.array([[0.8, 0.15, 0.05], [0.1, 0.2, 0.7]])
-    fig = report.write_predictions_grid(solid(ODD, n=2), probs, np.array([0, 1]), ["a", LONG_NAME, "c"],
-                                        tmp_path / "p.png")
+    fig = report.write_predictions_grid(
+        solid(ODD, n=2), probs, np.array([0, 1]), ["a", LONG_NAME, "c"], tmp_path / "p.png"
+    )
     bar0, img1, bar1 = fig.axes[2], fig.axes[1], fig.axes[3]  # row-major: images, then bars
     green, red, blue = (matplotlib.colors.to_rgba(c) for c in (report.GREEN, report.RED, report.BLUE))
     assert [p.get_facecolor() for p in bar0.patches] == [green, blue, blue]  # right: a on top, green
@@ -261,8 +302,9 @@ def test_predictions_grid_bars_show_true_class_green_wrong_prediction_red_and_a_
 
 def test_topk_figure_accepts_a_pil_image_or_a_uint8_tensor(tmp_path):
     probs = np.array([0.1, 0.6, 0.3])
-    report.plot_topk(Image.new("RGB", (20, 20), ODD), probs, ["a", "b", "c"], 5, tmp_path / "pil.png",
-                     title="b?")
+    report.plot_topk(
+        Image.new("RGB", (20, 20), ODD), probs, ["a", "b", "c"], 5, tmp_path / "pil.png", title="b?"
+    )
     report.plot_topk(solid(ODD)[0], probs, ["a", "b", "c"], 2, tmp_path / "tensor.png")
     assert has_color_near(png_colors(tmp_path / "pil.png"), ODD, tol=0)
     assert has_color_near(png_colors(tmp_path / "tensor.png"), ODD, tol=0)
@@ -270,8 +312,9 @@ def test_topk_figure_accepts_a_pil_image_or_a_uint8_tensor(tmp_path):
 
 def test_predictions_grid_titles_right_in_green_and_wrong_in_red(tmp_path):
     probs = np.array([[0.9, 0.1], [0.9, 0.1]])
-    fig = report.write_predictions_grid(solid((0, 0, 0), n=2), probs, np.array([0, 1]), ["a", "b"],
-                                        tmp_path / "p.png")
+    fig = report.write_predictions_grid(
+        solid((0, 0, 0), n=2), probs, np.array([0, 1]), ["a", "b"], tmp_path / "p.png"
+    )
     assert [ax.title.get_color() for ax in fig.axes[:2]] == [report.GREEN, report.RED]
     assert png_colors(tmp_path / "p.png")
 
@@ -298,11 +341,16 @@ def test_a_failed_figure_leaves_no_file_and_no_temp_file(tmp_path):
 
 # ─── evaluation files ──────────────────────────────────────────────────────────────────────────
 
+
 def test_write_evaluation_writes_the_four_files_and_returns_what_the_json_holds(tmp_path):
     images = solid(ODD, n=4)
     m = report.write_evaluation(tmp_path / "run", PROBS, TARGETS, ["a", "b", "c"], None, images=images)
-    assert only_files(tmp_path / "run") == ["confusion_matrix.png", "per_class.csv", "predictions.png",
-                                            "test_metrics.json"]
+    assert only_files(tmp_path / "run") == [
+        "confusion_matrix.png",
+        "per_class.csv",
+        "predictions.png",
+        "test_metrics.json",
+    ]
     assert json.loads((tmp_path / "run" / "test_metrics.json").read_text()) == m
     assert [r["display_name"] for r in m["per_class"]] == ["a", "b", "c"]  # falls back to folder names
 
@@ -317,8 +365,11 @@ def test_evaluation_grid_shows_the_rows_its_images_belong_to(tmp_path, monkeypat
     import core.report as report
 
     seen = {}
-    monkeypatch.setattr(report, "write_predictions_grid",
-                        lambda images, probs, targets, names, path, **kw: seen.update(probs=probs, targets=targets))
+    monkeypatch.setattr(
+        report,
+        "write_predictions_grid",
+        lambda images, probs, targets, names, path, **kw: seen.update(probs=probs, targets=targets),
+    )
     probs = np.eye(4)[[0, 0, 1, 1, 2, 2, 3, 3]].astype(float)
     targets = np.array([0, 0, 1, 1, 2, 2, 3, 3])
     images = torch.zeros(4, 3, 8, 8, dtype=torch.uint8)
@@ -343,4 +394,6 @@ def test_a_bundles_identity_is_the_sha256_of_its_weights_file(make_bundle):
     bundle = make_bundle("cifar_cnn", crop=32)
     identity = report.model_identity(bundle)
     assert identity["weights"] == str((bundle / "model.safetensors").resolve())
-    assert identity["weights_sha256"] == hashlib.sha256((bundle / "model.safetensors").read_bytes()).hexdigest()
+    assert (
+        identity["weights_sha256"] == hashlib.sha256((bundle / "model.safetensors").read_bytes()).hexdigest()
+    )

@@ -1,4 +1,5 @@
 """Export-test fixtures: one dynamo export of a tiny resnet18 shared by all export tests, a trained bundle."""
+
 from __future__ import annotations
 
 import json
@@ -25,8 +26,9 @@ def cnn_export(tmp_path_factory, demo_root) -> dict:
     root = tmp_path_factory.mktemp("cnn")
     bundle = save_tiny_bundle(root / "run" / "best", arch="cifar_cnn")
     out = root / "dist"
-    rc = run_export(bundle, "--images", demo_root / "valid", "--exporter", "torchscript", "--no-bench",
-                    "--out", out)
+    rc = run_export(
+        bundle, "--images", demo_root / "valid", "--exporter", "torchscript", "--no-bench", "--out", out
+    )
     return {"rc": rc, "bundle": bundle, "out": out, "onnx": out / "model.onnx"}
 
 

@@ -1,4 +1,5 @@
 """Export-test helpers: tiny bundles for module-scoped fixtures, main() run in-process, ONNX corruption."""
+
 from __future__ import annotations
 
 import json
@@ -14,15 +15,20 @@ from core.preprocess import EvalSpec
 from export.main import main
 
 
-def save_tiny_bundle(directory: Path, arch: str = "resnet18", crop: int = 32, seed: int = 0,
-                     lineage: dict | None = None) -> Path:
+def save_tiny_bundle(
+    directory: Path, arch: str = "resnet18", crop: int = 32, seed: int = 0, lineage: dict | None = None
+) -> Path:
     """What conftest's make_bundle makes, for module-scoped fixtures (make_bundle is function-scoped)."""
     torch.manual_seed(seed)
     model = build_model(arch, 4, HeadSpec(), pretrained="none").eval()
-    record = BundleRecord(arch=arch, classes=["1", "2", "3", "4"],
-                          display_names=["circle", "square", "triangle", "cross"],
-                          preprocess=EvalSpec(resize=round(crop * 8 / 7), crop=crop),
-                          metrics={"valid_acc": 0.0}, lineage=dict(lineage or {}))
+    record = BundleRecord(
+        arch=arch,
+        classes=["1", "2", "3", "4"],
+        display_names=["circle", "square", "triangle", "cross"],
+        preprocess=EvalSpec(resize=round(crop * 8 / 7), crop=crop),
+        metrics={"valid_acc": 0.0},
+        lineage=dict(lineage or {}),
+    )
     return save_bundle(directory, model, record)
 
 
@@ -52,8 +58,9 @@ def corrupt_head(src: Path, dest: Path) -> str:
     return init.name
 
 
-def train_tiny_bundle(directory: Path, data_root: Path, arch: str = "resnet18", crop: int = 32,
-                      epochs: int = 12, seed: int = 0) -> Path:
+def train_tiny_bundle(
+    directory: Path, data_root: Path, arch: str = "resnet18", crop: int = 32, epochs: int = 12, seed: int = 0
+) -> Path:
     """A bundle that has learned the demo shapes: a plain loop (flip augmentation) on data_root/train.
 
     Training itself is tested in tests/train; here we need weights with real, confident decisions, so
@@ -84,7 +91,11 @@ def train_tiny_bundle(directory: Path, data_root: Path, arch: str = "resnet18", 
             opt.zero_grad()
             loss.backward()
             opt.step()
-    record = BundleRecord(arch=arch, classes=classes, preprocess=spec, metrics={},
-                          lineage={"dataset": {"train_dir": str(data_root / "train"),
-                                               "valid_dir": str(data_root / "valid")}})
+    record = BundleRecord(
+        arch=arch,
+        classes=classes,
+        preprocess=spec,
+        metrics={},
+        lineage={"dataset": {"train_dir": str(data_root / "train"), "valid_dir": str(data_root / "valid")}},
+    )
     return save_bundle(directory, model.eval(), record)

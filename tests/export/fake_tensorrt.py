@@ -4,6 +4,7 @@ It mimics the TensorRT 10/11 Python API that export uses and nothing more; with 
 it looks like 11.x, where weak typing (BuilderFlag.FP16/INT8, calibrators) is gone. The "engine" it builds
 is the parsed ONNX file's bytes, so a test can run it with onnxruntime.
 """
+
 from __future__ import annotations
 
 import types

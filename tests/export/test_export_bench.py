@@ -1,4 +1,5 @@
 """The export speed check: warmed up, repeated, median — so a tiny model's first slow calls do not count."""
+
 from __future__ import annotations
 
 import torch
@@ -23,7 +24,6 @@ def test_first_slow_calls_are_warm_up_and_the_median_is_reported(monkeypatch):
     assert result["images_per_s"] == {"1": 1000.0, "8": 1000.0}
 
 
-
 def test_formats_take_turns_after_warming_up_so_a_load_drift_slows_them_alike(monkeypatch):
     clock, order = {"t": 0.0}, []
 
@@ -32,11 +32,16 @@ def test_formats_take_turns_after_warming_up_so_a_load_drift_slows_them_alike(mo
             order.append(name)
             clock["t"] += cost * len(x)
             return torch.zeros(len(x), 4)
+
         return run
 
     monkeypatch.setattr(bench_mod.time, "perf_counter", lambda: clock["t"])
-    result = bench_mod.bench_all({"a": runner("a", 0.004), "b": runner("b", 0.001)},
-                                 torch.zeros(2, 3, 8, 8, dtype=torch.uint8), max_batch=1, budget_s=0.0)
+    result = bench_mod.bench_all(
+        {"a": runner("a", 0.004), "b": runner("b", 0.001)},
+        torch.zeros(2, 3, 8, 8, dtype=torch.uint8),
+        max_batch=1,
+        budget_s=0.0,
+    )
     assert order[:63] == ["a"] * 13 + ["b"] * 50  # each warmed up for ≥3 calls and ≥50 ms
     assert order[63:] == ["a", "b"] * 5  # then timed in turns, not one after the other
     assert result["b"]["best_images_per_s"] / result["a"]["best_images_per_s"] == 4.0

@@ -1,4 +1,5 @@
 """The export gate: parity with PyTorch on real images decides whether model.onnx is kept."""
+
 from __future__ import annotations
 
 import json
@@ -73,8 +74,12 @@ def test_failed_gate_leaves_no_model_onnx(make_bundle, demo_root, tmp_path, monk
     monkeypatch.setattr(onnx_export, "export_onnx", export_then_corrupt)
     bundle = make_bundle(arch="cifar_cnn")
     out = tmp_path / "out"
-    assert run_export(bundle, "--images", demo_root / "valid", "--exporter", "torchscript", "--no-bench",
-                      "--out", out) == 1
+    assert (
+        run_export(
+            bundle, "--images", demo_root / "valid", "--exporter", "torchscript", "--no-bench", "--out", out
+        )
+        == 1
+    )
     assert sorted(p.name for p in out.iterdir()) == ["export_report.json"]
     report = _report(out / "export_report.json")
     assert report["status"] == "failed" and report["failed_format"] == "onnx"
@@ -88,8 +93,10 @@ def test_a_failing_exporter_is_reported_not_replaced_by_the_other(make_bundle, t
     out = tmp_path / "out"
     assert run_export(make_bundle(arch="cifar_cnn"), "--exporter", "torchscript", "--out", out) == 2
     err = capsys.readouterr().err.strip().splitlines()
-    assert err[-1] == ("error: the torchscript ONNX exporter failed (RuntimeError: unsupported operator "
-                       "aten::frobnicate); try --exporter dynamo")
+    assert err[-1] == (
+        "error: the torchscript ONNX exporter failed (RuntimeError: unsupported operator "
+        "aten::frobnicate); try --exporter dynamo"
+    )
     assert not out.exists()
 
 
@@ -111,12 +118,23 @@ def test_the_bundles_validation_folder_is_used_when_reachable(make_bundle, demo_
     assert (inputs["source"], inputs["root"], inputs["count"]) == ("valid_dir", str(demo_root / "valid"), 20)
 
 
-def test_asking_for_cuda_without_it_is_an_error_unless_allow_cpu(make_bundle, demo_root, tmp_path,
-                                                                 monkeypatch, capsys):
+def test_asking_for_cuda_without_it_is_an_error_unless_allow_cpu(
+    make_bundle, demo_root, tmp_path, monkeypatch, capsys
+):
     monkeypatch.setattr(onnxruntime, "get_available_providers", lambda: ["CPUExecutionProvider"])
     bundle, out = make_bundle(arch="cifar_cnn"), tmp_path / "out"
-    args = [bundle, "--images", demo_root / "valid", "--exporter", "torchscript", "--no-bench", "--out", out,
-            "--provider", "cuda"]
+    args = [
+        bundle,
+        "--images",
+        demo_root / "valid",
+        "--exporter",
+        "torchscript",
+        "--no-bench",
+        "--out",
+        out,
+        "--provider",
+        "cuda",
+    ]
     assert run_export(*args) == 2
     assert "--allow-cpu" in capsys.readouterr().err and not (out / "model.onnx").exists()
     assert run_export(*args, "--allow-cpu") == 0

@@ -1,4 +1,5 @@
 """model.onnx: the serve contract (uint8 `images` in, `logits` out, dynamic batch), and the record inside."""
+
 from __future__ import annotations
 
 import onnx
@@ -72,16 +73,39 @@ def test_one_file_runs_at_batch_1_7_and_32_with_torch_answers(session_and_refere
 @pytest.mark.parametrize("exporter", ["dynamo", "torchscript"])
 def test_cifar_cnn_exports_with_either_exporter_and_says_which(tmp_path, demo_root, exporter):
     bundle = save_tiny_bundle(tmp_path / "cnn" / "best", arch="cifar_cnn")
-    assert run_export(bundle, "--images", demo_root / "valid", "--exporter", exporter, "--no-bench",
-                      "--out", tmp_path / "out") == 0
+    assert (
+        run_export(
+            bundle,
+            "--images",
+            demo_root / "valid",
+            "--exporter",
+            exporter,
+            "--no-bench",
+            "--out",
+            tmp_path / "out",
+        )
+        == 0
+    )
     _, facts = read_onnx_record(tmp_path / "out" / "model.onnx")
     assert facts["exporter"] == exporter
 
 
 def test_probs_output_is_softmax_of_logits(tmp_path, demo_root):
     bundle = save_tiny_bundle(tmp_path / "cnn" / "best", arch="cifar_cnn")
-    assert run_export(bundle, "--images", demo_root / "valid", "--exporter", "torchscript", "--probs",
-                      "--no-bench", "--out", tmp_path) == 0
+    assert (
+        run_export(
+            bundle,
+            "--images",
+            demo_root / "valid",
+            "--exporter",
+            "torchscript",
+            "--probs",
+            "--no-bench",
+            "--out",
+            tmp_path,
+        )
+        == 0
+    )
     sess = ort.InferenceSession(str(tmp_path / "model.onnx"), providers=["CPUExecutionProvider"])
     x = torch.randint(0, 256, (3, 3, 32, 32), dtype=torch.uint8).numpy()
     logits, probs = sess.run([ONNX_OUTPUT, ONNX_PROBS], {ONNX_INPUT: x})

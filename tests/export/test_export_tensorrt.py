@@ -3,6 +3,7 @@
 The build logic runs here against a stand-in tensorrt module (tests/export/fake_tensorrt.py); the real
 build and its gate are the `gpu` tests at the end.
 """
+
 from __future__ import annotations
 
 import importlib.util
@@ -22,20 +23,28 @@ from export.main import parse_args
 from tests.export.export_helpers import run_export
 from tests.export.fake_tensorrt import fake_tensorrt
 
-BUILT = {"tensorrt_version": "10.3.0", "gpu_name": "NVIDIA H100 80GB HBM3", "compute_capability": [9, 0],
-         "precision": "fp16", "profile": {"min": 1, "opt": 256, "max": 256},
-         "bundle_path": "/runs/flowers/best"}
+BUILT = {
+    "tensorrt_version": "10.3.0",
+    "gpu_name": "NVIDIA H100 80GB HBM3",
+    "compute_capability": [9, 0],
+    "precision": "fp16",
+    "profile": {"min": 1, "opt": 256, "max": 256},
+    "bundle_path": "/runs/flowers/best",
+}
 HERE = {"tensorrt_version": "10.3.0", "gpu_name": "NVIDIA H100 80GB HBM3", "compute_capability": (9, 0)}
-needs_tensorrt = pytest.mark.skipif(importlib.util.find_spec("tensorrt") is None,
-                                    reason="tensorrt not installed")
+needs_tensorrt = pytest.mark.skipif(
+    importlib.util.find_spec("tensorrt") is None, reason="tensorrt not installed"
+)
 
 
 def test_engine_is_accepted_on_the_gpu_and_version_it_was_built_for():
     check_engine_host("model.engine", BUILT, **HERE)
 
 
-@pytest.mark.parametrize("change", [{"tensorrt_version": "10.8.0"}, {"gpu_name": "NVIDIA A100-SXM4-40GB",
-                                                                     "compute_capability": [8, 0]}])
+@pytest.mark.parametrize(
+    "change",
+    [{"tensorrt_version": "10.8.0"}, {"gpu_name": "NVIDIA A100-SXM4-40GB", "compute_capability": [8, 0]}],
+)
 def test_engine_from_another_gpu_or_tensorrt_is_refused_with_the_rebuild_command(change):
     with pytest.raises(UserError) as err:
         check_engine_host("model.engine", BUILT, **{**HERE, **change})
@@ -47,6 +56,7 @@ def test_engine_from_another_gpu_or_tensorrt_is_refused_with_the_rebuild_command
 @pytest.fixture
 def with_trt(monkeypatch):
     """Install a fake tensorrt and pretend CUDA is there; returns the installer for other versions."""
+
     def install(*args, **kwargs):
         trt = fake_tensorrt(*args, **kwargs)
         monkeypatch.setitem(sys.modules, "tensorrt", trt)
@@ -56,15 +66,21 @@ def with_trt(monkeypatch):
     return install
 
 
-@pytest.mark.parametrize("version,has_flag,flags", [("10.8.0", True, 1 << 1), ("11.4.0", False, 0),
-                                                     ("11.4.0", True, 1 << 1)])
-def test_engine_is_strongly_typed_with_no_precision_flags_or_calibrator(version, has_flag, flags, with_trt,
-                                                                       tmp_path):
+@pytest.mark.parametrize(
+    "version,has_flag,flags", [("10.8.0", True, 1 << 1), ("11.4.0", False, 0), ("11.4.0", True, 1 << 1)]
+)
+def test_engine_is_strongly_typed_with_no_precision_flags_or_calibrator(
+    version, has_flag, flags, with_trt, tmp_path
+):
     trt = with_trt(version, strongly_typed_flag=has_flag)
     onnx_file = tmp_path / "model.int8.onnx"
     onnx_file.write_bytes(b"onnx bytes")
-    info = te.build_engine(onnx_file, tmp_path / "model.engine", 32,
-                           te.EngineOptions(source="int8", max_batch=8, timing_cache=tmp_path / "t.cache"))
+    info = te.build_engine(
+        onnx_file,
+        tmp_path / "model.engine",
+        32,
+        te.EngineOptions(source="int8", max_batch=8, timing_cache=tmp_path / "t.cache"),
+    )
     assert trt.calls["networks"] == [flags] and trt.calls["parsed"] == [str(onnx_file)]
     assert trt.calls["set_flags"] == [] and trt.calls["cleared"] == [trt.BuilderFlag.TF32]
     assert trt.calls["profile"] == ("images", ((1, 3, 32, 32), (8, 3, 32, 32), (8, 3, 32, 32)))
@@ -77,15 +93,20 @@ def test_an_unsupported_tensorrt_version_is_one_line_naming_it_and_the_pin(versi
     with_trt(version)
     with pytest.raises(UserError) as err:
         te.require_tensorrt()
-    assert str(err.value) == (f"TensorRT {version} is installed; export builds engines with TensorRT 10.x or "
-                              "11.x: pip install 'tensorrt>=10,<12'")
+    assert str(err.value) == (
+        f"TensorRT {version} is installed; export builds engines with TensorRT 10.x or "
+        "11.x: pip install 'tensorrt>=10,<12'"
+    )
 
 
 @pytest.mark.parametrize("drop", ["MemoryPoolType", "OnnxParser"])
 def test_a_tensorrt_api_missing_at_run_time_names_the_installed_version(drop, with_trt, tmp_path):
     with_trt("11.4.0", strongly_typed_flag=False, drop=(drop,))
-    with pytest.raises(UserError, match=r"^the installed TensorRT 11\.4\.0 lacks an API export uses .*"
-                                        f"{drop}.*tensorrt>=10,<12"):
+    with pytest.raises(
+        UserError,
+        match=r"^the installed TensorRT 11\.4\.0 lacks an API export uses .*"
+        f"{drop}.*tensorrt>=10,<12",
+    ):
         te.build_engine(tmp_path / "m.onnx", tmp_path / "m.engine", 32, te.EngineOptions())
 
 
@@ -95,14 +116,18 @@ def test_10x_without_the_strongly_typed_flag_is_refused_not_built_weakly(with_tr
         te.build_engine(tmp_path / "m.onnx", tmp_path / "m.engine", 32, te.EngineOptions())
 
 
-@pytest.mark.parametrize("argv,precisions,engine_from,activations", [
-    (["--tensorrt"], ["fp32", "fp16"], "fp16", "uint8"),
-    (["--tensorrt", "--engine-from", "int8"], ["fp32", "int8"], "int8", "int8"),
-    (["--tensorrt", "--engine-from", "fp32", "--precision", "fp16"], ["fp32", "fp16"], "fp32", "uint8"),
-    (["--precision", "int8,fp32"], ["fp32", "int8"], None, "uint8"),
-])
-def test_engine_from_adds_its_variant_and_int8_for_tensorrt_is_symmetric(argv, precisions, engine_from,
-                                                                         activations):
+@pytest.mark.parametrize(
+    "argv,precisions,engine_from,activations",
+    [
+        (["--tensorrt"], ["fp32", "fp16"], "fp16", "uint8"),
+        (["--tensorrt", "--engine-from", "int8"], ["fp32", "int8"], "int8", "int8"),
+        (["--tensorrt", "--engine-from", "fp32", "--precision", "fp16"], ["fp32", "fp16"], "fp32", "uint8"),
+        (["--precision", "int8,fp32"], ["fp32", "int8"], None, "uint8"),
+    ],
+)
+def test_engine_from_adds_its_variant_and_int8_for_tensorrt_is_symmetric(
+    argv, precisions, engine_from, activations
+):
     args = parse_args(["bundle", *argv])
     assert (args.precision, args.engine_from, args.int8_activations) == (precisions, engine_from, activations)
 
@@ -112,19 +137,35 @@ def test_uint8_activations_cannot_feed_a_tensorrt_engine():
         parse_args(["bundle", "--tensorrt", "--engine-from", "int8", "--int8-activations", "uint8"])
 
 
-def test_export_builds_the_engine_from_the_chosen_variant_and_its_sidecar_says_so(trained, with_trt,
-                                                                                  monkeypatch, tmp_path):
+def test_export_builds_the_engine_from_the_chosen_variant_and_its_sidecar_says_so(
+    trained, with_trt, monkeypatch, tmp_path
+):
     with_trt("11.4.0", strongly_typed_flag=False)
-    monkeypatch.setattr(te, "host_facts", lambda: {"tensorrt_version": "11.4.0", "gpu_name": "Fake GPU",
-                                                   "compute_capability": [9, 0]})
+    monkeypatch.setattr(
+        te,
+        "host_facts",
+        lambda: {"tensorrt_version": "11.4.0", "gpu_name": "Fake GPU", "compute_capability": [9, 0]},
+    )
     monkeypatch.setattr(rep, "machine", lambda: {"cpu_threads": 1, "gpu": "Fake GPU"})
     # the fake "engine" is the ONNX variant itself: run it with onnxruntime so the engine's gate is real
-    monkeypatch.setattr(te, "EngineRunner", lambda blob: verify.ort_runner(onnxruntime.InferenceSession(blob)))
+    monkeypatch.setattr(
+        te, "EngineRunner", lambda blob: verify.ort_runner(onnxruntime.InferenceSession(blob))
+    )
     out = tmp_path / "out"
-    assert run_export(trained, "--tensorrt", "--out", out, "--no-bench", "--exporter", "torchscript",
-                      "--max-batch", 8) == 0
-    assert sorted(p.name for p in out.iterdir()) == ["export_report.json", "model.engine", "model.engine.json",
-                                                     "model.fp16.onnx", "model.onnx", "timing.cache"]
+    assert (
+        run_export(
+            trained, "--tensorrt", "--out", out, "--no-bench", "--exporter", "torchscript", "--max-batch", 8
+        )
+        == 0
+    )
+    assert sorted(p.name for p in out.iterdir()) == [
+        "export_report.json",
+        "model.engine",
+        "model.engine.json",
+        "model.fp16.onnx",
+        "model.onnx",
+        "timing.cache",
+    ]
     _, engine = read_engine_sidecar(out / "model.engine")
     assert engine["engine_from"] == "model.fp16.onnx" and engine["precision"] == "fp16"
     assert engine["onnx_sha256"] == sha256_file(out / "model.fp16.onnx") and engine["strongly_typed"]
@@ -136,8 +177,19 @@ def test_export_builds_the_engine_from_the_chosen_variant_and_its_sidecar_says_s
 @needs_tensorrt
 def test_fp16_engine_is_built_gated_and_described_by_its_sidecar(make_bundle, demo_root, tmp_path):
     out = tmp_path / "out"
-    assert run_export(make_bundle(arch="resnet18"), "--images", demo_root / "valid", "--tensorrt",
-                      "--max-batch", 32, "--out", out) == 0
+    assert (
+        run_export(
+            make_bundle(arch="resnet18"),
+            "--images",
+            demo_root / "valid",
+            "--tensorrt",
+            "--max-batch",
+            32,
+            "--out",
+            out,
+        )
+        == 0
+    )
     record, engine = read_engine_sidecar(out / "model.engine")
     assert record.classes == ["1", "2", "3", "4"]
     assert engine["precision"] == "fp16" and engine["profile"] == {"min": 1, "opt": 32, "max": 32}
@@ -155,8 +207,22 @@ def test_loading_an_engine_with_a_foreign_sidecar_is_refused(make_bundle, demo_r
     from export.tensorrt_engine import load_engine
 
     out = tmp_path / "out"
-    assert run_export(make_bundle(arch="cifar_cnn"), "--images", demo_root / "valid", "--tensorrt",
-                      "--engine-from", "fp32", "--max-batch", 8, "--no-bench", "--out", out) == 0
+    assert (
+        run_export(
+            make_bundle(arch="cifar_cnn"),
+            "--images",
+            demo_root / "valid",
+            "--tensorrt",
+            "--engine-from",
+            "fp32",
+            "--max-batch",
+            8,
+            "--no-bench",
+            "--out",
+            out,
+        )
+        == 0
+    )
     load_engine(out / "model.engine")  # its own machine: accepted
     side = out / "model.engine.json"
     d = json.loads(side.read_text())
@@ -170,8 +236,12 @@ def test_loading_an_engine_with_a_foreign_sidecar_is_refused(make_bundle, demo_r
 @needs_tensorrt
 def test_int8_engine_is_built_from_the_qdq_variant_and_passes_its_gate(trained, tmp_path):
     out = tmp_path / "out"
-    assert run_export(trained, "--tensorrt", "--engine-from", "int8", "--max-batch", 8, "--no-bench",
-                      "--out", out) == 0
+    assert (
+        run_export(
+            trained, "--tensorrt", "--engine-from", "int8", "--max-batch", 8, "--no-bench", "--out", out
+        )
+        == 0
+    )
     _, engine = read_engine_sidecar(out / "model.engine")
     assert engine["engine_from"] == "model.int8.onnx" and engine["precision"] == "int8"
     _, facts = read_onnx_record(out / "model.int8.onnx")

@@ -1,4 +1,5 @@
 """Precision variants: fp16 and int8 ONNX files beside model.onnx, each gated on real images, each servable."""
+
 from __future__ import annotations
 
 import json
@@ -45,7 +46,11 @@ def test_each_variants_metadata_round_trips_with_its_precision(variants_export, 
         assert record.to_dict() == bundle and facts["precision"] == precision
     _, facts = read_onnx_record(variants_export["out"] / "model.int8.onnx")
     calib = facts["calibration"]
-    assert calib["images"] == 48 and calib["root"] == str(demo_root / "train") and len(calib["fingerprint"]) == 64
+    assert (
+        calib["images"] == 48
+        and calib["root"] == str(demo_root / "train")
+        and len(calib["fingerprint"]) == 64
+    )
     assert facts["quantization"]["weights"] == "int8 per-channel symmetric"
 
 
@@ -69,8 +74,11 @@ def test_int8_is_qdq_with_per_channel_symmetric_weights_and_an_unquantized_front
     front = front_nodes(model)
     assert [n.op_type for n in model.graph.node if n.name in front][0] == "Cast"
     inits = {i.name: onnx.numpy_helper.to_array(i) for i in model.graph.initializer}
-    weight_zps = [inits[n.input[2]] for n in model.graph.node
-                  if n.op_type == "DequantizeLinear" and n.input[0] in inits and inits[n.input[0]].ndim == 4]
+    weight_zps = [
+        inits[n.input[2]]
+        for n in model.graph.node
+        if n.op_type == "DequantizeLinear" and n.input[0] in inits and inits[n.input[0]].ndim == 4
+    ]
     assert weight_zps and all(zp.size > 1 and not zp.any() and zp.dtype == np.int8 for zp in weight_zps)
 
 
@@ -82,7 +90,9 @@ def test_serve_classifies_with_a_variant_as_with_fp32(precision, variants_export
     ref, got = read_rows(tmp_path / "fp32.csv"), read_rows(tmp_path / "v.csv")
     assert [r["path"] for r in ref] == [r["path"] for r in got] and len(ref) == 16
     truth = [Path(r["path"]).parent.name for r in ref]
-    acc = {k: np.mean([r["label"] == t for r, t in zip(rows, truth)]) for k, rows in (("ref", ref), ("got", got))}
+    acc = {
+        k: np.mean([r["label"] == t for r, t in zip(rows, truth)]) for k, rows in (("ref", ref), ("got", got))
+    }
     if precision == "fp16":
         assert [r["label"] for r in got] == [r["label"] for r in ref]
     assert (acc["ref"] - acc["got"]) * 100 <= 1.0
@@ -96,8 +106,21 @@ def test_int8_calibrated_on_grey_images_fails_its_gate_and_is_not_written(traine
     for i in range(8):
         Image.new("RGB", (40, 40), (128, 128, 128)).save(grey / f"grey_{i}.png")
     out = tmp_path / "out"
-    assert run_export(trained, "--precision", "fp32,int8", "--calib-images", grey, "--out", out,
-                      "--no-bench", "--exporter", "torchscript") == 1
+    assert (
+        run_export(
+            trained,
+            "--precision",
+            "fp32,int8",
+            "--calib-images",
+            grey,
+            "--out",
+            out,
+            "--no-bench",
+            "--exporter",
+            "torchscript",
+        )
+        == 1
+    )
     assert sorted(p.name for p in out.iterdir()) == ["export_report.json", "model.onnx"]
     report = json.loads((out / "export_report.json").read_text())
     assert report["status"] == "failed" and report["failed_variants"] == ["int8"]

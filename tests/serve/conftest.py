@@ -1,4 +1,5 @@
 """serve fixtures: an untrained tiny bundle with display names, and a small image folder."""
+
 from __future__ import annotations
 
 import pytest

@@ -1,4 +1,5 @@
 """Test helpers for serve: tiny images, a model.onnx built here (export/ is another stage), CLI runners."""
+
 from __future__ import annotations
 
 import csv
@@ -46,6 +47,7 @@ def image_tree(root: Path, per_class: dict[str, int], ext: str = ".jpg") -> list
 
 def bomb_png(path: Path, side: int = 20000) -> Path:
     """A valid 1-bit side×side PNG in a few tens of KB (zeros compress ~1000:1), built without PIL."""
+
     def chunk(kind: bytes, data: bytes) -> bytes:
         return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
 
@@ -70,9 +72,16 @@ def export_onnx(bundle: Path, path: Path) -> Path:
     model, record = load_bundle(bundle)
     net = WithPreprocessing(model, record.preprocess).eval()
     x = torch.zeros(2, 3, record.preprocess.crop, record.preprocess.crop, dtype=torch.uint8)
-    torch.onnx.export(net, (x,), str(path), input_names=["images"], output_names=["logits"],
-                      dynamic_axes={"images": {0: "batch"}, "logits": {0: "batch"}}, opset_version=17,
-                      dynamo=False)
+    torch.onnx.export(
+        net,
+        (x,),
+        str(path),
+        input_names=["images"],
+        output_names=["logits"],
+        dynamic_axes={"images": {0: "batch"}, "logits": {0: "batch"}},
+        opset_version=17,
+        dynamo=False,
+    )
     proto = onnx.load(str(path))
     entry = proto.metadata_props.add()
     entry.key, entry.value = "imgclf.bundle", json.dumps(record.to_dict())
@@ -99,8 +108,14 @@ def subprocess_env() -> dict[str, str]:
 
 
 def run_serve(*argv, **kw) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, str(SERVE), *map(str, argv)], env=subprocess_env(),
-                          capture_output=True, text=True, timeout=180, **kw)
+    return subprocess.run(
+        [sys.executable, str(SERVE), *map(str, argv)],
+        env=subprocess_env(),
+        capture_output=True,
+        text=True,
+        timeout=180,
+        **kw,
+    )
 
 
 def same_predictions(a: list[dict[str, str]], b: list[dict[str, str]], tol: float = 1e-5) -> None:

@@ -1,4 +1,5 @@
 """Backends: torch and onnxruntime agree; providers and TensorRT engines are chosen or refused explicitly."""
+
 from __future__ import annotations
 
 import json
@@ -53,12 +54,15 @@ def test_providers_cpu_only_when_the_device_is_the_cpu_or_allowed():
     assert choose_providers(None, gpu, False, [CPU]) == [CPU]  # the CPU-only wheel on a GPU machine
 
 
-def test_onnx_on_a_gpu_machine_with_the_cpu_wheel_runs_and_decodes_on_the_cpu(bundle, photos, tmp_path, capsys,
-                                                                                monkeypatch):
+def test_onnx_on_a_gpu_machine_with_the_cpu_wheel_runs_and_decodes_on_the_cpu(
+    bundle, photos, tmp_path, capsys, monkeypatch
+):
     import serve.main as serve_main
 
     onnx_path = export_onnx(bundle, tmp_path / "model.onnx")
-    monkeypatch.setattr(serve_main, "resolve_device", lambda *a: torch.device("cuda"))  # what auto gives there
+    monkeypatch.setattr(
+        serve_main, "resolve_device", lambda *a: torch.device("cuda")
+    )  # what auto gives there
     assert serve(onnx_path, photos, "--out", tmp_path / "p.csv", "--workers", 0) == 0  # default flags
     start = capsys.readouterr().out.splitlines()[0]
     assert "providers: CPUExecutionProvider" in start and "decoded on the CPU too" in start
@@ -68,6 +72,7 @@ def test_onnx_on_a_gpu_machine_with_the_cpu_wheel_runs_and_decodes_on_the_cpu(bu
 
 class _FakeSession:
     """Records what onnxruntime was asked for; answers like a session that started every provider."""
+
     made: dict = {}
 
     def __init__(self, path, sess_options=None, providers=None):
@@ -97,8 +102,10 @@ def test_cuda_provider_gets_this_process_gpu_and_heuristic_conv_search(bundle, t
     assert _FakeSession.made["options"].intra_op_num_threads == 2
     assert backend.device == torch.device("cuda", 3)  # batches are decoded and bound on that GPU
     OnnxBackend(onnx_path, torch.device("cuda", 1), ["tensorrt", "cuda"], False)
-    assert _FakeSession.made["providers"] == [(TRT, {"device_id": 1}),
-                                              (CUDA, {"device_id": 1, "cudnn_conv_algo_search": "HEURISTIC"})]
+    assert _FakeSession.made["providers"] == [
+        (TRT, {"device_id": 1}),
+        (CUDA, {"device_id": 1, "cudnn_conv_algo_search": "HEURISTIC"}),
+    ]
 
 
 def test_gpu_index_without_an_index_is_the_local_rank_when_torch_sees_no_gpu(monkeypatch):
@@ -126,8 +133,15 @@ def _engine_with_sidecar(bundle, folder, **facts):
 
 
 def test_engine_built_for_another_gpu_is_refused_with_a_rebuild_hint(bundle, tmp_path, monkeypatch):
-    engine = _engine_with_sidecar(bundle, tmp_path, tensorrt_version="10.3.0", gpu_name="NVIDIA A100-SXM4-80GB",
-                                  compute_capability=[8, 0], precision="fp16", profile={"max": 64})
+    engine = _engine_with_sidecar(
+        bundle,
+        tmp_path,
+        tensorrt_version="10.3.0",
+        gpu_name="NVIDIA A100-SXM4-80GB",
+        compute_capability=[8, 0],
+        precision="fp16",
+        profile={"max": 64},
+    )
     monkeypatch.setitem(sys.modules, "tensorrt", types.SimpleNamespace(__version__="10.3.0"))
     monkeypatch.setattr(torch.cuda, "get_device_name", lambda *a: "NVIDIA H100 80GB HBM3")
     monkeypatch.setattr(torch.cuda, "get_device_capability", lambda *a: (9, 0))
@@ -172,7 +186,9 @@ def test_threads_reach_onnxruntime_and_torch(bundle, tmp_path):
 
     before = torch.get_num_threads()
     try:
-        onnx = open_backend(export_onnx(bundle, tmp_path / "model.onnx"), "auto", torch.device("cpu"), threads=1)
+        onnx = open_backend(
+            export_onnx(bundle, tmp_path / "model.onnx"), "auto", torch.device("cpu"), threads=1
+        )
         assert onnx.session.get_session_options().intra_op_num_threads == 1
         assert torch.get_num_threads() == 1
     finally:

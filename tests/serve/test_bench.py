@@ -1,4 +1,5 @@
 """bench.py runs on the CPU and reports every stage next to the naive baseline."""
+
 from __future__ import annotations
 
 import json
@@ -8,8 +9,29 @@ import re
 def test_bench_reports_each_stage_and_the_baseline(capsys, tmp_path):
     from serve.bench import main
 
-    assert main(["--n", "6", "--side", "60", "--arch", "cifar_cnn", "--size", "32",
-                 "--workers", "0", "--batch-size", "4", "--device", "cpu", "--json", str(tmp_path / "b.json")]) == 0
+    assert (
+        main(
+            [
+                "--n",
+                "6",
+                "--side",
+                "60",
+                "--arch",
+                "cifar_cnn",
+                "--size",
+                "32",
+                "--workers",
+                "0",
+                "--batch-size",
+                "4",
+                "--device",
+                "cpu",
+                "--json",
+                str(tmp_path / "b.json"),
+            ]
+        )
+        == 0
+    )
     out = capsys.readouterr().out
     assert out.startswith("6 images in ")
     for stage in ("discovery", "decode, CPU path", "model only", "end to end", "naive baseline"):
@@ -37,8 +59,27 @@ def test_bench_forks_its_decode_workers_before_opening_the_backend(monkeypatch, 
 
     monkeypatch.setattr(decode, "DecodeWorkers", spawn)
     monkeypatch.setattr(bench, "open_backend", open_model)
-    assert bench.main(["--n", "4", "--side", "40", "--arch", "cifar_cnn", "--size", "32", "--workers", "1",
-                       "--batch-size", "4", "--device", "cpu"]) == 0
+    assert (
+        bench.main(
+            [
+                "--n",
+                "4",
+                "--side",
+                "40",
+                "--arch",
+                "cifar_cnn",
+                "--size",
+                "32",
+                "--workers",
+                "1",
+                "--batch-size",
+                "4",
+                "--device",
+                "cpu",
+            ]
+        )
+        == 0
+    )
     assert order == ["fork", "backend"]  # CUDA, if any, starts after the fork
 
 
@@ -50,8 +91,30 @@ def test_bench_times_onnx_variants_on_the_same_images_with_their_agreement(bundl
 
     fp32 = export_onnx(bundle, tmp_path / "model.onnx")
     int8 = shutil.copy(fp32, tmp_path / "model.int8.onnx")  # named like one: the precision column reads it
-    assert main(["--model", str(bundle), "--variants", str(fp32), str(int8), "--n", "6", "--side", "48",
-                 "--workers", "0", "--batch-size", "4", "--device", "cpu", "--json", str(tmp_path / "b.json")]) == 0
+    assert (
+        main(
+            [
+                "--model",
+                str(bundle),
+                "--variants",
+                str(fp32),
+                str(int8),
+                "--n",
+                "6",
+                "--side",
+                "48",
+                "--workers",
+                "0",
+                "--batch-size",
+                "4",
+                "--device",
+                "cpu",
+                "--json",
+                str(tmp_path / "b.json"),
+            ]
+        )
+        == 0
+    )
     out = capsys.readouterr().out
     assert re.search(r"^model\.onnx \(fp32\)\s+[\d,]+\s+[\d,]+\s+\d\.\d{4}$", out, re.MULTILINE), out
     assert re.search(r"^model\.int8\.onnx \(int8\)\s", out, re.MULTILINE), out

@@ -1,4 +1,5 @@
 """A model is checked against its own record at load: input size vs crop, logits width vs classes."""
+
 from __future__ import annotations
 
 import json
@@ -50,10 +51,13 @@ def test_onnx_input_size_other_than_the_recorded_crop_is_refused(bundle, tmp_pat
 
 
 @pytest.mark.parametrize("trained, recorded", [(3, 4), (4, 3)])
-def test_onnx_logits_width_other_than_the_class_count_is_refused(make_bundle, tmp_path, capsys, trained, recorded):
+def test_onnx_logits_width_other_than_the_class_count_is_refused(
+    make_bundle, tmp_path, capsys, trained, recorded
+):
     b = make_bundle("cifar_cnn", crop=32, classes=CLASSES[:trained], display_names=NAMES[:trained])
-    onnx_path = _edit_record(export_onnx(b, tmp_path / "m.onnx"), classes=CLASSES[:recorded],
-                             display_names=NAMES[:recorded])
+    onnx_path = _edit_record(
+        export_onnx(b, tmp_path / "m.onnx"), classes=CLASSES[:recorded], display_names=NAMES[:recorded]
+    )
     err = _refused(capsys, onnx_path, tmp_path)
     assert f"outputs {trained} logits per image but its record lists {recorded} classes" in err
 
@@ -65,16 +69,21 @@ def _dynamic_onnx(path, record: dict, logits: int = 3):
     from onnx import TensorProto, helper
 
     graph = helper.make_graph(
-        [helper.make_node("Cast", ["images"], ["x"], to=TensorProto.FLOAT),
-         helper.make_node("ReduceMean", ["x"], ["m"], axes=[2, 3], keepdims=0),
-         helper.make_node("Concat", ["m", "m"], ["m6"], axis=1),
-         helper.make_node("Slice", ["m6", "starts", "ends", "axes"], ["logits"])],
+        [
+            helper.make_node("Cast", ["images"], ["x"], to=TensorProto.FLOAT),
+            helper.make_node("ReduceMean", ["x"], ["m"], axes=[2, 3], keepdims=0),
+            helper.make_node("Concat", ["m", "m"], ["m6"], axis=1),
+            helper.make_node("Slice", ["m6", "starts", "ends", "axes"], ["logits"]),
+        ],
         "dynamic",
         [helper.make_tensor_value_info("images", TensorProto.UINT8, ["N", "C", "H", "W"])],
         [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["N", "K"])],
-        [helper.make_tensor("starts", TensorProto.INT64, [1], [0]),
-         helper.make_tensor("ends", TensorProto.INT64, [1], [logits]),
-         helper.make_tensor("axes", TensorProto.INT64, [1], [1])])
+        [
+            helper.make_tensor("starts", TensorProto.INT64, [1], [0]),
+            helper.make_tensor("ends", TensorProto.INT64, [1], [logits]),
+            helper.make_tensor("axes", TensorProto.INT64, [1], [1]),
+        ],
+    )
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
     model.ir_version = 8
     entry = model.metadata_props.add()
@@ -88,8 +97,17 @@ def test_dynamic_dims_are_settled_by_one_dummy_batch(bundle, tmp_path, capsys):
     err = _refused(capsys, _dynamic_onnx(tmp_path / "dyn.onnx", record, logits=3), tmp_path)
     assert "outputs 3 logits per image but its record lists 4 classes" in err
     out = tmp_path / "ok.csv"
-    assert serve(_dynamic_onnx(tmp_path / "dyn4.onnx", record, logits=4), tmp_path / "in", "--out", out,
-                 "--workers", 0) == 0
+    assert (
+        serve(
+            _dynamic_onnx(tmp_path / "dyn4.onnx", record, logits=4),
+            tmp_path / "in",
+            "--out",
+            out,
+            "--workers",
+            0,
+        )
+        == 0
+    )
 
 
 def test_a_bundle_that_fails_on_its_own_crop_is_refused_at_load(bundle, tmp_path, capsys):
@@ -114,18 +132,23 @@ class _FakeEngine:
         return [(1, 3, self.side, self.side), (8, 3, self.side, self.side), (8, 3, self.side, self.side)]
 
 
-@pytest.mark.parametrize("shapes, message", [
-    ({"images": (-1, 3, 64, 64), "logits": (-1, 4)}, "takes 64×64 images but its record says crop 32"),
-    ({"images": (-1, 3, 32, 32), "logits": (-1, 3)}, "outputs 3 logits per image but its record lists 4"),
-    ({"images": (8, 3, 32, 32), "logits": (8, 4)}, "takes exactly 8 image(s) per call"),
-    ({"images": (-1, 3, -1, -1), "logits": (-1, 4), "side": 48}, "built for 48..48 × 48..48 images"),
-])
+@pytest.mark.parametrize(
+    "shapes, message",
+    [
+        ({"images": (-1, 3, 64, 64), "logits": (-1, 4)}, "takes 64×64 images but its record says crop 32"),
+        ({"images": (-1, 3, 32, 32), "logits": (-1, 3)}, "outputs 3 logits per image but its record lists 4"),
+        ({"images": (8, 3, 32, 32), "logits": (8, 4)}, "takes exactly 8 image(s) per call"),
+        ({"images": (-1, 3, -1, -1), "logits": (-1, 4), "side": 48}, "built for 48..48 × 48..48 images"),
+    ],
+)
 def test_an_engine_is_checked_against_its_sidecar_record(bundle, tmp_path, shapes, message):
     from core.errors import UserError
 
     engine = tmp_path / "model.engine"
     engine.write_bytes(b"")
-    (tmp_path / "model.engine.json").write_text(json.dumps({"record": read_record(bundle).to_dict(), "engine": {}}))
+    (tmp_path / "model.engine.json").write_text(
+        json.dumps({"record": read_record(bundle).to_dict(), "engine": {}})
+    )
     engine_fake = _FakeEngine(shapes, shapes.get("side", 32))
     backend = types.SimpleNamespace(engine=engine_fake, device=torch.device("cpu"))
     with pytest.raises(UserError, match=message.replace("(", r"\(").replace(")", r"\)")):
@@ -145,8 +168,11 @@ class _Callable:
 def test_an_engine_matching_its_record_passes(bundle, tmp_path):
     engine = tmp_path / "model.engine"
     engine.write_bytes(b"")
-    (tmp_path / "model.engine.json").write_text(json.dumps({"record": read_record(bundle).to_dict(), "engine": {}}))
-    ns = types.SimpleNamespace(engine=_FakeEngine({"images": (-1, 3, 32, 32), "logits": (-1, 4)}),
-                               device=torch.device("cpu"))
+    (tmp_path / "model.engine.json").write_text(
+        json.dumps({"record": read_record(bundle).to_dict(), "engine": {}})
+    )
+    ns = types.SimpleNamespace(
+        engine=_FakeEngine({"images": (-1, 3, 32, 32), "logits": (-1, 4)}), device=torch.device("cpu")
+    )
     backend = _Callable(ns, 4)
     assert check_model(backend, engine, "tensorrt") is backend

@@ -1,4 +1,5 @@
 """serve/main.py end to end, in process: the CSV contract, bad files, refusals, labels, evaluate, URLs, --show."""
+
 from __future__ import annotations
 
 import functools
@@ -26,8 +27,15 @@ def test_csv_has_the_schema_and_one_row_per_image(bundle, photos, tmp_path):
     assert serve(bundle, photos, "--out", out, "--workers", 0) == 0
     assert out.read_text().splitlines()[0] == ",".join(HEADER)
     rows = read_rows(out)
-    assert [r["path"] for r in rows] == ["1/img_0.jpg", "1/img_1.jpg", "1/img_2.jpg",
-                                         "2/img_0.jpg", "2/img_1.jpg", "2/img_2.jpg", "2/upper.JPEG"]
+    assert [r["path"] for r in rows] == [
+        "1/img_0.jpg",
+        "1/img_1.jpg",
+        "1/img_2.jpg",
+        "2/img_0.jpg",
+        "2/img_1.jpg",
+        "2/img_2.jpg",
+        "2/upper.JPEG",
+    ]
     for r in rows:
         labels, probs = r["top4_labels"].split("|"), np.array(r["top4_probs"].split("|"), dtype=float)
         assert r["status"] == "ok" and r["error"] == ""
@@ -49,8 +57,15 @@ def test_bad_files_become_error_rows_and_the_run_exits_0(bundle, tmp_path):
     pal.info["transparency"] = 0
     pal.save(bad / "palette.png", transparency=0)
     bomb_png(bad / "huge.png")
-    expected = {"truncated.jpg": "truncated", "zero.jpg": "empty file", "text.jpg": "not an image file",
-                "cmyk.jpg": "", "deep.png": "", "palette.png": "", "huge.png": "decompression-bomb"}
+    expected = {
+        "truncated.jpg": "truncated",
+        "zero.jpg": "empty file",
+        "text.jpg": "not an image file",
+        "cmyk.jpg": "",
+        "deep.png": "",
+        "palette.png": "",
+        "huge.png": "decompression-bomb",
+    }
     if os.geteuid() != 0:  # root reads everything, so the permission case only exists for other users
         save_picture(bad / "locked.jpg").chmod(0)
         expected["locked.jpg"] = "permission denied"
@@ -77,7 +92,9 @@ def test_existing_output_is_refused_without_resume_or_overwrite(bundle, photos, 
 
 
 def test_labels_come_from_the_model_not_the_input_folders(make_bundle, tmp_path):
-    model = make_bundle("cifar_cnn", classes=["daisy", "rose", "tulip"], display_names=["Daisy", "Rose", "Tulip"])
+    model = make_bundle(
+        "cifar_cnn", classes=["daisy", "rose", "tulip"], display_names=["Daisy", "Rose", "Tulip"]
+    )
     inputs = tmp_path / "incoming"
     save_picture(inputs / "1" / "a.jpg", seed=1)
     save_picture(inputs / "zebra" / "b.jpg", seed=2)
@@ -94,7 +111,9 @@ def test_probs_columns_and_topk_follow_the_flags(bundle, photos, tmp_path):
     out = tmp_path / "p.csv"
     serve(bundle, photos, "--out", out, "--probs", "--topk", 2, "--workers", 0, "--limit", 3)
     rows = read_rows(out)
-    assert list(rows[0]) == HEADER[:5] + ["top2_labels", "top2_probs", "error"] + [f"prob_{c}" for c in CLASSES]
+    assert list(rows[0]) == HEADER[:5] + ["top2_labels", "top2_probs", "error"] + [
+        f"prob_{c}" for c in CLASSES
+    ]
     assert len(rows) == 3
     for r in rows:
         per_class = np.array([float(r[f"prob_{c}"]) for c in CLASSES])
@@ -187,7 +206,9 @@ def test_an_unwritable_show_figure_is_one_error_line(bundle, photos, tmp_path, c
     assert err.startswith("error: ") and "fig.png" in err and "--figure" in err
 
 
-@pytest.mark.parametrize("flag, value, needs", [("--eval-dir", "ev", "--evaluate"), ("--figure", "f.png", "--show")])
+@pytest.mark.parametrize(
+    "flag, value, needs", [("--eval-dir", "ev", "--evaluate"), ("--figure", "f.png", "--show")]
+)
 def test_a_flag_without_its_mode_is_refused_not_ignored(bundle, photos, tmp_path, capsys, flag, value, needs):
     out = tmp_path / "p.csv"
     with pytest.raises(SystemExit) as exc:

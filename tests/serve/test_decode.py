@@ -1,4 +1,5 @@
 """Decoding: the CPU path is exactly the training eval transform; EXIF orientation honoured; bounded streaming."""
+
 from __future__ import annotations
 
 import io
@@ -91,8 +92,11 @@ def test_device_decode_path_runs_on_cpu_too_and_matches_the_cpu_path():
     """torchvision decodes JPEG lists on the CPU as well, so the batch/fallback/orientation logic of the
     GPU path is checked here; the GPU test below checks nvJPEG itself."""
     key = spec_key(SPEC)
-    datas = [jpeg_bytes(picture(seed=1, size=(60, 44))), _exif_jpeg(picture(seed=2, size=(64, 48)), 8),
-             b"\xff\xd8\xff not a jpeg after all"]
+    datas = [
+        jpeg_bytes(picture(seed=1, size=(60, 44))),
+        _exif_jpeg(picture(seed=2, size=(64, 48)), 8),
+        b"\xff\xd8\xff not a jpeg after all",
+    ]
     decoded = gpu_decode(datas, [1, 8, 1], key, torch.device("cpu"))
     assert decoded[2] is None  # the batch call failed on it; the others survived the one-by-one retry
     for data, img in zip(datas[:2], decoded):
@@ -101,16 +105,22 @@ def test_device_decode_path_runs_on_cpu_too_and_matches_the_cpu_path():
 
 def test_pipeline_routes_each_file_to_the_right_decoder_with_the_same_outcome(tmp_path):
     upright = picture(seed=5, size=(64, 48))
-    files = {"plain.jpg": jpeg_bytes(upright), "exif.jpg": _exif_jpeg(upright, 3),
-             "cmyk.jpg": jpeg_bytes(upright.convert("CMYK")), "cut.jpg": jpeg_bytes(upright)[:-200],
-             "text.jpg": b"hello"}
+    files = {
+        "plain.jpg": jpeg_bytes(upright),
+        "exif.jpg": _exif_jpeg(upright, 3),
+        "cmyk.jpg": jpeg_bytes(upright.convert("CMYK")),
+        "cut.jpg": jpeg_bytes(upright)[:-200],
+        "text.jpg": b"hello",
+    }
     for name, data in files.items():
         (tmp_path / name).write_bytes(data)
     save_picture(tmp_path / "p.png", seed=6)
     items = [Item(str(tmp_path / n), n) for n in [*files, "p.png"]]
     with DecodePipeline(SPEC) as cpu, DecodePipeline(SPEC, device="cpu", gpu_decode=True) as device:
         (a,), (b,) = list(cpu.batches(items, 8)), list(device.batches(items, 8))
-    assert device.stats.device == 2 and device.stats.cpu_total == 4  # counted, with the reasons, for the end line
+    assert (
+        device.stats.device == 2 and device.stats.cpu_total == 4
+    )  # counted, with the reasons, for the end line
     assert "2 on the device, 4 on the CPU" in device.report() and cpu.report() == ""
     assert a.errors == b.errors and [bool(e) for e in a.errors] == [False, False, False, True, True, False]
     assert (a.images.float() - b.images.float()).abs().mean() < 1.0
@@ -120,7 +130,9 @@ def test_pipeline_routes_each_file_to_the_right_decoder_with_the_same_outcome(tm
 @pytest.mark.parametrize("subsampling, bound", [(0, 2.0), (2, 8.0)])  # 4:4:4 tight; 4:2:0: nvJPEG's chroma
 def test_gpu_path_matches_the_cpu_eval_transform_within_tolerance(subsampling, bound):
     key, device = spec_key(EvalSpec(resize=73, crop=64)), torch.device("cuda")
-    datas = [jpeg_bytes(picture(seed=s, size=(120, 90)), quality=95, subsampling=subsampling) for s in range(4)]
+    datas = [
+        jpeg_bytes(picture(seed=s, size=(120, 90)), quality=95, subsampling=subsampling) for s in range(4)
+    ]
     rotated = picture(seed=9, size=(96, 64)).transpose(Image.Transpose.ROTATE_90)
     exif = Image.Exif()
     exif[0x0112] = 6
@@ -143,7 +155,9 @@ def test_batched_resize_crop_equals_the_per_image_reference():
         assert batch.shape == (len(images), 3, key[1], key[1])
         for img, got in zip(images, batch):
             assert torch.equal(got, resize_crop(img, key))
-    assert torch.equal(resize_crop_batch(images[:1] * 3, spec_key(SPEC))[2], resize_crop(images[0], spec_key(SPEC)))
+    assert torch.equal(
+        resize_crop_batch(images[:1] * 3, spec_key(SPEC))[2], resize_crop(images[0], spec_key(SPEC))
+    )
 
 
 def test_pipeline_decodes_in_its_own_thread_and_raises_its_errors_in_the_caller(tmp_path, monkeypatch):
@@ -196,7 +210,11 @@ def _mixed_folder(root, n: int = 24):
     root.mkdir(parents=True, exist_ok=True)
     for i in range(n):
         img = picture(seed=i, size=(60 + 8 * (i % 3), 44))
-        kinds = {0: ("png", {}), 1: ("jpg", {"subsampling": 0, "quality": 95}), 2: ("jpg", {"progressive": True})}
+        kinds = {
+            0: ("png", {}),
+            1: ("jpg", {"subsampling": 0, "quality": 95}),
+            2: ("jpg", {"progressive": True}),
+        }
         ext, kw = kinds[i % 3]
         img.save(root / f"{i:03d}.{ext}", **kw)
     return [Item(str(p), p.name) for p in sorted(root.iterdir())]

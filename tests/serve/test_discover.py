@@ -1,4 +1,5 @@
 """Discovery: a lazy, sorted, recursive walk that skips hidden files and survives symlink loops."""
+
 from __future__ import annotations
 
 import os
@@ -19,8 +20,13 @@ def _touch(path, data=b"x"):
 def test_walk_is_recursive_sorted_and_case_insensitive(tmp_path):
     for rel in ["b/2.JPG", "b/10.png", "a/z.jpeg", "a/sub/y.WebP", "top.Tif", "notes.txt", "a/sub/data.csv"]:
         _touch(tmp_path / rel)
-    assert [rel for _, rel in walk_images(str(tmp_path))] == \
-        ["a/sub/y.WebP", "a/z.jpeg", "b/10.png", "b/2.JPG", "top.Tif"]
+    assert [rel for _, rel in walk_images(str(tmp_path))] == [
+        "a/sub/y.WebP",
+        "a/z.jpeg",
+        "b/10.png",
+        "b/2.JPG",
+        "top.Tif",
+    ]
 
 
 def test_walk_skips_hidden_files_folders_and_ds_store(tmp_path):
@@ -31,8 +37,8 @@ def test_walk_skips_hidden_files_folders_and_ds_store(tmp_path):
 
 def test_walk_survives_a_symlink_loop_and_lists_each_folder_once(tmp_path):
     _touch(tmp_path / "a" / "x.jpg")
-    os.symlink(tmp_path, tmp_path / "a" / "loop")      # a/loop → root: a cycle
-    os.symlink(tmp_path / "a", tmp_path / "alias")     # a second name for a/
+    os.symlink(tmp_path, tmp_path / "a" / "loop")  # a/loop → root: a cycle
+    os.symlink(tmp_path / "a", tmp_path / "alias")  # a second name for a/
     assert [rel for _, rel in walk_images(str(tmp_path))] == ["a/x.jpg"]
 
 
@@ -51,8 +57,9 @@ def test_walk_is_lazy_first_image_before_the_rest_is_listed(tmp_path, monkeypatc
 def test_single_folder_paths_are_relative_to_it_and_absolute_on_request(tmp_path):
     _touch(tmp_path / "in" / "c" / "x.jpg")
     assert [i.path for i in iter_items([str(tmp_path / "in")])] == ["c/x.jpg"]
-    assert [i.path for i in iter_items([str(tmp_path / "in")], absolute=True)] == \
-        [str(tmp_path / "in" / "c" / "x.jpg")]
+    assert [i.path for i in iter_items([str(tmp_path / "in")], absolute=True)] == [
+        str(tmp_path / "in" / "c" / "x.jpg")
+    ]
 
 
 def test_several_inputs_keep_their_prefix_so_equal_names_stay_distinct(tmp_path, monkeypatch):

@@ -1,4 +1,5 @@
 """Hostile inputs: special files and huge files, names that are not UTF-8, and overlapping inputs."""
+
 from __future__ import annotations
 
 import json
@@ -36,6 +37,7 @@ def _read_within(item: Item, seconds: float = 10.0) -> str:
 
 
 # ─── only regular files, with a size cap ──────────────────────────────────────────────────────
+
 
 def test_a_fifo_named_like_an_image_is_refused_without_blocking(tmp_path):
     fifo = tmp_path / "x.jpg"
@@ -77,8 +79,13 @@ def test_every_special_file_is_an_error_row_and_the_run_finishes(bundle, tmp_pat
     rows = {r["path"]: r for r in read_rows(out)}
     assert list(rows) == ["a.png", "b_fifo.jpg", "c_zero.jpg", "d_sparse.jpg", "e_socket.jpg", "f_big.png"]
     assert rows["a.png"]["status"] == "ok"
-    for name, reason in [("b_fifo.jpg", "FIFO"), ("c_zero.jpg", "character device"), ("d_sparse.jpg", "--max-file-mb"),
-                         ("e_socket.jpg", "socket"), ("f_big.png", "--max-file-mb")]:
+    for name, reason in [
+        ("b_fifo.jpg", "FIFO"),
+        ("c_zero.jpg", "character device"),
+        ("d_sparse.jpg", "--max-file-mb"),
+        ("e_socket.jpg", "socket"),
+        ("f_big.png", "--max-file-mb"),
+    ]:
         assert rows[name]["status"] == "error" and reason in rows[name]["error"], rows[name]
 
 
@@ -102,7 +109,7 @@ def test_max_file_mb_must_be_positive(bundle, tmp_path, capsys):
 
 # ─── any file name ────────────────────────────────────────────────────────────────────────────
 
-NASTY = [b"caf\xe9.jpg", b"back\\slash.png", b"lit\\xff.png", b"new\nline, \"quoted\".png", "été.png".encode()]
+NASTY = [b"caf\xe9.jpg", b"back\\slash.png", b"lit\\xff.png", b'new\nline, "quoted".png', "été.png".encode()]
 
 
 @pytest.mark.parametrize("name", [*NASTY, b"\\", b"\xff\xfe\\\\x", b"plain.jpg"])
@@ -140,6 +147,7 @@ def _rows(path, fmt):
 
 
 # ─── one row per file ─────────────────────────────────────────────────────────────────────────
+
 
 def test_overlapping_inputs_give_each_file_once_named_by_the_first_input(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)

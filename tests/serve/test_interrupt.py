@@ -1,4 +1,5 @@
 """Ctrl-C never hangs serve, and its decode workers never outlive it (SIGINT to the group, SIGTERM, kill -9)."""
+
 from __future__ import annotations
 
 import os
@@ -41,10 +42,27 @@ def _start_serve(bundle, tmp_path: Path, out: Path) -> subprocess.Popen:
     if not images.exists():
         for i in range(60):
             save_picture(images / f"{i:03d}.png", seed=i, size=(40, 32))
-    args = [bundle, images, "--out", out, "--batch-size", 2, "--workers", 2, "--no-progress", "--throttle", 0.05]
+    args = [
+        bundle,
+        images,
+        "--out",
+        out,
+        "--batch-size",
+        2,
+        "--workers",
+        2,
+        "--no-progress",
+        "--throttle",
+        0.05,
+    ]
     # a session of its own: the test can signal its whole process group, as a terminal's Ctrl-C does
-    return subprocess.Popen([sys.executable, str(SERVE), *map(str, args)], env=subprocess_env(),
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, start_new_session=True)
+    return subprocess.Popen(
+        [sys.executable, str(SERVE), *map(str, args)],
+        env=subprocess_env(),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        start_new_session=True,
+    )
 
 
 def _wait_rows(proc: subprocess.Popen, out: Path, n: int) -> None:
@@ -74,7 +92,9 @@ def test_ctrl_c_to_the_process_group_exits_130_at_once_with_one_line(bundle, tmp
         proc.wait(timeout=EXIT_DEADLINE_S)
     except subprocess.TimeoutExpired:
         os.killpg(proc.pid, signal.SIGKILL)
-        pytest.fail(f"serve still running {EXIT_DEADLINE_S} s after Ctrl-C: {proc.stderr.read().decode()[-2000:]}")
+        pytest.fail(
+            f"serve still running {EXIT_DEADLINE_S} s after Ctrl-C: {proc.stderr.read().decode()[-2000:]}"
+        )
     err = proc.stderr.read().decode().strip().splitlines()
     assert proc.returncode == 130, err
     assert len(err) == 1 and err[0].startswith("interrupted") and "--resume" in err[0], err

@@ -1,4 +1,5 @@
 """Under `accelerate launch`, processes split the stream and the main one merges their parts in order."""
+
 from __future__ import annotations
 
 import socket
@@ -28,11 +29,27 @@ def test_two_cpu_processes_merge_to_the_same_csv_as_one(bundle, tmp_path):
     common = ["--workers", 0, "--batch-size", 2, "--device", "cpu", "--no-progress"]
     # `--cpu --num_processes 2` starts ONE process in accelerate 1.x (its simple launcher); --multi_gpu
     # takes the torchrun launcher, and serve's --device cpu makes it a gloo CPU group.
-    launch = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
-              "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
-              "--main_process_port", str(_free_port()), str(SERVE)]
+    launch = [
+        sys.executable,
+        "-m",
+        "accelerate.commands.launch",
+        "--multi_gpu",
+        "--num_processes",
+        "2",
+        "--num_machines",
+        "1",
+        "--mixed_precision",
+        "no",
+        "--dynamo_backend",
+        "no",
+        "--main_process_port",
+        str(_free_port()),
+        str(SERVE),
+    ]
     two = tmp_path / "two.csv"
-    done = run_tree([*launch, *map(str, [bundle, images, "--out", two, *common])], DEADLINE_S, env=subprocess_env())
+    done = run_tree(
+        [*launch, *map(str, [bundle, images, "--out", two, *common])], DEADLINE_S, env=subprocess_env()
+    )
     assert done.returncode == 0, done.stderr[-3000:]
     assert "terminate called" not in done.stderr  # a gloo group left alive at exit aborts the process
     assert "done: 9 ok, 1 errors" in done.stdout and "2 process(es)" in done.stdout
@@ -59,5 +76,7 @@ def test_serve_destroys_the_process_group_when_it_refuses_to_run(bundle, tmp_pat
 
 def test_serve_destroys_the_process_group_when_it_is_done(bundle, tmp_path, gloo_group):
     save_picture(tmp_path / "imgs" / "a.jpg")
-    assert serve(bundle, tmp_path / "imgs", "--out", tmp_path / "p.csv", "--device", "cpu", "--workers", 0) == 0
+    assert (
+        serve(bundle, tmp_path / "imgs", "--out", tmp_path / "p.csv", "--device", "cpu", "--workers", 0) == 0
+    )
     assert not dist.is_initialized()

@@ -1,4 +1,5 @@
 """The output file has one writer and --resume only continues the job that wrote it."""
+
 from __future__ import annotations
 
 import json
@@ -16,14 +17,21 @@ from tests.serve.conftest import CLASSES, NAMES
 from tests.proctree import run_tree
 from tests.serve.helpers import REPO, image_tree, read_rows, run_serve, serve, subprocess_env
 
-HOLD = "import sys, time; from pathlib import Path; from serve.lock import OutputLock\n" \
-       "lock = OutputLock(Path(sys.argv[1])); assert lock.acquire() is None; print('held', flush=True); time.sleep(60)"
+HOLD = (
+    "import sys, time; from pathlib import Path; from serve.lock import OutputLock\n"
+    "lock = OutputLock(Path(sys.argv[1])); assert lock.acquire() is None; print('held', flush=True); time.sleep(60)"
+)
 
 
 def _holder(out):
     """Another process holding the lock on `out`, as a running serve would."""
-    proc = subprocess.Popen([sys.executable, "-c", HOLD, str(out)], env=subprocess_env(), cwd=REPO,
-                            stdout=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(
+        [sys.executable, "-c", HOLD, str(out)],
+        env=subprocess_env(),
+        cwd=REPO,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
     assert proc.stdout.readline().strip() == "held"
     return proc
 
@@ -39,6 +47,7 @@ def _refused(capsys, *argv) -> str:
 
 
 # ─── one writer ───────────────────────────────────────────────────────────────────────────────
+
 
 @pytest.mark.parametrize("mode", [[], ["--resume"], ["--overwrite"]])
 def test_a_second_serve_on_a_locked_out_exits_2_naming_the_holder(bundle, photos, tmp_path, capsys, mode):
@@ -67,9 +76,27 @@ def test_two_serves_at_once_one_writes_the_other_is_refused(bundle, tmp_path, ca
     folder = tmp_path / "in"
     image_tree(folder, {"a": 6})
     out = tmp_path / "p.csv"
-    first = subprocess.Popen([sys.executable, str(REPO / "serve" / "main.py"), str(bundle), str(folder), "--out",
-                              str(out), "--workers", "0", "--batch-size", "1", "--throttle", "0.5", "--no-progress"],
-                             env=subprocess_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    first = subprocess.Popen(
+        [
+            sys.executable,
+            str(REPO / "serve" / "main.py"),
+            str(bundle),
+            str(folder),
+            "--out",
+            str(out),
+            "--workers",
+            "0",
+            "--batch-size",
+            "1",
+            "--throttle",
+            "0.5",
+            "--no-progress",
+        ],
+        env=subprocess_env(),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     deadline = time.monotonic() + 120
     while not (out.exists() and out.stat().st_size) and time.monotonic() < deadline:
         time.sleep(0.1)
@@ -89,6 +116,7 @@ def test_the_lock_is_exclusive_within_one_process_too(tmp_path):
 
 
 # ─── the same job ─────────────────────────────────────────────────────────────────────────────
+
 
 def test_the_job_is_recorded_beside_the_output_which_stays_plain_csv(bundle, photos, tmp_path):
     out = tmp_path / "p.csv"
@@ -112,10 +140,17 @@ def test_resume_with_another_model_is_refused_naming_it(make_bundle, photos, tmp
     assert serve(b, photos, "--out", out, "--workers", 0, "--resume") == 0
 
 
-@pytest.mark.parametrize("flag, differs", [(["--absolute"], "--absolute False there, True now"),
-                                           (["--topk", 2], "--topk 4 there, 2 now"),  # default 5, 4 classes
-                                           (["--probs"], "--probs/--evaluate False there, True now")])
-def test_resume_with_other_output_flags_is_refused_naming_the_flag(bundle, photos, tmp_path, capsys, flag, differs):
+@pytest.mark.parametrize(
+    "flag, differs",
+    [
+        (["--absolute"], "--absolute False there, True now"),
+        (["--topk", 2], "--topk 4 there, 2 now"),  # default 5, 4 classes
+        (["--probs"], "--probs/--evaluate False there, True now"),
+    ],
+)
+def test_resume_with_other_output_flags_is_refused_naming_the_flag(
+    bundle, photos, tmp_path, capsys, flag, differs
+):
     out = tmp_path / "p.csv"
     serve(bundle, photos / "1", "--out", out, "--workers", 0)
     err = _refused(capsys, bundle, photos, "--out", out, "--workers", 0, "--resume", *flag)
@@ -144,12 +179,40 @@ def test_under_accelerate_launch_every_process_refuses_a_locked_out(bundle, phot
 
     out = tmp_path / "p.csv"
     holder = _holder(out)
-    launch = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
-              "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
-              "--main_process_port", str(_free_port()), str(REPO / "serve" / "main.py")]
+    launch = [
+        sys.executable,
+        "-m",
+        "accelerate.commands.launch",
+        "--multi_gpu",
+        "--num_processes",
+        "2",
+        "--num_machines",
+        "1",
+        "--mixed_precision",
+        "no",
+        "--dynamo_backend",
+        "no",
+        "--main_process_port",
+        str(_free_port()),
+        str(REPO / "serve" / "main.py"),
+    ]
     try:
-        r = run_tree([*launch, str(bundle), str(photos), "--out", str(out), "--workers", "0", "--device", "cpu",
-                      "--no-progress"], DEADLINE_S, env=subprocess_env())  # kills torchrun's workers too
+        r = run_tree(
+            [
+                *launch,
+                str(bundle),
+                str(photos),
+                "--out",
+                str(out),
+                "--workers",
+                "0",
+                "--device",
+                "cpu",
+                "--no-progress",
+            ],
+            DEADLINE_S,
+            env=subprocess_env(),
+        )  # kills torchrun's workers too
     finally:
         holder.kill()
         holder.wait()
@@ -166,7 +229,9 @@ def test_two_spellings_of_one_out_share_one_lock(tmp_path):
 
 
 @pytest.mark.parametrize("special", ["fifo", "devnull"])
-def test_an_out_that_is_not_a_regular_file_is_refused_even_with_overwrite(bundle, photos, tmp_path, capsys, special):
+def test_an_out_that_is_not_a_regular_file_is_refused_even_with_overwrite(
+    bundle, photos, tmp_path, capsys, special
+):
     if special == "fifo":
         out = tmp_path / "p.csv"
         os.mkfifo(out)

@@ -1,4 +1,5 @@
 """serve's progress in a batch log: plain lines at an interval, no bar frames."""
+
 from __future__ import annotations
 
 from tests.serve.helpers import serve

@@ -1,4 +1,5 @@
 """What serve reports beside the rows: top-k column names, --evaluate files, the --show figure, empty inputs."""
+
 from __future__ import annotations
 
 import hashlib

@@ -1,4 +1,5 @@
 """Resume: a killed run continued with --resume equals an uninterrupted one; torn lines and parts handled."""
+
 from __future__ import annotations
 
 import signal
@@ -25,8 +26,12 @@ def test_resume_after_a_real_kill_equals_an_uninterrupted_run(bundle, tmp_path):
         save_picture(images / f"{i // 10}" / f"{i:03d}.png", seed=i, size=(24, 20))
     out, ref = tmp_path / "killed.csv", tmp_path / "ref.csv"
     args = [bundle, images, "--out", out, "--batch-size", 1, "--workers", 0, "--no-progress"]
-    proc = subprocess.Popen([sys.executable, str(SERVE), *map(str, args), "--throttle", "0.1"],
-                            env=subprocess_env(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    proc = subprocess.Popen(
+        [sys.executable, str(SERVE), *map(str, args), "--throttle", "0.1"],
+        env=subprocess_env(),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+    )
     deadline = time.monotonic() + 120
     while _rows_in(out) < 4 and proc.poll() is None and time.monotonic() < deadline:
         time.sleep(0.02)
@@ -71,7 +76,9 @@ def test_parts_merge_in_stream_order_and_disappear(tmp_path):
     out = tmp_path / "p.csv"
     for rank in (0, 1):
         with RowWriter(part_path(out, rank), LAYOUT, seq=True) as w:
-            w.write([{**ok_row(LAYOUT, f"img{seq}.jpg", _probs(seq)), "seq": seq} for seq in range(rank, 7, 2)])
+            w.write(
+                [{**ok_row(LAYOUT, f"img{seq}.jpg", _probs(seq)), "seq": seq} for seq in range(rank, 7, 2)]
+            )
     assert merge_parts(out, LAYOUT, existing_parts(out), append=False) == 7
     assert [r["path"] for r in read_rows(out)] == [f"img{i}.jpg" for i in range(7)]
     assert existing_parts(out) == []

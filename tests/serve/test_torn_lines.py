@@ -1,4 +1,5 @@
 """Torn-line repair: a kill anywhere inside the last write leaves exactly the complete rows before it."""
+
 from __future__ import annotations
 
 import csv
@@ -10,16 +11,29 @@ from core.errors import UserError
 from serve.writer import Layout, RowWriter, error_row, iter_rows, ok_row, repair_tail
 
 LAYOUT = Layout(("1", "2", "3"), ("a", "b", "c"), topk=2)
-NAMES = ["plain.jpg", "new\nline.jpg", "com,ma.jpg", 'quo"te.jpg', "ends with newline\n", "\n", "cr\r.jpg",
-         'all\n,"\r\n.jpg']
+NAMES = [
+    "plain.jpg",
+    "new\nline.jpg",
+    "com,ma.jpg",
+    'quo"te.jpg',
+    "ends with newline\n",
+    "\n",
+    "cr\r.jpg",
+    'all\n,"\r\n.jpg',
+]
 
 
 def _write(path, names, fmt="csv"):
     layout = Layout(LAYOUT.classes, LAYOUT.display_names, 2, False, fmt)
     with RowWriter(path, layout) as w:
         for name in names:
-            w.write([ok_row(layout, name, np.array([0.2, 0.5, 0.3])) if len(name) % 2
-                     else error_row(layout, name, "bad\nreason")])
+            w.write(
+                [
+                    ok_row(layout, name, np.array([0.2, 0.5, 0.3]))
+                    if len(name) % 2
+                    else error_row(layout, name, "bad\nreason")
+                ]
+            )
     return layout
 
 
@@ -35,7 +49,7 @@ def test_a_tear_anywhere_in_the_last_row_keeps_exactly_the_rows_before(tmp_path,
         torn = tmp_path / "torn"
         torn.write_bytes(data[:cut])
         repair_tail(torn, fmt)
-        assert torn.read_bytes() == (data if cut == len(data) else keep), (cut, data[len(keep):cut])
+        assert torn.read_bytes() == (data if cut == len(data) else keep), (cut, data[len(keep) : cut])
     assert [r["path"] for r in iter_rows(whole, layout)] == [*NAMES, last]
 
 

@@ -1,4 +1,5 @@
 """Fixtures for training tests: in-process runs with a clean Accelerate state on one CPU thread."""
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -47,5 +48,6 @@ def small_root(tmp_path_factory) -> Path:
     """4 classes × (train 6, valid 3), ~36 px, no test/ split (so runs skip the test report). Read-only."""
     from core.demo_data import make_demo_dataset
 
-    return make_demo_dataset(tmp_path_factory.mktemp("small"), num_classes=4,
-                             per_split={"train": 6, "valid": 3}, size=36, seed=1)
+    return make_demo_dataset(
+        tmp_path_factory.mktemp("small"), num_classes=4, per_split={"train": 6, "valid": 3}, size=36, seed=1
+    )

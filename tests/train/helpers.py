@@ -1,4 +1,5 @@
 """Shared constants and subprocess helpers for the training tests."""
+
 from __future__ import annotations
 
 import os
@@ -18,8 +19,16 @@ TINY = ["preprocess.resize=36", "preprocess.crop=32", "data.num_workers=0", "tra
 def subprocess_env(tmp_path: Path) -> dict[str, str]:
     """CPU only, one thread per process, unbuffered output, no user accelerate config, repo importable."""
     env = dict(os.environ)
-    env.update({"OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "ACCELERATE_USE_CPU": "1",
-                "PYTHONUNBUFFERED": "1", "HF_HOME": str(tmp_path / "hf_home"), "PYTHONPATH": str(REPO)})
+    env.update(
+        {
+            "OMP_NUM_THREADS": "1",
+            "MKL_NUM_THREADS": "1",
+            "ACCELERATE_USE_CPU": "1",
+            "PYTHONUNBUFFERED": "1",
+            "HF_HOME": str(tmp_path / "hf_home"),
+            "PYTHONPATH": str(REPO),
+        }
+    )
     return env
 
 

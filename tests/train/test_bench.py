@@ -1,4 +1,5 @@
 """train/bench.py: the CPU-size smoke run prints every row and the ratios; the batch-size search halves on OOM."""
+
 from __future__ import annotations
 
 import json
@@ -17,12 +18,40 @@ REPO = Path(__file__).resolve().parents[2]
 
 def test_smoke_run_prints_all_four_paths_and_their_ratios(tmp_path):
     out = tmp_path / "bench.json"
-    cmd = [sys.executable, str(REPO / "train" / "bench.py"), "--models", "resnet18", "--size", "32",
-           "--steps", "2", "--warmup", "1", "--batch-size", "4", "--tutorial-batch-size", "4",
-           "--workers", "0", "--tutorial-workers", "0", "--threads", "2", "--synthetic", "8",
-           "--image-size", "48", "--cache", str(tmp_path / "data"), "--out", str(out)]
+    cmd = [
+        sys.executable,
+        str(REPO / "train" / "bench.py"),
+        "--models",
+        "resnet18",
+        "--size",
+        "32",
+        "--steps",
+        "2",
+        "--warmup",
+        "1",
+        "--batch-size",
+        "4",
+        "--tutorial-batch-size",
+        "4",
+        "--workers",
+        "0",
+        "--tutorial-workers",
+        "0",
+        "--threads",
+        "2",
+        "--synthetic",
+        "8",
+        "--image-size",
+        "48",
+        "--cache",
+        str(tmp_path / "data"),
+        "--out",
+        str(out),
+    ]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    proc = subprocess.run(cmd, check=False, capture_output=True, text=True, env=env, timeout=300, cwd=tmp_path)
+    proc = subprocess.run(
+        cmd, check=False, capture_output=True, text=True, env=env, timeout=300, cwd=tmp_path
+    )
     assert proc.returncode == 0, proc.stderr
     lines = proc.stdout.splitlines()
     for label in ("model only", "CPU decode", "GPU decode", "tutorial loop"):
@@ -33,8 +62,9 @@ def test_smoke_run_prints_all_four_paths_and_their_ratios(tmp_path):
         assert name in ratio_line
     saved = json.loads(out.read_text())["models"]["resnet18"]
     assert [r["path"] for r in saved["rows"]] == ["model", "cpu", "gpu", "tutorial"]
-    assert saved["ratios"]["gpu/model"] == pytest.approx(saved["rows"][2]["images_per_s"] /
-                                                         saved["rows"][0]["images_per_s"])
+    assert saved["ratios"]["gpu/model"] == pytest.approx(
+        saved["rows"][2]["images_per_s"] / saved["rows"][0]["images_per_s"]
+    )
     assert len(list((tmp_path / "data").rglob("*.jpg"))) == 8
 
 
@@ -68,10 +98,13 @@ def test_batch_search_gives_up_with_a_user_error_when_nothing_fits(capsys):
         largest_batch_that_fits(never, 8)
 
 
-@pytest.mark.parametrize(("argv", "message"), [
-    (["--paths", "model,fastest"], "unknown --paths fastest"),
-    (["--steps", "0"], "must be >= 1"),
-])
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["--paths", "model,fastest"], "unknown --paths fastest"),
+        (["--steps", "0"], "must be >= 1"),
+    ],
+)
 def test_bad_flags_are_one_line_user_errors(argv, message, capsys):
     with pytest.raises(SystemExit) as exc:
         main(argv)
@@ -90,10 +123,25 @@ def test_a_data_folder_without_class_images_is_a_user_error(tmp_path, capsys):
 def test_smoke_mode_takes_the_gpu_check_flags_and_reports_where_the_gpu_feed_decoded(tmp_path):
     """tools/gpu_check.py runs `--arch A --size S --batch B --json PATH`; --smoke shrinks everything else."""
     out = tmp_path / "bench.json"
-    cmd = [sys.executable, str(REPO / "train" / "bench.py"), "--smoke", "--arch", "resnet18", "--batch", "4",
-           "--paths", "model,gpu", "--cache", str(tmp_path / "data"), "--json", str(out)]
+    cmd = [
+        sys.executable,
+        str(REPO / "train" / "bench.py"),
+        "--smoke",
+        "--arch",
+        "resnet18",
+        "--batch",
+        "4",
+        "--paths",
+        "model,gpu",
+        "--cache",
+        str(tmp_path / "data"),
+        "--json",
+        str(out),
+    ]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    proc = subprocess.run(cmd, check=False, capture_output=True, text=True, env=env, timeout=300, cwd=tmp_path)
+    proc = subprocess.run(
+        cmd, check=False, capture_output=True, text=True, env=env, timeout=300, cwd=tmp_path
+    )
     assert proc.returncode == 0, proc.stderr
     saved = json.loads(out.read_text())
     result = saved["models"]["resnet18"]

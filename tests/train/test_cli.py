@@ -1,4 +1,5 @@
 """train/main.py refuses user mistakes with one line on stderr and exit code 2, before any training."""
+
 from __future__ import annotations
 
 import subprocess
@@ -21,19 +22,28 @@ def _fails_with(capsys, *argv: str) -> str:
 
 
 def test_unknown_key_exits_2_with_one_line_naming_the_nearest_key(tmp_path):
-    proc = subprocess.run([sys.executable, str(MAIN), "--config", str(DEMO_RECIPE), "train.epoch=3"], check=False,
-                          cwd=tmp_path, env=subprocess_env(tmp_path), capture_output=True, text=True, timeout=120)
+    proc = subprocess.run(
+        [sys.executable, str(MAIN), "--config", str(DEMO_RECIPE), "train.epoch=3"],
+        check=False,
+        cwd=tmp_path,
+        env=subprocess_env(tmp_path),
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert proc.returncode == 2
     assert proc.stderr.strip().splitlines() == [
-        "error: unknown config key 'train.epoch'; did you mean 'train.epochs'?"]
+        "error: unknown config key 'train.epoch'; did you mean 'train.epochs'?"
+    ]
     assert "Traceback" not in proc.stderr and not (tmp_path / "runs").exists()
 
 
 def test_missing_data_folder_exits_2_naming_the_path(tmp_path, capsys, monkeypatch):
     monkeypatch.setenv("ACCELERATE_USE_CPU", "1")
     missing = tmp_path / "no_such_data"
-    err = _fails_with(capsys, "--config", str(DEMO_RECIPE), f"data.root={missing}",
-                      f"run.output_dir={tmp_path / 'runs'}")
+    err = _fails_with(
+        capsys, "--config", str(DEMO_RECIPE), f"data.root={missing}", f"run.output_dir={tmp_path / 'runs'}"
+    )
     assert str(missing) in err and not (tmp_path / "runs").exists()
 
 
@@ -55,8 +65,14 @@ def test_empty_class_folder_exits_2_naming_it(tmp_path, capsys, monkeypatch):
 def test_an_existing_run_name_is_not_overwritten_without_resume(tmp_path, capsys, monkeypatch):
     monkeypatch.setenv("ACCELERATE_USE_CPU", "1")
     (tmp_path / "runs" / "taken" / "best").mkdir(parents=True)
-    err = _fails_with(capsys, "--config", str(DEMO_RECIPE), "run.name=taken", f"run.output_dir={tmp_path / 'runs'}",
-                      f"data.root={REPO}")
+    err = _fails_with(
+        capsys,
+        "--config",
+        str(DEMO_RECIPE),
+        "run.name=taken",
+        f"run.output_dir={tmp_path / 'runs'}",
+        f"data.root={REPO}",
+    )
     assert "train.resume=auto" in err
 
 
@@ -64,6 +80,12 @@ def test_an_output_dir_that_is_a_file_exits_2_naming_it(tmp_path, capsys, monkey
     monkeypatch.setenv("ACCELERATE_USE_CPU", "1")
     root = make_demo_dataset(tmp_path / "data", num_classes=2, per_split={"train": 1, "valid": 1}, size=24)
     (tmp_path / "runs").write_text("a file, not a folder")
-    err = _fails_with(capsys, "--config", str(DEMO_RECIPE), f"data.root={root}",
-                      f"run.output_dir={tmp_path / 'runs'}", "run.name=r")
+    err = _fails_with(
+        capsys,
+        "--config",
+        str(DEMO_RECIPE),
+        f"data.root={root}",
+        f"run.output_dir={tmp_path / 'runs'}",
+        "run.name=r",
+    )
     assert str(tmp_path / "runs") in err and "run.output_dir" in err

@@ -1,5 +1,6 @@
 """What train.compile (and DDP under it) needs from the loop, checked on the CPU: unwrapping keeps the
 compiled DDP wrapper whole, bad images are masked instead of dropped, and the last partial batch can go."""
+
 from __future__ import annotations
 
 import torch
@@ -39,7 +40,9 @@ def test_a_masked_slot_changes_neither_the_loss_nor_the_gradients_of_the_other_i
     net = torch.nn.Linear(6, 3)
     x, y = torch.randn(4, 6), torch.tensor([0, 2, 1, 2])
     criterion = make_criterion(label_smoothing=0.1)
-    masked = criterion(net(torch.cat([x[:2], torch.zeros(1, 6), x[2:]])), torch.tensor([0, 2, IGNORE_LABEL, 1, 2]))
+    masked = criterion(
+        net(torch.cat([x[:2], torch.zeros(1, 6), x[2:]])), torch.tensor([0, 2, IGNORE_LABEL, 1, 2])
+    )
     masked.backward()
     grads = [p.grad.clone() for p in net.parameters()]
     net.zero_grad()

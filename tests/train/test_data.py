@@ -1,4 +1,5 @@
 """Image-folder discovery and the deterministic, worker-independent data pipeline."""
+
 from __future__ import annotations
 
 import pytest
@@ -43,8 +44,9 @@ def test_a_validation_class_unknown_to_train_is_refused(tmp_path):
 
 def test_augmentation_depends_on_seed_epoch_and_index_not_on_workers(tmp_path):
     root = make_demo_dataset(tmp_path, num_classes=2, per_split={"train": 4, "valid": 1}, size=32)
-    cfg = load_config(None, [f"data.root={root}", "preprocess.resize=28", "preprocess.crop=24",
-                             "augment.rotation=20"])
+    cfg = load_config(
+        None, [f"data.root={root}", "preprocess.resize=28", "preprocess.crop=24", "augment.rotation=20"]
+    )
     ds = load_folder_data(cfg).train
 
     def epoch_images(workers: int, epoch: int) -> torch.Tensor:

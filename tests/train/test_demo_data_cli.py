@@ -1,4 +1,5 @@
 """`python -m train.demo_data DST`: the README's first command."""
+
 from __future__ import annotations
 
 import subprocess
@@ -8,9 +9,29 @@ from tests.train.helpers import REPO
 
 
 def _demo_data(*argv: str, cwd) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "train.demo_data", *argv, "--train", "1", "--valid", "1",
-                           "--test", "0", "--classes", "2", "--size", "16"], check=False, cwd=REPO,
-                          capture_output=True, text=True, timeout=60)
+    return subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "train.demo_data",
+            *argv,
+            "--train",
+            "1",
+            "--valid",
+            "1",
+            "--test",
+            "0",
+            "--classes",
+            "2",
+            "--size",
+            "16",
+        ],
+        check=False,
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
 
 
 def test_writes_the_demo_folder(tmp_path):

@@ -1,4 +1,5 @@
 """The batched device augmentation draws the same random crops, flips and rotations as the CPU path."""
+
 from __future__ import annotations
 
 import math
@@ -36,8 +37,9 @@ def fitted_geometry(out: torch.Tensor, side: int) -> dict[str, np.ndarray]:
     """Read each output's crop back from the coordinate image: least-squares source = J @ (u, v) + t."""
     c = out.shape[-1]
     step = 256 // side
-    v, u = torch.meshgrid(torch.arange(c, dtype=torch.float64), torch.arange(c, dtype=torch.float64),
-                          indexing="ij")
+    v, u = torch.meshgrid(
+        torch.arange(c, dtype=torch.float64), torch.arange(c, dtype=torch.float64), indexing="ij"
+    )
     design = torch.stack([u.flatten(), v.flatten(), torch.ones(c * c, dtype=torch.float64)], dim=1)
     jac = []
     for img in out.to(torch.float64):
@@ -103,12 +105,17 @@ def test_flip_rate_matches_probability(crops_and_flips):
 def test_rotation_angles_fill_the_configured_range_like_cpu_path(rotations):
     cpu, dev, aug = rotations
     assert np.abs(dev["angle"]).max() <= aug.rotation + 1.0
-    assert np.quantile(dev["angle"], 0.02) < -0.9 * aug.rotation and np.quantile(dev["angle"], 0.98) > 0.9 * aug.rotation
+    assert (
+        np.quantile(dev["angle"], 0.02) < -0.9 * aug.rotation
+        and np.quantile(dev["angle"], 0.98) > 0.9 * aug.rotation
+    )
     assert abs(dev["angle"].mean()) < 1.0
     assert abs(cpu["angle"].std() - dev["angle"].std()) < 2.0  # uniform on ±20°: std 11.5°
 
 
-def torchvision_get_params(u: torch.Tensor, height: int, width: int, scale, ratio) -> tuple[int, int, int, int]:
+def torchvision_get_params(
+    u: torch.Tensor, height: int, width: int, scale, ratio
+) -> tuple[int, int, int, int]:
     """torchvision's RandomResizedCrop loop, transcribed, drawing from the given uniforms."""
     area = height * width
     for t in range(10):
@@ -117,7 +124,12 @@ def torchvision_get_params(u: torch.Tensor, height: int, width: int, scale, rati
         aspect = math.exp(lr[0] + (lr[1] - lr[0]) * u[10 + t].item())
         w, h = round(math.sqrt(target * aspect)), round(math.sqrt(target / aspect))
         if 0 < w <= width and 0 < h <= height:
-            return math.floor(u[20].item() * (height - h + 1)), math.floor(u[21].item() * (width - w + 1)), h, w
+            return (
+                math.floor(u[20].item() * (height - h + 1)),
+                math.floor(u[21].item() * (width - w + 1)),
+                h,
+                w,
+            )
     in_ratio = width / height
     w, h = width, height
     if in_ratio < min(ratio):
@@ -232,8 +244,10 @@ def test_eval_batch_equals_core_eval_transform_on_decoded_jpegs(tmp_path, interp
 @pytest.mark.parametrize("rotation", [0.0, 30.0])
 def test_cuda_gives_the_same_batch_as_cpu_within_float_rounding(rotation):
     torch.manual_seed(0)
-    images = [TF.gaussian_blur(torch.randint(0, 256, (3, 60 + 13 * k, 90), dtype=torch.uint8), [5, 5])
-              for k in range(5)]
+    images = [
+        TF.gaussian_blur(torch.randint(0, 256, (3, 60 + 13 * k, 90), dtype=torch.uint8), [5, 5])
+        for k in range(5)
+    ]
     aug, spec = AugmentSpec(rotation=rotation, color_jitter=0.2), EvalSpec(resize=40, crop=32)
     idx = torch.arange(5)
     on_cpu = train_batch(images, idx, seed=1, epoch=0, aug=aug, spec=spec)
@@ -241,4 +255,6 @@ def test_cuda_gives_the_same_batch_as_cpu_within_float_rounding(rotation):
     assert on_gpu.is_cuda
     diff = (on_gpu.cpu().int() - on_cpu.int()).abs()
     assert diff.float().mean() < 0.05 and diff.max() <= 2
-    assert (eval_batch([im.cuda() for im in images], spec).cpu().int() - eval_batch(images, spec).int()).abs().max() <= 1
+    assert (
+        eval_batch([im.cuda() for im in images], spec).cpu().int() - eval_batch(images, spec).int()
+    ).abs().max() <= 1

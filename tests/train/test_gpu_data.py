@@ -1,4 +1,5 @@
 """The GPU data path end to end: file bytes through a DataLoader, decode + augment + normalize per batch."""
+
 from __future__ import annotations
 
 import threading
@@ -24,11 +25,15 @@ from train.gpu_data import (
 
 def folder_samples(root) -> list[tuple[str, int]]:
     classes = sorted(p.name for p in root.iterdir() if p.is_dir())
-    return [(str(f), k) for k, c in enumerate(classes) for f in sorted((root / c).iterdir()) if is_image_file(f)]
+    return [
+        (str(f), k) for k, c in enumerate(classes) for f in sorted((root / c).iterdir()) if is_image_file(f)
+    ]
 
 
 def loader(samples, batch_size=5, **kw) -> DataLoader:
-    return DataLoader(EncodedImages(samples, threads=2), batch_size=batch_size, collate_fn=collate_encoded, **kw)
+    return DataLoader(
+        EncodedImages(samples, threads=2), batch_size=batch_size, collate_fn=collate_encoded, **kw
+    )
 
 
 def test_eval_batches_equal_the_cpu_eval_transform_then_normalize(demo_root):
@@ -39,9 +44,13 @@ def test_eval_batches_equal_the_cpu_eval_transform_then_normalize(demo_root):
     seen = 0
     for raw in loader(samples):
         batch = pipe(raw)
-        want = normalize(torch.stack([eval_transform(spec)(decode_image(samples[int(i)][0])) for i in raw.indices]))
+        want = normalize(
+            torch.stack([eval_transform(spec)(decode_image(samples[int(i)][0])) for i in raw.indices])
+        )
         assert batch.images.shape == want.shape and batch.valid.all() and batch.bad == []
-        assert (batch.images - want).abs().max() <= 1.0 / (255 * min(spec.std)) + 1e-5  # at most 1 uint8 level
+        assert (batch.images - want).abs().max() <= 1.0 / (
+            255 * min(spec.std)
+        ) + 1e-5  # at most 1 uint8 level
         assert batch.labels.tolist() == [samples[int(i)][1] for i in raw.indices]
         seen += len(raw)
     assert seen == len(samples)
@@ -140,13 +149,20 @@ def test_a_batch_crosses_from_the_workers_as_one_buffer_and_non_device_files_arr
     The router runs in the worker: PNG/progressive/CMYK come decoded by PIL there, baseline JPEGs as bytes."""
     rng = np.random.default_rng(0)
     img = Image.fromarray(rng.integers(0, 255, (40, 50, 3), dtype=np.uint8))
-    samples = [(_write(tmp_path / "a.jpg", img, quality=90), 0), (_write(tmp_path / "b.png", img), 1),
-               (_write(tmp_path / "c.jpg", img, progressive=True), 2),
-               (_write(tmp_path / "d.jpg", img.convert("CMYK")), 3), (str(tmp_path / "missing.jpg"), 4)]
+    samples = [
+        (_write(tmp_path / "a.jpg", img, quality=90), 0),
+        (_write(tmp_path / "b.png", img), 1),
+        (_write(tmp_path / "c.jpg", img, progressive=True), 2),
+        (_write(tmp_path / "d.jpg", img.convert("CMYK")), 3),
+        (str(tmp_path / "missing.jpg"), 4),
+    ]
     (batch,) = list(loader(samples, batch_size=5, num_workers=1))
     storages = {t.untyped_storage().data_ptr() for t in batch.data if t.numel()}
     assert len(storages) == 1  # views into one buffer
-    assert batch.shapes[0].tolist() == [0, 0, 0] and bytes(batch.blob(0).numpy()) == Path(samples[0][0]).read_bytes()
+    assert (
+        batch.shapes[0].tolist() == [0, 0, 0]
+        and bytes(batch.blob(0).numpy()) == Path(samples[0][0]).read_bytes()
+    )
     for k in (1, 2, 3):
         want = torch.from_numpy(np.array(decode_image(samples[k][0]))).permute(2, 0, 1)
         assert torch.equal(batch.blob(k).view(batch.shapes[k].tolist()), want)
@@ -188,7 +204,9 @@ def jpeg_folder(root: Path, n: int, subsampling: int = 0, seed: int = 0) -> list
         y, x = np.mgrid[0:h, 0:w] / 64
         arr = np.stack([np.sin(5 * x + k), np.cos(4 * y - k), np.sin(3 * (x + y))], -1) * 100 + 128
         arr = (arr + rng.normal(0, 5, arr.shape)).clip(0, 255).astype(np.uint8)
-        samples.append((_write(root / f"{k:03d}.jpg", Image.fromarray(arr), quality=90, subsampling=subsampling), k % 3))
+        samples.append(
+            (_write(root / f"{k:03d}.jpg", Image.fromarray(arr), quality=90, subsampling=subsampling), k % 3)
+        )
     return samples
 
 
@@ -234,7 +252,9 @@ def test_prefetch_under_a_busy_gpu_gives_every_batch_bit_for_bit_as_a_synchronou
         for k, b in enumerate(prefetch(raw, pipe, epoch=0, depth=3)):
             for _ in range(3):
                 a = (a @ a).tanh()  # queued before the batch is read: the consumer stream stays busy
-            got = b.images.cpu()  # read on the consumer stream behind the matmuls; the host waits, decode runs on
+            got = (
+                b.images.cpu()
+            )  # read on the consumer stream behind the matmuls; the host waits, decode runs on
             assert torch.equal(got, reference[k])
     assert pipe.stats.cpu_total == 0
 

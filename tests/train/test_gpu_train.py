@@ -1,5 +1,6 @@
 """data.decode: gpu in the training loop, on the CPU device (same code as on CUDA): exact validation counts,
 bad files, the preview, CIFAR-10's refusal, and Accelerate's end-of-dataloader state under prefetch."""
+
 from __future__ import annotations
 
 import shutil
@@ -35,24 +36,40 @@ def _plain_valid_eval(bundle_dir, valid_dir):
     no loader, no prefetch, no gather. (n, correct, mean loss)."""
     model, record = load_bundle(bundle_dir)
     net = WithPreprocessing(model, record.preprocess).eval()
-    samples = [(p, y) for y, c in enumerate(record.classes) for p in sorted((valid_dir / c).iterdir())
-               if is_image_file(p)]
+    samples = [
+        (p, y)
+        for y, c in enumerate(record.classes)
+        for p in sorted((valid_dir / c).iterdir())
+        if is_image_file(p)
+    ]
     raw = collate_encoded(EncodedImages(samples, threads=2).__getitems__(list(range(len(samples)))))
     images, errors = GpuPipeline(record.preprocess, "cpu").images_uint8(raw, 0)
     assert not errors
     with torch.no_grad():
         logits = net(images)
-    return len(samples), (logits.argmax(1) == raw.labels).sum().item(), F.cross_entropy(logits, raw.labels).item()
+    return (
+        len(samples),
+        (logits.argmax(1) == raw.labels).sum().item(),
+        F.cross_entropy(logits, raw.labels).item(),
+    )
 
 
 # ---------------------------------------------------------------------------------------- whole runs
 
 
-def test_gpu_decode_run_counts_every_validation_image_once_and_scores_like_a_plain_evaluation(tmp_path,
-                                                                                            train_inproc):
+def test_gpu_decode_run_counts_every_validation_image_once_and_scores_like_a_plain_evaluation(
+    tmp_path, train_inproc
+):
     root = _odd_root(tmp_path)
-    result = train_inproc(f"data.root={root}", GPU, "model.arch=cifar_cnn", "train.epochs=2",
-                          "train.batch_size=5", "train.eval_batch_size=4", "run.name=gpu")
+    result = train_inproc(
+        f"data.root={root}",
+        GPU,
+        "model.arch=cifar_cnn",
+        "train.epochs=2",
+        "train.batch_size=5",
+        "train.eval_batch_size=4",
+        "run.name=gpu",
+    )
     assert result.exit_code == 0 and result.state.finished
     best = result.run_dir / "best"
     metrics = read_record(best).metrics
@@ -69,8 +86,14 @@ def test_gpu_decode_skips_an_unreadable_training_image_and_lists_it(tmp_path, tr
     shutil.copytree(small_root, root)
     bad = root / "train" / "2" / "broken.jpg"
     bad.write_bytes(b"\xff\xd8\xff\xe0 this is not a jpeg")
-    result = train_inproc(f"data.root={root}", GPU, "train.epochs=1", "model.arch=cifar_cnn",
-                          "data.max_bad_fraction=0.05", "run.name=bad")
+    result = train_inproc(
+        f"data.root={root}",
+        GPU,
+        "train.epochs=1",
+        "model.arch=cifar_cnn",
+        "data.max_bad_fraction=0.05",
+        "run.name=bad",
+    )
     assert result.exit_code == 0
     listed = (result.run_dir / "bad_files.txt").read_text().splitlines()
     assert [line.split("\t")[0] for line in listed] == [str(bad)]
@@ -80,8 +103,13 @@ def test_gpu_decode_skips_an_unreadable_training_image_and_lists_it(tmp_path, tr
 
 def test_gpu_decode_with_cifar10_is_refused_before_anything_is_loaded(tmp_path, train_inproc):
     with pytest.raises(UserError, match=r"data\.decode: gpu .*data\.source: cifar10.*data\.decode: cpu"):
-        train_inproc(GPU, f"data.root={tmp_path / 'nowhere'}", "data.download=false",
-                     config=CONFIGS / "cifar10_cnn.yaml", tiny=False)
+        train_inproc(
+            GPU,
+            f"data.root={tmp_path / 'nowhere'}",
+            "data.download=false",
+            config=CONFIGS / "cifar10_cnn.yaml",
+            tiny=False,
+        )
     assert not (tmp_path / "runs").exists()
 
 
@@ -128,8 +156,9 @@ def test_each_prefetched_batch_carries_its_own_end_of_dataloader_state(accelerat
     """gather_for_metrics trims to the remainder when the loader says it is at its end; read ahead, the
     flag used to flip while earlier batches were still being evaluated."""
     samples = [(str(p), 0) for p in sorted((small_root / "valid").rglob("*")) if is_image_file(p)][:7]
-    loader = accelerator.prepare(DataLoader(EncodedImages(samples, threads=2), batch_size=2,
-                                            collate_fn=collate_encoded))
+    loader = accelerator.prepare(
+        DataLoader(EncodedImages(samples, threads=2), batch_size=2, collate_fn=collate_encoded)
+    )
     flags, gathered = [], 0
     batches = engine_batches(loader, GpuPipeline(EvalSpec(36, 32), "cpu"), str, ignore_label=-1, depth=3)
     for _images, labels, _notes in batches:
@@ -144,14 +173,26 @@ def test_each_prefetched_batch_carries_its_own_end_of_dataloader_state(accelerat
 
 
 @pytest.mark.gpu
-def test_a_cuda_run_with_bf16_channels_last_and_the_gpu_feed_writes_a_bundle_that_reloads(tmp_path, small_root,
-                                                                                      monkeypatch, capsys):
+def test_a_cuda_run_with_bf16_channels_last_and_the_gpu_feed_writes_a_bundle_that_reloads(
+    tmp_path, small_root, monkeypatch, capsys
+):
     """The CUDA training loop end to end through Accelerate (the CPU tests force ACCELERATE_USE_CPU)."""
     from train.run import train
 
     monkeypatch.delenv("ACCELERATE_USE_CPU", raising=False)
-    cfg = load_config(DEMO_RECIPE, [f"run.output_dir={tmp_path / 'runs'}", f"data.root={small_root}", *TINY, GPU,
-                                    "train.epochs=2", "train.mixed_precision=bf16", "train.channels_last=true", "run.name=cuda"])
+    cfg = load_config(
+        DEMO_RECIPE,
+        [
+            f"run.output_dir={tmp_path / 'runs'}",
+            f"data.root={small_root}",
+            *TINY,
+            GPU,
+            "train.epochs=2",
+            "train.mixed_precision=bf16",
+            "train.channels_last=true",
+            "run.name=cuda",
+        ],
+    )
     AcceleratorState._reset_state(reset_partial_state=True)
     GradientState._reset_state()
     try:

@@ -1,5 +1,6 @@
 """data.decode: gpu through the real entry point: SIGTERM mid-epoch then resume gives the uninterrupted
 weights, and 2 processes count every validation image exactly once (gather_for_metrics under prefetch)."""
+
 from __future__ import annotations
 
 import json
@@ -19,7 +20,9 @@ pytestmark = pytest.mark.slow
 GPU = ["data.decode=gpu", "model.arch=cifar_cnn"]
 
 
-def test_gpu_decode_resume_after_sigterm_mid_epoch_matches_an_uninterrupted_run(tmp_path, small_root, train_inproc):
+def test_gpu_decode_resume_after_sigterm_mid_epoch_matches_an_uninterrupted_run(
+    tmp_path, small_root, train_inproc
+):
     code, out, err = _start_and_terminate(tmp_path, small_root, GPU)
     log = out + err
     assert code == 143, log[-2000:]
@@ -40,11 +43,30 @@ def test_gpu_decode_two_process_validation_counts_every_image_once(tmp_path):
     root = make_demo_dataset(tmp_path / "data", num_classes=3, per_split={"train": 4, "valid": 5}, size=36)
     # --multi_gpu takes the torchrun launcher (`--cpu --num_processes 2` starts ONE process in accelerate 1.x);
     # ACCELERATE_USE_CPU=1 makes it a gloo group on the CPU.
-    cmd = accelerate_launch("--multi_gpu", "--num_processes", "2", "--num_machines", "1", "--mixed_precision", "no",
-                            "--dynamo_backend", "no", "--main_process_port", str(free_port()), str(MAIN),
-                            "--config", str(DEMO_RECIPE), f"run.output_dir={tmp_path / 'runs'}", f"data.root={root}",
-                            "run.name=ddp", "train.epochs=1", "train.batch_size=4", "train.eval_batch_size=2",
-                            *TINY, *GPU)
+    cmd = accelerate_launch(
+        "--multi_gpu",
+        "--num_processes",
+        "2",
+        "--num_machines",
+        "1",
+        "--mixed_precision",
+        "no",
+        "--dynamo_backend",
+        "no",
+        "--main_process_port",
+        str(free_port()),
+        str(MAIN),
+        "--config",
+        str(DEMO_RECIPE),
+        f"run.output_dir={tmp_path / 'runs'}",
+        f"data.root={root}",
+        "run.name=ddp",
+        "train.epochs=1",
+        "train.batch_size=4",
+        "train.eval_batch_size=2",
+        *TINY,
+        *GPU,
+    )
     proc = run_tree(cmd, DEADLINE_S, cwd=tmp_path, env=subprocess_env(tmp_path))
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     assert "2 process(es) on cpu" in proc.stdout and "data.decode gpu" in proc.stdout

@@ -1,4 +1,5 @@
 """The real entry point under `accelerate launch` on CPU: the demo recipe end to end, and exact 2-process validation."""
+
 from __future__ import annotations
 
 import csv
@@ -23,19 +24,53 @@ from tests.train.helpers import CONFIGS, DEMO_RECIPE, MAIN, accelerate_launch, f
 # A launch here takes ~20 s alone and up to ~65 s on the loaded 2-core CI box; a hang fails at the deadline.
 DEADLINE_S = 240
 
-RUN_FILES = ["best/model.safetensors", "best/bundle.json", "last/trainer_state.json", "last/model.safetensors",
-             "last/optimizer.bin", "last/scheduler.bin", "train_batch.png", "config.yaml", "metrics.csv",
-             "curves.png", "test_metrics.json", "per_class.csv", "confusion_matrix.png", "predictions.png"]
+RUN_FILES = [
+    "best/model.safetensors",
+    "best/bundle.json",
+    "last/trainer_state.json",
+    "last/model.safetensors",
+    "last/optimizer.bin",
+    "last/scheduler.bin",
+    "train_batch.png",
+    "config.yaml",
+    "metrics.csv",
+    "curves.png",
+    "test_metrics.json",
+    "per_class.csv",
+    "confusion_matrix.png",
+    "predictions.png",
+]
 
 
 def _launch(tmp_path, processes: int, *overrides: str) -> subprocess.CompletedProcess:
     # `--cpu --num_processes 2` starts ONE process in accelerate 1.x (its CPU launcher wants mpirun for more):
     # --multi_gpu takes the torchrun launcher, and ACCELERATE_USE_CPU=1 makes that a gloo group on the CPU.
-    hardware = (["--config_file", str(CONFIGS / "accelerate" / "cpu.yaml"), "--cpu", "--num_processes", "1"]
-                if processes == 1 else ["--multi_gpu", "--num_processes", str(processes), "--num_machines", "1",
-                                        "--mixed_precision", "no", "--dynamo_backend", "no"])
-    cmd = accelerate_launch(*hardware, "--main_process_port", str(free_port()), str(MAIN), "--config",
-                            str(DEMO_RECIPE), f"run.output_dir={tmp_path / 'runs'}", "data.num_workers=0", *overrides)
+    hardware = (
+        ["--config_file", str(CONFIGS / "accelerate" / "cpu.yaml"), "--cpu", "--num_processes", "1"]
+        if processes == 1
+        else [
+            "--multi_gpu",
+            "--num_processes",
+            str(processes),
+            "--num_machines",
+            "1",
+            "--mixed_precision",
+            "no",
+            "--dynamo_backend",
+            "no",
+        ]
+    )
+    cmd = accelerate_launch(
+        *hardware,
+        "--main_process_port",
+        str(free_port()),
+        str(MAIN),
+        "--config",
+        str(DEMO_RECIPE),
+        f"run.output_dir={tmp_path / 'runs'}",
+        "data.num_workers=0",
+        *overrides,
+    )
     proc = run_tree(cmd, DEADLINE_S, cwd=tmp_path, env=subprocess_env(tmp_path))
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     assert f"{processes} process(es) on cpu" in proc.stdout
@@ -67,8 +102,16 @@ def test_demo_run_writes_every_output_file(demo_run):
     assert not missing
     rows = list(csv.DictReader((run_dir / "metrics.csv").open()))
     assert [r["epoch"] for r in rows] == ["1", "2"]
-    assert list(rows[0]) == ["epoch", "train_loss", "train_acc", "valid_loss", "valid_acc", "lr",  # 4 classes: no top5
-                             "images_per_s", "epoch_seconds"]
+    assert list(rows[0]) == [
+        "epoch",
+        "train_loss",
+        "train_acc",
+        "valid_loss",
+        "valid_acc",
+        "lr",  # 4 classes: no top5
+        "images_per_s",
+        "epoch_seconds",
+    ]
     assert not (run_dir / "bad_files.txt").exists()  # written only when some image was unreadable
 
 
@@ -104,8 +147,17 @@ def _single_process_validation(bundle_dir, valid_dir):
 @pytest.mark.slow
 def test_two_process_validation_counts_every_image_once_like_one_process(tmp_path):
     root = make_demo_dataset(tmp_path / "data", num_classes=3, per_split={"train": 4, "valid": 5}, size=36)
-    _launch(tmp_path, 2, f"data.root={root}", "run.name=ddp", "train.epochs=1", "train.batch_size=4",
-            "train.eval_batch_size=4", "preprocess.resize=36", "preprocess.crop=32")
+    _launch(
+        tmp_path,
+        2,
+        f"data.root={root}",
+        "run.name=ddp",
+        "train.epochs=1",
+        "train.batch_size=4",
+        "train.eval_batch_size=4",
+        "preprocess.resize=36",
+        "preprocess.crop=32",
+    )
     metrics = read_record(tmp_path / "runs" / "ddp" / "best").metrics
     n, correct, loss = _single_process_validation(tmp_path / "runs" / "ddp" / "best", root / "valid")
     assert n == 15  # odd: the two shards are uneven and the last batch is padded

@@ -1,4 +1,5 @@
 """Training's console output as a batch system keeps it, and the newcomer command run twice."""
+
 from __future__ import annotations
 
 import subprocess
@@ -9,15 +10,36 @@ import pytest
 from tests.train.helpers import DEMO_RECIPE, MAIN, REPO, TINY, subprocess_env
 
 # 24 train images, batch 4 → 6 steps per epoch; log_every 4 → a line after steps 4 and 6.
-RUN = ["train.epochs=2", "train.batch_size=4", *TINY[:-1], "train.log_every=4", "run.name=demo",
-       "train.resume=auto"]
+RUN = [
+    "train.epochs=2",
+    "train.batch_size=4",
+    *TINY[:-1],
+    "train.log_every=4",
+    "run.name=demo",
+    "train.resume=auto",
+]
 
 
 def _train(tmp_path, *extra: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, str(MAIN), "--config", str(DEMO_RECIPE), *RUN, *extra,
-                           f"data.root={tmp_path / 'data'}", f"run.output_dir={tmp_path / 'runs'}"],
-                          cwd=REPO, env=subprocess_env(tmp_path), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                          text=True, timeout=300, check=False)
+    return subprocess.run(
+        [
+            sys.executable,
+            str(MAIN),
+            "--config",
+            str(DEMO_RECIPE),
+            *RUN,
+            *extra,
+            f"data.root={tmp_path / 'data'}",
+            f"run.output_dir={tmp_path / 'runs'}",
+        ],
+        cwd=REPO,
+        env=subprocess_env(tmp_path),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        timeout=300,
+        check=False,
+    )
 
 
 @pytest.fixture(scope="module")
@@ -35,8 +57,12 @@ def test_piped_output_is_one_plain_line_per_log_every_steps(first_run):
     assert "\r" not in proc.stdout + proc.stderr
     lines = proc.stdout.splitlines()
     steps = [ln for ln in lines if " step " in ln]
-    assert [ln.split("  ")[:2] for ln in steps] == [["epoch 1/2", "step 4/6"], ["epoch 1/2", "step 6/6"],
-                                                   ["epoch 2/2", "step 4/6"], ["epoch 2/2", "step 6/6"]]
+    assert [ln.split("  ")[:2] for ln in steps] == [
+        ["epoch 1/2", "step 4/6"],
+        ["epoch 1/2", "step 6/6"],
+        ["epoch 2/2", "step 4/6"],
+        ["epoch 2/2", "step 6/6"],
+    ]
     for ln in steps:
         for field in ("loss ", "acc ", "img/s ", "lr ", "eta "):
             assert field in ln, ln

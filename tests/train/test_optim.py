@@ -1,4 +1,5 @@
 """Optimizers and schedules by name; schedules are counted in optimizer steps."""
+
 from __future__ import annotations
 
 import itertools
@@ -12,7 +13,9 @@ from train.optim import build_optimizer, build_scheduler
 
 
 def _lrs(sched_cfg: SchedulerConfig, steps_per_epoch: int, epochs: int, lr: float = 1.0) -> list[float]:
-    opt = build_optimizer([torch.nn.Parameter(torch.zeros(1))], OptimizerConfig(name="sgd", lr=lr, momentum=0.0))
+    opt = build_optimizer(
+        [torch.nn.Parameter(torch.zeros(1))], OptimizerConfig(name="sgd", lr=lr, momentum=0.0)
+    )
     sched = build_scheduler(opt, sched_cfg, steps_per_epoch, epochs)
     out = []
     for _ in range(steps_per_epoch * epochs):

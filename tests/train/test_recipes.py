@@ -1,4 +1,5 @@
 """Every recipe in configs/ starts training on a small folder of the right shape (and CIFAR-10 from its pickles)."""
+
 from __future__ import annotations
 
 import hashlib
@@ -16,8 +17,13 @@ from core.demo_data import make_demo_dataset
 from core.errors import UserError
 from tests.train.helpers import CONFIGS
 
-CHEAP = ["model.pretrained=none", "train.epochs=1", "train.batch_size=2", "preprocess.resize=36",
-         "preprocess.crop=32"]
+CHEAP = [
+    "model.pretrained=none",
+    "train.epochs=1",
+    "train.batch_size=2",
+    "preprocess.resize=36",
+    "preprocess.crop=32",
+]
 SEED_RECIPES = {  # recipe → (validation folder name, class folder names, extra overrides)
     "flowers102_densenet161": ("valid", ["1", "10", "2"], []),
     # VGG's 25088×4096 head alone is 100M parameters (1.2 GB of checkpoints): a narrower one keeps this fast.
@@ -47,8 +53,11 @@ def test_seed_recipe_builds_its_model_and_trains_one_step(recipe, tmp_path, trai
     result = train_inproc(f"data.root={root}", *CHEAP, *extra, config=path, tiny=False)
     record = read_record(result.run_dir / "best")
     assert result.exit_code == 0 and len(result.state.rows) == 1
-    assert (record.arch, record.head.hidden, record.head.dropout) == \
-        (cfg.model.arch, cfg.model.head.hidden, cfg.model.head.dropout)
+    assert (record.arch, record.head.hidden, record.head.dropout) == (
+        cfg.model.arch,
+        cfg.model.head.hidden,
+        cfg.model.head.dropout,
+    )
     assert record.classes == sorted(classes)
     assert result.state.rows[0]["lr"] == pytest.approx(cfg.train.optimizer.lr)  # constant schedule, recipe lr
 
@@ -67,8 +76,10 @@ def _cifar_pickles(root, monkeypatch, per_batch: int = 2, n_test: int = 5):
         return [name, hashlib.md5((base / name).read_bytes()).hexdigest()]
 
     def batch(n: int, start: int) -> dict:
-        return {"data": rng.integers(0, 256, (n, 3 * 32 * 32), dtype=np.uint8),
-                "labels": [(start + i) % 10 for i in range(n)]}
+        return {
+            "data": rng.integers(0, 256, (n, 3 * 32 * 32), dtype=np.uint8),
+            "labels": [(start + i) % 10 for i in range(n)],
+        }
 
     train = [dump(f"data_batch_{i}", batch(per_batch, i * per_batch)) for i in range(1, 6)]
     test = [dump("test_batch", batch(n_test, 0))]
@@ -79,10 +90,14 @@ def _cifar_pickles(root, monkeypatch, per_batch: int = 2, n_test: int = 5):
     return root
 
 
-def test_cifar10_recipe_trains_on_cifar_pickles_and_evaluates_the_test_split(tmp_path, monkeypatch, train_inproc):
+def test_cifar10_recipe_trains_on_cifar_pickles_and_evaluates_the_test_split(
+    tmp_path, monkeypatch, train_inproc
+):
     root = _cifar_pickles(tmp_path / "cifar", monkeypatch)
     path = CONFIGS / "cifar10_cnn.yaml"
-    result = train_inproc(f"data.root={root}", "data.download=false", "train.epochs=1", config=path, tiny=False)
+    result = train_inproc(
+        f"data.root={root}", "data.download=false", "train.epochs=1", config=path, tiny=False
+    )
     record = read_record(result.run_dir / "best")
     assert record.classes == CIFAR_NAMES and record.metrics["valid_n"] == 5
     assert record.lineage["dataset"]["source"] == "cifar10"
@@ -92,15 +107,25 @@ def test_cifar10_recipe_trains_on_cifar_pickles_and_evaluates_the_test_split(tmp
 
 def test_cifar10_missing_without_download_names_the_folder(tmp_path, train_inproc):
     with pytest.raises(UserError, match=r"CIFAR-10 not found.*cifar-10-batches-py.*data.download"):
-        train_inproc(f"data.root={tmp_path / 'nothing'}", "data.download=false",
-                     config=CONFIGS / "cifar10_cnn.yaml", tiny=False)
+        train_inproc(
+            f"data.root={tmp_path / 'nothing'}",
+            "data.download=false",
+            config=CONFIGS / "cifar10_cnn.yaml",
+            tiny=False,
+        )
 
 
 def test_accelerate_hardware_configs_parse():
     from accelerate.commands.config.config_args import load_config_from_file
 
-    expected = {"single_gpu": ("NO", 1, False), "multi_gpu_8": ("MULTI_GPU", 8, False), "cpu": ("NO", 1, True)}
+    expected = {
+        "single_gpu": ("NO", 1, False),
+        "multi_gpu_8": ("MULTI_GPU", 8, False),
+        "cpu": ("NO", 1, True),
+    }
     for name, (kind, procs, cpu) in expected.items():
         c = load_config_from_file(str(CONFIGS / "accelerate" / f"{name}.yaml"))
         assert (c.distributed_type.value, c.num_processes, c.use_cpu) == (kind, procs, cpu)
-    assert yaml.safe_load((CONFIGS / "accelerate" / "multi_gpu_8.yaml").read_text())["mixed_precision"] == "bf16"
+    assert (
+        yaml.safe_load((CONFIGS / "accelerate" / "multi_gpu_8.yaml").read_text())["mixed_precision"] == "bf16"
+    )

@@ -1,4 +1,5 @@
 """What a training run reports: top-5 only where it means something, and which model scored which test folder."""
+
 from __future__ import annotations
 
 import csv
@@ -28,8 +29,15 @@ def test_validation_top5_exists_only_with_more_than_five_classes(classes, has_to
 
 
 def test_the_epoch_line_leaves_top5_out_when_the_row_has_none():
-    row = {"train_loss": 1.0, "train_acc": 0.5, "valid_loss": 0.9, "valid_acc": 0.6, "lr": 1e-3,
-           "images_per_s": 100.0, "epoch_seconds": 2.0}
+    row = {
+        "train_loss": 1.0,
+        "train_acc": 0.5,
+        "valid_loss": 0.9,
+        "valid_acc": 0.6,
+        "lr": 1e-3,
+        "images_per_s": 100.0,
+        "epoch_seconds": 2.0,
+    }
     assert "top5" not in _summary(0, 3, row, 20, True)
     assert "top5 0.900" in _summary(0, 3, dict(row, valid_top5=0.9), 20, True)
 

@@ -1,4 +1,5 @@
 """A run stopped by a real SIGTERM mid-epoch resumes to exactly the weights of an uninterrupted run."""
+
 from __future__ import annotations
 
 import json
@@ -14,8 +15,13 @@ from tests.train.helpers import DEMO_RECIPE, MAIN, TINY, subprocess_env
 from train.signals import TEST_SIGTERM_ENV
 
 # 24 training images in batches of 3: 8 steps an epoch; dropout and augmentation make every RNG draw count.
-SETUP = ["train.epochs=2", "train.batch_size=3", "model.head.hidden=[16]", "model.head.dropout=0.3",
-         "train.scheduler.name=cosine"]
+SETUP = [
+    "train.epochs=2",
+    "train.batch_size=3",
+    "model.head.hidden=[16]",
+    "model.head.dropout=0.3",
+    "train.scheduler.name=cosine",
+]
 
 
 # Training batches before the test hook's SIGTERM: all 8 of epoch 1 and 4 of epoch 2.
@@ -26,8 +32,18 @@ DEADLINE_S = 240  # ~25 s alone, ~60 s on the loaded 2-core CI box
 def _start_and_terminate(tmp_path, root, extra=()):
     """Launch a run that SIGTERMs itself (train.signals' test hook) after SIGTERM_AT_BATCH training batches;
     return (code, stdout, stderr). The signal is real and lands at an exact step, whatever the machine's speed."""
-    cmd = [sys.executable, str(MAIN), "--config", str(DEMO_RECIPE), f"data.root={root}", "run.name=cut",
-           f"run.output_dir={tmp_path / 'runs'}", *TINY, *SETUP, *extra]
+    cmd = [
+        sys.executable,
+        str(MAIN),
+        "--config",
+        str(DEMO_RECIPE),
+        f"data.root={root}",
+        "run.name=cut",
+        f"run.output_dir={tmp_path / 'runs'}",
+        *TINY,
+        *SETUP,
+        *extra,
+    ]
     env = {**subprocess_env(tmp_path), TEST_SIGTERM_ENV: str(SIGTERM_AT_BATCH)}
     done = run_tree(cmd, DEADLINE_S, cwd=tmp_path, env=env)
     return done.returncode, done.stdout, done.stderr
@@ -51,8 +67,11 @@ def test_resume_after_sigterm_mid_epoch_matches_an_uninterrupted_run(tmp_path, s
     a, b = _weights(resumed.run_dir), _weights(straight.run_dir)
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
     for ra, rb in zip(resumed.state.rows, straight.state.rows, strict=True):
-        assert {k: ra[k] for k in ("train_loss", "train_acc", "valid_loss", "valid_acc", "lr")} == \
-            pytest.approx({k: rb[k] for k in ("train_loss", "train_acc", "valid_loss", "valid_acc", "lr")}, abs=1e-6)
+        assert {
+            k: ra[k] for k in ("train_loss", "train_acc", "valid_loss", "valid_acc", "lr")
+        } == pytest.approx(
+            {k: rb[k] for k in ("train_loss", "train_acc", "valid_loss", "valid_acc", "lr")}, abs=1e-6
+        )
 
 
 # ─── a crash inside the last/ swap (core.fsio.swap_dir: last → .last.old, .last.tmp → last) ─────────────
@@ -70,8 +89,17 @@ def one_epoch(tmp_path_factory, small_root):
     out = tmp_path_factory.mktemp("one_epoch") / "runs"
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("ACCELERATE_USE_CPU", "1")
-        cfg = load_config(DEMO_RECIPE, [f"run.output_dir={out}", *TINY, *FAST, f"data.root={small_root}",
-                                        "train.epochs=1", "run.name=demo-20260101-000000"])
+        cfg = load_config(
+            DEMO_RECIPE,
+            [
+                f"run.output_dir={out}",
+                *TINY,
+                *FAST,
+                f"data.root={small_root}",
+                "train.epochs=1",
+                "run.name=demo-20260101-000000",
+            ],
+        )
         _reset_accelerate()
         try:
             result = train(cfg, "demo")
@@ -96,23 +124,31 @@ def _while_writing_the_new_one(run):
     model.write_bytes(model.read_bytes()[:1000])
 
 
-CRASHES = {"between_the_renames": _between_the_renames, "after_both_renames": _after_both_renames,
-           "while_writing_the_new_one": _while_writing_the_new_one}
-RESUMES = {"auto_with_name": lambda run: [f"run.name={run.name}", "train.resume=auto"],
-           "auto_newest_run": lambda run: ["train.resume=auto"],
-           "path_to_last": lambda run: [f"train.resume={run / 'last'}"],
-           "path_to_run": lambda run: [f"train.resume={run}"]}
+CRASHES = {
+    "between_the_renames": _between_the_renames,
+    "after_both_renames": _after_both_renames,
+    "while_writing_the_new_one": _while_writing_the_new_one,
+}
+RESUMES = {
+    "auto_with_name": lambda run: [f"run.name={run.name}", "train.resume=auto"],
+    "auto_newest_run": lambda run: ["train.resume=auto"],
+    "path_to_last": lambda run: [f"train.resume={run / 'last'}"],
+    "path_to_run": lambda run: [f"train.resume={run}"],
+}
 
 
 @pytest.mark.parametrize("resume", RESUMES)
 @pytest.mark.parametrize("crash", CRASHES)
 def test_a_crash_anywhere_in_the_checkpoint_swap_resumes_from_the_last_good_checkpoint(
-        crash, resume, one_epoch, tmp_path, train_inproc, small_root):
+    crash, resume, one_epoch, tmp_path, train_inproc, small_root
+):
     run = shutil.copytree(one_epoch.run_dir, tmp_path / "runs" / one_epoch.run_dir.name)
     CRASHES[crash](run)
     result = train_inproc(f"data.root={small_root}", *FAST, "train.epochs=2", *RESUMES[resume](run))
     assert result.run_dir == run
-    assert result.state.rows[0] == one_epoch.state.rows[0], "epoch 1 must come from the checkpoint, not a rerun"
+    assert result.state.rows[0] == one_epoch.state.rows[0], (
+        "epoch 1 must come from the checkpoint, not a rerun"
+    )
     assert [r["epoch"] for r in result.state.rows] == [1, 2]
     assert json.loads((run / "last" / "trainer_state.json").read_text())["epoch"] == 2
     assert not (run / ".last.old").exists()
@@ -121,9 +157,12 @@ def test_a_crash_anywhere_in_the_checkpoint_swap_resumes_from_the_last_good_chec
 # ─── a damaged checkpoint ─────────────────────────────────────────────────────────────────────────────
 
 
-@pytest.mark.parametrize("name", ["model.safetensors", "optimizer.bin", "scheduler.bin", "random_states_0.pkl"])
-def test_a_truncated_checkpoint_file_is_one_error_line_naming_it_and_exit_2(name, one_epoch, tmp_path, capsys,
-                                                                             monkeypatch, small_root):
+@pytest.mark.parametrize(
+    "name", ["model.safetensors", "optimizer.bin", "scheduler.bin", "random_states_0.pkl"]
+)
+def test_a_truncated_checkpoint_file_is_one_error_line_naming_it_and_exit_2(
+    name, one_epoch, tmp_path, capsys, monkeypatch, small_root
+):
     from tests.train.conftest import _reset_accelerate
     from train.main import main
 
@@ -133,8 +172,19 @@ def test_a_truncated_checkpoint_file_is_one_error_line_naming_it_and_exit_2(name
     monkeypatch.setenv("ACCELERATE_USE_CPU", "1")
     _reset_accelerate()
     with pytest.raises(SystemExit) as exc:
-        main(["--config", str(DEMO_RECIPE), f"run.output_dir={tmp_path / 'runs'}", "run.name=cut",
-              "train.resume=auto", f"data.root={small_root}", *TINY, *FAST, "train.epochs=2"])
+        main(
+            [
+                "--config",
+                str(DEMO_RECIPE),
+                f"run.output_dir={tmp_path / 'runs'}",
+                "run.name=cut",
+                "train.resume=auto",
+                f"data.root={small_root}",
+                *TINY,
+                *FAST,
+                "train.epochs=2",
+            ]
+        )
     _reset_accelerate()
     err = capsys.readouterr().err
     assert exc.value.code == 2

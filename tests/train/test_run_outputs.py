@@ -1,4 +1,5 @@
 """In-process training runs: what lands in the bundle, and how bad images, pretrained weights and CIFAR-10 behave."""
+
 from __future__ import annotations
 
 import json
@@ -37,8 +38,13 @@ def test_class_folders_are_ordered_as_strings_and_named_from_cat_to_name(tmp_pat
 
 
 def test_load_bundle_reproduces_the_trained_models_logits_exactly(tmp_path, train_inproc, small_root):
-    result = train_inproc(f"data.root={small_root}", "train.epochs=1", "model.head.hidden=[16]",
-                          "model.head.dropout=0.2", "run.name=logits")
+    result = train_inproc(
+        f"data.root={small_root}",
+        "train.epochs=1",
+        "model.head.hidden=[16]",
+        "model.head.dropout=0.2",
+        "run.name=logits",
+    )
     assert result.state.best["epoch"] == 1  # one epoch: the best model is the model training ended with
     loaded, _ = load_bundle(result.run_dir / "best")
     trained = result.model.eval()
@@ -52,8 +58,13 @@ def test_an_unreadable_training_image_is_skipped_and_listed(tmp_path, train_inpr
     shutil.copytree(small_root, root)
     bad = root / "train" / "2" / "broken.jpg"
     bad.write_bytes(b"\xff\xd8\xff\xe0 this is not a jpeg")
-    result = train_inproc(f"data.root={root}", "train.epochs=1", "model.arch=cifar_cnn",
-                          "data.max_bad_fraction=0.05", "run.name=bad")
+    result = train_inproc(
+        f"data.root={root}",
+        "train.epochs=1",
+        "model.arch=cifar_cnn",
+        "data.max_bad_fraction=0.05",
+        "run.name=bad",
+    )
     assert result.exit_code == 0
     listed = (result.run_dir / "bad_files.txt").read_text().splitlines()
     assert [line.split("\t")[0] for line in listed] == [str(bad)]
@@ -75,12 +86,16 @@ def test_an_abort_mid_epoch_says_its_bad_image_count_is_a_lower_bound(tmp_path, 
         (root / "train" / "3" / name).write_bytes(b"not a png")
     with pytest.raises(UserError) as exc:  # the limit is checked after every step: it trips at the first one
         train_inproc(f"data.root={root}", "train.epochs=1", "model.arch=cifar_cnn", "data.max_bad_fraction=0")
-    found = re.match(r"at least (\d) of 27 training images cannot be decoded \(counted so far", str(exc.value))
+    found = re.match(
+        r"at least (\d) of 27 training images cannot be decoded \(counted so far", str(exc.value)
+    )
     assert found, str(exc.value)
     assert sum(f"{n}:" in str(exc.value) for n in ("a.png", "b.png", "c.png")) == int(found.group(1))
 
 
-def test_imagenet_weights_come_from_the_torch_cache_without_network(tmp_path, monkeypatch, train_inproc, small_root):
+def test_imagenet_weights_come_from_the_torch_cache_without_network(
+    tmp_path, monkeypatch, train_inproc, small_root
+):
     weights = torchvision.models.ResNet18_Weights.DEFAULT
     torch.manual_seed(123)
     state = torchvision.models.resnet18().state_dict()
@@ -88,19 +103,32 @@ def test_imagenet_weights_come_from_the_torch_cache_without_network(tmp_path, mo
     cache.mkdir(parents=True)
     torch.save(state, cache / os.path.basename(weights.url))
     monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch_home"))
-    result = train_inproc(f"data.root={small_root}", "train.epochs=1", "model.pretrained=imagenet",
-                          "model.freeze=backbone", "run.name=pre")
+    result = train_inproc(
+        f"data.root={small_root}",
+        "train.epochs=1",
+        "model.pretrained=imagenet",
+        "model.freeze=backbone",
+        "run.name=pre",
+    )
     trained = load_file(str(result.run_dir / "best" / "model.safetensors"))
     backbone = [k for k in state if not k.startswith("fc.")]
     assert all(torch.equal(trained[k], state[k]) for k in backbone)  # frozen, BN statistics included
     assert trained["fc.output.weight"].shape == (4, 512)
 
 
-def test_early_stopping_ends_the_run_after_patience_epochs_without_a_better_score(tmp_path, train_inproc,
-                                                                                   small_root):
+def test_early_stopping_ends_the_run_after_patience_epochs_without_a_better_score(
+    tmp_path, train_inproc, small_root
+):
     # lr 0 and no BatchNorm: every epoch scores exactly like the first, and a tie is not an improvement.
-    result = train_inproc(f"data.root={small_root}", "model.arch=cifar_cnn", "train.epochs=6",
-                          "train.optimizer.name=sgd", "train.optimizer.lr=0", "train.scheduler.name=none",
-                          "train.early_stopping_patience=2", "run.name=patience")
+    result = train_inproc(
+        f"data.root={small_root}",
+        "model.arch=cifar_cnn",
+        "train.epochs=6",
+        "train.optimizer.name=sgd",
+        "train.optimizer.lr=0",
+        "train.scheduler.name=none",
+        "train.early_stopping_patience=2",
+        "run.name=patience",
+    )
     assert result.exit_code == 0 and len(result.state.rows) == 3
     assert read_record(result.run_dir / "best").metrics["epoch"] == 1

@@ -3,6 +3,7 @@
 The data set is our GPU path's byte reader (EncodedImages) over 13 files — odd on purpose, so the last
 batch does not divide evenly and Accelerate pads it with repeats that gather_for_metrics must drop.
 """
+
 from __future__ import annotations
 
 import json
@@ -21,7 +22,8 @@ REPO = Path(__file__).resolve().parents[2]
 N, BATCH, RANKS, EPOCHS = 13, 3, 2, 2
 DEADLINE_S = 180  # ~10 s alone, ~45 s on the loaded 2-core CI box
 
-SCRIPT = textwrap.dedent("""
+SCRIPT = (
+    textwrap.dedent("""
     import json, sys
     from pathlib import Path
     import torch
@@ -47,7 +49,11 @@ SCRIPT = textwrap.dedent("""
         report["epochs"].append({"local": local, "gathered": gathered, "deduped": deduped})
     (out / f"rank{acc.process_index}.json").write_text(json.dumps(report))
     acc.end_training()  # a gloo group left alive at interpreter exit aborts the process
-""").replace("__N__", str(N)).replace("__BATCH__", str(BATCH)).replace("__EPOCHS__", str(EPOCHS))
+""")
+    .replace("__N__", str(N))
+    .replace("__BATCH__", str(BATCH))
+    .replace("__EPOCHS__", str(EPOCHS))
+)
 
 
 def free_port() -> int:
@@ -67,9 +73,25 @@ def reports(tmp_path_factory) -> list[dict]:
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO), "ACCELERATE_USE_CPU": "true"}
     # `--cpu --num_processes 2` starts ONE process in accelerate 1.x (its simple launcher needs mpirun for
     # more); --multi_gpu takes the torchrun launcher and Accelerator(cpu=True) makes it a gloo CPU group.
-    cmd = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", str(RANKS),
-           "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
-           "--main_process_port", str(free_port()), str(tmp / "shard.py"), str(folder), str(tmp)]
+    cmd = [
+        sys.executable,
+        "-m",
+        "accelerate.commands.launch",
+        "--multi_gpu",
+        "--num_processes",
+        str(RANKS),
+        "--num_machines",
+        "1",
+        "--mixed_precision",
+        "no",
+        "--dynamo_backend",
+        "no",
+        "--main_process_port",
+        str(free_port()),
+        str(tmp / "shard.py"),
+        str(folder),
+        str(tmp),
+    ]
     proc = run_tree(cmd, DEADLINE_S, env=env, cwd=tmp)
     assert proc.returncode == 0, proc.stderr[-3000:]
     reports = [json.loads((tmp / f"rank{r}.json").read_text()) for r in range(RANKS)]

@@ -1,4 +1,5 @@
 """train/split.py: exact per-class counts, seeded determinism, no file lost or duplicated, safe --move."""
+
 from __future__ import annotations
 
 import errno
@@ -29,8 +30,7 @@ def make_src(root: Path, sizes: dict[str, int]) -> Path:
 
 def digests(root: Path) -> Counter:
     """Multiset of the image contents under root (symlinks followed)."""
-    return Counter(hashlib.sha256(p.read_bytes()).hexdigest()
-                   for p in root.rglob("*.png") if p.is_file())
+    return Counter(hashlib.sha256(p.read_bytes()).hexdigest() for p in root.rglob("*.png") if p.is_file())
 
 
 def run(*argv) -> int:
@@ -55,6 +55,7 @@ def src(tmp_path) -> Path:
 
 
 # ─── counts ────────────────────────────────────────────────────────────────────────────────────
+
 
 def test_counts_per_class_are_exact_on_disk_and_in_the_manifest(src, tmp_path):
     assert run(src, tmp_path / "dst") == 0
@@ -86,6 +87,7 @@ def test_two_ratios_make_train_and_valid_only(src, tmp_path):
 
 # ─── determinism ───────────────────────────────────────────────────────────────────────────────
 
+
 def test_same_seed_gives_the_same_assignment_and_another_seed_a_different_one(src, tmp_path):
     for name, seed in [("a", 0), ("b", 0), ("c", 1)]:
         assert run(src, tmp_path / name, "--seed", seed) == 0
@@ -103,6 +105,7 @@ def test_a_class_split_does_not_change_when_other_classes_are_added(tmp_path):
 
 
 # ─── no loss, no duplicates ────────────────────────────────────────────────────────────────────
+
 
 def test_copy_keeps_every_image_exactly_once_and_leaves_src_untouched(src, tmp_path):
     before = digests(src)
@@ -183,6 +186,7 @@ def test_link_falls_back_to_symlinks_across_file_systems(src, tmp_path, monkeypa
 
 # ─── refusals ──────────────────────────────────────────────────────────────────────────────────
 
+
 def test_refuses_a_non_empty_dst_and_writes_nothing(src, tmp_path, capsys):
     dst = tmp_path / "dst"
     dst.mkdir()
@@ -199,8 +203,12 @@ def test_an_existing_empty_dst_is_filled(src, tmp_path):
     assert digests(tmp_path / "dst") == digests(src)
 
 
-@pytest.mark.parametrize("ratios", [["0.5", "0.5", "0"], ["1.0"], ["0.5", "0.6"], ["0.25"] * 4, ["0.5", "nan"]])
-def test_refuses_ratios_that_are_not_two_or_three_positive_shares_summing_to_one(src, tmp_path, ratios, capsys):
+@pytest.mark.parametrize(
+    "ratios", [["0.5", "0.5", "0"], ["1.0"], ["0.5", "0.6"], ["0.25"] * 4, ["0.5", "nan"]]
+)
+def test_refuses_ratios_that_are_not_two_or_three_positive_shares_summing_to_one(
+    src, tmp_path, ratios, capsys
+):
     assert run(src, tmp_path / "dst", "--ratios", *ratios) == 2
     assert "--ratios" in capsys.readouterr().err
     assert not (tmp_path / "dst").exists()
@@ -231,6 +239,7 @@ def test_cli_as_a_script_prints_the_summary_and_exits_2_without_traceback(src, t
 
 
 # ─── symlinked files ───────────────────────────────────────────────────────────────────────────
+
 
 def _relative_links(src: Path, cls: str, target: str, n: int) -> None:
     """n relative symlinks to one file of the class: the seeded shuffle scatters them over the splits."""

@@ -1,4 +1,5 @@
 """run.log_with: Accelerate's trackers get the config, per-step and per-epoch numbers, and the figures."""
+
 from __future__ import annotations
 
 import pytest
@@ -19,8 +20,13 @@ def _events(folder):
 
 def test_tensorboard_gets_steps_epochs_test_metrics_figures_and_the_config(train_inproc, small_root):
     pytest.importorskip("tensorboard")
-    result = train_inproc(f"data.root={small_root}", "train.epochs=2", "train.batch_size=8", "train.log_every=2",
-                          "run.log_with=tensorboard")
+    result = train_inproc(
+        f"data.root={small_root}",
+        "train.epochs=2",
+        "train.batch_size=8",
+        "train.log_every=2",
+        "run.log_with=tensorboard",
+    )
     tb = result.run_dir / "tensorboard"
     ea = _events(tb)
     scalars = ea.Tags()["scalars"]
@@ -29,7 +35,8 @@ def test_tensorboard_gets_steps_epochs_test_metrics_figures_and_the_config(train
     assert [e.step for e in ea.Scalars("train/lr")] == [2, 3, 5, 6]
     assert [e.step for e in ea.Scalars("epoch/valid_acc")] == [3, 6]
     assert [e.value for e in ea.Scalars("epoch/valid_acc")] == pytest.approx(
-        [r["valid_acc"] for r in result.state.rows])
+        [r["valid_acc"] for r in result.state.rows]
+    )
     assert {"epoch/train_loss", "epoch/valid_loss", "epoch/lr", "epoch/images_per_s"} <= set(scalars)
     assert [e.step for e in ea.Images("curves")] == [3, 6]
     hparams = list(tb.glob("*/hparams.yml"))
@@ -40,7 +47,11 @@ def test_tensorboard_gets_steps_epochs_test_metrics_figures_and_the_config(train
 
 def test_flat_hparams_keeps_scalars_and_writes_lists_and_null_as_text():
     assert flat_hparams({"a": {"b": 1, "c": [1, 2], "d": None}, "e": True}) == {
-        "a.b": 1, "a.c": "[1, 2]", "a.d": "None", "e": True}
+        "a.b": 1,
+        "a.c": "[1, 2]",
+        "a.d": "None",
+        "e": True,
+    }
 
 
 def test_a_tracker_that_is_not_installed_is_one_error_naming_the_install(monkeypatch):
