@@ -55,7 +55,7 @@ class BundleRecord:
         return {"format": d.pop("format"), "schema_version": d.pop("schema_version"), **d}
 
     @classmethod
-    def from_dict(cls, d: dict[str, Any], source: str = "bundle") -> "BundleRecord":
+    def from_dict(cls, d: dict[str, Any], source: str = "bundle") -> BundleRecord:
         check_schema(d, source)
         try:
             return cls(

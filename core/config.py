@@ -24,7 +24,6 @@ from core.errors import UserError
 from core.specs import IMAGENET_MEAN, IMAGENET_STD, INTERPOLATION_NAMES, AugmentSpec, EvalSpec
 from core.workers import AUTO, resolve_num_workers
 
-
 # Accelerate's tracker names accepted by run.log_with (checked here; whether installed: at train start).
 TRACKERS = ("tensorboard", "wandb", "mlflow", "comet_ml", "aim", "clearml", "dvclive", "swanlab", "trackio")
 
@@ -90,7 +89,7 @@ class RunConfig:
     seed: int = opt(
         0, "random seed (made device-specific per process)", range=Range(0, 2**31 - 1)
     )  # + process index must stay below numpy's 2**32
-    log_with: Union[str, list[str]] = opt(
+    log_with: str | list[str] = opt(
         "none",
         "experiment trackers (Accelerate's), one or a list: none, "
         + ", ".join(TRACKERS)
@@ -110,7 +109,7 @@ class DataConfig:
         ("folder", "cifar10"),
     )
     root: str = opt("data", "data set folder (for cifar10: where it is, or is downloaded to)")
-    num_workers: Union[int, str] = opt(
+    num_workers: int | str = opt(
         AUTO,
         "DataLoader worker processes per training process; `auto` = "
         "min(8, CPUs usable by this process / processes on this node)",
@@ -149,7 +148,7 @@ class ModelConfig:
         "imagenet", "`imagenet` (default weights, cached), `none`, or a path to a state dict"
     )
     head: HeadConfig = section(HeadConfig, "classifier head that replaces the model's own")
-    freeze: Union[str, int] = opt(
+    freeze: str | int = opt(
         "backbone",
         "`backbone` (train the head only), `none` (fine-tune all), "
         "or N: train the head only for N epochs, then everything",
@@ -357,9 +356,8 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
                 return float(value)
             except ValueError:
                 pass
-    elif tp is str:
-        if isinstance(value, str):
-            return value
+    elif tp is str and isinstance(value, str):
+        return value
     raise UserError(f"config key '{key}': expected {_type_name(tp)}, got {value!r} ({type(value).__name__})")
 
 

@@ -7,8 +7,9 @@ import json
 import os
 import shutil
 import tempfile
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 # mkstemp/mkdtemp create 0600/0700 entries; give results the mode a plain open()/mkdir() would,
 # so run outputs on a shared cluster stay readable by the group. Read once: os.umask both sets and gets.

@@ -5,9 +5,9 @@ from __future__ import annotations
 import io
 import os
 import warnings
+from collections.abc import Callable
 from pathlib import Path
-
-from typing import TYPE_CHECKING, Callable
+from typing import TYPE_CHECKING
 
 import numpy as np
 from PIL import Image, ImageFile, ImageOps
@@ -68,7 +68,7 @@ def decode_image(source: str | os.PathLike | bytes, max_pixels: int = MAX_PIXELS
             path = Path(source)
             if path.stat().st_size == 0:
                 raise BadImage("empty file (0 bytes)")
-            fh = open(path, "rb")
+            fh = open(path, "rb")  # noqa: SIM115 (closed by the `with fh` below)
         with fh:
             with warnings.catch_warnings():
                 warnings.simplefilter("error", Image.DecompressionBombWarning)
@@ -99,7 +99,7 @@ def decode_image(source: str | os.PathLike | bytes, max_pixels: int = MAX_PIXELS
 
 # PIL's ImageOps.exif_transpose as tensor ops on [..., C, H, W], for decoders that ignore EXIF (nvJPEG),
 # so a GPU-decoded photo comes out exactly as upright as decode_image's.
-EXIF_TRANSPOSE: dict[int, Callable[["torch.Tensor"], "torch.Tensor"]] = {
+EXIF_TRANSPOSE: dict[int, Callable[[torch.Tensor], torch.Tensor]] = {
     1: lambda x: x,
     2: lambda x: x.flip(-1),
     3: lambda x: x.flip(-2, -1),

@@ -8,9 +8,9 @@ from __future__ import annotations
 
 import difflib
 import os
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
 
 import torch
 import torch.nn.functional as F
@@ -243,6 +243,8 @@ def backbone_frozen_eval(model: nn.Module) -> None:
     head = head_module(model)
     head_ids = {id(m) for m in head.modules()}
     for m in model.modules():
-        if id(m) not in head_ids and isinstance(m, nn.modules.batchnorm._BatchNorm):
-            if not any(p.requires_grad for p in m.parameters(recurse=False)):
-                m.eval()
+        frozen_bn = isinstance(m, nn.modules.batchnorm._BatchNorm) and not any(
+            p.requires_grad for p in m.parameters(recurse=False)
+        )
+        if id(m) not in head_ids and frozen_bn:
+            m.eval()

@@ -6,7 +6,7 @@ graph (normalization inside) and serving, and transfers to the GPU at a quarter 
 
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 import torch
 from PIL import Image

@@ -30,7 +30,7 @@ class EvalSpec:
         return d
 
     @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> "EvalSpec":
+    def from_dict(cls, d: dict[str, Any]) -> EvalSpec:
         return cls(
             resize=int(d["resize"]),
             crop=int(d["crop"]),

@@ -3,6 +3,7 @@ once (not drained) when the run is interrupted, so a Ctrl-C or a killed serve ne
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import multiprocessing as mp
 import os
@@ -26,10 +27,9 @@ def die_with_parent(parent: int) -> None:
     or a subreaper); it also covers a parent that died before prctl took effect.
     """
     if sys.platform.startswith("linux"):
-        try:
+        # no libc symbol (unusual libc): the poll below still works
+        with contextlib.suppress(OSError, AttributeError):
             ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, int(signal.SIGKILL), 0, 0, 0)
-        except (OSError, AttributeError):  # no libc symbol (unusual libc): the poll below still works
-            pass
     if os.getppid() != parent:
         os._exit(0)
 

@@ -159,7 +159,7 @@ class RowWriter:
         try:
             path.parent.mkdir(parents=True, exist_ok=True)
             fresh = not append or not path.exists() or path.stat().st_size == 0
-            self.fh = open(
+            self.fh = open(  # noqa: SIM115 (held for the writer's life, closed in close())
                 path, "a" if append else "w", encoding="utf-8", newline="", errors="backslashreplace"
             )
         except OSError as exc:

@@ -49,10 +49,8 @@ def _kill(tree: dict[int, str]) -> None:
     for pid, start in tree.items():
         info = _stat(pid)
         if info and info[1] == start:  # the same process, not a later one given the same pid
-            try:
+            with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
 
 
 def run_tree(cmd: list[str], timeout: float, **popen_kw) -> subprocess.CompletedProcess:

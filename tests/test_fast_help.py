@@ -83,10 +83,10 @@ def test_option_names_copied_for_a_light_help_match_the_heavy_modules():
     from export import onnx_export, verify
     from serve.backends import OPENERS
 
-    assert serve_main.BACKENDS == tuple(OPENERS)
-    assert export_main.EXPORTERS == tuple(onnx_export.EXPORTERS)
+    assert tuple(OPENERS) == serve_main.BACKENDS
+    assert tuple(onnx_export.EXPORTERS) == export_main.EXPORTERS
     assert (export_main.DEFAULT_EXPORTER, export_main.OPSET) == (
         onnx_export.DEFAULT_EXPORTER,
         onnx_export.OPSET,
     )
-    assert export_main.PROVIDERS == tuple(verify.PROVIDERS) and export_main.PRECISIONS == tuple(verify.GATES)
+    assert tuple(verify.PROVIDERS) == export_main.PROVIDERS and tuple(verify.GATES) == export_main.PRECISIONS

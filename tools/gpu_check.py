@@ -19,9 +19,9 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Callable
 
 REPO = Path(__file__).resolve().parents[1]
 PY = sys.executable
@@ -112,7 +112,7 @@ SMOKE = Sizes(
 class Step:
     name: str
     limit_s: float
-    run: Callable[["Check"], dict]  # returns figures; raises StepFailed on a failed assertion
+    run: Callable[[Check], dict]  # returns figures; raises StepFailed on a failed assertion
 
 
 @dataclass

@@ -27,8 +27,8 @@ from torch.utils.data import DataLoader, Dataset
 from core.demo_data import make_image
 from core.errors import UserError, cli_entry
 from core.fsio import atomic_dir, write_json_atomic
-from core.jpeg import DecodeStats
 from core.images import BadImage, decode_image, is_image_file
+from core.jpeg import DecodeStats
 from core.models import HeadSpec, backbone_frozen_eval, build_model, set_backbone_trainable
 from core.preprocess import AugmentSpec, EvalSpec, Normalize, default_spec_for, train_transform
 from train.gpu_data import EncodedImages, GpuPipeline, collate_encoded, prefetch

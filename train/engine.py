@@ -17,6 +17,7 @@ import numpy as np
 import torch
 from accelerate import Accelerator, skip_first_batches
 from accelerate.utils import gather_object
+
 from core.bundle import BundleRecord, save_bundle
 from core.config import Config
 from core.errors import UserError

@@ -8,8 +8,9 @@ the main process; `finish` closes the trackers (also safe to call twice, and bef
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 from accelerate import Accelerator

@@ -16,8 +16,8 @@ import torch
 
 from core.errors import UserError
 from core.model_record import check_engine_host, read_engine_sidecar, read_onnx_record, sha256_file
-from export import tensorrt_engine as te
 from export import report as rep
+from export import tensorrt_engine as te
 from export import verify
 from export.main import parse_args
 from tests.export.export_helpers import run_export

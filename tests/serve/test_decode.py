@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import itertools
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -11,8 +12,8 @@ import torch
 from PIL import Image, ImageOps
 
 from core.images import decode_image
-from core.preprocess import EvalSpec, eval_transform
 from core.jpeg import route_jpeg
+from core.preprocess import EvalSpec, eval_transform
 from serve.decode import ORIENT, DecodePipeline, cpu_decode, gpu_decode, spec_key
 from serve.discover import Item
 from tests.serve.helpers import jpeg_bytes, picture, save_picture
@@ -248,7 +249,7 @@ def test_gpu_decode_thread_under_load_gives_every_batch_a_synchronous_decode_giv
             for _ in range(8):
                 load = (load @ load).clamp_(-1, 1)  # keep the consumer stream busy while decode runs ahead
             got = batch.images.clone()
-            datas = [open(it.source, "rb").read() for it in batch.items]
+            datas = [Path(it.source).read_bytes() for it in batch.items]
             torch.cuda.synchronize()
             ref = torch.stack(gpu_decode(datas, [1] * len(datas), spec_key(SPEC), torch.device("cuda")))
             torch.cuda.synchronize()

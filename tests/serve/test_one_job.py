@@ -13,8 +13,8 @@ import pytest
 
 from serve.lock import OutputLock, lock_path
 from serve.provenance import meta_path
-from tests.serve.conftest import CLASSES, NAMES
 from tests.proctree import run_tree
+from tests.serve.conftest import CLASSES, NAMES
 from tests.serve.helpers import REPO, image_tree, read_rows, run_serve, serve, subprocess_env
 
 HOLD = (

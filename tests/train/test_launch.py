@@ -15,9 +15,9 @@ import torch.nn.functional as F
 
 from core.bundle import load_bundle, read_record
 from core.demo_data import make_demo_dataset
+from core.errors import UserError
 from core.images import decode_image
 from core.preprocess import WithPreprocessing, eval_transform
-from core.errors import UserError
 from tests.proctree import run_tree
 from tests.train.helpers import CONFIGS, DEMO_RECIPE, MAIN, accelerate_launch, free_port, subprocess_env
 
