@@ -38,6 +38,7 @@ from train.checkpoint import (
     read_state,
     resume_dir,
 )
+from train.cli import TrainJob
 from train.data import IGNORE_LABEL, TrainData, eval_loader, load_data
 from train.engine import BEST_DIR, Parts, Trainer
 from train.evaluate import evaluate
@@ -326,8 +327,9 @@ def _device_text(accelerator: Accelerator) -> str:
     return f"cpu ({n} thread{'s' if n != 1 else ''})" if kind == "cpu" else kind
 
 
-def train(cfg: Config, stem: str) -> RunResult:
+def train(job: TrainJob) -> RunResult:
     """Train as configured: the epoch loop, then the best bundle's evaluation on test/ when present."""
+    cfg, stem = job.config, job.stem
     check_installed(cfg.run.trackers())
     accelerator = make_accelerator(cfg)
     try:

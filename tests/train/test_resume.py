@@ -84,6 +84,7 @@ def one_epoch(tmp_path_factory, small_root):
     """A finished 1-epoch run named like an unnamed one (`demo-<time>`, for train.resume=auto's search)."""
     from core.config import load_config
     from tests.train.conftest import _reset_accelerate
+    from train.cli import TrainJob
     from train.run import train
 
     out = tmp_path_factory.mktemp("one_epoch") / "runs"
@@ -102,7 +103,7 @@ def one_epoch(tmp_path_factory, small_root):
         )
         _reset_accelerate()
         try:
-            result = train(cfg, "demo")
+            result = train(TrainJob(cfg, "demo"))
         finally:
             _reset_accelerate()
     return result
