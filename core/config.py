@@ -501,16 +501,9 @@ def load_config(path: str | Path | None = None, overrides: list[str] | tuple[str
     return _finish(_build(Config, tree))
 
 
-def config_from_dict(tree: dict[str, Any]) -> Config:
-    return _finish(_build(Config, tree))
-
-
-def main(argv: list[str] | None = None) -> int:
-    """`python -m core.config`: the reference lives in core/config_reference.py (printing is its own job)."""
-    from core.config_reference import main as print_reference
-
-    return print_reference(argv)
-
-
+# `python -m core.config` prints the reference. The printer is core/config_reference.py's job and imports
+# this module, so it is reached only from this script entry: importing core.config never imports it.
 if __name__ == "__main__":
+    from core.config_reference import main
+
     raise SystemExit(main())

@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 
 from core.errors import UserError
-from core.report import evaluation_source, write_evaluation
+from core.evaluation import evaluation_source, write_evaluation
 from serve.writer import Layout, iter_rows
 
 

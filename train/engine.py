@@ -21,10 +21,11 @@ from accelerate.utils import gather_object
 from core.bundle import BundleRecord, save_bundle
 from core.config import Config
 from core.errors import UserError
+from core.evaluation import write_metrics_csv
+from core.figures import plot_curves
 from core.fsio import write_text_atomic
 from core.models import HeadSpec, backbone_frozen_eval, set_backbone_trainable
 from core.progress import Progress
-from core.report import plot_curves, write_metrics_csv
 from train.checkpoint import TrainerState, save_last
 from train.data import TrainData
 from train.evaluate import EvalResult, evaluate

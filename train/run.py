@@ -25,10 +25,11 @@ from accelerate.utils import (
 from core.bundle import load_bundle
 from core.config import Config
 from core.errors import UserError
+from core.evaluation import evaluation_source, write_evaluation
+from core.figures import write_batch_grid
 from core.fsio import write_text_atomic
 from core.models import HeadSpec, build_model, set_backbone_trainable
 from core.preprocess import Normalize, WithPreprocessing
-from core.report import evaluation_source, write_batch_grid, write_evaluation
 from train.checkpoint import (
     LAST_DIR,
     TrainerState,
