@@ -284,16 +284,25 @@ class Config:
         return dataclasses.asdict(self)
 
     def hash(self) -> str:
-        """sha256 of the resolved config, ignoring keys that do not change the result."""
+        """sha256 of the resolved config, ignoring keys that do not change the result (HASH_EXEMPT)."""
         d = self.to_dict()
-        d["run"].pop("name", None)
-        d["run"].pop("output_dir", None)
-        d["run"].pop("log_with", None)
-        d["train"].pop("resume", None)
-        d["train"].pop("log_every", None)
-        d["data"].pop("num_workers", None)
-        d["data"].pop("root", None)
+        for key in HASH_EXEMPT:
+            section, name = key.split(".")
+            d[section].pop(name, None)
         return hashlib.sha256(json.dumps(d, sort_keys=True).encode()).hexdigest()
+
+
+# Keys that name, place or log a run but do not change what it learns: Config.hash leaves them out, and a
+# resumed run may change them without the "config differs" warning.
+HASH_EXEMPT = (
+    "run.name",
+    "run.output_dir",
+    "run.log_with",
+    "train.resume",
+    "train.log_every",
+    "data.num_workers",
+    "data.root",
+)
 
 
 # ---------------------------------------------------------------------------------------------- loading

@@ -7,6 +7,7 @@ a second; train/run.py takes the job and does the heavy work.
 from __future__ import annotations
 
 import argparse
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -27,6 +28,7 @@ class TrainJob:
 
     config: Config
     stem: str  # `demo` for configs/demo.yaml: runs/demo-YYYYmmdd-HHMMSS
+    args: tuple[str, ...] = ()  # the command-line arguments as given: a stopped run prints them to resume
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -53,6 +55,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def parse_job(argv: list[str] | None = None) -> TrainJob:
     """The job for `argv`; a config mistake raises UserError (one line, exit 2) before any heavy import."""
+    argv = list(sys.argv[1:] if argv is None else argv)
     args = build_parser().parse_args(argv)
     config = load_config(args.config, args.overrides)
-    return TrainJob(config=config, stem=Path(args.config).stem if args.config else "run")
+    return TrainJob(config=config, stem=Path(args.config).stem if args.config else "run", args=tuple(argv))

@@ -254,6 +254,8 @@ class Trainer:
         all_bad = gather_object(epoch_bad) if acc.num_processes > 1 else epoch_bad
         self._check_bad(len(set(all_bad)), epoch_bad, epoch_done=True)
         state.bad_files = sorted(set(state.bad_files) | set(all_bad))
+        if all_bad:  # skipped, not fatal: still said once per epoch, on the console and not only in a file
+            self.log(_bad_images_warning(sorted(set(all_bad)), self.run_dir / "bad_files.txt"))
         return {
             "train_loss": loss_total / max(n, 1),
             "train_acc": hit_total / max(n, 1),
@@ -348,6 +350,15 @@ class Trainer:
                 return state
         state.finished = True
         return state
+
+
+def _bad_images_warning(notes: list[str], listed_in: Path) -> str:
+    first = notes[0].replace("\t", ": ")
+    first = first if len(first) <= 160 else first[:159] + "…"
+    return (
+        f"warning: {len(notes)} training image(s) could not be decoded this epoch and were skipped "
+        f"(first: {first}); all are listed in {listed_in}"
+    )
 
 
 def _head_spec(cfg: Config) -> HeadSpec:
