@@ -160,7 +160,7 @@ def quantize(job: Job, report: dict[str, Any]) -> Path:
     facts.update(
         precision="int8",
         quantization=quant,
-        calibration={
+        int8_calibration={  # `calibration` means the temperature record everywhere else
             "images": len(calib.paths),
             "fingerprint": var.fingerprint(calib.images),
             "root": calib.root,

@@ -113,6 +113,7 @@ class TorchBackend:
     def __init__(self, bundle: Path, device: torch.device):
         model, record = load_bundle(bundle, map_location=device)
         self.net = WithPreprocessing(model, record.preprocess).to(device).eval()
+        self.temperature = record.temperature  # exported files have it folded in; the bundle applies it here
         self.device = device
         gpu = device.type == "cuda"
         self.amp_dtype = torch.bfloat16 if gpu and torch.cuda.is_bf16_supported() else torch.float16
@@ -129,7 +130,8 @@ class TorchBackend:
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         x = images.to(self.device, non_blocking=True).contiguous(memory_format=self.memory_format)
         with torch.autocast(self.device.type, dtype=self.amp_dtype, enabled=self.device.type == "cuda"):
-            return self.net(x).float()
+            logits = self.net(x).float()
+        return logits if self.temperature == 1.0 else logits / self.temperature
 
 
 def _open_torch(model: Path, device: torch.device, providers, allow_cpu, threads) -> Backend:

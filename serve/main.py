@@ -22,6 +22,7 @@ if __package__ in (None, ""):  # `python serve/main.py` puts serve/ on sys.path,
 from core.dist import ends_process_group
 from core.errors import UserError, cli_entry
 from core.progress import SERVE_LOG_SECONDS, Progress
+from serve.accept import check_accept_above, resolve_threshold
 from serve.discover import MAX_FILE_MB, Item, check_inputs, is_url, iter_items
 from serve.lock import OutputLock
 from serve.writer import (
@@ -121,6 +122,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         action="store_true",
         help="input is a labelled folder: also write accuracy, per-class accuracy, confusion matrix",
     )
+    p.add_argument(
+        "--accept-above",
+        type=float,
+        metavar="P",
+        help="`accepted` = top-1 probability >= P (default: the model's calibrated threshold; 0 accepts all)",
+    )
     p.add_argument("--eval-dir", help="where --evaluate writes (default: <out stem>_eval/ beside --out)")
     p.add_argument("--show", action="store_true", help="one image: print top-k and save the top-k figure")
     p.add_argument("--figure", help="--show figure path (default: <image name>_topk.png)")
@@ -140,6 +147,7 @@ def check_args(args: argparse.Namespace) -> None:
     for flag, value in positive.items():
         if value is not None and value <= 0:
             raise UserError(f"{flag} must be positive (got {value})")
+    check_accept_above(args.accept_above)
     if args.workers is not None and args.workers < 0:
         raise UserError(f"--workers must be 0 or more (got {args.workers})")
     if args.show and (len(args.inputs) != 1 or os.path.isdir(args.inputs[0])):
@@ -391,7 +399,7 @@ def show(args: argparse.Namespace, layout: Layout, spec, state: PartialState) ->
 
 
 def _identity(args: argparse.Namespace, layout: Layout) -> dict:
-    return job_identity(args.model, layout.topk, layout.probs, layout.fmt, args.absolute)
+    return job_identity(args.model, layout.topk, layout.probs, layout.fmt, args.absolute, layout.threshold)
 
 
 @cli_entry
@@ -402,14 +410,18 @@ def main(argv: list[str] | None = None) -> int:
     check_inputs(args.inputs)
     import_heavy()
     record = load_record(args.model)
+    threshold, accept_note = resolve_threshold(args.accept_above, record, args.model)
     layout = Layout(
         tuple(record.classes),
         tuple(record.display_names),
         args.topk,
         args.probs or args.evaluate,
         output_format(args),
+        threshold,
     )
     state = process_state(args.device)
+    if state.is_main_process:
+        print(accept_note, file=sys.stderr, flush=True)
     if args.show:
         return show(args, layout, record.preprocess, state)
     if args.evaluate:

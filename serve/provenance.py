@@ -22,6 +22,7 @@ MUST_MATCH = {
     "probs": "--probs/--evaluate",
     "format": "--format",
     "absolute": "--absolute",
+    "threshold": "acceptance threshold (--accept-above, else the model's)",
 }
 
 
@@ -38,13 +39,16 @@ def model_sha256(model: str | Path) -> str:
     return sha256_file(p)
 
 
-def job_identity(model: str | Path, topk: int, probs: bool, fmt: str, absolute: bool) -> dict[str, Any]:
+def job_identity(
+    model: str | Path, topk: int, probs: bool, fmt: str, absolute: bool, threshold: float | None = None
+) -> dict[str, Any]:
     return {
         "model_sha256": model_sha256(model),
         "topk": topk,
         "probs": probs,
         "format": fmt,
         "absolute": absolute,
+        "threshold": threshold,  # the `accepted` column's meaning; an older file's record lacks it (None)
         "model": str(model),
         "serve_version": _version(),
     }

@@ -45,13 +45,40 @@ def test_each_variants_metadata_round_trips_with_its_precision(variants_export, 
         record, facts = read_onnx_record(variants_export["out"] / name)
         assert record.to_dict() == bundle and facts["precision"] == precision
     _, facts = read_onnx_record(variants_export["out"] / "model.int8.onnx")
-    calib = facts["calibration"]
+    calib = facts["int8_calibration"]  # `calibration` is the temperature record, in the record itself
     assert (
         calib["images"] == 48
         and calib["root"] == str(demo_root / "train")
         and len(calib["fingerprint"]) == 64
     )
     assert facts["quantization"]["weights"] == "int8 per-channel symmetric"
+
+
+def test_every_variant_outputs_logits_divided_by_the_temperature_within_its_gate(
+    variants_export, trained, demo_root
+):
+    import onnxruntime as ort
+    import torch
+
+    from core.bundle import load_bundle
+    from core.images import decode_image
+    from core.preprocess import WithPreprocessing, eval_transform
+
+    model, record = load_bundle(trained)
+    assert record.temperature == 2.0
+    files = sorted((demo_root / "valid").rglob("*.*"))
+    x = torch.stack([eval_transform(record.preprocess)(decode_image(f)) for f in files])
+    with torch.inference_mode():
+        expected = (WithPreprocessing(model, record.preprocess)(x) / 2.0).softmax(1).numpy()
+    limits = {"fp32": 1e-4, "fp16": 0.02, "int8": 0.15}  # the gates' spirit: fp32 exact, the others close
+    for precision, name in VARIANTS.items():
+        sess = ort.InferenceSession(str(variants_export["out"] / name), providers=["CPUExecutionProvider"])
+        (logits,) = sess.run(["logits"], {"images": x.numpy()})
+        probs = torch.from_numpy(logits).softmax(1).numpy()
+        assert np.abs(probs - expected).max() < limits[precision], precision
+        assert (probs.argmax(1) == expected.argmax(1)).mean() >= 0.95, precision
+        _, facts = read_onnx_record(variants_export["out"] / name)
+        assert facts["logits_divided_by_temperature"] == 2.0
 
 
 def test_variants_keep_the_uint8_in_float32_out_contract_and_a_float32_front(variants_export):
