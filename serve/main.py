@@ -315,6 +315,7 @@ def run(
                 f"batch {batch_size} | {threads} model thread(s) | {state.num_processes} process(es)",
                 flush=True,
             )
+            print(getattr(args, "accept_note", ""), flush=True)
         done = prepare_output(out, layout, args, identity, state)
         multi = state.num_processes > 1
         target = part_path(out, state.process_index) if multi else out
@@ -419,9 +420,8 @@ def main(argv: list[str] | None = None) -> int:
         output_format(args),
         threshold,
     )
+    args.accept_note = accept_note  # said once, under the start line
     state = process_state(args.device)
-    if state.is_main_process:
-        print(accept_note, file=sys.stderr, flush=True)
     if args.show:
         return show(args, layout, record.preprocess, state)
     if args.evaluate:

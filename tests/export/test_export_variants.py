@@ -181,3 +181,23 @@ def test_verify_only_holds_a_variant_to_its_own_gate(variants_export, demo_root,
     assert run_export(int8, "--verify-only", "--images", demo_root / "valid", "--no-bench") == 0
     parity = json.loads((tmp_path / "verify_report.json").read_text())["parity"]
     assert list(parity) == ["onnx.int8"] and parity["onnx.int8"]["gate"]["max_accuracy_drop_points"] == 1.0
+
+
+def test_serving_the_calibrated_bundle_or_its_onnx_gives_the_same_probabilities_and_acceptance(
+    variants_export, trained, demo_root, tmp_path
+):
+    # T is applied once either way: by the torch backend for the bundle, inside the graph for model.onnx
+    serve(trained, demo_root / "test", "--out", tmp_path / "torch.csv", "--workers", 0, "--probs")
+    serve(
+        variants_export["out"] / "model.onnx",
+        demo_root / "test",
+        "--out",
+        tmp_path / "onnx.csv",
+        "--workers",
+        0,
+        "--probs",
+    )
+    ref, got = read_rows(tmp_path / "torch.csv"), read_rows(tmp_path / "onnx.csv")
+    assert [r["accepted"] for r in ref] == [r["accepted"] for r in got]
+    for r, g in zip(ref, got):
+        assert abs(float(r["prob"]) - float(g["prob"])) < 1e-4
