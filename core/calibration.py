@@ -69,12 +69,20 @@ def nll(logits: np.ndarray, targets: np.ndarray, temperature: float) -> float:
     return float(np.mean(log_norm - z[np.arange(len(z)), targets]))
 
 
+def separable(logits: np.ndarray, targets: np.ndarray) -> bool:
+    """Every answer right: NLL then falls forever as T → 0, so validation holds no evidence for any T
+    (the fit would land on T_MIN and make every later answer, unfamiliar ones too, look certain)."""
+    return bool(len(targets)) and bool((np.asarray(logits).argmax(axis=1) == np.asarray(targets)).all())
+
+
 def fit_temperature(logits: np.ndarray, targets: np.ndarray, iters: int = 80) -> float:
-    """T minimising validation NLL. NLL is convex in β = 1/T, so a golden-section search on β over
+    """T minimising validation NLL (1 when every answer is right, see `separable`). NLL is convex in β = 1/T, so a golden-section search on β over
     [1/T_MAX, 1/T_MIN] finds the global minimum without a learning rate or a starting point to tune."""
     if len(targets) == 0:
         return 1.0
     logits, targets = np.asarray(logits, dtype=np.float64), np.asarray(targets, dtype=np.int64)
+    if separable(logits, targets):
+        return 1.0
     lo, hi = 1 / T_MAX, 1 / T_MIN
     g = (math.sqrt(5) - 1) / 2
     a, b = hi - g * (hi - lo), lo + g * (hi - lo)
@@ -156,6 +164,13 @@ def calibrate(logits: np.ndarray, targets: np.ndarray, target_precision: float) 
         coverage_valid=coverage,
         ece_before=ece(before, targets),
         ece_after=ece(after, targets),
+    )
+
+
+def separable_line() -> str:
+    return (
+        "calibration: every validation image is classified correctly, which gives no evidence for a "
+        "temperature; T stays 1 (use a larger or harder validation split for a calibrated confidence)"
     )
 
 

@@ -19,6 +19,8 @@ from core.calibration import (
     calibrate,
     ece,
     selective_metrics,
+    separable,
+    separable_line,
     softmax,
     unreachable_line,
 )
@@ -65,6 +67,8 @@ def calibrate_best(cfg: Config, data, run_dir: Path, accelerator: Accelerator) -
     _, record = load_bundle(best)
     record.calibration = fit
     write_record(best, record)
+    if separable(result.logits, result.targets):
+        accelerator.print(separable_line())
     accelerator.print(describe(fit))
     return Calibrated(fit, result.logits, result.targets)
 

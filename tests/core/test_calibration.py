@@ -127,3 +127,10 @@ def test_a_calibration_record_out_of_range_is_refused_on_read(make_bundle, bad):
     bundle = _with_calibration(make_bundle(arch="cifar_cnn"), bad)
     with pytest.raises(UserError, match="malformed model record"):
         read_record(bundle)
+
+
+def test_a_validation_set_answered_all_right_keeps_temperature_one():
+    # NLL would keep falling as T -> 0: no evidence to sharpen every later answer with
+    z = np.array([[3.0, 0.0, 0.0], [0.0, 2.0, 0.0], [0.0, 0.0, 5.0]])
+    assert fit_temperature(z, np.array([0, 1, 2])) == 1.0
+    assert fit_temperature(z, np.array([0, 1, 1])) != 1.0
