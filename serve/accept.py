@@ -7,8 +7,12 @@ out-of-distribution detector.
 
 from __future__ import annotations
 
-from core.bundle import BundleRecord
+from typing import TYPE_CHECKING
+
 from core.errors import UserError
+
+if TYPE_CHECKING:  # serve/main.py imports this module for --help, which must not load torch
+    from core.bundle import BundleRecord
 
 
 def check_accept_above(value: float | None) -> None:
