@@ -13,7 +13,8 @@ triangle; bicubic: Keys a = -0.5, the antialiased kernel; support scaled by the 
 Equality with the per-image op (torchvision `resize` + `center_crop`), pinned by tests/core/test_resize.py:
 at most 1 uint8 level against the float op rounded to uint8 (what torchvision does for uint8 on CUDA),
 for bilinear, bicubic and nearest (nearest: exact). Against torch's CPU uint8 kernel (fixed point, rounds
-and clamps between its two passes): bilinear at most 1 level, bicubic at most 4 (overshoot clamped early). With TF32 matmuls enabled (`torch.backends.cuda.matmul.allow_tf32`)
+and clamps between its two passes): bilinear at most 1 level; bicubic at most 4 on photo-like images (more on pure noise, where its first
+pass overshoots 0..255 and is clamped early). With TF32 matmuls enabled (`torch.backends.cuda.matmul.allow_tf32`)
 the bound would be a few levels; this project leaves TF32 matmuls off.
 """
 
