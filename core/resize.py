@@ -113,7 +113,10 @@ def resize_crop_many(
     out = torch.zeros(n, 3, *out_hw, dtype=torch.float32, device=device)
     if not n:
         return out
-    p = params if params is not None else plan.params().to(device, non_blocking=True)
+    if params is None:  # pinned, so the copy does not block the host on CUDA
+        params = plan.params()
+        params = params.pin_memory() if device.type == "cuda" else params
+    p = params.to(device, non_blocking=True)
     boxes = plan.boxes.tolist()  # host data: no device sync
     sizes = [(y1 - y0, x1 - x0) for x0, y0, x1, y1 in boxes]
     for part in _chunks(sizes, budget):

@@ -201,7 +201,9 @@ class GpuPipeline:
         self.spec, self.aug, self.seed = spec, aug, seed
         self.device = normal_device(device)
         self.streams = streams
-        self._sides: tuple[Any, Any] | None = None  # (decode stage, augment stage), made once: see side_streams
+        self._sides: tuple[Any, Any] | None = (
+            None  # (decode stage, augment stage), made once: see side_streams
+        )
         self.uploads = uploads if uploads is not None else Uploads()  # host → device copies, counted
         # normalize=False hands out uint8 batches, for a loop that normalizes itself (train.engine's prepare)
         self.normalize = Normalize(spec.mean, spec.std).to(self.device) if normalize else None
@@ -227,7 +229,7 @@ class GpuPipeline:
         for k, reason in batch.cpu_reasons.items():
             self.stats.add(reason)
             if k not in errors:  # decoded by the worker
-                out[k] = batch.blob(k).view(shapes[k]).to(self.device, non_blocking=True)
+                out[k] = self.uploads.put(batch.blob(k).view(shapes[k]), self.device)
         todo = [k for k in range(len(batch)) if k not in errors and shapes[k][0] == 0]
         orientation = batch.orientations.tolist()
         blobs = [batch.blob(k) for k in todo]
@@ -237,7 +239,7 @@ class GpuPipeline:
                 out[k] = (
                     exif_transpose_tensor(img, orientation[k])
                     if img is not None
-                    else decode_cpu(batch.blob(k)).to(self.device, non_blocking=True)
+                    else self.uploads.put(decode_cpu(batch.blob(k)), self.device)
                 )
             except BadImage as exc:
                 errors[k] = str(exc)
