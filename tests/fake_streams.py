@@ -19,6 +19,7 @@ class FakeStream:
 
     def __init__(self, kind: str):
         self.kind, self.id = kind, next(self._ids)
+        self.cuda_stream = 1000 + self.id  # the handle TensorRT's execute_async_v3 takes
 
     def __repr__(self) -> str:
         return f"<{self.kind} stream {self.id}>"

@@ -151,6 +151,49 @@ def test_engine_built_for_another_gpu_is_refused_with_a_rebuild_hint(bundle, tmp
         TensorRTBackend(engine, torch.device("cuda"))
 
 
+def test_an_engine_is_served_through_the_shared_runner_with_its_stream_protocol(
+    bundle, tmp_path, monkeypatch
+):
+    """serve/trt.py over core.trt_runner, with the fake TensorRT (an ONNX "engine" run by onnxruntime at the
+    tensors' addresses) and fake streams, on the CPU: the logits, the chunking by the engine's max batch, and
+    the waits in both directions are the real runner's."""
+    import onnxruntime
+
+    import serve.trt as st
+    from core.trt_runner import TrtRunner
+    from tests.export.fake_tensorrt import fake_tensorrt
+    from tests.fake_streams import FakeStreams
+
+    onnx_path = export_onnx(bundle, tmp_path / "model.onnx")
+    engine = _engine_with_sidecar(
+        bundle, tmp_path, tensorrt_version="10.8.0", gpu_name="Fake GPU", compute_capability=[9, 0]
+    )
+    engine.write_bytes(onnx_path.read_bytes())
+    trt = fake_tensorrt(max_batch=4)
+    monkeypatch.setitem(sys.modules, "tensorrt", trt)
+    monkeypatch.setattr(torch.cuda, "get_device_name", lambda *a: "Fake GPU")
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda *a: (9, 0))
+    monkeypatch.setattr(torch.cuda, "set_device", lambda *a: None)
+    streams = FakeStreams()
+    on_cpu = lambda trt_, blob, device, logger, what, s: TrtRunner(trt_, blob, "cpu", logger, what, s)  # noqa: E731
+    monkeypatch.setattr(st, "TrtRunner", on_cpu)
+    backend = st.TensorRTBackend(engine, torch.device("cuda", 0), streams)
+    crop = read_record(bundle).preprocess.crop
+    images = torch.randint(0, 256, (6, 3, crop, crop), dtype=torch.uint8)
+    want = onnxruntime.InferenceSession(str(onnx_path)).run(["logits"], {"images": images.numpy()})[0]
+    got = backend(images)
+    assert torch.allclose(got, torch.from_numpy(want), atol=1e-5)
+    own = backend.runner.stream
+    assert [shape[0] for shape, _ in trt.calls["enqueued"]] == [4, 2]  # max batch 4: two queued runs
+    assert {handle for _, handle in trt.calls["enqueued"]} == {own.cuda_stream}  # on the runner's stream
+    # the runner's stream waits for the caller's before reading the input, the caller's for the logits
+    assert streams.events("wait") == [("wait", own, streams.default), ("wait", streams.default, own)]
+    assert streams.events("record_stream") == [
+        ("record_stream", own, 1),
+        ("record_stream", streams.default, 1),
+    ]
+
+
 def test_serving_an_engine_without_a_gpu_is_a_clear_user_error(bundle, photos, tmp_path, capsys):
     engine = _engine_with_sidecar(bundle, tmp_path, tensorrt_version="10.3.0")
     with pytest.raises(SystemExit) as exc:
