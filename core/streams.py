@@ -71,7 +71,9 @@ def decode_stream(device: torch.device | str) -> Any:
             try:
                 handle = _driver_stream(device)
             except (OSError, AttributeError, RuntimeError) as exc:
-                warnings.warn(f"decode stream from the CUDA runtime instead of the driver ({exc})", stacklevel=2)
+                warnings.warn(
+                    f"decode stream from the CUDA runtime instead of the driver ({exc})", stacklevel=2
+                )
                 handle = _runtime_stream(device)
             stream = _decode_streams[device] = torch.cuda.ExternalStream(handle, device=device)
     return stream

@@ -282,7 +282,9 @@ def test_decode_runs_on_the_decode_stream_and_hands_its_outputs_to_the_caller():
     decode = fake_decoder(streams)
     blobs = [as_tensor(b"x")] * 3
     images = jpeg._decode_cuda(blobs, torch.device("cuda", 0), decode, streams)
-    assert len(images) == 3 and decode.calls == [streams.decode_stream]  # the library ran on the decode stream
+    assert len(images) == 3 and decode.calls == [
+        streams.decode_stream
+    ]  # the library ran on the decode stream
     assert streams.events("record") == [("record", streams.decode_stream)]
     # the caller's stream waits for the decode stream, then owns the 3 outputs (record_stream)
     assert streams.events("wait") == [("wait", streams.default, streams.decode_stream)]

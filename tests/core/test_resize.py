@@ -20,7 +20,9 @@ def image(h: int, w: int, seed: int) -> torch.Tensor:
     return torch.from_numpy((base + rng.normal(0, 20, base.shape)).clip(0, 255).astype(np.uint8))
 
 
-def per_image(img: torch.Tensor, resize: int, crop: int, interpolation: str, float_path: bool) -> torch.Tensor:
+def per_image(
+    img: torch.Tensor, resize: int, crop: int, interpolation: str, float_path: bool
+) -> torch.Tensor:
     x = img.float() if float_path else img
     out = TF.resize(x, [resize], interpolation=interpolation_mode(interpolation), antialias=True)
     out = TF.center_crop(out, [crop, crop])
