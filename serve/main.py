@@ -294,8 +294,11 @@ def run(
     args: argparse.Namespace, state: PartialState, layout: Layout, spec, out: Path, identity: dict
 ) -> tuple[Counts, int]:
     device = resolve_device(args.device, state.device)
-    workers = default_workers(device, state.num_processes) if args.workers is None else args.workers
-    threads = args.threads or default_threads(workers, state.num_processes)
+    from serve.threads import serve_threads  # sized from where the model runs, before the workers fork
+
+    workers, threads = serve_threads(
+        args.model, device, _providers(args), state.num_processes, args.workers, args.threads
+    )
     # the decode workers fork before the backend initialises CUDA; decoding then goes where the model runs
     with DecodePipeline(spec, device, workers, args.read_threads, args.timeout) as pipe:
         backend = open_backend(args.model, args.backend, device, _providers(args), args.allow_cpu, threads)
