@@ -87,7 +87,9 @@ def resize_crop_batch(images: list[torch.Tensor], key: CropKey) -> torch.Tensor:
 
 
 def _index(positions: list[int], device: torch.device) -> torch.Tensor:
-    return torch.tensor(positions, dtype=torch.long).to(device, non_blocking=True)
+    """Positions on `device`; pinned first on CUDA, so the copy does not block the decode thread."""
+    index = torch.tensor(positions, dtype=torch.long)
+    return (index.pin_memory() if device.type == "cuda" else index).to(device, non_blocking=True)
 
 
 def gpu_decode(
