@@ -295,3 +295,17 @@ def test_gpu_predictions_come_back_in_batch_order(bundle, tmp_path):
     for images, probs in got:
         expected = torch.softmax(backend(images), dim=1).numpy()
         assert probs.shape == expected.shape and np.allclose(probs, expected, atol=2e-2)
+
+
+@pytest.mark.gpu
+def test_alias_a_decode_thread_stream_equal_to_the_decode_stream_is_refused(tmp_path):
+    """Serve follows the same rule as training: the decode stream (outside PyTorch's pool) is never the
+    caller's; should a pipeline's stream be it (injected here), decoding refuses instead of racing."""
+    from core.streams import decode_stream
+
+    (tmp_path / "a.jpg").write_bytes(jpeg_bytes(picture(seed=1, size=(64, 48)), subsampling=0))
+    items = [Item(str(tmp_path / "a.jpg"), "a.jpg")]
+    with DecodePipeline(SPEC, device="cuda") as pipe:
+        pipe._side = decode_stream("cuda")
+        with pytest.raises(RuntimeError, match="decode stream"):
+            list(pipe.batches(items, 4))
