@@ -24,6 +24,7 @@ def is_class_folder(name: str) -> bool:
     """A visible folder that is not one of the sort command's queues."""
     return not name.startswith(".") and name not in SORT_QUEUES
 
+
 if TYPE_CHECKING:  # tensor methods only below: `train/split.py --help` must not pay for importing torch
     import torch
 

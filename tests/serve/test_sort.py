@@ -150,7 +150,9 @@ def test_a_guarded_label_cell_names_the_real_class_folder(tmp_path, inbox):
 
 def test_a_predictions_file_without_accepted_sorts_every_ok_row_as_accepted(tmp_path, inbox):
     preds = tmp_path / "old.csv"  # written before calibration: no accepted column, no .meta.json
-    preds.write_text("path,status,label,display_name,prob,top1_labels,top1_probs,error\na.jpg,ok,cat,cat,0.3,,,\n")
+    preds.write_text(
+        "path,status,label,display_name,prob,top1_labels,top1_probs,error\na.jpg,ok,cat,cat,0.3,,,\n"
+    )
     assert sort(preds, "--to", tmp_path / "out", "--root", inbox) == 0
     assert files_under(tmp_path / "out") == ["cat/a.jpg"]
 
