@@ -305,6 +305,7 @@ class GpuPipeline:
 
 
 _END = object()  # sentinel: the loader has no more batches
+DECODED_AHEAD = 2  # decoded batches waiting for (or in) the augment stage
 
 
 def _pull_limit(batches: Iterable) -> int | float:
@@ -340,6 +341,9 @@ def prefetch(
     decode_side, augment_side = pipeline.side_streams()
     source, limit, pulled = iter(batches), _pull_limit(batches), 0
     pull_lock = threading.Lock()  # a generator cannot be advanced from two threads at once
+    # batches decoded and not yet augmented: bounds the full-resolution images held (256 photos of 12 MP
+    # are ~9 GB), so the decode stage runs one batch ahead of augmentation, not `depth`
+    decoded_slots, stopping = threading.Semaphore(DECODED_AHEAD), threading.Event()
 
     def pull() -> tuple[Any, bool | None]:
         with pull_lock:
@@ -350,6 +354,9 @@ def prefetch(
         raw, last = pulled_raw.result()
         if raw is _END:
             return None, last
+        while not decoded_slots.acquire(timeout=0.1):
+            if stopping.is_set():  # the consumer left: nobody will free a slot
+                raise RuntimeError("prefetch stopped")
         with streams.use(decode_side):  # core.jpeg refuses if this stream were its decode stream
             decoded, errors = pipeline.decode(raw)
             ready = streams.record(decode_side)
@@ -360,11 +367,14 @@ def prefetch(
         if got is None:
             return None, last
         raw, decoded, errors, ready = got
-        with streams.use(augment_side):
-            # the decoded images were made on the decode stage's stream and are freed on this one
-            streams.hand_over(ready, augment_side, [img for img in decoded if img is not None])
-            out = pipeline.finish(raw, decoded, errors, epoch)
-            done = streams.record(augment_side)
+        try:
+            with streams.use(augment_side):
+                # the decoded images were made on the decode stage's stream and are freed on this one
+                streams.hand_over(ready, augment_side, [img for img in decoded if img is not None])
+                out = pipeline.finish(raw, decoded, errors, epoch)
+                done = streams.record(augment_side)
+        finally:
+            decoded_slots.release()
         return (out, done), last
 
     pending: deque[Future] = deque()
@@ -411,6 +421,7 @@ def prefetch(
         ):  # past the last batch: an Accelerate loader now ends its epoch (and leaves gradient state)
             pass
     finally:  # also when the consumer stops early: drop queued work, wait for the running batch
+        stopping.set()
         augments.shutdown(wait=True, cancel_futures=True)
         decodes.shutdown(wait=True, cancel_futures=True)
         loads.shutdown(wait=True, cancel_futures=True)

@@ -330,6 +330,35 @@ def test_the_decode_and_augment_stages_run_in_two_threads(demo_root, monkeypatch
     assert seen["decode"] == {"imgclf-gpu-decode_0"} and seen["finish"] == {"imgclf-gpu-augment_0"}
 
 
+def test_the_decode_stage_runs_at_most_two_batches_ahead_of_augmentation(demo_root, monkeypatch):
+    """Decoded full-size images are the big ones (12 MP photos: ~9 GB a batch): they are bounded, not `depth`."""
+    import time
+
+    from train import gpu_data
+
+    raw = list(loader(folder_samples(demo_root / "valid"), batch_size=2))
+    pipe = GpuPipeline(EvalSpec(40, 32), "cpu")
+    lock, state = threading.Lock(), {"held": 0, "most": 0}
+    decode, finish = pipe.decode, pipe.finish
+
+    def counted_decode(batch):
+        with lock:
+            state["held"] += 1
+            state["most"] = max(state["most"], state["held"])
+        return decode(batch)
+
+    def slow_finish(*a, **k):
+        time.sleep(0.05)  # a slow augment stage: the decode thread would run ahead if nothing held it
+        with lock:
+            state["held"] -= 1
+        return finish(*a, **k)
+
+    monkeypatch.setattr(pipe, "decode", counted_decode)
+    monkeypatch.setattr(pipe, "finish", slow_finish)
+    assert len(list(prefetch(raw, pipe, depth=6))) == len(raw) >= 6
+    assert state["most"] == gpu_data.DECODED_AHEAD
+
+
 class CountTransfers(TorchDispatchMode):
     """Counts host → device copies on the `meta` device (every op with a host tensor in and a meta tensor
     out). A device → host read (.item(), .tolist(), .cpu()) of a meta tensor raises: none can hide."""
