@@ -20,6 +20,7 @@ decode itself differs from PIL's on 4:2:0 JPEGs (nvJPEG's nearest-neighbour chro
 from __future__ import annotations
 
 import math
+import threading
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -201,9 +202,11 @@ class Uploads:
 
     def __init__(self) -> None:
         self.copies = 0
+        self._lock = threading.Lock()  # the decode and augment stages both upload
 
     def put(self, host: torch.Tensor, device: torch.device) -> torch.Tensor:
-        self.copies += 1
+        with self._lock:
+            self.copies += 1
         if torch.device(device).type != "cuda":
             return host.to(device)
         return host.pin_memory().to(device, non_blocking=True)  # the host allocator guards the buffer
