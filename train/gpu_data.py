@@ -201,9 +201,7 @@ class GpuPipeline:
         self.spec, self.aug, self.seed = spec, aug, seed
         self.device = normal_device(device)
         self.streams = streams
-        self._sides: tuple[Any, Any] | None = (
-            None  # (decode stage, augment stage), made once: see side_streams
-        )
+        self._sides: tuple[Any, Any] | None = None  # (decode stage, augment stage): see side_streams
         self.uploads = uploads if uploads is not None else Uploads()  # host → device copies, counted
         # normalize=False hands out uint8 batches, for a loop that normalizes itself (train.engine's prepare)
         self.normalize = Normalize(spec.mean, spec.std).to(self.device) if normalize else None
