@@ -21,9 +21,9 @@ if __package__ in (None, ""):  # `python serve/main.py` puts serve/ on sys.path,
 
 from core.dist import ends_process_group
 from core.errors import UserError, cli_entry
+from core.lock import OutputLock, held_by_main
 from core.progress import SERVE_LOG_SECONDS, Progress
 from serve.discover import MAX_FILE_MB, Item, check_inputs, is_url, iter_items
-from serve.lock import OutputLock
 from serve.writer import (
     FORMATS,
     SEQ,
@@ -197,23 +197,8 @@ def check_output(
 @contextlib.contextmanager
 def output_lock(out: Path, state: PartialState) -> Iterator[None]:
     """The main process locks `out` for the whole run; every process refuses together when it is taken."""
-    lock = OutputLock(out)
-    refusal = None
-    if state.is_main_process:
-        try:
-            refusal = lock.acquire()
-        except UserError as exc:
-            refusal = str(exc)
-    if state.num_processes > 1:
-        from accelerate.utils import broadcast_object_list
-
-        refusal = broadcast_object_list([refusal])[0]
-    if refusal:
-        raise UserError(refusal)
-    try:
+    with held_by_main(OutputLock(out), state):
         yield
-    finally:
-        lock.release()
 
 
 def prepare_output(

@@ -11,14 +11,14 @@ import time
 
 import pytest
 
-from serve.lock import OutputLock, lock_path
+from core.lock import OutputLock, lock_path
 from serve.provenance import meta_path
 from tests.proctree import run_tree
 from tests.serve.conftest import CLASSES, NAMES
 from tests.serve.helpers import REPO, image_tree, read_rows, run_serve, serve, subprocess_env
 
 HOLD = (
-    "import sys, time; from pathlib import Path; from serve.lock import OutputLock\n"
+    "import sys, time; from pathlib import Path; from core.lock import OutputLock\n"
     "lock = OutputLock(Path(sys.argv[1])); assert lock.acquire() is None; print('held', flush=True); time.sleep(60)"
 )
 
