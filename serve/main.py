@@ -180,18 +180,11 @@ def check_output(
     if (out.exists() or parts) and not (args.resume or args.overwrite):
         raise UserError(f"{out} already exists; pass --resume to continue it or --overwrite to replace it")
     if args.resume and (out.exists() or parts):
-        recorded = check_same_job(out, identity)  # first: it names what differs, the columns only hint
+        check_same_job(out, identity)  # first: it names what differs, the columns only hint
         if out.exists():
             check_layout(out, layout)
         for p in parts:
             check_layout(p, layout, seq=True)
-        if not recorded and state.is_main_process:
-            print(
-                f"warning: {out} has no {meta_path(out).name} (written by an older serve), so --resume cannot "
-                "check it came from this model; its columns match, continuing",
-                file=sys.stderr,
-                flush=True,
-            )
 
 
 @contextlib.contextmanager
