@@ -363,11 +363,14 @@ def bundle_for(onnx_path: Path, facts: dict[str, Any], given: str | None) -> Pat
         raise UserError(
             f"--bundle {given} not found; pass the bundle folder {onnx_path.name} was exported from"
         )
-    where = given or facts.get("bundle_path")
+    from core.model_record import bundle_near
+
+    where = given or bundle_near(onnx_path, facts)
     if not where or not Path(where).exists():
+        recorded = f"run {facts['run']}, {facts.get('bundle')}/" if facts.get("run") else "not recorded"
         raise UserError(
-            f"the bundle {onnx_path.name} was exported from ({where or 'not recorded'}) is not "
-            "on this machine; pass it with --bundle DIR"
+            f"the bundle {onnx_path.name} was exported from ({recorded}) is not beside it; "
+            "pass it with --bundle DIR"
         )
     bundle = resolve_bundle_dir(where)
     want = facts.get("weights_sha256")

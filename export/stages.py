@@ -54,6 +54,13 @@ class Job:
     runners: dict[str, Any] = field(default_factory=dict)
 
 
+def run_relative(path: str | None, bundle: Path) -> str | None:
+    """A path for a shipped file's facts: relative to the run folder, never a path of this machine."""
+    if path is None:
+        return None
+    return os.path.relpath(Path(path).resolve(), Path(bundle).resolve().parent)
+
+
 def log(msg: str) -> None:
     print(f"[export] {msg}", file=sys.stderr, flush=True)
 
@@ -164,7 +171,7 @@ def quantize(job: Job, report: dict[str, Any]) -> Path:
         calibration={
             "images": len(calib.paths),
             "fingerprint": var.fingerprint(calib.images),
-            "root": calib.root,
+            "root": run_relative(calib.root, job.bundle),
             "source": calib.source,
         },
     )
