@@ -1,9 +1,9 @@
 """Throughput of each serving stage (discovery, decode, model, end to end) next to the tutorials' naive
 predictor (PIL + torchvision transforms in a DataLoader, fp32), measured in one run on the same JPEGs.
 
-    python serve/bench.py --smoke                                  # CPU, tiny, seconds: the code path only
-    python serve/bench.py --n 64 --arch resnet18 --size 64         # CPU, well under a minute
-    python serve/bench.py --n 4096 --side 500 --arch resnet50 --json serve_bench.json   # a GPU
+    python -m serve.bench --smoke                                  # CPU, tiny, seconds: the code path only
+    python -m serve.bench --n 64 --arch resnet18 --size 64         # CPU, well under a minute
+    python -m serve.bench --n 4096 --side 500 --arch resnet50 --json serve_bench.json   # a GPU
 """
 
 from __future__ import annotations
@@ -15,9 +15,6 @@ import sys
 import tempfile
 import time
 from pathlib import Path
-
-if __package__ in (None, ""):  # `python serve/bench.py` puts serve/ on sys.path, not the repo
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import numpy as np
 import torch
@@ -35,7 +32,7 @@ from core.preprocess import EvalSpec, default_spec_for
 from serve.backends import default_threads, load_record, open_backend, resolve_device
 from serve.decode import DecodePipeline
 from serve.discover import iter_items
-from serve.main import classify, default_workers
+from serve.run import classify, default_workers
 from serve.writer import Layout, RowWriter
 
 UNIQUE_IMAGES = (
@@ -197,9 +194,7 @@ def main(argv: list[str] | None = None) -> int:
         record = load_record(model_path)
         # the decode workers fork before the backend touches CUDA (a fork after CUDA init is unsafe)
         with DecodePipeline(record.preprocess, "cpu", workers) as pipe:
-            backend = open_backend(
-                model_path, "auto", device, threads=args.threads or default_threads(workers)
-            )
+            backend = open_backend(model_path, device, threads=args.threads or default_threads(workers))
             figures = run_stages(args, pipe, backend, record, folder, model_path, workers, tmp)
     if args.json:
         Path(args.json).write_text(json.dumps(figures, indent=2) + "\n")
@@ -278,7 +273,7 @@ def time_variants(
     print(f"{'variant':<40}{'model img/s':>12}{'end to end':>12}{'top-1 agreement':>17}")
     rows = []
     for path in paths:
-        variant = open_backend(path, "auto", backend.device, threads=torch.get_num_threads())
+        variant = open_backend(path, backend.device, threads=torch.get_num_threads())
         out = tmp / f"variant_{len(rows)}.csv"
         t_model = time_model(variant, record.preprocess, n, bs)
         t_e2e = time_end_to_end(pipe.to(variant.device), folder, variant, record, bs, out)
