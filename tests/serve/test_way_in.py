@@ -6,7 +6,7 @@ import shutil
 
 import pytest
 
-from tests.serve.helpers import export_onnx, read_rows, same_predictions, save_picture, serve
+from tests.serve.helpers import REPO, export_onnx, read_rows, same_predictions, save_picture, serve
 from tests.serve.test_cli import http_root  # noqa: F401 - the fixture
 from tests.test_fast_help import imported_heavy
 
@@ -79,3 +79,14 @@ def test_a_flag_mistake_is_refused_before_torch_is_imported(bundle, tmp_path):
     )
     assert proc.returncode == 2 and "--topk must be positive" in proc.stderr
     assert not heavy, heavy
+
+
+def test_the_imgclf_serve_console_script_is_serve_mains_entry():
+    import importlib
+
+    tomllib = pytest.importorskip("tomllib")
+    scripts = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["scripts"]
+    module, _, name = scripts["imgclf-serve"].partition(":")
+    from serve.main import main
+
+    assert getattr(importlib.import_module(module), name) is main
