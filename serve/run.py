@@ -61,7 +61,7 @@ def run_job(job: ServeJob) -> int:
         check_labelled_folder(job.inputs[0], record.classes)
     out = job.out
     with output_lock(out, state):  # held until the file is final: merged, summarised, evaluated
-        identity = job_identity(job.model, layout.topk, layout.probs, layout.fmt, job.absolute)
+        identity = identity_of(job, layout)
         check_output(job, layout, identity, state)
         start = time.perf_counter()
         try:
@@ -80,6 +80,11 @@ def run_job(job: ServeJob) -> int:
             if job.evaluate:
                 _evaluate(job, layout)
     return 0
+
+
+def identity_of(job: ServeJob, layout: Layout) -> dict:
+    """What --resume must find unchanged, and where a reader (imgclf-sort, --evaluate) finds each row's file."""
+    return job_identity(job.model, layout.topk, layout.probs, layout.fmt, job.absolute, job.inputs)
 
 
 # ─── the output file's life: refuse, prepare (main process), merge ────────────────────────────
@@ -279,7 +284,7 @@ def show(job: ServeJob, layout: Layout, spec, state: PartialState) -> int:
     out = job.out
     with output_lock(out, state) if out else contextlib.nullcontext():
         if out:
-            identity = job_identity(job.model, layout.topk, layout.probs, layout.fmt, job.absolute)
+            identity = identity_of(job, layout)
             check_output(job, layout, identity, state)
         item = next(iter_items(list(job.inputs), job.absolute, job.max_bytes))
         row = show_one(item, backend, spec, layout, job.figure, job.timeout)
