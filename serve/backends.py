@@ -15,9 +15,9 @@ from typing import Protocol
 import numpy as np
 import torch
 
-from core.bundle import BundleRecord, load_bundle, read_record
+from core.bundle import BundleRecord, load_bundle
 from core.errors import UserError
-from core.model_record import ONNX_INPUT, ONNX_OUTPUT, read_engine_sidecar, read_onnx_record
+from core.model_record import ONNX_INPUT, ONNX_OUTPUT, read_onnx_record
 from core.ort_session import (
     GPU_PROVIDERS,
     PROVIDERS,
@@ -28,7 +28,7 @@ from core.ort_session import (
 )
 from core.preprocess import WithPreprocessing
 from core.workers import usable_cpus
-from serve.checks import check_model
+from serve.checks import RECORDS, check_model
 from serve.model_file import model_kind
 
 
@@ -43,12 +43,7 @@ class Backend(Protocol):
 
 def load_record(path: str | Path) -> BundleRecord:
     """The model's own record (labels, display names, preprocessing), without loading weights."""
-    readers: dict[str, Callable[[Path], BundleRecord]] = {
-        "torch": read_record,
-        "onnx": lambda p: read_onnx_record(p)[0],
-        "tensorrt": lambda p: read_engine_sidecar(p)[0],
-    }
-    return readers[model_kind(path)](Path(path))
+    return RECORDS[model_kind(path)](Path(path))
 
 
 def resolve_device(device: str, state_device: torch.device | None = None) -> torch.device:

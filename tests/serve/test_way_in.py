@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import shutil
+from pathlib import Path
 
 import pytest
 
@@ -90,3 +91,20 @@ def test_the_imgclf_serve_console_script_is_serve_mains_entry():
     from serve.main import main
 
     assert getattr(importlib.import_module(module), name) is main
+
+
+def test_the_command_line_becomes_a_frozen_job_with_its_defaults_resolved(bundle, photos, tmp_path):
+    import dataclasses
+
+    from serve.cli import parse
+
+    out = tmp_path / "p.jsonl"
+    job = parse(
+        [str(bundle / "bundle.json"), str(photos), "--out", str(out), "--evaluate", "--providers", ""]
+    )
+    assert (job.model, job.inputs, job.fmt, job.probs) == (bundle, (str(photos),), "jsonl", True)
+    assert job.eval_dir == tmp_path / "p_eval" and job.figure is None and job.max_bytes == 256 * 2**20
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        job.topk = 3
+    shown = parse([str(bundle), str(photos / "1" / "img_0.jpg"), "--show"])
+    assert shown.figure == Path("img_0_topk.png") and shown.out is None  # beside where serve runs
