@@ -14,6 +14,7 @@ from typing import Any
 
 import torch
 
+from core import ort_session as ort_session_lib
 from core.errors import UserError
 from core.model_record import ONNX_INPUT, ONNX_OUTPUT
 
@@ -37,17 +38,13 @@ GATES = {
     "int8": Gate(min_top1=0.95, max_dprob=None, max_acc_drop=1.0),
 }
 
-# What each --provider asks onnxruntime for, in priority order. TF32 off so CUDA is compared in true fp32.
-_CUDA = ("CUDAExecutionProvider", {"use_tf32": "0"})
-PROVIDERS: dict[str, list[Any]] = {
-    "cpu": ["CPUExecutionProvider"],
-    "cuda": [_CUDA, "CPUExecutionProvider"],
-    "tensorrt": ["TensorrtExecutionProvider", _CUDA, "CPUExecutionProvider"],
+# What each --provider asks onnxruntime for, in priority order (core.ort_session's short names). CUDA
+# runs with TF32 off there, so it is compared in true fp32.
+PROVIDERS: dict[str, list[str]] = {
+    "cpu": ["cpu"],
+    "cuda": ["cuda", "cpu"],
+    "tensorrt": ["tensorrt", "cuda", "cpu"],
 }
-
-
-def _name(p: Any) -> str:
-    return p[0] if isinstance(p, tuple) else p
 
 
 # ── runners ──────────────────────────────────────────────────────────────────────────────────────────
@@ -65,42 +62,36 @@ def torch_runner(module: torch.nn.Module, device: str = "cpu") -> Runner:
     return run
 
 
-def provider_chain(provider: str, allow_cpu: bool) -> list[Any]:
-    """The providers to ask onnxruntime for; a missing accelerator is an error unless CPU is allowed."""
-    import onnxruntime as ort
-
+def provider_chain(provider: str, allow_cpu: bool) -> list[tuple[str, dict[str, Any]]]:
+    """The providers (with options) to ask onnxruntime for; a missing accelerator is an error unless CPU
+    is allowed."""
     if provider not in PROVIDERS:
         raise UserError(f"unknown --provider {provider!r}; valid: {', '.join(PROVIDERS)}")
-    primary = _name(PROVIDERS[provider][0])
-    available = ort.get_available_providers()
+    available = ort_session_lib.available_providers()
+    primary = ort_session_lib.PROVIDERS[PROVIDERS[provider][0]]
     if primary in available:
-        return PROVIDERS[provider]
-    if allow_cpu:
-        return PROVIDERS["cpu"]
-    raise UserError(
-        f"--provider {provider} needs onnxruntime's {primary}, but this onnxruntime offers only "
-        f"{', '.join(available)}; install onnxruntime-gpu (pip install '.[gpu]') or pass "
-        "--allow-cpu to verify on CPU"
-    )
+        names = [ort_session_lib.PROVIDERS[n] for n in PROVIDERS[provider]]
+    elif allow_cpu:
+        names = [ort_session_lib.PROVIDERS["cpu"]]
+    else:
+        raise UserError(
+            f"--provider {provider} needs onnxruntime's {primary}, but this onnxruntime offers only "
+            f"{', '.join(available)}; install onnxruntime-gpu (pip install '.[gpu]') or pass "
+            "--allow-cpu to verify on CPU"
+        )
+    return ort_session_lib.provider_options(names, exact_fp32=True)
 
 
 def ort_session(path: Path, provider: str, allow_cpu: bool):
-    """An InferenceSession on exactly the asked provider; a CPU fallback is an error unless allowed."""
-    import onnxruntime as ort
-
-    chain = provider_chain(provider, allow_cpu)
-    primary = _name(PROVIDERS[provider][0])
-    opts = ort.SessionOptions()
-    opts.log_severity_level = 3  # onnxruntime's own fallback warning is replaced by the check below
-    opts.intra_op_num_threads = torch.get_num_threads()  # same CPU threads as torch (--threads): fair speeds
-    sess = ort.InferenceSession(str(path), opts, providers=chain)
-    if primary not in sess.get_providers() and not allow_cpu:
-        raise UserError(
-            f"onnxruntime could not start {primary} (the session runs on "
-            f"{', '.join(sess.get_providers())}); check the CUDA/cuDNN/TensorRT libraries "
-            "or pass --allow-cpu"
-        )
-    return sess
+    """An InferenceSession on exactly the asked provider, with torch's thread count (--threads: fair
+    speeds); a CPU fallback is an error unless allowed."""
+    primary = ort_session_lib.PROVIDERS[PROVIDERS[provider][0]] if provider in PROVIDERS else provider
+    return ort_session_lib.open_session(
+        path,
+        provider_chain(provider, allow_cpu),
+        threads=torch.get_num_threads(),
+        must_start=() if allow_cpu else (primary,),
+    )
 
 
 def ort_runner(sess, output: str = ONNX_OUTPUT) -> Runner:
