@@ -19,7 +19,7 @@ import torch
 
 from core.errors import UserError
 from core.fsio import write_bytes_atomic
-from core.model_record import ONNX_INPUT, ONNX_OUTPUT, check_engine_host, read_engine_sidecar
+from core.model_record import ONNX_INPUT, ONNX_OUTPUT, bundle_ref, check_engine_host, read_engine_sidecar
 
 PIP_HINT = "--tensorrt needs the tensorrt package, which is not installed: pip install '.[gpu]'"
 SUPPORTED_MAJORS = (10, 11)  # 10.x: strongly typed on request; 11.x: always. Matches the gpu extra's pin.
@@ -199,7 +199,7 @@ def sidecar(
         "input": ONNX_INPUT,
         "output": ONNX_OUTPUT,
         "workspace_gb": opts.workspace_gb,
-        "bundle_path": str(bundle_dir.resolve()),
+        **bundle_ref(bundle_dir),
         "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
     }
     return {"record": record_dict, "engine": engine}

@@ -6,6 +6,7 @@ are compared (and timed) by the same code.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -110,8 +111,15 @@ def run_batched(run: Runner, images: torch.Tensor, batch: int = 32) -> torch.Ten
 def compare(
     ref: torch.Tensor, got: torch.Tensor, paths: list[str], labels: list[int], display_names: list[str]
 ) -> dict[str, Any]:
-    """Parity figures of `got` against the reference logits, and where they diverge most."""
+    """Parity figures of `got` against the reference logits, and where they diverge most.
+
+    NaN compares as neither greater nor smaller, so a NaN figure would pass every threshold: rows with a
+    non-finite logit are counted on each side (judge fails on any), and figures are None, never NaN."""
     ref, got = ref.double(), got.double()
+    nonfinite = {
+        "torch": int((~torch.isfinite(ref)).any(1).sum()),
+        "exported": int((~torch.isfinite(got)).any(1).sum()),
+    }
     dprob = (ref.softmax(1) - got.softmax(1)).abs().amax(1)
     dlogit = (ref - got).abs().amax(1)
     ref_top, got_top = ref.argmax(1), got.argmax(1)
@@ -119,15 +127,16 @@ def compare(
     worst = int(dprob.argmax())
     out: dict[str, Any] = {
         "n": len(paths),
+        "nonfinite": nonfinite,
         "top1_agreement": float(agree.double().mean()),
-        "max_abs_logit": float(dlogit.max()),
-        "max_abs_prob": float(dprob.max()),
-        "mean_abs_prob": float(dprob.mean()),
+        "max_abs_logit": _finite(dlogit.max()),
+        "max_abs_prob": _finite(dprob.max()),
+        "mean_abs_prob": _finite(dprob.mean()),
         "worst": {
             "path": paths[worst],
-            "abs_prob": float(dprob[worst]),
-            "torch_logits": [round(v, 6) for v in ref[worst].tolist()],
-            "exported_logits": [round(v, 6) for v in got[worst].tolist()],
+            "abs_prob": _finite(dprob[worst]),
+            "torch_logits": [_finite(v, 6) for v in ref[worst].tolist()],
+            "exported_logits": [_finite(v, 6) for v in got[worst].tolist()],
         },
         "disagreements": [
             {
@@ -140,6 +149,28 @@ def compare(
     }
     out["accuracy"] = _accuracy(ref_top, got_top, labels)
     return out
+
+
+def _finite(value, digits: int | None = None) -> float | None:
+    v = float(value)
+    if not math.isfinite(v):
+        return None
+    return round(v, digits) if digits is not None else v
+
+
+def nonfinite_reasons(parity: dict[str, Any]) -> list[str]:
+    """A non-finite logit on either side fails every gate, with the side named: NaN in the reference
+    means the bundle's own weights are broken, not the export."""
+    bad, n = parity.get("nonfinite") or {}, parity["n"]
+    reasons = []
+    if bad.get("torch"):
+        reasons.append(
+            f"the PyTorch reference gave NaN/Inf logits on {bad['torch']} of {n} images: the bundle's "
+            "weights are broken (NaN/Inf); retrain, or export another bundle"
+        )
+    if bad.get("exported"):
+        reasons.append(f"the exported model gave NaN/Inf logits on {bad['exported']} of {n} images")
+    return reasons
 
 
 def _accuracy(ref_top: torch.Tensor, got_top: torch.Tensor, labels: list[int]) -> dict[str, Any] | None:
@@ -155,7 +186,9 @@ def _accuracy(ref_top: torch.Tensor, got_top: torch.Tensor, labels: list[int]) -
 
 def judge(parity: dict[str, Any], gate: Gate) -> list[str]:
     """Reasons the gate fails (empty list: passed)."""
-    reasons = []
+    reasons = nonfinite_reasons(parity)
+    if reasons:
+        return reasons
     if gate.min_top1 is not None and parity["top1_agreement"] < gate.min_top1:
         reasons.append(f"top-1 agreement {parity['top1_agreement']:.2%} < {gate.min_top1:.1%}")
     if gate.max_dprob is not None and parity["max_abs_prob"] > gate.max_dprob:
@@ -197,6 +230,9 @@ def check_batches(
         r, g = ref(x), got(x)
         if tuple(g.shape) != (b, num_classes):
             reasons.append(f"batch {b}: output shape {tuple(g.shape)} != {(b, num_classes)}")
+            continue
+        if not (bool(torch.isfinite(r).all()) and bool(torch.isfinite(g).all())):
+            reasons.append(f"batch {b}: NaN/Inf logits")
             continue
         dprob = float((r.double().softmax(1) - g.double().softmax(1)).abs().max())
         figures[str(b)] = {"max_abs_prob": dprob}

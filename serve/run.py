@@ -16,6 +16,7 @@ import torch
 from accelerate import PartialState
 
 from core.errors import UserError
+from core.lock import OutputLock, held_by_main
 from core.progress import SERVE_LOG_SECONDS, Progress
 from serve.backends import (
     Backend,
@@ -28,9 +29,8 @@ from serve.backends import (
 from serve.cli import ServeJob
 from serve.decode import DecodePipeline
 from serve.discover import Item, iter_items
-from serve.lock import OutputLock
 from serve.predict import predictions
-from serve.provenance import check_same_job, job_identity, meta_path, write_identity
+from serve.provenance import check_same_job, job_identity, write_identity
 from serve.writer import (
     SEQ,
     Layout,
@@ -97,40 +97,18 @@ def check_output(job: ServeJob, layout: Layout, identity: dict, state: PartialSt
     if (out.exists() or parts) and not (job.resume or job.overwrite):
         raise UserError(f"{out} already exists; pass --resume to continue it or --overwrite to replace it")
     if job.resume and (out.exists() or parts):
-        recorded = check_same_job(out, identity)  # first: it names what differs, the columns only hint
+        check_same_job(out, identity)  # first: it names what differs, the columns only hint
         if out.exists():
             check_layout(out, layout)
         for p in parts:
             check_layout(p, layout, seq=True)
-        if not recorded and state.is_main_process:
-            print(
-                f"warning: {out} has no {meta_path(out).name} (written by an older serve), so --resume cannot "
-                "check it came from this model; its columns match, continuing",
-                file=sys.stderr,
-                flush=True,
-            )
 
 
 @contextlib.contextmanager
 def output_lock(out: Path, state: PartialState) -> Iterator[None]:
     """The main process locks `out` for the whole run; every process refuses together when it is taken."""
-    lock = OutputLock(out)
-    refusal = None
-    if state.is_main_process:
-        try:
-            refusal = lock.acquire()
-        except UserError as exc:
-            refusal = str(exc)
-    if state.num_processes > 1:
-        from accelerate.utils import broadcast_object_list
-
-        refusal = broadcast_object_list([refusal])[0]
-    if refusal:
-        raise UserError(refusal)
-    try:
+    with held_by_main(OutputLock(out), state):
         yield
-    finally:
-        lock.release()
 
 
 def prepare_output(job: ServeJob, layout: Layout, identity: dict, state: PartialState) -> set[str]:
