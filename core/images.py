@@ -122,3 +122,9 @@ EXIF_TRANSPOSE: dict[int, Callable[[torch.Tensor], torch.Tensor]] = {
 def exif_transpose_tensor(image: torch.Tensor, orientation: int) -> torch.Tensor:
     """Apply EXIF orientation `orientation` (1..8; anything else = upright) to a CHW tensor."""
     return EXIF_TRANSPOSE.get(orientation, EXIF_TRANSPOSE[1])(image)
+
+
+def upright_rgb(img: Image.Image) -> Image.Image:
+    """An image already opened (e.g. handed to the Python API) made what decode_image returns: EXIF
+    orientation applied, then 8-bit RGB."""
+    return _to_rgb(ImageOps.exif_transpose(img) or img)

@@ -19,7 +19,7 @@ import torch
 
 from core.errors import UserError
 from core.fsio import write_bytes_atomic
-from core.model_record import ONNX_INPUT, ONNX_OUTPUT, check_engine_host, read_engine_sidecar
+from core.model_record import ONNX_INPUT, ONNX_OUTPUT, bundle_ref, check_engine_host, read_engine_sidecar
 from core.streams import CUDA_STREAMS, CudaStreams
 from core.trt_runner import TrtRunner
 
@@ -201,7 +201,7 @@ def sidecar(
         "input": ONNX_INPUT,
         "output": ONNX_OUTPUT,
         "workspace_gb": opts.workspace_gb,
-        "bundle_path": str(bundle_dir.resolve()),
+        **bundle_ref(bundle_dir),
         "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
     }
     return {"record": record_dict, "engine": engine}

@@ -76,10 +76,14 @@ def write_identity(out: Path, identity: dict[str, Any]) -> None:
 
 
 def check_same_job(out: Path, identity: dict[str, Any]) -> bool:
-    """Refuse to resume `out` when its recorded job differs; False when there is no record (older file)."""
+    """Refuse to resume `out` when its recorded job differs, or when no record ties it to a model: without
+    one, rows of two models could mix in one file. True when the record matches."""
     path = meta_path(out)
     if not path.is_file():
-        return False
+        raise UserError(
+            f"--resume: {out} has no {path.name}, so nothing ties its rows to a model and resuming could mix "
+            "two models' labels; restore that file, or pass --overwrite to classify again"
+        )
     try:
         recorded = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, ValueError):

@@ -23,7 +23,7 @@ from pathlib import Path
 from core.errors import UserError, cli_entry
 from core.fsio import write_text_atomic
 from core.images import SORT_QUEUES
-from serve.lock import OutputLock
+from core.lock import OutputLock
 from serve.pathnames import escape_path, unescape_path
 from serve.sort_files import MANIFEST, MODES, Manifest, Placement, free_name, intent_fields, place, undo_one
 
@@ -211,7 +211,7 @@ def sort(job: SortJob) -> int:
     if job.dry_run:
         return dry_run(root, placements)
     root.mkdir(parents=True, exist_ok=True)
-    with OutputLock(root / ".imgclf-sort"):
+    with OutputLock(root / ".imgclf-sort", "sort", "choose another --to"):
         return execute(root, placements, job.mode)
 
 
@@ -256,7 +256,7 @@ def dry_run(root: Path, placements: list[Placement]) -> int:
 def undo(root: Path) -> int:
     if not (root / MANIFEST).is_file():
         raise UserError(f"{root} holds no sort manifest (.imgclf-sort.jsonl); nothing to undo")
-    with OutputLock(root / ".imgclf-sort"):
+    with OutputLock(root / ".imgclf-sort", "sort", "choose another --to"):
         manifest = Manifest(root)
         reversed_, kept = 0, 0
         for rec in reversed(manifest.live()):

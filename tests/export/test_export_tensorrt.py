@@ -28,7 +28,8 @@ BUILT = {
     "compute_capability": [9, 0],
     "precision": "fp16",
     "profile": {"min": 1, "opt": 256, "max": 256},
-    "bundle_path": "/runs/flowers/best",
+    "run": "flowers",
+    "bundle": "best",
 }
 HERE = {"tensorrt_version": "10.3.0", "gpu_name": "NVIDIA H100 80GB HBM3", "compute_capability": (9, 0)}
 needs_tensorrt = pytest.mark.skipif(
@@ -48,7 +49,7 @@ def test_engine_from_another_gpu_or_tensorrt_is_refused_with_the_rebuild_command
     with pytest.raises(UserError) as err:
         check_engine_host("model.engine", BUILT, **{**HERE, **change})
     message = str(err.value)
-    assert "python export/main.py /runs/flowers/best --tensorrt --engine-from fp16 --max-batch 256" in message
+    assert "python export/main.py runs/flowers/best --tensorrt --engine-from fp16 --max-batch 256" in message
     assert all(str(v) in message for v in change.values())
 
 

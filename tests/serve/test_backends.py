@@ -11,7 +11,8 @@ import torch
 
 from core.bundle import read_record
 from core.errors import UserError
-from serve.backends import PROVIDERS, choose_providers
+from core.ort_session import PROVIDERS
+from serve.backends import choose_providers
 from tests.serve.helpers import export_onnx, read_rows, same_predictions, serve
 
 CPU, CUDA, TRT = PROVIDERS["cpu"], PROVIDERS["cuda"], PROVIDERS["tensorrt"]
@@ -39,10 +40,17 @@ def test_onnx_without_imgclf_metadata_is_refused(bundle, photos, tmp_path, capsy
     assert not (tmp_path / "p.csv").exists()
 
 
-def test_a_backend_that_cannot_run_the_file_is_refused(bundle, photos, tmp_path, capsys):
-    with pytest.raises(SystemExit):
-        serve(bundle, photos, "--out", tmp_path / "p.csv", "--backend", "onnx")
-    assert "--backend onnx cannot run" in capsys.readouterr().err
+def test_backend_is_no_flag_the_file_says_which_runtime_runs_it(bundle, photos, tmp_path, capsys):
+    with pytest.raises(SystemExit) as exc:
+        serve(bundle, photos, "--out", tmp_path / "p.csv", "--backend", "torch")
+    assert exc.value.code == 2 and "unrecognized arguments: --backend" in capsys.readouterr().err
+    assert not (tmp_path / "p.csv").exists()
+
+
+def test_providers_for_a_model_that_is_not_onnx_are_refused(bundle, photos, tmp_path, capsys):
+    with pytest.raises(SystemExit) as exc:
+        serve(bundle, photos, "--out", tmp_path / "p.csv", "--providers", "cpu")
+    assert exc.value.code == 2 and "--providers" in capsys.readouterr().err
 
 
 def test_providers_cpu_only_when_the_device_is_the_cpu_or_allowed():
@@ -57,12 +65,10 @@ def test_providers_cpu_only_when_the_device_is_the_cpu_or_allowed():
 def test_onnx_on_a_gpu_machine_with_the_cpu_wheel_runs_and_decodes_on_the_cpu(
     bundle, photos, tmp_path, capsys, monkeypatch
 ):
-    import serve.main as serve_main
+    import serve.run as serve_run
 
     onnx_path = export_onnx(bundle, tmp_path / "model.onnx")
-    monkeypatch.setattr(
-        serve_main, "resolve_device", lambda *a: torch.device("cuda")
-    )  # what auto gives there
+    monkeypatch.setattr(serve_run, "resolve_device", lambda *a: torch.device("cuda"))  # what auto gives there
     assert serve(onnx_path, photos, "--out", tmp_path / "p.csv", "--workers", 0) == 0  # default flags
     start = capsys.readouterr().out.splitlines()[0]
     assert "providers: CPUExecutionProvider" in start and "decoded on the CPU too" in start
@@ -229,9 +235,7 @@ def test_threads_reach_onnxruntime_and_torch(bundle, tmp_path):
 
     before = torch.get_num_threads()
     try:
-        onnx = open_backend(
-            export_onnx(bundle, tmp_path / "model.onnx"), "auto", torch.device("cpu"), threads=1
-        )
+        onnx = open_backend(export_onnx(bundle, tmp_path / "model.onnx"), torch.device("cpu"), threads=1)
         assert onnx.session.get_session_options().intra_op_num_threads == 1
         assert torch.get_num_threads() == 1
     finally:
@@ -317,6 +321,6 @@ def test_serve_on_a_gpu_box_with_cpu_only_onnxruntime_sizes_for_a_cpu_model(bund
 
     onnx_path = export_onnx(bundle, tmp_path / "model.onnx")
     monkeypatch.setattr(threads, "usable_cpus", lambda: 16)
-    monkeypatch.setattr("onnxruntime.get_available_providers", lambda: [CPU])
+    monkeypatch.setattr(threads, "available_providers", lambda: [CPU])
     assert threads.serve_threads(onnx_path, torch.device("cuda"), None, 1, None, None) == (4, 12)
     assert threads.serve_threads(bundle, torch.device("cuda"), None, 1, None, None) == (15, 1)

@@ -289,7 +289,7 @@ def test_gpu_predictions_come_back_in_batch_order(bundle, tmp_path):
     from serve.predict import predictions
 
     items = _mixed_folder(tmp_path / "mixed", n=12)
-    backend = open_backend(bundle, "auto", torch.device("cuda"))
+    backend = open_backend(bundle, torch.device("cuda"))
     with DecodePipeline(SPEC, device="cuda") as pipe:
         got = [(b.images.cpu(), p) for b, p in predictions(pipe, backend, items, 5)]
     for images, probs in got:
