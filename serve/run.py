@@ -21,7 +21,6 @@ from core.progress import SERVE_LOG_SECONDS, Progress
 from serve.backends import (
     Backend,
     default_batch_size,
-    default_threads,
     load_record,
     open_backend,
     resolve_device,
@@ -31,6 +30,7 @@ from serve.decode import DecodePipeline
 from serve.discover import Item, iter_items
 from serve.predict import predictions
 from serve.provenance import check_same_job, job_identity, write_identity
+from serve.threads import serve_threads
 from serve.writer import (
     SEQ,
     Layout,
@@ -192,8 +192,10 @@ def default_workers(device: torch.device, world: int) -> int:
 
 def run(job: ServeJob, state: PartialState, layout: Layout, spec, identity: dict) -> tuple[Counts, int]:
     device = resolve_device(job.device, state.device)
-    workers = default_workers(device, state.num_processes) if job.workers is None else job.workers
-    threads = job.threads or default_threads(workers, state.num_processes)
+    # sized from where the model will run (kind, device, onnxruntime's providers), before the workers fork
+    workers, threads = serve_threads(
+        job.model, device, job.providers, state.num_processes, job.workers, job.threads
+    )
     # the decode workers fork before the backend initialises CUDA; decoding then goes where the model runs
     with DecodePipeline(spec, device, workers, job.read_threads, job.timeout) as pipe:
         backend = open_backend(job.model, device, job.providers, job.allow_cpu, threads)
