@@ -17,6 +17,7 @@ from export import onnx_export, verify
 from export import samples as smp
 from export import stages as stg
 from export.cli import ExportJob
+from export.live_run import training_warning
 from export.report import ExportReport, divergence_lines, file_info, table_lines, variant_table
 from export.stages import GateFailed
 
@@ -183,6 +184,9 @@ def run_export(job: ExportJob, bundle: Path, out: Path) -> int:
 
 def export(job: ExportJob) -> int:
     bundle = _bundle_dir(job.source)
+    warning = training_warning(bundle)
+    if warning:
+        log(f"WARNING: {warning}")
     # resolve(): the parent of a bundle given as "." is "." itself, which would put export/ inside the bundle
     out = job.out or bundle.resolve().parent / "export"
     created = not out.exists()
