@@ -391,7 +391,7 @@ def show(args: argparse.Namespace, layout: Layout, spec, state: PartialState) ->
 
 
 def _identity(args: argparse.Namespace, layout: Layout) -> dict:
-    return job_identity(args.model, layout.topk, layout.probs, layout.fmt, args.absolute)
+    return job_identity(args.model, layout.topk, layout.probs, layout.fmt, args.absolute, args.inputs)
 
 
 @cli_entry
