@@ -11,6 +11,7 @@ import onnx
 import pytest
 
 from core.model_record import read_onnx_record
+from export.report import ExportReport
 from export.variants import fingerprint, front_nodes
 from tests.export.export_helpers import run_export
 from tests.serve.helpers import read_rows, serve
@@ -23,21 +24,21 @@ def variants_export(trained) -> dict:
     """All three variants with the default gate images (valid/) and calibration images (train/)."""
     rc = run_export(trained, "--precision", "fp32,fp16,int8", "--max-batch", 8)
     out = trained.parent / "export"
-    return {"rc": rc, "out": out, "report": json.loads((out / "export_report.json").read_text())}
+    return {"rc": rc, "out": out, "report": ExportReport.read(out / "export_report.json")}
 
 
 def test_three_variants_pass_their_gates_and_lie_beside_each_other(variants_export):
     out, report = variants_export["out"], variants_export["report"]
-    assert variants_export["rc"] == 0 and report["status"] == "passed"
+    assert variants_export["rc"] == 0 and report.status == "passed"
     assert sorted(p.name for p in out.iterdir()) == sorted([*VARIANTS.values(), "export_report.json"])
-    table = report["variants"]
+    table = report.variants
     assert [table[f"onnx {p}"]["status"] for p in VARIANTS] == ["written"] * 3
     assert table["onnx fp16"]["top1_agreement"] >= 0.995
     int8 = table["onnx int8"]
     assert int8["accuracy_torch"] >= 0.75  # a model that has learned something, so the gate means something
     assert int8["accuracy_delta_points"] >= -1.0 and int8["gate"]["max_accuracy_drop_points"] == 1.0
-    assert {"torch fp32", "onnx fp32", "onnx fp16", "onnx int8"} <= set(report["bench"])
-    assert report["bench"]["onnx fp32"]["vs_onnx_fp32"] == 1.0
+    assert {"torch fp32", "onnx fp32", "onnx fp16", "onnx int8"} <= set(report.bench)
+    assert report.bench["onnx fp32"]["vs_onnx_fp32"] == 1.0
 
 
 def test_each_variants_metadata_round_trips_with_its_precision(variants_export, trained, demo_root):
@@ -123,9 +124,9 @@ def test_int8_calibrated_on_grey_images_fails_its_gate_and_is_not_written(traine
         == 1
     )
     assert sorted(p.name for p in out.iterdir()) == ["export_report.json", "model.onnx"]
-    report = json.loads((out / "export_report.json").read_text())
-    assert report["status"] == "failed" and report["failed_variants"] == ["int8"]
-    row = report["variants"]["onnx int8"]
+    report = ExportReport.read(out / "export_report.json")
+    assert report.status == "failed" and report.failed_variants == ["int8"]
+    row = report.variants["onnx int8"]
     assert row["status"] == "failed" and row["top1_agreement"] < 0.95
     assert any(f.startswith("top-1 agreement") for f in row["failures"])
     assert "FAILED: int8" in capsys.readouterr().err
@@ -154,5 +155,5 @@ def test_verify_only_holds_a_variant_to_its_own_gate(variants_export, trained, d
     shutil.copy(variants_export["out"] / "model.int8.onnx", int8)
     args = ("--verify-only", "--bundle", trained, "--images", demo_root / "valid", "--no-bench")
     assert run_export(int8, *args) == 0
-    parity = json.loads((tmp_path / "verify_report.json").read_text())["parity"]
+    parity = ExportReport.read(tmp_path / "verify_report.json").parity
     assert list(parity) == ["onnx.int8"] and parity["onnx.int8"]["gate"]["max_accuracy_drop_points"] == 1.0
