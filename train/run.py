@@ -133,13 +133,12 @@ def resolve_run(cfg: Config, stem: str, held: contextlib.ExitStack) -> tuple[Pat
     repaired, so a second training on the same folder is refused naming the first, never interleaved."""
 
     def lock_and_repair(run_dir: Path) -> None:
+        check_writable(run_dir)  # before the lock file is made beside it: the message names run.output_dir
         held.enter_context(run_lock(run_dir))
         for line in repair_swaps(run_dir, (BEST_DIR,)):
             print(line, flush=True)
 
-    run_dir, last = _resolve_run(cfg, stem, lock_and_repair)
-    check_writable(run_dir)
-    return run_dir, last
+    return _resolve_run(cfg, stem, lock_and_repair)
 
 
 def _resolve_run(cfg: Config, stem: str, lock: Callable[[Path], Any]) -> tuple[Path, Path | None]:
