@@ -2,10 +2,9 @@
 
 from __future__ import annotations
 
-import json
-
 import pytest
 
+from export.report import ExportReport
 from tests.export.export_helpers import run_export, save_tiny_bundle, train_tiny_bundle
 
 
@@ -16,7 +15,7 @@ def resnet_export(tmp_path_factory, demo_root) -> dict:
     bundle = save_tiny_bundle(root / "run" / "best")
     rc = run_export(bundle, "--images", demo_root / "valid", "--max-batch", 32)
     out = root / "run" / "export"
-    report = json.loads((out / "export_report.json").read_text())
+    report = ExportReport.read(out / "export_report.json")
     return {"rc": rc, "bundle": bundle, "out": out, "onnx": out / "model.onnx", "report": report}
 
 

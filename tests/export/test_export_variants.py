@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import numpy as np
@@ -10,6 +11,7 @@ import onnx
 import pytest
 
 from core.model_record import read_onnx_record
+from export.report import ExportReport
 from export.variants import fingerprint, front_nodes
 from tests.export.export_helpers import run_export
 from tests.serve.helpers import read_rows, serve
@@ -22,21 +24,21 @@ def variants_export(trained) -> dict:
     """All three variants with the default gate images (valid/) and calibration images (train/)."""
     rc = run_export(trained, "--precision", "fp32,fp16,int8", "--max-batch", 8)
     out = trained.parent / "export"
-    return {"rc": rc, "out": out, "report": json.loads((out / "export_report.json").read_text())}
+    return {"rc": rc, "out": out, "report": ExportReport.read(out / "export_report.json")}
 
 
 def test_three_variants_pass_their_gates_and_lie_beside_each_other(variants_export):
     out, report = variants_export["out"], variants_export["report"]
-    assert variants_export["rc"] == 0 and report["status"] == "passed"
+    assert variants_export["rc"] == 0 and report.status == "passed"
     assert sorted(p.name for p in out.iterdir()) == sorted([*VARIANTS.values(), "export_report.json"])
-    table = report["variants"]
+    table = report.variants
     assert [table[f"onnx {p}"]["status"] for p in VARIANTS] == ["written"] * 3
     assert table["onnx fp16"]["top1_agreement"] >= 0.995
     int8 = table["onnx int8"]
     assert int8["accuracy_torch"] >= 0.75  # a model that has learned something, so the gate means something
     assert int8["accuracy_delta_points"] >= -1.0 and int8["gate"]["max_accuracy_drop_points"] == 1.0
-    assert {"torch fp32", "onnx fp32", "onnx fp16", "onnx int8"} <= set(report["bench"])
-    assert report["bench"]["onnx fp32"]["vs_onnx_fp32"] == 1.0
+    assert {"torch fp32", "onnx fp32", "onnx fp16", "onnx int8"} <= set(report.bench)
+    assert report.bench["onnx fp32"]["vs_onnx_fp32"] == 1.0
 
 
 def test_each_variants_metadata_round_trips_with_its_precision(variants_export, trained, demo_root):
@@ -48,7 +50,7 @@ def test_each_variants_metadata_round_trips_with_its_precision(variants_export, 
     calib = facts["int8_calibration"]  # `calibration` is the temperature record, in the record itself
     assert (
         calib["images"] == 48
-        and calib["root"] == str(demo_root / "train")
+        and calib["root"] == os.path.relpath(demo_root / "train", trained.parent)  # M20: no machine path
         and len(calib["fingerprint"]) == 64
     )
     assert facts["quantization"]["weights"] == "int8 per-channel symmetric"
@@ -149,9 +151,9 @@ def test_int8_calibrated_on_grey_images_fails_its_gate_and_is_not_written(traine
         == 1
     )
     assert sorted(p.name for p in out.iterdir()) == ["export_report.json", "model.onnx"]
-    report = json.loads((out / "export_report.json").read_text())
-    assert report["status"] == "failed" and report["failed_variants"] == ["int8"]
-    row = report["variants"]["onnx int8"]
+    report = ExportReport.read(out / "export_report.json")
+    assert report.status == "failed" and report.failed_variants == ["int8"]
+    row = report.variants["onnx int8"]
     assert row["status"] == "failed" and row["top1_agreement"] < 0.95
     assert any(f.startswith("top-1 agreement") for f in row["failures"])
     assert "FAILED: int8" in capsys.readouterr().err
@@ -173,13 +175,14 @@ def test_the_light_copy_of_the_input_name_matches_the_record_module():
     assert variants.ONNX_INPUT == ONNX_INPUT and tuple(variants.FILES) == ("fp32", "fp16", "int8")
 
 
-def test_verify_only_holds_a_variant_to_its_own_gate(variants_export, demo_root, tmp_path):
+def test_verify_only_holds_a_variant_to_its_own_gate(variants_export, trained, demo_root, tmp_path):
     import shutil
 
     int8 = tmp_path / "model.int8.onnx"
     shutil.copy(variants_export["out"] / "model.int8.onnx", int8)
-    assert run_export(int8, "--verify-only", "--images", demo_root / "valid", "--no-bench") == 0
-    parity = json.loads((tmp_path / "verify_report.json").read_text())["parity"]
+    args = ("--verify-only", "--bundle", trained, "--images", demo_root / "valid", "--no-bench")
+    assert run_export(int8, *args) == 0
+    parity = ExportReport.read(tmp_path / "verify_report.json").parity
     assert list(parity) == ["onnx.int8"] and parity["onnx.int8"]["gate"]["max_accuracy_drop_points"] == 1.0
 
 

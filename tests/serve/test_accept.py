@@ -125,3 +125,15 @@ def test_evaluate_reports_coverage_accepted_accuracy_ece_and_a_risk_coverage_cur
     assert sel["accuracy_accepted"] == pytest.approx(np.mean([h for h, a in zip(hits, accepted) if a]))
     assert sel["accuracy_all"] == pytest.approx(metrics["accuracy"]) and 0 <= sel["ece"] <= 1
     assert (tmp_path / "p_eval" / "risk_coverage.png").is_file()
+
+
+def test_the_python_api_uses_the_models_threshold_and_accept_above(bundle, photos):
+    from serve.api import Classifier
+
+    files = sorted(str(p) for p in photos.rglob("*.jpg"))
+    probs = [p.probability for p in Classifier(bundle, device="cpu").predict(files)]
+    threshold = float(np.median(probs))
+    clf = Classifier(_calibrate(bundle, 1.0, threshold), device="cpu")
+    assert clf.threshold == threshold
+    assert [p.accepted for p in clf.predict(files)] == [p >= threshold for p in probs]
+    assert all(p.accepted for p in Classifier(bundle, device="cpu", accept_above=0).predict(files))
