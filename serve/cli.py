@@ -53,6 +53,7 @@ class ServeJob:
     show: bool = False
     figure: Path | None = None  # set when show
     accept_above: float | None = None  # None: the model's calibrated threshold (serve/accept.py)
+    embeddings: Path | None = None  # FILE.npy for the ok rows' penultimate features (torch bundles)
 
 
 class _Defaults(argparse.RawDescriptionHelpFormatter, argparse.ArgumentDefaultsHelpFormatter):
@@ -135,6 +136,12 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="P",
         help="`accepted` = top-1 probability >= P (default: the model's calibrated threshold; 0 accepts all)",
     )
+    p.add_argument(
+        "--embeddings",
+        metavar="FILE.npy",
+        help="also write the penultimate features of every ok row, in row order, to FILE.npy (paths in "
+        "FILE.paths.json); a bundle model only",
+    )
     p.add_argument("--eval-dir", help="where --evaluate writes (default: <out stem>_eval/ beside --out)")
     p.add_argument("--show", action="store_true", help="one image: print top-k and save the top-k figure")
     p.add_argument("--figure", help="--show figure path (default: <image name>_topk.png)")
@@ -181,6 +188,7 @@ def parse(argv: list[str] | None = None) -> ServeJob:
         show=args.show,
         figure=Path(args.figure or default_figure_path(args.inputs[0])) if args.show else None,
         accept_above=args.accept_above,
+        embeddings=check_embeddings(args, model),
     )
 
 
@@ -212,6 +220,29 @@ def check_args(args: argparse.Namespace) -> None:
         if value and not on:
             raise UserError(f"{flag} only applies with {mode}; add {mode} or drop {flag}")
     check_out(args.out, args.show)
+
+
+def check_embeddings(args: argparse.Namespace, model: Path) -> Path | None:
+    """--embeddings FILE.npy: a bundle's torch model (exported files output logits only), a whole run."""
+    if not args.embeddings:
+        return None
+    path = Path(args.embeddings)
+    problems = [
+        (path.suffix != ".npy", f"--embeddings {path} must end in .npy"),
+        (
+            model_kind(model) != "torch",
+            "--embeddings needs the bundle folder (runs/<name>/best): exported model files output logits only",
+        ),
+        (
+            bool(args.resume or args.show),
+            "--embeddings writes one file for a whole run; it does not go with --resume or --show",
+        ),
+        (path.is_dir(), f"--embeddings {path} is a folder; give a file name such as {path}/features.npy"),
+    ]
+    for bad, message in problems:
+        if bad:
+            raise UserError(message)
+    return path
 
 
 def check_out(out: str | None, show: bool) -> None:

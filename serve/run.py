@@ -29,7 +29,8 @@ from serve.backends import (
 from serve.cli import ServeJob
 from serve.decode import DecodePipeline
 from serve.discover import Item, iter_items
-from serve.predict import predictions
+from serve.embeddings import EmbeddingWriter
+from serve.predict import predictions_and_features
 from serve.provenance import check_same_job, job_identity, write_identity
 from serve.threads import serve_threads
 from serve.writer import (
@@ -171,9 +172,10 @@ def classify(
     batch_size: int,
     bar: Progress,
     throttle: float,
+    embeddings: EmbeddingWriter | None = None,
 ) -> Counts:
     counts = Counts()
-    for batch, probs in predictions(pipe, backend, items, batch_size):
+    for batch, probs, features in predictions_and_features(pipe, backend, items, batch_size):
         rows, j = [], 0
         for item, error in zip(batch.items, batch.errors):
             if error:
@@ -183,6 +185,8 @@ def classify(
                 j += 1
             rows[-1][SEQ] = item.seq
         writer.write(rows)
+        if embeddings is not None and features is not None:
+            embeddings.add([r["path"] for r in rows if r["status"] == "ok"], features)
         n_err = sum(1 for e in batch.errors if e)
         counts.ok, counts.errors = counts.ok + len(rows) - n_err, counts.errors + n_err
         bar.update(len(rows))
@@ -230,13 +234,39 @@ def run(
             seconds=SERVE_LOG_SECONDS,
             leave=True,
         )
+        embeddings = start_embeddings(job, backend, state)
         with RowWriter(target, layout, append=job.resume and not multi, seq=multi) as writer, bar:
-            counts = classify(
-                pipe, backend, layout, my_items(job, done, state), writer, batch_size, bar, job.throttle
-            )
+            try:
+                counts = classify(
+                    pipe,
+                    backend,
+                    layout,
+                    my_items(job, done, state),
+                    writer,
+                    batch_size,
+                    bar,
+                    job.throttle,
+                    embeddings,
+                )
+            except BaseException:
+                if embeddings is not None:
+                    embeddings.abort()  # nothing half-written: no FILE.npy from an interrupted run
+                raise
+        if embeddings is not None:
+            embeddings.finish()
         if state.is_main_process and pipe.report():
             print(pipe.report() + (" (this process)" if multi else ""), flush=True)
     return _gather(counts, state), len(done)
+
+
+def start_embeddings(job: ServeJob, backend: Backend, state: PartialState) -> EmbeddingWriter | None:
+    """--embeddings: the torch backend keeps its head's input; one process writes one file."""
+    if job.embeddings is None:
+        return None
+    if state.num_processes > 1:
+        raise UserError("--embeddings runs in one process; drop accelerate launch or --embeddings")
+    backend.enable_features()
+    return EmbeddingWriter(job.embeddings)
 
 
 def _gather(counts: Counts, state: PartialState) -> Counts:
