@@ -58,6 +58,8 @@ def run_job(job: ServeJob) -> int:
         tuple(record.classes), tuple(record.display_names), job.topk, job.probs, job.fmt, threshold
     )
     state = process_state(job.device)
+    if job.embeddings and state.num_processes > 1:  # before the output file is touched
+        raise UserError("--embeddings runs in one process; drop accelerate launch or --embeddings")
     if job.show:
         return show(job, layout, record.preprocess, state)
     if job.evaluate:
@@ -263,8 +265,6 @@ def start_embeddings(job: ServeJob, backend: Backend, state: PartialState) -> Em
     """--embeddings: the torch backend keeps its head's input; one process writes one file."""
     if job.embeddings is None:
         return None
-    if state.num_processes > 1:
-        raise UserError("--embeddings runs in one process; drop accelerate launch or --embeddings")
     backend.enable_features()
     return EmbeddingWriter(job.embeddings)
 
