@@ -174,7 +174,7 @@ def quantize(pipe: Pipeline, report: ExportReport) -> Path:
     facts.update(
         precision="int8",
         quantization=quant,
-        calibration={
+        int8_calibration={  # `calibration` means the temperature record everywhere else
             "images": len(calib.paths),
             "fingerprint": var.fingerprint(calib.images),
             "root": run_relative(calib.root, pipe.bundle),

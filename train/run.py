@@ -31,6 +31,7 @@ from core.lock import OutputLock
 from core.models import HeadSpec, build_model, set_backbone_trainable
 from core.preprocess import Normalize, WithPreprocessing
 from core.report import evaluation_source, write_batch_grid, write_evaluation
+from train.calibrate import Calibrated, calibrate_best, calibration_report
 from train.checkpoint import (
     LAST_DIR,
     TrainerState,
@@ -291,7 +292,13 @@ def build_parts(
 # ---------------------------------------------------------------------------------------- test evaluation
 
 
-def evaluate_test(cfg: Config, data: TrainData, run_dir: Path, accelerator: Accelerator) -> dict | None:
+def evaluate_test(
+    cfg: Config,
+    data: TrainData,
+    run_dir: Path,
+    accelerator: Accelerator,
+    calibrated: Calibrated | None = None,
+) -> dict | None:
     """Evaluate the saved best bundle (what ships, not the in-memory model) on the test split."""
     if data.test is None or not (run_dir / BEST_DIR).is_dir():
         return None
@@ -315,7 +322,7 @@ def evaluate_test(cfg: Config, data: TrainData, run_dir: Path, accelerator: Acce
     images = [x for x in images if x is not None]
     folder = data.lineage.get("test_dir") or data.lineage.get("source", "test")  # CIFAR-10 has no folder
     source = evaluation_source(run_dir / BEST_DIR, folder, len(data.test))
-    return write_evaluation(
+    metrics = write_evaluation(
         run_dir,
         result.probs,
         result.targets,
@@ -325,6 +332,7 @@ def evaluate_test(cfg: Config, data: TrainData, run_dir: Path, accelerator: Acce
         image_rows=keep,
         source=source,
     )
+    return calibration_report(run_dir, calibrated, metrics, result)
 
 
 # ---------------------------------------------------------------------------------------- the run
@@ -434,7 +442,11 @@ def _fit_and_test(
     if not state.finished:
         return result
     accelerator.wait_for_everyone()
-    result.test_metrics = evaluate_test(cfg, data, run_dir, accelerator)
+    calibrated = calibrate_best(cfg, data, run_dir, accelerator)
+    accelerator.wait_for_everyone()
+    result.test_metrics = evaluate_test(cfg, data, run_dir, accelerator, calibrated)
+    if result.test_metrics is None:  # no test split: the reliability diagram shows validation alone
+        calibration_report(run_dir, calibrated, None, None)
     best, test = state.best or {}, result.test_metrics
     accelerator.print(
         f"best epoch {best.get('epoch')}: valid acc {best.get('valid_acc', 0):.3f} → "
@@ -450,5 +462,7 @@ def _fit_and_test(
             },
             step=step,
         )
-        tracking.images({n: run_dir / f"{n}.png" for n in ("confusion_matrix", "predictions")}, step=step)
+        tracking.images(
+            {n: run_dir / f"{n}.png" for n in ("confusion_matrix", "predictions", "calibration")}, step=step
+        )
     return result
