@@ -62,7 +62,9 @@ def config_changes(old: dict[str, Any], new: dict[str, Any]) -> list[str]:
     return [
         f"{k} {_short(a.get(k, _ABSENT))} → {_short(b.get(k, _ABSENT))}"
         for k in keys
-        if k not in HASH_EXEMPT and a.get(k, _ABSENT) != b.get(k, _ABSENT)
+        if k not in HASH_EXEMPT
+        and not k.startswith("calibration.")  # fitted after training: Config.hash leaves it out too
+        and a.get(k, _ABSENT) != b.get(k, _ABSENT)
     ]
 
 

@@ -27,7 +27,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from core.errors import UserError, cli_entry
-from core.images import is_image_file
+from core.images import is_class_folder, is_image_file
 
 SPLITS = ("train", "valid", "test")
 MANIFEST = "split_manifest.json"
@@ -110,7 +110,7 @@ def scan_source(src: Path) -> Source:
     refuse_already_split(src)
     source = Source(classes={})
     for entry in sorted(src.iterdir()):
-        if entry.is_dir() and not entry.name.startswith("."):
+        if entry.is_dir() and is_class_folder(entry.name):
             images = _class_images(entry, source)
             if images:
                 source.classes[entry.name] = images
