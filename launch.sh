@@ -66,7 +66,8 @@ procs=$(( nodes * per_node ))
 device=$( (( gpus > 0 )) && echo gpu || echo cpu)
 echo "launch: nodes=$nodes node_rank=$rank device=$device procs_per_node=$per_node processes=$procs master=$addr:$port"
 
-cmd=(accelerate launch --num_machines "$nodes" --machine_rank "$rank" --main_process_ip "$addr"
+# --quiet: a user error in the script is its one `error:` line, not repeated in the launcher's traceback.
+cmd=(accelerate launch --quiet --num_machines "$nodes" --machine_rank "$rank" --main_process_ip "$addr"
      --main_process_port "$port" --num_processes "$procs")
 # More than one process needs the torchrun-based launcher (--multi_gpu). On CPUs it takes gloo only
 # when ACCELERATE_USE_CPU is set (accelerate rejects --cpu together with --multi_gpu).

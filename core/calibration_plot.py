@@ -1,6 +1,6 @@
 """Figures for calibrated confidence: the reliability diagram (training) and the risk–coverage curve (serve).
 
-Drawn on a bare `Figure` with the Agg canvas (no pyplot), written atomically, as core.report does.
+Drawn on a bare `Figure` with the Agg canvas (no pyplot), written atomically, as core.figures does.
 """
 
 from __future__ import annotations

@@ -297,17 +297,26 @@ class Config:
         return dataclasses.asdict(self)
 
     def hash(self) -> str:
-        """sha256 of the resolved config, ignoring keys that do not change the result."""
+        """sha256 of the resolved config, ignoring keys that do not change the result (HASH_EXEMPT)."""
         d = self.to_dict()
-        d["run"].pop("name", None)
-        d["run"].pop("output_dir", None)
-        d["run"].pop("log_with", None)
-        d["train"].pop("resume", None)
-        d["train"].pop("log_every", None)
-        d["data"].pop("num_workers", None)
-        d["data"].pop("root", None)
+        for key in HASH_EXEMPT:
+            section, name = key.split(".")
+            d[section].pop(name, None)
         d.pop("calibration", None)  # fitted after training: a checkpoint resumes whatever the target
         return hashlib.sha256(json.dumps(d, sort_keys=True).encode()).hexdigest()
+
+
+# Keys that name, place or log a run but do not change what it learns: Config.hash leaves them out, and a
+# resumed run may change them without the "config differs" warning.
+HASH_EXEMPT = (
+    "run.name",
+    "run.output_dir",
+    "run.log_with",
+    "train.resume",
+    "train.log_every",
+    "data.num_workers",
+    "data.root",
+)
 
 
 # ---------------------------------------------------------------------------------------------- loading
@@ -515,16 +524,9 @@ def load_config(path: str | Path | None = None, overrides: list[str] | tuple[str
     return _finish(_build(Config, tree))
 
 
-def config_from_dict(tree: dict[str, Any]) -> Config:
-    return _finish(_build(Config, tree))
-
-
-def main(argv: list[str] | None = None) -> int:
-    """`python -m core.config`: the reference lives in core/config_reference.py (printing is its own job)."""
-    from core.config_reference import main as print_reference
-
-    return print_reference(argv)
-
-
+# `python -m core.config` prints the reference. The printer is core/config_reference.py's job and imports
+# this module, so it is reached only from this script entry: importing core.config never imports it.
 if __name__ == "__main__":
+    from core.config_reference import main
+
     raise SystemExit(main())

@@ -121,14 +121,18 @@ def write_once(root: Path, settings: dict) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap = argparse.ArgumentParser(
+        prog="imgclf-demo-data",
+        description=__doc__.splitlines()[0],
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
     ap.add_argument("dst", help="output folder")
-    ap.add_argument("--classes", type=int, default=4)
+    ap.add_argument("--classes", type=int, default=4, help="number of classes")
     ap.add_argument("--train", type=int, default=DEFAULT_SPLITS["train"], help="images per class in train/")
-    ap.add_argument("--valid", type=int, default=DEFAULT_SPLITS["valid"])
-    ap.add_argument("--test", type=int, default=DEFAULT_SPLITS["test"])
+    ap.add_argument("--valid", type=int, default=DEFAULT_SPLITS["valid"], help="images per class in valid/")
+    ap.add_argument("--test", type=int, default=DEFAULT_SPLITS["test"], help="images per class in test/")
     ap.add_argument("--size", type=int, default=64, help="shorter side in pixels (roughly)")
-    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--seed", type=int, default=0, help="random seed (the same seed, the same images)")
     a = ap.parse_args(argv)
     settings = {
         "classes": a.classes,

@@ -10,8 +10,8 @@ import numpy as np
 from core.calibration import selective_metrics
 from core.calibration_plot import plot_risk_coverage
 from core.errors import UserError
+from core.evaluation import evaluation_source, write_evaluation
 from core.fsio import write_json_atomic
-from core.report import evaluation_source, write_evaluation
 from serve.writer import Layout, iter_rows
 
 

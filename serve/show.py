@@ -9,9 +9,9 @@ from typing import Any
 import torch
 
 from core.errors import UserError
+from core.figures import plot_topk
 from core.images import BadImage, decode_image
 from core.preprocess import EvalSpec, eval_transform
-from core.report import plot_topk
 from serve.backends import Backend
 from serve.discover import Item
 from serve.sources import SourceError, read_bytes

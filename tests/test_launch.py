@@ -90,6 +90,7 @@ def test_default_is_one_cpu_process_on_this_node_and_the_script_args_pass_throug
     topology, flags, script = dry_run(env)
     assert topology_of(flags) == ("1", "0", "127.0.0.1", "29500", "1")
     assert flags.get("--cpu") is True and "--multi_gpu" not in flags
+    assert flags.get("--quiet") is True  # a user error is its one line, not the launcher's traceback too
     assert script == ["train/main.py", "--config", "configs/my recipe.yaml", "train.epochs=3"]
     assert topology.startswith("launch: nodes=1 node_rank=0 device=cpu")
 

@@ -21,10 +21,11 @@ from accelerate.utils import gather_object
 from core.bundle import BundleRecord, save_bundle
 from core.config import Config
 from core.errors import UserError
+from core.evaluation import write_metrics_csv
+from core.figures import plot_curves
 from core.fsio import write_text_atomic
 from core.models import HeadSpec, backbone_frozen_eval, set_backbone_trainable
 from core.progress import Progress
-from core.report import plot_curves, write_metrics_csv
 from train.checkpoint import TrainerState, save_last
 from train.data import TrainData
 from train.evaluate import EvalResult, evaluate
@@ -253,6 +254,8 @@ class Trainer:
         all_bad = gather_object(epoch_bad) if acc.num_processes > 1 else epoch_bad
         self._check_bad(len(set(all_bad)), epoch_bad, epoch_done=True)
         state.bad_files = sorted(set(state.bad_files) | set(all_bad))
+        if all_bad:  # skipped, not fatal: still said once per epoch, on the console and not only in a file
+            self.log(_bad_images_warning(sorted(set(all_bad)), self.run_dir / "bad_files.txt"))
         return {
             "train_loss": loss_total / max(n, 1),
             "train_acc": hit_total / max(n, 1),
@@ -347,6 +350,15 @@ class Trainer:
                 return state
         state.finished = True
         return state
+
+
+def _bad_images_warning(notes: list[str], listed_in: Path) -> str:
+    first = notes[0].replace("\t", ": ")
+    first = first if len(first) <= 160 else first[:159] + "…"
+    return (
+        f"warning: {len(notes)} training image(s) could not be decoded this epoch and were skipped "
+        f"(first: {first}); all are listed in {listed_in}"
+    )
 
 
 def _head_spec(cfg: Config) -> HeadSpec:

@@ -15,7 +15,7 @@ import torch.nn.functional as F
 from accelerate import Accelerator
 from torch import nn
 
-from core.report import TOPK
+from core.metrics import TOPK
 from train.data import IGNORE_LABEL
 
 
@@ -29,14 +29,6 @@ class EvalResult:
     targets: np.ndarray | None = None
     indices: np.ndarray | None = None  # dataset index of each row of probs (unreadable images are dropped)
     logits: np.ndarray | None = None  # float32, rows as probs: what calibration fits a temperature on
-
-    def as_metrics(self, prefix: str) -> dict[str, float | int]:
-        return {
-            f"{prefix}_loss": self.loss,
-            f"{prefix}_acc": self.acc,
-            **self.top5_metric(prefix),
-            f"{prefix}_n": self.n,
-        }
 
     def top5_metric(self, prefix: str) -> dict[str, float]:
         """{prefix_top5: value}, or {} where top-5 means nothing (5 classes or fewer)."""

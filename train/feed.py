@@ -182,8 +182,4 @@ class GpuFeed:
 FEEDS: dict[str, type] = {"cpu": CpuFeed, "gpu": GpuFeed}
 
 
-def make_feed(cfg: Config, data: TrainData, device: torch.device) -> Feed:
-    return FEEDS[decode_mode(cfg, device)](cfg, data, device)
-
-
-__all__ = ["FEEDS", "CpuFeed", "Feed", "GpuFeed", "decode_mode", "make_feed"]
+__all__ = ["FEEDS", "CpuFeed", "Feed", "GpuFeed", "decode_mode"]

@@ -26,11 +26,12 @@ from accelerate.utils import (
 from core.bundle import load_bundle
 from core.config import Config
 from core.errors import UserError
+from core.evaluation import evaluation_source, write_evaluation
+from core.figures import write_batch_grid
 from core.fsio import repair_swaps, write_text_atomic
 from core.lock import OutputLock
 from core.models import HeadSpec, build_model, set_backbone_trainable
 from core.preprocess import Normalize, WithPreprocessing
-from core.report import evaluation_source, write_batch_grid, write_evaluation
 from train.calibrate import Calibrated, calibrate_best, calibration_report
 from train.checkpoint import (
     LAST_DIR,
@@ -41,15 +42,17 @@ from train.checkpoint import (
     read_state,
     resume_dir,
 )
+from train.cli import TrainJob
 from train.data import IGNORE_LABEL, TrainData, eval_loader, find_split, load_data
 from train.engine import BEST_DIR, Parts, Trainer
 from train.evaluate import evaluate
 from train.feed import FEEDS, Feed, decode_mode
 from train.optim import build_optimizer, build_scheduler
+from train.resume_notes import config_differs_warning, read_run_config, resume_line
 from train.signals import StopFlag
 from train.tracking import Tracking, check_installed
 
-TEST_METRICS = "test_metrics.json"  # written by core.report.write_evaluation
+TEST_METRICS = "test_metrics.json"  # written by core.evaluation.write_evaluation
 
 PREVIEW_IMAGES = 16
 
@@ -338,7 +341,10 @@ def evaluate_test(
 # ---------------------------------------------------------------------------------------- the run
 
 
-def _restore(accelerator: Accelerator, cfg: Config, last: Path | None) -> TrainerState:
+def _restore(
+    accelerator: Accelerator, cfg: Config, last: Path | None, old_config: dict | None
+) -> TrainerState:
+    """The checkpoint's state (or a fresh one); `old_config` is the config it was trained with, if known."""
     if last is None:
         return TrainerState(config_hash=cfg.hash())
     state = load_last(accelerator, last)
@@ -349,7 +355,7 @@ def _restore(accelerator: Accelerator, cfg: Config, last: Path | None) -> Traine
     else:
         accelerator.print(f"resuming from {last}: epoch {state.epoch + 1}, step {state.step}")
     if state.config_hash and state.config_hash != cfg.hash():
-        accelerator.print("warning: the config differs from the one this checkpoint was trained with")
+        accelerator.print(config_differs_warning(old_config, cfg.to_dict()))
     return state
 
 
@@ -371,13 +377,14 @@ def _device_text(accelerator: Accelerator) -> str:
     return f"cpu ({n} thread{'s' if n != 1 else ''})" if kind == "cpu" else kind
 
 
-def train(cfg: Config, stem: str) -> RunResult:
+def train(job: TrainJob) -> RunResult:
     """Train as configured: the epoch loop, then the best bundle's evaluation on test/ when present."""
+    cfg = job.config
     check_installed(cfg.run.trackers())
     accelerator = make_accelerator(cfg)
     try:
         with contextlib.ExitStack() as held:  # the run folder's lock, taken once the folder is known
-            return _train(accelerator, cfg, stem, held)
+            return _train(accelerator, job, held)
     finally:
         # On every way out (done, preempted, user error, crash): a gloo group left for interpreter exit
         # aborts the process ("terminate called without an active exception"), and then the launcher
@@ -385,7 +392,8 @@ def train(cfg: Config, stem: str) -> RunResult:
         accelerator.end_training()
 
 
-def _train(accelerator: Accelerator, cfg: Config, stem: str, held: contextlib.ExitStack) -> RunResult:
+def _train(accelerator: Accelerator, job: TrainJob, held: contextlib.ExitStack) -> RunResult:
+    cfg, stem = job.config, job.stem
     set_seed(cfg.run.seed, device_specific=True)
     decode = decode_mode(cfg, accelerator.device)
     if decode == "gpu" and accelerator.device.type != "cuda":
@@ -398,6 +406,8 @@ def _train(accelerator: Accelerator, cfg: Config, stem: str, held: contextlib.Ex
     if note:  # a rerun of a finished run (the README's newcomer command twice) succeeds and says so
         accelerator.print(note)
         return RunResult(0, run_dir, read_state(last), None)
+    # Read before write_run_files replaces it: what the checkpoint was trained with, for the resume warning.
+    old_config = read_run_config(last) if accelerator.is_main_process else None
     with accelerator.main_process_first():  # a download (CIFAR-10, pretrained weights) happens once
         data = load_data(cfg)
         model = make_model(cfg, data)
@@ -417,12 +427,15 @@ def _train(accelerator: Accelerator, cfg: Config, stem: str, held: contextlib.Ex
         f"{len(data.valid)} valid images | {accelerator.num_processes} process(es) on "
         f"{_device_text(accelerator)}, mixed precision {accelerator.mixed_precision}, data.decode {decode}"
     )
-    state = _restore(accelerator, cfg, last)
+    state = _restore(accelerator, cfg, last, old_config)
     tracking = Tracking.start(accelerator, cfg, run_dir)
     try:
-        return _fit_and_test(cfg, data, run_dir, accelerator, parts, lineage, state, tracking)
+        result = _fit_and_test(cfg, data, run_dir, accelerator, parts, lineage, state, tracking)
     finally:
         tracking.finish()
+    if not result.state.finished:  # stopped by a signal: last/ is saved, say how to go on from it
+        accelerator.print(resume_line(job.args, run_dir / LAST_DIR, accelerator.num_processes))
+    return result
 
 
 def _fit_and_test(

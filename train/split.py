@@ -26,11 +26,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-if __package__ in (None, ""):  # run as `python train/split.py`: make core/ importable without installing
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from core.errors import UserError, cli_entry  # noqa: E402
-from core.images import is_class_folder, is_image_file  # noqa: E402
+from core.errors import UserError, cli_entry
+from core.images import is_class_folder, is_image_file
 
 SPLITS = ("train", "valid", "test")
 MANIFEST = "split_manifest.json"
@@ -110,6 +107,7 @@ def scan_source(src: Path) -> Source:
     """Class folders are SRC's visible subfolders; images may sit in nested folders, as ImageFolder allows."""
     if not src.is_dir():
         raise UserError(f"SRC {src} is not a folder; pass the folder that holds one subfolder per class")
+    refuse_already_split(src)
     source = Source(classes={})
     for entry in sorted(src.iterdir()):
         if entry.is_dir() and is_class_folder(entry.name):
@@ -125,6 +123,20 @@ def scan_source(src: Path) -> Source:
             f"SRC {src} has no class folder with images in it; expected SRC/<class>/<image files>"
         )
     return source
+
+
+# train/data.py's split folder names (train/ imports core/ only, so they are repeated here, not imported)
+_SPLIT_NAMES = ("train", "valid", "val", "validation", "test")
+
+
+def refuse_already_split(src: Path) -> None:
+    """A folder that already holds train/ beside valid/ or test/ would become classes named after splits."""
+    found = [n for n in _SPLIT_NAMES if (src / n).is_dir()]
+    if "train" in found and len(found) > 1:
+        raise UserError(
+            f"SRC {src} is already split (it holds {', '.join(n + '/' for n in found)}); "
+            f"train on it directly with data.root={src}, or pass the folder of class folders"
+        )
 
 
 def check_destination(src: Path, dst: Path) -> None:
@@ -293,7 +305,7 @@ def make_stage(src: Path, dst: Path, manifest: dict) -> Path:
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(prog="train/split.py", description=__doc__.split("\n\n")[0])
+    p = argparse.ArgumentParser(prog="imgclf-split", description=__doc__.split("\n\n")[0])
     p.add_argument("src", help="folder with one subfolder of images per class")
     p.add_argument("dst", help="new or empty folder to create train/ valid/ [test/] in")
     p.add_argument(

@@ -24,6 +24,7 @@ def train_inproc(monkeypatch, tmp_path):
     Outputs go under tmp_path/runs; the demo recipe with TINY sizes is the default base.
     """
     from core.config import load_config
+    from train.cli import TrainJob
     from train.run import train
 
     monkeypatch.setenv("ACCELERATE_USE_CPU", "1")
@@ -35,7 +36,7 @@ def train_inproc(monkeypatch, tmp_path):
         cfg = load_config(config, [f"run.output_dir={tmp_path / 'runs'}", *base, *overrides])
         _reset_accelerate()
         try:
-            return train(cfg, Path(config).stem if config else "run")
+            return train(TrainJob(cfg, Path(config).stem if config else "run"))
         finally:
             _reset_accelerate()
 

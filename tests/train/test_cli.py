@@ -89,3 +89,45 @@ def test_an_output_dir_that_is_a_file_exits_2_naming_it(tmp_path, capsys, monkey
         "run.name=r",
     )
     assert str(tmp_path / "runs") in err and "run.output_dir" in err
+
+
+# ─── the way in: one torch-free CLI module, a frozen job, entry points that run from any folder ────────
+
+
+def test_parse_job_gives_a_frozen_job_with_the_checked_config_and_the_recipe_stem():
+    import dataclasses
+
+    from train.cli import parse_job
+
+    job = parse_job(["--config", str(DEMO_RECIPE), "train.epochs=3"])
+    assert job.stem == "demo" and job.config.train.epochs == 3
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        job.stem = "other"  # type: ignore[misc]
+    assert parse_job([]).stem == "run"  # no recipe: the defaults, runs named run-<time>
+
+
+def test_python_m_train_main_runs_from_another_folder_and_help_shows_the_defaults(tmp_path):
+    proc = subprocess.run(
+        [sys.executable, "-m", "train.main", "--help"],
+        cwd=tmp_path,
+        env=subprocess_env(tmp_path),
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.startswith("usage: imgclf-train")
+    assert "(default: none" in proc.stdout  # argparse help states each default
+    assert "accelerate launch --quiet -m train.main" in proc.stdout
+
+
+def test_console_scripts_name_the_entry_points_that_exist():
+    tomllib = pytest.importorskip("tomllib")
+    import importlib
+
+    scripts = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["scripts"]
+    for name in ("imgclf-train", "imgclf-split", "imgclf-demo-data"):
+        module, func = scripts[name].split(":")
+        assert callable(getattr(importlib.import_module(module), func)), name
+    assert scripts["imgclf-train"] == "train.main:main"

@@ -177,6 +177,7 @@ def test_a_cuda_run_with_bf16_channels_last_and_the_gpu_feed_writes_a_bundle_tha
     tmp_path, small_root, monkeypatch, capsys
 ):
     """The CUDA training loop end to end through Accelerate (the CPU tests force ACCELERATE_USE_CPU)."""
+    from train.cli import TrainJob
     from train.run import train
 
     monkeypatch.delenv("ACCELERATE_USE_CPU", raising=False)
@@ -196,7 +197,7 @@ def test_a_cuda_run_with_bf16_channels_last_and_the_gpu_feed_writes_a_bundle_tha
     AcceleratorState._reset_state(reset_partial_state=True)
     GradientState._reset_state()
     try:
-        result = train(cfg, "demo")
+        result = train(TrainJob(cfg, "demo"))
     finally:
         AcceleratorState._reset_state(reset_partial_state=True)
         GradientState._reset_state()

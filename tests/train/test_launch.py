@@ -176,3 +176,17 @@ def test_training_destroys_the_process_group_also_when_it_fails(tmp_path, train_
     finally:
         if dist.is_initialized():
             dist.destroy_process_group()
+
+
+@pytest.mark.parametrize("entry", [[str(MAIN)], ["-m", "train.main"]], ids=["script", "module"])
+def test_a_config_error_under_accelerate_launch_quiet_is_exactly_one_line(tmp_path, entry):
+    """Both launch forms reach our CLI; --quiet keeps the launcher from repeating the error with a traceback."""
+    cmd = accelerate_launch(
+        "--quiet", "--config_file", str(CONFIGS / "accelerate" / "cpu.yaml"), *entry, "train.epoch=3"
+    )
+    proc = run_tree(cmd, DEADLINE_S, cwd=tmp_path, env=subprocess_env(tmp_path))
+    assert proc.returncode != 0
+    assert proc.stderr.strip().splitlines() == [
+        "error: unknown config key 'train.epoch'; did you mean 'train.epochs'?"
+    ], proc.stderr[-3000:]
+    assert not (tmp_path / "runs").exists()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shlex
 import shutil
 import sys
 
@@ -29,12 +30,9 @@ SIGTERM_AT_BATCH = 12
 DEADLINE_S = 240  # ~25 s alone, ~60 s on the loaded 2-core CI box
 
 
-def _start_and_terminate(tmp_path, root, extra=()):
-    """Launch a run that SIGTERMs itself (train.signals' test hook) after SIGTERM_AT_BATCH training batches;
-    return (code, stdout, stderr). The signal is real and lands at an exact step, whatever the machine's speed."""
-    cmd = [
-        sys.executable,
-        str(MAIN),
+def _cut_args(tmp_path, root, extra=()) -> list[str]:
+    """The command-line arguments of the run that _start_and_terminate stops."""
+    return [
         "--config",
         str(DEMO_RECIPE),
         f"data.root={root}",
@@ -44,6 +42,12 @@ def _start_and_terminate(tmp_path, root, extra=()):
         *SETUP,
         *extra,
     ]
+
+
+def _start_and_terminate(tmp_path, root, extra=()):
+    """Launch a run that SIGTERMs itself (train.signals' test hook) after SIGTERM_AT_BATCH training batches;
+    return (code, stdout, stderr). The signal is real and lands at an exact step, whatever the machine's speed."""
+    cmd = [sys.executable, str(MAIN), *_cut_args(tmp_path, root, extra)]
     env = {**subprocess_env(tmp_path), TEST_SIGTERM_ENV: str(SIGTERM_AT_BATCH)}
     done = run_tree(cmd, DEADLINE_S, cwd=tmp_path, env=env)
     return done.returncode, done.stdout, done.stderr
@@ -60,6 +64,11 @@ def test_resume_after_sigterm_mid_epoch_matches_an_uninterrupted_run(tmp_path, s
     state = json.loads((tmp_path / "runs" / "cut" / "last" / "trainer_state.json").read_text())
     assert (state["epoch"], state["step"]) == (1, 4), "the stop lands right after the hook's batch"
     assert "stop requested" in out
+    last = tmp_path / "runs" / "cut" / "last"
+    resume = [line for line in out.splitlines() if line.startswith("to resume: ")]
+    assert resume == [
+        "to resume: " + shlex.join(["imgclf-train", *_cut_args(tmp_path, small_root), f"train.resume={last}"])
+    ]
 
     resumed = train_inproc(f"data.root={small_root}", "run.name=cut", "train.resume=auto", *SETUP)
     straight = train_inproc(f"data.root={small_root}", "run.name=straight", *SETUP)
@@ -84,6 +93,7 @@ def one_epoch(tmp_path_factory, small_root):
     """A finished 1-epoch run named like an unnamed one (`demo-<time>`, for train.resume=auto's search)."""
     from core.config import load_config
     from tests.train.conftest import _reset_accelerate
+    from train.cli import TrainJob
     from train.run import train
 
     out = tmp_path_factory.mktemp("one_epoch") / "runs"
@@ -102,7 +112,7 @@ def one_epoch(tmp_path_factory, small_root):
         )
         _reset_accelerate()
         try:
-            result = train(cfg, "demo")
+            result = train(TrainJob(cfg, "demo"))
         finally:
             _reset_accelerate()
     return result
@@ -190,3 +200,56 @@ def test_a_truncated_checkpoint_file_is_one_error_line_naming_it_and_exit_2(
     assert exc.value.code == 2
     assert err.startswith(f"error: {damaged} is truncated") and len(err.strip().splitlines()) == 1
     assert f"delete {run / 'last'}" in err
+
+
+# ─── what a stopped or resumed run says ─────────────────────────────────────────────────────────────────
+
+
+def test_a_stopped_run_prints_the_exact_command_that_resumes_it(
+    one_epoch, tmp_path, capsys, monkeypatch, small_root
+):
+    """A SIGTERM (the Ctrl-C path too: one handler) mid-run: the last line is the command, with the run's path."""
+    from tests.train.conftest import _reset_accelerate
+    from train.main import main
+
+    argv = [
+        "--config",
+        str(DEMO_RECIPE),
+        f"run.output_dir={tmp_path / 'runs'}",
+        "run.name=stopped",
+        f"data.root={small_root}",
+        *TINY,
+        *FAST,
+        "train.epochs=2",
+    ]
+    monkeypatch.setenv("ACCELERATE_USE_CPU", "1")
+    monkeypatch.setenv(TEST_SIGTERM_ENV, "2")  # a real SIGTERM to this process after 2 training batches
+    _reset_accelerate()
+    try:
+        assert main(argv) == 143
+    finally:
+        _reset_accelerate()
+    out = capsys.readouterr().out.splitlines()
+    last = tmp_path / "runs" / "stopped" / "last"
+    assert out[-1] == "to resume: " + shlex.join(["imgclf-train", *argv, f"train.resume={last}"])
+    assert (last / "trainer_state.json").is_file()
+
+
+def test_resuming_with_another_config_names_each_changed_key_with_old_and_new_values(
+    one_epoch, tmp_path, train_inproc, small_root, capsys
+):
+    run = shutil.copytree(one_epoch.run_dir, tmp_path / "runs" / "changed")
+    result = train_inproc(
+        f"data.root={small_root}",
+        *FAST,
+        "train.epochs=2",
+        "augment.hflip=0.0",
+        f"train.resume={run / 'last'}",
+        "data.num_workers=0",  # not part of what a run learns: never listed
+    )
+    assert result.exit_code == 0
+    warning = [line for line in capsys.readouterr().out.splitlines() if "config differs" in line]
+    assert warning == [
+        "warning: the config differs from the one this checkpoint was trained with: "
+        "augment.hflip 0.5 → 0.0; train.epochs 1 → 2"
+    ]

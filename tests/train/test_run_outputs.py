@@ -53,14 +53,16 @@ def test_load_bundle_reproduces_the_trained_models_logits_exactly(tmp_path, trai
         assert torch.equal(loaded(x), trained(x))
 
 
-def test_an_unreadable_training_image_is_skipped_and_listed(tmp_path, train_inproc, small_root):
+def test_an_unreadable_training_image_is_skipped_listed_and_said_once_per_epoch(
+    tmp_path, train_inproc, small_root, capsys
+):
     root = tmp_path / "data"
     shutil.copytree(small_root, root)
     bad = root / "train" / "2" / "broken.jpg"
     bad.write_bytes(b"\xff\xd8\xff\xe0 this is not a jpeg")
     result = train_inproc(
         f"data.root={root}",
-        "train.epochs=1",
+        "train.epochs=2",
         "model.arch=cifar_cnn",
         "data.max_bad_fraction=0.05",
         "run.name=bad",
@@ -69,6 +71,12 @@ def test_an_unreadable_training_image_is_skipped_and_listed(tmp_path, train_inpr
     listed = (result.run_dir / "bad_files.txt").read_text().splitlines()
     assert [line.split("\t")[0] for line in listed] == [str(bad)]
     assert read_record(result.run_dir / "best").metrics["valid_n"] == 12
+    warnings = [line for line in capsys.readouterr().out.splitlines() if line.startswith("warning: ")]
+    assert len(warnings) == 2  # one line per epoch, not one per image nor none
+    assert warnings[0].startswith(
+        f"warning: 1 training image(s) could not be decoded this epoch and were skipped (first: {bad}: "
+    )
+    assert warnings[0].endswith(f"all are listed in {result.run_dir / 'bad_files.txt'}")
 
 
 def test_too_many_unreadable_training_images_abort_with_their_names(tmp_path, train_inproc, small_root):

@@ -228,12 +228,31 @@ def test_refuses_a_dst_inside_src(src, capsys):
     assert "inside SRC" in capsys.readouterr().err
 
 
+def test_refuses_an_already_split_folder_in_one_line_and_writes_nothing(tmp_path, capsys):
+    """train/ valid/ test/ would otherwise become three classes named after the splits."""
+    root = tmp_path / "data"
+    for name in ("train", "valid", "test"):
+        make_src(root / name, {"cat": 2, "dog": 2})
+    assert run(root, tmp_path / "dst") == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"error: SRC {root} is already split") and len(err.splitlines()) == 1
+    assert "train/, valid/, test/" in err and f"data.root={root}" in err
+    assert not (tmp_path / "dst").exists()
+
+
+def test_a_class_named_train_alone_is_not_taken_for_a_split_folder(tmp_path):
+    src = make_src(tmp_path / "src", {"train": 3, "boat": 3})
+    assert run(src, tmp_path / "dst", "--ratios", "0.5", "0.5") == 0
+    assert on_disk(tmp_path / "dst", "train", "train")
+
+
 def test_cli_as_a_script_prints_the_summary_and_exits_2_without_traceback(src, tmp_path):
     cmd = [sys.executable, str(REPO / "train" / "split.py"), str(src), str(tmp_path / "dst")]
-    ok = subprocess.run(cmd, capture_output=True, text=True, cwd=tmp_path, check=False)
+    env = {**os.environ, "PYTHONPATH": str(REPO)}  # this checkout's core/, not an installed copy
+    ok = subprocess.run(cmd, capture_output=True, text=True, cwd=tmp_path, check=False, env=env)
     assert ok.returncode == 0, ok.stderr
     assert ok.stdout.splitlines()[1].split() == ["train", "5", "18"]
-    again = subprocess.run(cmd, capture_output=True, text=True, cwd=tmp_path, check=False)
+    again = subprocess.run(cmd, capture_output=True, text=True, cwd=tmp_path, check=False, env=env)
     assert again.returncode == 2
     assert again.stderr.startswith("error: DST") and "Traceback" not in again.stderr
 

@@ -1,18 +1,15 @@
-"""Run reports a person can open: metrics CSVs, curves, confusion matrix, image grids with top-k bars.
+"""Figures a person opens: training curves, confusion matrix, top-k bars, image grids with predictions.
 
 Figures are drawn on `matplotlib.figure.Figure` with the Agg canvas, never through pyplot, so no
 global figure registry grows, no display is needed, and worker threads can draw safely. Every file
-is written through core.fsio.atomic_path: a kill never leaves a half-written report behind.
+is written through core.fsio.atomic_path: a kill never leaves a half-written figure behind.
 """
 
 from __future__ import annotations
 
-import csv
 import math
 import os
 from collections.abc import Sequence
-from pathlib import Path
-from typing import Any
 
 import numpy as np
 import torch
@@ -22,18 +19,13 @@ from matplotlib.patches import Patch
 from matplotlib.ticker import MaxNLocator
 from PIL import Image
 
-from core.fsio import atomic_path, write_json_atomic
+from core.fsio import atomic_path
 
 DPI = 100
 GREEN, RED, BLUE, NEUTRAL = "#1a7f37", "#cf222e", "#4c72b0", "#24292f"
 ANNOTATE_MAX_CLASSES = 20  # above this, count labels in confusion-matrix cells become unreadable
-PREDICTIONS_MAX = 16
-_EPS = 1e-12
 
 ImageLike = torch.Tensor | np.ndarray | Image.Image
-
-
-# ─── files ─────────────────────────────────────────────────────────────────────────────────────
 
 
 def _save_figure(fig: Figure, path: str | os.PathLike) -> Figure:
@@ -45,136 +37,11 @@ def _save_figure(fig: Figure, path: str | os.PathLike) -> Figure:
     return fig
 
 
-def _cell(value: Any) -> Any:
-    """A CSV cell: floats compact (6 significant digits), numpy/torch scalars unwrapped, None empty."""
-    if isinstance(value, (np.generic, torch.Tensor)):
-        value = value.item()
-    if value is None:
-        return ""
-    if isinstance(value, float):
-        return f"{value:.6g}"
-    return value
-
-
-def write_metrics_csv(rows: list[dict], path: str | os.PathLike) -> None:
-    """Write rows as CSV; the header is the union of keys in first-seen order, gaps left empty."""
-    header: dict[str, None] = {}
-    for row in rows:
-        header.update(dict.fromkeys(row))
-    with atomic_path(path) as tmp, open(tmp, "w", newline="", encoding="utf-8") as fh:
-        writer = csv.writer(fh)
-        writer.writerow(header)
-        for row in rows:
-            writer.writerow([_cell(row.get(key)) for key in header])
-
-
-# ─── metrics ───────────────────────────────────────────────────────────────────────────────────
-
-
 def _safe_ratio(num: np.ndarray, den: np.ndarray) -> np.ndarray:
     """num / den with 0.0 where den is 0 (a class never seen or never predicted), no warnings."""
     out = np.zeros(num.shape, dtype=np.float64)
     np.divide(num, den, out=out, where=den > 0)
     return out
-
-
-def _check_shapes(probs: np.ndarray, targets: np.ndarray, classes: Sequence[str]) -> None:
-    if probs.ndim != 2 or targets.ndim != 1 or probs.shape[0] != targets.shape[0]:
-        raise ValueError(f"probs must be [N,C] and targets [N]; got {probs.shape} and {targets.shape}")
-    if probs.shape[1] != len(classes):
-        raise ValueError(f"probs has {probs.shape[1]} columns but there are {len(classes)} classes")
-    if targets.size and (targets.min() < 0 or targets.max() >= len(classes)):
-        raise ValueError(f"targets must lie in [0, {len(classes)}); got {targets.min()}..{targets.max()}")
-
-
-TOPK = 5  # the top-k accuracy reported; with TOPK classes or fewer it is trivially 1.0 and left out
-CONFUSED_PAIRS = 10  # how many of the most confused (true, predicted) pairs test_metrics.json lists
-
-
-def _ratio_or_none(num: int, den: int) -> float | None:
-    """None (a blank CSV cell, JSON null) where the ratio is undefined: 0/0 is not a score of 0."""
-    return float(num / den) if den else None
-
-
-def per_class_scores(matrix: np.ndarray, classes: Sequence[str], names: Sequence[str]) -> list[dict]:
-    """Support, precision, recall and F1 per class from the confusion matrix (rows = true).
-
-    Recall and F1 are None for a class with no test images, precision for a class never predicted:
-    undefined, not zero. F1 = 2TP / (support + predicted), so a class that is missed entirely scores 0.
-    """
-    tp, support, predicted = np.diag(matrix), matrix.sum(axis=1), matrix.sum(axis=0)
-    return [
-        {
-            "class": classes[i],
-            "display_name": names[i],
-            "support": int(support[i]),
-            "precision": _ratio_or_none(int(tp[i]), int(predicted[i])),
-            "recall": _ratio_or_none(int(tp[i]), int(support[i])),
-            "f1": _ratio_or_none(2 * int(tp[i]), int(support[i] + predicted[i])) if support[i] else None,
-        }
-        for i in range(len(classes))
-    ]
-
-
-def most_confused(
-    matrix: np.ndarray, classes: Sequence[str], names: Sequence[str], top: int = CONFUSED_PAIRS
-) -> list[dict]:
-    """The `top` largest off-diagonal counts, largest first (ties in class order): what is mistaken for what."""
-    support = np.asarray(matrix, dtype=np.int64).sum(axis=1)
-    off = np.array(matrix, dtype=np.int64)
-    np.fill_diagonal(off, 0)
-    pairs = []
-    for flat in np.argsort(-off.ravel(), kind="stable")[:top]:
-        i, j = divmod(int(flat), off.shape[1])
-        if off[i, j] == 0:
-            break
-        pairs.append(
-            {
-                "true": classes[i],
-                "true_name": names[i],
-                "predicted": classes[j],
-                "predicted_name": names[j],
-                "count": int(off[i, j]),
-                "share_of_true": float(off[i, j] / support[i]),
-            }
-        )
-    return pairs
-
-
-def classification_metrics(
-    probs: np.ndarray, targets: np.ndarray, classes: list[str], display_names: list[str] | None = None
-) -> dict:
-    """Accuracy, top-5 (only with more than 5 classes), mean NLL, macro F1, per-class scores, the most
-    confused pairs and the confusion matrix. An empty input gives zeros, not NaN: the result goes to JSON."""
-    probs = np.asarray(probs, dtype=np.float64)
-    targets = np.asarray(targets).astype(np.int64).reshape(-1)
-    _check_shapes(probs, targets, classes)
-    names = list(display_names) if display_names else list(classes)
-    n, c = probs.shape
-    preds = probs.argmax(axis=1) if n else np.zeros(0, dtype=np.int64)
-    matrix = np.zeros((c, c), dtype=np.int64)
-    np.add.at(matrix, (targets, preds), 1)
-    picked = probs[np.arange(n), targets]
-    per_class = per_class_scores(matrix, classes, names)
-    f1s = [row["f1"] for row in per_class if row["f1"] is not None]
-    metrics: dict[str, Any] = {"n": int(n), "accuracy": float(np.trace(matrix) / n) if n else 0.0}
-    if c > TOPK:
-        topk = np.argsort(-probs, axis=1, kind="stable")[:, :TOPK]
-        metrics["top5"] = float((topk == targets[:, None]).any(axis=1).mean()) if n else 0.0
-    metrics.update(
-        {
-            "loss": float(-np.log(np.clip(picked, _EPS, None)).mean()) if n else 0.0,
-            "macro_f1": float(np.mean(f1s)) if f1s else 0.0,  # over the classes present in the test set
-            "per_class": per_class,
-            "most_confused": most_confused(matrix, classes, names),
-            "confusion_matrix": matrix.tolist(),
-        }
-    )
-    return metrics
-
-
-def write_per_class_csv(metrics: dict, path: str | os.PathLike) -> None:
-    write_metrics_csv(metrics["per_class"], path)
 
 
 # ─── image helpers ─────────────────────────────────────────────────────────────────────────────
@@ -475,58 +342,3 @@ def write_predictions_grid(
             frameon=False,
         )
     return _save_figure(fig, path)
-
-
-# ─── evaluation bundle of files ────────────────────────────────────────────────────────────────
-
-
-def model_identity(model: str | os.PathLike) -> dict[str, str]:
-    """Which model a number belongs to: its path and the sha256 of its weights (a bundle's model.safetensors,
-    or the model.onnx / model.engine file itself), so two evaluations can be told apart or matched."""
-    from core.bundle import RECORD_FILE, WEIGHTS_FILE, resolve_bundle_dir  # builds models: only when asked
-    from core.model_record import sha256_file
-
-    p = Path(model)
-    weights = resolve_bundle_dir(p) / WEIGHTS_FILE if p.is_dir() or p.name == RECORD_FILE else p
-    return {
-        "path": str(p.resolve()),
-        "weights": str(weights.resolve()),
-        "weights_sha256": sha256_file(weights),
-    }
-
-
-def evaluation_source(model: str | os.PathLike, folder: str | os.PathLike, images: int, **extra: Any) -> dict:
-    """The `model` and `data` entries test_metrics.json opens with: what was evaluated on what."""
-    return {"model": model_identity(model), "data": {"folder": str(folder), "images": int(images), **extra}}
-
-
-def write_evaluation(
-    out_dir: str | os.PathLike,
-    probs: np.ndarray,
-    targets: np.ndarray,
-    classes: list[str],
-    display_names: list[str] | None,
-    images: torch.Tensor | None = None,
-    image_rows: Sequence[int] | None = None,
-    source: dict | None = None,
-) -> dict:
-    """test_metrics.json (opening with `source`, see evaluation_source), per_class.csv, confusion_matrix.png
-    (+ predictions.png for ≤16 images).
-
-    `images` show rows `image_rows` of probs/targets (default: the first rows).
-    """
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    names = list(display_names) if display_names else list(classes)
-    metrics = {**(source or {}), **classification_metrics(probs, targets, classes, names)}
-    write_json_atomic(out / "test_metrics.json", metrics)
-    write_per_class_csv(metrics, out / "per_class.csv")
-    plot_confusion_matrix(metrics["confusion_matrix"], names, out / "confusion_matrix.png")
-    if images is not None and len(images):
-        rows = np.asarray(image_rows if image_rows is not None else range(len(images)), dtype=int)
-        m = min(len(images), PREDICTIONS_MAX, len(rows))
-        rows = rows[:m]
-        write_predictions_grid(
-            images[:m], np.asarray(probs)[rows], np.asarray(targets)[rows], names, out / "predictions.png"
-        )
-    return metrics
