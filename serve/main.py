@@ -277,7 +277,7 @@ def classify(
                 j += 1
             rows[-1][SEQ] = item.seq
         writer.write(rows)
-        n_err = sum(1 for e in batch.errors if e)
+        n_err = sum(1 for r in rows if r["status"] == "error")
         counts.ok, counts.errors = counts.ok + len(rows) - n_err, counts.errors + n_err
         bar.update(len(rows))
         if throttle:
