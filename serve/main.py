@@ -22,6 +22,7 @@ if __package__ in (None, ""):  # `python serve/main.py` puts serve/ on sys.path,
 from core.dist import ends_process_group
 from core.errors import UserError, cli_entry
 from core.progress import SERVE_LOG_SECONDS, Progress
+from serve.budget import MAX_INFLIGHT_MB
 from serve.discover import MAX_FILE_MB, Item, check_inputs, is_url, iter_items
 from serve.lock import OutputLock
 from serve.writer import (
@@ -104,12 +105,24 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "left after the decode workers, at least 1)",
     )
     p.add_argument("--read-threads", type=int, default=8, help="file/URL reading threads")
-    p.add_argument("--timeout", type=float, default=10.0, help="seconds before a URL fetch gives up")
+    p.add_argument(
+        "--timeout",
+        type=float,
+        default=10.0,
+        help="seconds a URL fetch may take in all (connect, headers, body) before its row is an error",
+    )
     p.add_argument(
         "--max-file-mb",
         type=float,
         default=MAX_FILE_MB,
         help=f"larger files and downloads get an error row, unread (default {MAX_FILE_MB})",
+    )
+    p.add_argument(
+        "--max-inflight-mb",
+        type=float,
+        default=MAX_INFLIGHT_MB,
+        help="bytes read but not yet decoded, across all reading threads and decode workers, wait "
+        f"below this (default {MAX_INFLIGHT_MB}; one larger file still goes through alone)",
     )
     p.add_argument("--limit", type=int, help="classify at most N new images")
     p.add_argument(
@@ -136,6 +149,7 @@ def check_args(args: argparse.Namespace) -> None:
         "--read-threads": args.read_threads,
         "--timeout": args.timeout,
         "--max-file-mb": args.max_file_mb,
+        "--max-inflight-mb": args.max_inflight_mb,
     }
     for flag, value in positive.items():
         if value is not None and value <= 0:
@@ -297,7 +311,10 @@ def run(
     workers = default_workers(device, state.num_processes) if args.workers is None else args.workers
     threads = args.threads or default_threads(workers, state.num_processes)
     # the decode workers fork before the backend initialises CUDA; decoding then goes where the model runs
-    with DecodePipeline(spec, device, workers, args.read_threads, args.timeout) as pipe:
+    inflight = int(args.max_inflight_mb * 2**20)
+    with DecodePipeline(
+        spec, device, workers, args.read_threads, args.timeout, max_inflight_bytes=inflight
+    ) as pipe:
         backend = open_backend(args.model, args.backend, device, _providers(args), args.allow_cpu, threads)
         pipe.to(backend.device)
         batch_size = args.batch_size or (256 if backend.device.type == "cuda" else 32)
