@@ -21,6 +21,7 @@ if __package__ in (None, ""):  # `python serve/main.py` puts serve/ on sys.path,
 
 from core.dist import ends_process_group
 from core.errors import UserError, cli_entry
+from core.interrupt import interrupt_once
 from core.progress import SERVE_LOG_SECONDS, Progress
 from serve.budget import MAX_INFLIGHT_MB
 from serve.discover import MAX_FILE_MB, Item, check_inputs, is_url, iter_items
@@ -439,7 +440,8 @@ def main(argv: list[str] | None = None) -> int:
         check_output(out, layout, args, identity, state)
         start = time.perf_counter()
         try:
-            counts, skipped = run(args, state, layout, record.preprocess, out, identity)
+            with interrupt_once():  # a second Ctrl-C during cleanup is ignored; the exit has a deadline
+                counts, skipped = run(args, state, layout, record.preprocess, out, identity)
         except KeyboardInterrupt:  # Ctrl-C is a normal way to stop: say how to continue, not a traceback
             print(
                 f"interrupted: the rows written so far are kept in {out}; rerun with --resume to continue",
