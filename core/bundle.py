@@ -17,6 +17,7 @@ from core.errors import UserError
 from core.fsio import atomic_dir, write_text_atomic
 from core.models import HEAD_ATTR, HeadSpec, build_model
 from core.preprocess import EvalSpec
+from core.record_checks import check_record_values
 
 SCHEMA_VERSION = 1
 BUNDLE_FORMAT = "imgclf-bundle"
@@ -69,6 +70,7 @@ class BundleRecord:
     @classmethod
     def from_dict(cls, d: dict[str, Any], source: str = "bundle") -> BundleRecord:
         check_schema(d, source)
+        check_record_values(d, source)
         try:
             return cls(
                 arch=d["arch"],
@@ -89,6 +91,8 @@ class BundleRecord:
 
 
 def check_schema(d: dict[str, Any], source: str) -> None:
+    if not isinstance(d, dict):
+        raise UserError(f"{source}: the model record is not a JSON object (got {type(d).__name__})")
     if d.get("format") != BUNDLE_FORMAT:
         raise UserError(f"{source} is not an imgclf model record (format={d.get('format')!r})")
     version = d.get("schema_version")

@@ -20,7 +20,7 @@ from typing import Any, Union
 
 import yaml
 
-from core.errors import UserError
+from core.errors import CLIP_CHARS, UserError, clip
 from core.specs import IMAGENET_MEAN, IMAGENET_STD, INTERPOLATION_NAMES, AugmentSpec, EvalSpec
 from core.workers import AUTO, resolve_num_workers
 
@@ -55,6 +55,9 @@ class Range:
 
 GE0, GE1, GT0 = Range(0), Range(1), Range(0, lo_open=True)
 UNIT = Range(0, 1)  # probabilities and fractions
+# An image side: past 4096 one crop is 50 MB and a batch of them exhausts memory (a model record read
+# by serve/export is held to the same range: core.record_checks).
+PIXELS = Range(1, 4096)
 
 
 def opt(
@@ -159,8 +162,8 @@ class ModelConfig:
 
 @dataclass
 class PreprocessConfig:
-    resize: int = opt(256, "eval: resize the shorter side to this (>= crop)", range=GE1)
-    crop: int = opt(224, "eval: center crop to this square; also the training crop size", range=GE1)
+    resize: int = opt(256, "eval: resize the shorter side to this (>= crop)", range=PIXELS)
+    crop: int = opt(224, "eval: center crop to this square; also the training crop size", range=PIXELS)
     interpolation: str = opt("bilinear", "resize interpolation", INTERPOLATION_NAMES)
     mean: list[float] = opt(
         list(IMAGENET_MEAN), "per-channel normalization mean (0..1 scale), [R, G, B]", range=UNIT, length=3
@@ -200,7 +203,7 @@ class AugmentConfig:
         None,
         "RandomResizedCrop output size (>= preprocess.crop); default = preprocess.crop; "
         "larger → center crop after",
-        range=GE1,
+        range=PIXELS,
     )
     hflip: float = opt(0.5, "horizontal flip probability", range=UNIT)
     color_jitter: float = opt(0.0, "brightness/contrast/saturation jitter strength (0 = off)", range=UNIT)
@@ -355,14 +358,14 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
                 return _coerce(value, arg, key)
             except UserError:
                 continue
-        raise UserError(f"config key '{key}': expected {_type_name(tp)}, got {value!r}")
+        raise UserError(f"config key '{key}': expected {_type_name(tp)}, got {clip(value)}")
     if tp is type(None):
         if value is None or (isinstance(value, str) and value.lower() in ("none", "null", "")):
             return None
-        raise UserError(f"config key '{key}': expected null, got {value!r}")
+        raise UserError(f"config key '{key}': expected null, got {clip(value)}")
     if origin is list:
         if not isinstance(value, (list, tuple)):
-            raise UserError(f"config key '{key}': expected {_type_name(tp)}, got {value!r}")
+            raise UserError(f"config key '{key}': expected {_type_name(tp)}, got {clip(value)}")
         (inner,) = typing.get_args(tp)
         return [_coerce(v, inner, f"{key}[{i}]") for i, v in enumerate(value)]
     if tp is bool:
@@ -381,10 +384,14 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
                 pass
     elif tp is str and isinstance(value, str):
         return value
-    raise UserError(f"config key '{key}': expected {_type_name(tp)}, got {value!r} ({type(value).__name__})")
+    raise UserError(
+        f"config key '{key}': expected {_type_name(tp)}, got {clip(value)} ({type(value).__name__})"
+    )
 
 
 def _unknown_key(key: str) -> UserError:
+    if len(key) > 100:  # no key is this long: not worth a suggestion (difflib is quadratic)
+        return UserError(f"unknown config key {clip(key)}")
     valid = _all_keys(Config)
     parent = key.rsplit(".", 1)[0] + "." if "." in key else ""
     siblings = [k for k in valid if k.startswith(parent) and "." not in k[len(parent) :]]
@@ -400,11 +407,15 @@ def _unknown_key(key: str) -> UserError:
 
 def _build(cls: type, data: dict[str, Any], prefix: str = "") -> Any:
     if not isinstance(data, dict):
-        raise UserError(f"config key '{prefix.rstrip('.')}': expected a mapping of keys, got {data!r}")
+        raise UserError(f"config key '{prefix.rstrip('.')}': expected a mapping of keys, got {clip(data)}")
     hints = _field_types(cls)
     fields = {f.name: f for f in dataclasses.fields(cls)}
     kwargs = {}
     for name, value in data.items():
+        if not isinstance(name, str):  # YAML keys may be numbers, lists, null
+            raise UserError(
+                f"config key {clip(name)} under '{prefix.rstrip('.') or 'top level'}' is not a name"
+            )
         key = f"{prefix}{name}"
         if name not in fields:
             raise _unknown_key(key)
@@ -430,6 +441,14 @@ def _valid_text(meta: typing.Mapping[str, Any]) -> str:
 
 def _check_value(key: str, value: Any, meta: typing.Mapping[str, Any]) -> None:
     """Choices, range, list length and order as declared by opt(); one line naming key, value and what is valid."""
+    problem = value_problem(value, meta)
+    if problem:
+        raise UserError(f"config key '{key}': {problem}")
+
+
+def value_problem(value: Any, meta: typing.Mapping[str, Any]) -> str | None:
+    """What is wrong with `value` for a field declared with opt() (`meta`), or None: shared by the config
+    and the model-record validator (core.record_checks), so a range is written once."""
     choices, rng = meta.get("choices"), meta.get("range")
     numbers = value if isinstance(value, list) else [value]
     numeric = [v for v in numbers if isinstance(v, (int, float)) and not isinstance(v, bool)]
@@ -440,13 +459,14 @@ def _check_value(key: str, value: Any, meta: typing.Mapping[str, Any]) -> None:
         or (meta.get("ordered") and len(numeric) == 2 and numeric[0] > numeric[1])
     )
     if not bad:
-        return
+        return None
     hint = ""
     if isinstance(value, str) and choices:
-        close = difflib.get_close_matches(value, choices, n=1)
+        close = difflib.get_close_matches(value[:CLIP_CHARS], choices, n=1)
         hint = f" (did you mean '{close[0]}'?)" if close else ""
-    shown = repr(value) if isinstance(value, str) else json.dumps(value)
-    raise UserError(f"config key '{key}': invalid value {shown}{hint}; valid: {_valid_text(meta)}")
+    shown = clip(value) if isinstance(value, str) else json.dumps(value)
+    shown = shown if len(shown) <= CLIP_CHARS else shown[: CLIP_CHARS - 1] + "…"
+    return f"invalid value {shown}{hint}; valid: {_valid_text(meta)}"
 
 
 def _set_dotted(tree: dict[str, Any], key: str, value: Any) -> None:
@@ -463,13 +483,38 @@ def _set_dotted(tree: dict[str, Any], key: str, value: Any) -> None:
 def parse_override(text: str) -> tuple[str, Any]:
     """`train.epochs=3` → ('train.epochs', 3); the value is parsed as YAML (numbers, lists, null)."""
     if "=" not in text:
-        raise UserError(f"override {text!r} must look like key=value (e.g. train.epochs=3)")
+        raise UserError(f"override {clip(text)} must look like key=value (e.g. train.epochs=3)")
     key, raw = text.split("=", 1)
     try:
-        value = yaml.safe_load(raw) if raw.strip() else ""
-    except yaml.YAMLError:
+        value = load_yaml(raw) if raw.strip() else ""
+    except YAML_ERRORS:  # not YAML (or a number past Python's digit limit): the text itself
         value = raw
     return key.strip(), value
+
+
+class _NoAliasLoader(yaml.SafeLoader):
+    """safe_load without aliases: `*name` repeats a node by reference, so a few lines can expand to
+    gigabytes (the "billion laughs"); a config never needs one."""
+
+    def compose_node(self, parent, index):  # noqa: ANN001 - PyYAML's signature
+        if self.check_event(yaml.AliasEvent):
+            event = self.peek_event()
+            raise yaml.composer.ComposerError(
+                None,
+                None,
+                "YAML aliases (*name) are not allowed in a config; write the value out",
+                event.start_mark,
+            )
+        return super().compose_node(parent, index)
+
+
+# What parsing YAML text can raise: syntax errors, an int past Python's 4300-digit limit (ValueError),
+# nesting deeper than the recursive composer can follow (RecursionError).
+YAML_ERRORS = (yaml.YAMLError, ValueError, RecursionError)
+
+
+def load_yaml(text: str) -> Any:
+    return yaml.load(text, Loader=_NoAliasLoader)  # noqa: S506 - a SafeLoader subclass
 
 
 def _validate(cfg: Config) -> None:
@@ -513,9 +558,14 @@ def load_config(path: str | Path | None = None, overrides: list[str] | tuple[str
         if not p.is_file():
             raise UserError(f"config file not found: {p}")
         try:
-            tree = yaml.safe_load(p.read_text()) or {}
-        except yaml.YAMLError as exc:
-            raise UserError(f"config file {p} is not valid YAML: {exc}".replace("\n", " ")) from None
+            tree = load_yaml(p.read_text(encoding="utf-8")) or {}
+        except UnicodeDecodeError as exc:
+            raise UserError(
+                f"config file {p} is not UTF-8 text (byte {exc.start}); save it as UTF-8"
+            ) from None
+        except YAML_ERRORS as exc:
+            reason = " ".join(str(exc).split())[:300] or type(exc).__name__
+            raise UserError(f"config file {p} is not valid YAML: {reason}") from None
         if not isinstance(tree, dict):
             raise UserError(f"config file {p} must be a mapping of sections (run, data, model, ...)")
     for text in overrides:

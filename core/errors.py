@@ -11,12 +11,25 @@ from typing import TypeVar
 
 EXIT_USER_ERROR = 2
 DEBUG_ENV = "IMGCLF_DEBUG"  # IMGCLF_DEBUG=1: the full traceback after the one line, for bug reports
+CLIP_CHARS = 100  # a value quoted in an error line: enough to recognise it, never a flood
 
 F = TypeVar("F", bound=Callable[..., int | None])
 
 
 class UserError(Exception):
     """A mistake the user can fix (bad config, missing folder, wrong model file)."""
+
+
+def clip(value: object, limit: int = CLIP_CHARS) -> str:
+    """repr(value) cut to `limit` characters: every error that quotes a user's value goes through here, so
+    a megabyte string (or a YAML alias bomb) can never turn one error line into gigabytes."""
+    if isinstance(value, str) and len(value) > 4 * limit:
+        value = value[: 4 * limit]  # repr of the head only: the cost does not grow with the value
+    try:
+        text = repr(value)
+    except ValueError:  # an int past Python's digit limit has no repr
+        text = f"<{type(value).__name__} too large to show>"
+    return text if len(text) <= limit else text[: limit - 1] + "…"
 
 
 def cli_entry(fn: F) -> F:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import math
 import os
 import warnings
 from collections.abc import Callable
@@ -33,6 +34,32 @@ ImageFile.LOAD_TRUNCATED_IMAGES = False
 
 class BadImage(Exception):
     """An image file that cannot be decoded; `str()` is the reason, fit for a CSV error column."""
+
+
+# The shorter-side resize scales a thin image's long side up with it: 2 x 1,000,000 pixels decode small
+# but resize to 11 GB. Past this many times the model's input area (about a 50:1 aspect at the
+# tutorials' 256/224 ratio) an image is refused before any resize, on every path that resizes.
+MAX_RESIZE_AREA = 64
+
+
+TOO_ELONGATED = "image too elongated to resize"  # how its reason starts: counted apart in summaries
+
+
+class TooElongated(BadImage):
+    """Decodable, but its resized size would be out of bounds: counted apart from undecodable files."""
+
+
+def check_resize_output(width: int, height: int, resize: int, crop: int) -> None:
+    """Raise TooElongated when resizing the shorter side of width x height to `resize` would make more
+    than MAX_RESIZE_AREA x crop² pixels. Every resize path calls this first (CPU: core.preprocess's
+    eval_transform; GPU decode: before its batched resize)."""
+    short, long = max(1, min(width, height)), max(width, height)
+    out_long = math.ceil(resize * long / short)
+    if resize * out_long > MAX_RESIZE_AREA * crop * crop:
+        raise TooElongated(
+            f"{TOO_ELONGATED} ({width}x{height}: would become {resize}x{out_long}, over "
+            f"{MAX_RESIZE_AREA}x the {crop}x{crop} model input); skipped"
+        )
 
 
 def is_image_file(path: str | os.PathLike) -> bool:

@@ -14,6 +14,7 @@ from torchvision.transforms import InterpolationMode
 from torchvision.transforms import v2 as T
 
 from core.augment import TrainWarp
+from core.images import check_resize_output
 from core.specs import (
     IMAGENET_MEAN,
     IMAGENET_STD,
@@ -33,10 +34,23 @@ def interpolation_mode(name: str) -> InterpolationMode:
         raise ValueError(f"unknown interpolation {name!r}; valid: {', '.join(INTERPOLATIONS)}") from None
 
 
+class ResizeBound:
+    """The first eval step: refuse (core.images.TooElongated) an image whose resize would be huge."""
+
+    def __init__(self, spec: EvalSpec):
+        self.resize, self.crop = spec.resize, spec.crop
+
+    def __call__(self, image: Image.Image) -> Image.Image:
+        check_resize_output(*image.size, self.resize, self.crop)
+        return image
+
+
 def eval_transform(spec: EvalSpec) -> Callable[[Image.Image], torch.Tensor]:
-    """PIL RGB image → uint8 tensor [3, crop, crop], exactly as at validation time."""
+    """PIL RGB image → uint8 tensor [3, crop, crop], exactly as at validation time; an image too
+    elongated to resize within bounds raises core.images.TooElongated (a BadImage)."""
     return T.Compose(
         [
+            ResizeBound(spec),
             T.PILToTensor(),
             T.Resize(spec.resize, interpolation=interpolation_mode(spec.interpolation), antialias=True),
             T.CenterCrop(spec.crop),

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-import os
+import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -11,8 +11,9 @@ import torch
 
 from core.bundle import BundleRecord
 from core.errors import UserError
-from core.images import IMAGE_EXTENSIONS, BadImage, decode_image, is_image_file
+from core.images import IMAGE_EXTENSIONS, TOO_ELONGATED, BadImage, decode_image, is_image_file
 from core.preprocess import EvalSpec, eval_transform
+from core.tree import files_under
 
 RANDOM_WARNING = (
     "no real images: the parity gate ran on RANDOM uint8 tensors, which prove far less than "
@@ -47,7 +48,7 @@ class Samples:
 def find_images(root: Path, cap: int) -> list[Path]:
     """Image files under `root` (recursive, sorted); when more than `cap`, an evenly spaced subset so that
     every class folder of a sorted ImageFolder tree is represented, not just the first few."""
-    found = sorted(Path(d) / f for d, _, files in os.walk(root) for f in files if is_image_file(f))
+    found = [Path(f) for f in files_under(root) if is_image_file(f)]  # iterative: any depth
     if len(found) <= cap:
         return found
     step = len(found) / cap
@@ -77,6 +78,7 @@ def load_samples(root: Path, spec: EvalSpec, classes: list[str], cap: int, sourc
             continue
         paths.append(str(f))
         labels.append(_label(f, class_index))
+    _warn_elongated(root, skipped)
     if not tensors:
         raise UserError(
             f"none of the {len(files)} images under {root} could be decoded "
@@ -106,3 +108,15 @@ def gate_samples(images: str | None, record: BundleRecord, cap: int) -> Samples:
     if valid is not None:
         return load_samples(valid, spec, classes, cap, "valid_dir")
     return random_samples(spec, n=min(cap, 32))
+
+
+def _warn_elongated(root: Path, skipped: list[dict[str, str]]) -> None:
+    """Panoramas are valid images the bounded resize refuses (core.images.TooElongated): say so once."""
+    thin = [s for s in skipped if s["reason"].startswith(TOO_ELONGATED)]
+    if thin:
+        print(
+            f"warning: {len(thin)} image(s) under {root} skipped as too elongated to resize "
+            f"(first: {thin[0]['path']}: {thin[0]['reason']})",
+            file=sys.stderr,
+            flush=True,
+        )

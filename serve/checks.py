@@ -41,9 +41,15 @@ def check_model(backend: Any, model: str | Path, kind: str) -> Any:
     check_engine_profile(model, getattr(backend, "engine", None), crop, fix)
     if output_dims:
         check_logits_width(model, _static(output_dims[-1]), classes, fix)
-    logits = _one_batch(backend, model, crop, fix)
+    n = probe_size(getattr(backend, "engine", None))
+    logits = _one_batch(backend, model, crop, fix, n)
     if logits.dim() != 2:
         raise UserError(f"{model} outputs logits of shape {list(logits.shape)}, not [N, classes]; {fix}")
+    if logits.shape[0] != n:  # the writer pairs row i with image i: a short answer mislabels or crashes
+        raise UserError(
+            f"{model} returns {logits.shape[0]} rows of logits for a batch of {n} images, not one per "
+            f"image; {fix}"
+        )
     check_logits_width(model, logits.shape[1], classes, fix)
     return backend
 
@@ -104,13 +110,24 @@ def check_logits_width(model: Path, width: int | None, classes: int, fix: str) -
         )
 
 
-def _one_batch(backend: Any, model: Path, crop: int, fix: str) -> torch.Tensor:
-    images = torch.zeros((1, 3, crop, crop), dtype=torch.uint8, device=getattr(backend, "device", "cpu"))
+PROBE_BATCH = 3  # more than one image, so a graph that folds the batch (1 row for N) is caught
+
+
+def probe_size(engine: Any) -> int:
+    """PROBE_BATCH, or less where a TensorRT profile's largest batch is smaller."""
+    if engine is None or not hasattr(engine, "get_tensor_profile_shape"):
+        return PROBE_BATCH
+    high = tuple(engine.get_tensor_profile_shape(ONNX_INPUT, 0))[2]
+    return max(1, min(PROBE_BATCH, int(high[0])))
+
+
+def _one_batch(backend: Any, model: Path, crop: int, fix: str, n: int = 1) -> torch.Tensor:
+    images = torch.zeros((n, 3, crop, crop), dtype=torch.uint8, device=getattr(backend, "device", "cpu"))
     try:
         return torch.as_tensor(backend(images))
     except Exception as exc:  # noqa: BLE001 - each runtime raises its own types; all mean the same here
         first = (str(exc).strip().splitlines() or [""])[0][:300]
         raise UserError(
-            f"{model} fails on one 1×3×{crop}×{crop} batch, the input its record describes "
+            f"{model} fails on one {n}×3×{crop}×{crop} batch, the input its record describes "
             f"({type(exc).__name__}: {first}); {fix}"
         ) from None

@@ -13,6 +13,7 @@ from pathlib import Path
 
 from core.errors import UserError
 from serve.accept import check_accept_above
+from serve.budget import MAX_INFLIGHT_MB
 from serve.discover import MAX_FILE_MB, check_inputs, is_url
 from serve.model_file import model_kind, resolve_model
 from serve.writer import FORMATS
@@ -45,6 +46,7 @@ class ServeJob:
     read_threads: int = 8
     timeout: float = 10.0
     max_bytes: int = MAX_FILE_MB * 2**20
+    max_inflight_bytes: int = MAX_INFLIGHT_MB * 2**20  # serve.budget
     limit: int | None = None
     throttle: float = 0.0
     progress: bool = True
@@ -113,12 +115,24 @@ def build_parser() -> argparse.ArgumentParser:
         "at least 1)",
     )
     p.add_argument("--read-threads", type=int, default=8, help="file/URL reading threads")
-    p.add_argument("--timeout", type=float, default=10.0, help="seconds before a URL fetch gives up")
+    p.add_argument(
+        "--timeout",
+        type=float,
+        default=10.0,
+        help="seconds a URL fetch may take in all (connect, headers, body) before its row is an error",
+    )
     p.add_argument(
         "--max-file-mb",
         type=float,
         default=MAX_FILE_MB,
         help="larger files and downloads get an error row, unread",
+    )
+    p.add_argument(
+        "--max-inflight-mb",
+        type=float,
+        default=MAX_INFLIGHT_MB,
+        help="bytes read but not yet decoded, across all reading threads and decode workers, wait "
+        "below this (one larger file still goes through alone)",
     )
     p.add_argument("--limit", type=int, help="classify at most N new images (default: all)")
     p.add_argument(
@@ -178,6 +192,7 @@ def parse(argv: list[str] | None = None) -> ServeJob:
         read_threads=args.read_threads,
         timeout=args.timeout,
         max_bytes=int(args.max_file_mb * 2**20),
+        max_inflight_bytes=int(args.max_inflight_mb * 2**20),
         limit=args.limit,
         throttle=args.throttle,
         progress=not args.no_progress,
@@ -201,6 +216,7 @@ def check_args(args: argparse.Namespace) -> None:
         "--read-threads": args.read_threads,
         "--timeout": args.timeout,
         "--max-file-mb": args.max_file_mb,
+        "--max-inflight-mb": args.max_inflight_mb,
     }
     for flag, value in positive.items():
         if value is not None and value <= 0:

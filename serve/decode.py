@@ -27,6 +27,7 @@ from core.jpeg import REFUSED, DecodeStats, JpegRoute, decode_on_device, route_j
 from core.preprocess import EvalSpec, eval_transform, interpolation_mode
 from core.resize import eval_resize_crop
 from core.streams import CUDA_STREAMS, CudaStreams, normal_device
+from serve.budget import MAX_INFLIGHT_MB, ByteBudget
 from serve.discover import Item
 from serve.sources import SourceError, read_bytes
 from serve.workers import DecodeWorkers
@@ -123,9 +124,10 @@ class Batch:
 
 
 class _Loaded(NamedTuple):
-    data: bytes | None
+    data: bytes | None  # kept only for device decoding (parked in the byte budget)
     error: str
     route: JpegRoute | None  # None: no device decoding in this pipeline
+    decoded: Callable[[], list] | None = None  # CPU decoding, started by the reader: () -> [result]
 
     @property
     def device(self) -> bool:
@@ -150,6 +152,7 @@ class DecodePipeline:
         timeout: float = 10.0,
         gpu_decode: bool | None = None,
         depth: int = 2,
+        max_inflight_bytes: int = MAX_INFLIGHT_MB * 2**20,
         streams: CudaStreams = CUDA_STREAMS,
     ):
         self.key, self.crop = spec_key(spec), spec.crop
@@ -157,6 +160,7 @@ class DecodePipeline:
         self.procs = DecodeWorkers(workers) if workers > 0 else None  # fork before any thread or CUDA
         self.threads = ThreadPoolExecutor(max(1, threads), thread_name_prefix="imgclf-read")
         self.stats = DecodeStats()  # what the device decoded, what went to the CPU and why
+        self.budget = ByteBudget(max_inflight_bytes)  # bytes read, not yet decoded (serve.budget)
         self._running: list[tuple[threading.Thread, threading.Event]] = []  # decode threads, their stop flags
         self.streams = streams
         self._side = None  # the decode thread's stream, made once per pipeline and device (see side_stream)
@@ -182,6 +186,7 @@ class DecodePipeline:
         """abort (Ctrl-C, an error): stop at once, without waiting for queued reads or decodes."""
         for _, stop in self._running:
             stop.set()
+        self.budget.close()  # readers waiting for room give up instead of holding the exit
         self.threads.shutdown(wait=False, cancel_futures=True)
         if self.procs is not None:
             self.procs.close(abort=abort)
@@ -252,21 +257,39 @@ class DecodePipeline:
         if item.error:
             return _Loaded(None, item.error, None)
         try:
-            data = read_bytes(item, self.timeout)
+            data = read_bytes(item, self.timeout, self.budget)  # held in the budget until decoded
         except SourceError as exc:
             return _Loaded(None, str(exc), None)
-        return _Loaded(data, "", route_jpeg(data) if self.gpu else None)
+        route = route_jpeg(data) if self.gpu else None
+        if route is not None and route.device:
+            self.budget.park(len(data))  # freed when its batch is finished (_finish)
+            return _Loaded(data, "", route)
+        return _Loaded(None, "", route, self._decode_cpu(data))
+
+    def _decode_cpu(self, data: bytes) -> Callable[[], list]:
+        """Start this file's CPU decode now, from the reader, so its bytes leave the budget as soon as it
+        is decoded, not when its whole batch is (a batch of large files would not fit the budget)."""
+        n = len(data)
+        if self.procs is None:
+            try:
+                result = cpu_decode(data, self.key)
+            finally:
+                self.budget.release(n)
+            return lambda: [result]
+        future = self.procs.submit(cpu_decode_many, [data], self.key)
+        future.add_done_callback(lambda _: self.budget.release(n))  # also when cancelled
+        return future.result
 
     def _submit_reads(self, chunk: list[Item]) -> tuple[list[Item], list[Future]]:
         return chunk, [self.threads.submit(self._load, item) for item in chunk]
 
     def _submit_decodes(self, chunk: list[Item], futures: list[Future]):
         loaded = [f.result() for f in futures]
-        cpu = [i for i, x in enumerate(loaded) if x.data is not None and not x.device]
+        cpu = [i for i, x in enumerate(loaded) if x.decoded is not None]
         for i in cpu:
             if loaded[i].route is not None:
                 self.stats.add(loaded[i].route.reason)
-        return chunk, loaded, cpu, self._submit_cpu([loaded[i].data for i in cpu])
+        return chunk, loaded, cpu, [loaded[i].decoded for i in cpu]
 
     def _submit_cpu(self, datas: list) -> list[Callable[[], list]]:
         if not datas:
@@ -300,6 +323,8 @@ class DecodePipeline:
             cpu = cpu + refused
         for i, r in zip(cpu, [r for job in jobs for r in job()]):
             results[i] = r
+        if gpu:
+            self.budget.release(sum(len(loaded[i].data) for i in gpu), parked=True)
         return self._assemble(chunk, results)
 
     def _assemble(self, chunk: list[Item], results: list) -> Batch:

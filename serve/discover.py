@@ -11,12 +11,12 @@ from __future__ import annotations
 
 import hashlib
 import os
-import sys
 from collections.abc import Iterator
 from dataclasses import dataclass
 
 from core.errors import UserError
 from core.images import IMAGE_EXTENSIONS, is_image_file
+from core.tree import walk_tree
 from serve.pathnames import escape_path
 
 URL_PREFIXES = ("http://", "https://")
@@ -120,27 +120,12 @@ def walk_images(root: str) -> Iterator[tuple[str, str]]:
 
 
 def _walk(directory: str, rel: str, visited: set[bytes]) -> Iterator[tuple[str, str, bytes | str]]:
-    """(path, relative path, _file_key) per image; folders in `visited` are not walked again."""
-    try:
-        st = os.stat(directory)
-        folder = _folder_id(st)
-        if folder in visited:
-            return
-        visited.add(folder)
-        with os.scandir(directory) as it:
-            entries = sorted(it, key=lambda e: e.name)
-    except OSError as exc:
-        print(f"warning: cannot list {directory}: {exc.strerror or exc}; skipped", file=sys.stderr)
-        return
-    for entry in entries:
-        if entry.name.startswith("."):  # hidden files and folders, .DS_Store
-            continue
-        child = f"{rel}/{entry.name}" if rel else entry.name
-        if _is_dir(entry):
-            yield from _walk(entry.path, child, visited)
-        elif is_image_file(entry.name):
+    """(path, relative path, _file_key) per image; folders in `visited` are not walked again. Iterative
+    (core.tree): a 1,200-level tree walks like any other, a folder past the OS path limit is a warning."""
+    for entry, child, folder in walk_tree(directory, visited):
+        if is_image_file(entry.name):
             key = _file_key(entry.path) if _is_symlink(entry) else _entry_key(folder, entry.name)
-            yield entry.path, child, key
+            yield entry.path, _join(rel, child) if rel else child, key
 
 
 def _is_symlink(entry: os.DirEntry) -> bool:
@@ -148,10 +133,3 @@ def _is_symlink(entry: os.DirEntry) -> bool:
         return entry.is_symlink()
     except OSError:
         return True  # unknown: resolve it the slow, sure way
-
-
-def _is_dir(entry: os.DirEntry) -> bool:
-    try:
-        return entry.is_dir()  # follows symlinks; loops are caught by the visited set
-    except OSError:
-        return False

@@ -16,6 +16,7 @@ import torch
 from accelerate import PartialState
 
 from core.errors import UserError
+from core.interrupt import interrupt_once
 from core.lock import OutputLock, held_by_main
 from core.progress import SERVE_LOG_SECONDS, Progress
 from serve.accept import resolve_threshold
@@ -72,7 +73,8 @@ def run_job(job: ServeJob) -> int:
         check_output(job, layout, identity, state)
         start = time.perf_counter()
         try:
-            counts, skipped = run(job, state, layout, record.preprocess, identity, accept_note)
+            with interrupt_once():  # a second Ctrl-C during cleanup is ignored; the exit has a deadline
+                counts, skipped = run(job, state, layout, record.preprocess, identity, accept_note)
         except KeyboardInterrupt:  # Ctrl-C is a normal way to stop: say how to continue, not a traceback
             print(
                 f"interrupted: the rows written so far are kept in {out}; rerun with --resume to continue",
@@ -189,7 +191,7 @@ def classify(
         writer.write(rows)
         if embeddings is not None and features is not None:
             embeddings.add([r["path"] for r in rows if r["status"] == "ok"], features)
-        n_err = sum(1 for e in batch.errors if e)
+        n_err = sum(1 for r in rows if r["status"] == "error")  # ok_row turns NaN/Inf into errors
         counts.ok, counts.errors = counts.ok + len(rows) - n_err, counts.errors + n_err
         bar.update(len(rows))
         if throttle:
@@ -211,7 +213,9 @@ def run(
         job.model, device, job.providers, state.num_processes, job.workers, job.threads
     )
     # the decode workers fork before the backend initialises CUDA; decoding then goes where the model runs
-    with DecodePipeline(spec, device, workers, job.read_threads, job.timeout) as pipe:
+    with DecodePipeline(
+        spec, device, workers, job.read_threads, job.timeout, max_inflight_bytes=job.max_inflight_bytes
+    ) as pipe:
         backend = open_backend(job.model, device, job.providers, job.allow_cpu, threads)
         pipe.to(backend.device)
         batch_size = job.batch_size or default_batch_size(backend.device)

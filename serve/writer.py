@@ -22,10 +22,14 @@ import numpy as np
 from core.calibration import margin_entropy
 from core.errors import UserError
 from core.fsio import atomic_path
+from core.record_checks import TOPK_SEPARATOR  # training refuses class names holding it
 
 FORMATS = ("csv", "jsonl")
 SEQ = "seq"  # extra first column of per-process part files: the stream position, for the merge
 PROB_DECIMALS = 6
+# A spreadsheet runs a cell starting with one of these as a formula (CSV injection: a class folder
+# named `=HYPERLINK(...)`); the CSV's name cells get a leading ' (shown as text, the usual guard).
+FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r")
 
 
 @dataclass(frozen=True)
@@ -70,7 +74,14 @@ class Layout:
 # ─── rows ─────────────────────────────────────────────────────────────────────────────────────
 
 
+NOT_FINITE = "model produced NaN/Inf for this image; check the model (its weights or export)"
+
+
 def ok_row(layout: Layout, path: str, probs: np.ndarray) -> dict[str, Any]:
+    """The row for one image's probabilities; an error row when any is NaN/Inf (never an `ok` row whose
+    numbers cannot be trusted)."""
+    if not np.isfinite(probs).all():
+        return error_row(layout, path, NOT_FINITE)
     order = np.argsort(-probs, kind="stable")[: layout.topk]
     best = int(order[0])
     labels_col, probs_col = layout.topk_columns
@@ -122,8 +133,20 @@ def _cell(value: Any) -> str:
     if isinstance(value, float):
         return f"{value:.{PROB_DECIMALS}f}"
     if isinstance(value, list):
-        return "|".join(_cell(v) for v in value)
+        return TOPK_SEPARATOR.join(_cell(v) for v in value)
     return str(value)
+
+
+def spreadsheet_safe(text: str) -> str:
+    """`'` + text when a spreadsheet would take `text` for a formula; idempotent (' starts no formula)."""
+    return "'" + text if text.startswith(FORMULA_STARTS) else text
+
+
+def _name_cell(value: Any) -> str:
+    """A label, display name or top-k labels cell: each name guarded by spreadsheet_safe."""
+    if isinstance(value, list):
+        return TOPK_SEPARATOR.join(spreadsheet_safe(_cell(v)) for v in value)
+    return spreadsheet_safe(_cell(value))
 
 
 def _json_value(value: Any) -> Any:
@@ -141,13 +164,14 @@ def encode(layout: Layout, rows: Iterable[dict[str, Any]], seq: bool = False) ->
         return "".join(
             json.dumps({c: _json_value(r.get(c)) for c in columns}, ensure_ascii=False) + "\n" for r in rows
         )
+    names = {"label", "display_name", layout.topk_columns[0]}  # .jsonl keeps them verbatim
     buf = io.StringIO()
     plain, quote_all = (
         csv.writer(buf, lineterminator="\n"),
         csv.writer(buf, lineterminator="\n", quoting=csv.QUOTE_ALL),
     )
     for r in rows:
-        cells = [_cell(r.get(c)) for c in columns]
+        cells = [(_name_cell if c in names else _cell)(r.get(c)) for c in columns]
         # csv quotes a field holding "\n" but not one holding a bare "\r", which readers take as a line end
         (quote_all if any("\r" in c for c in cells) else plain).writerow(cells)
     return buf.getvalue()

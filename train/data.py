@@ -26,6 +26,8 @@ from core.config import Config
 from core.errors import UserError
 from core.images import IMAGE_EXTENSIONS, BadImage, decode_image, is_class_folder, is_image_file
 from core.preprocess import eval_transform, train_transform
+from core.record_checks import check_class_names
+from core.tree import files_under
 from train.gpu_data import EncodedImages, collate_encoded
 
 SPLIT_DIRS = {"train": ("train",), "valid": ("valid", "val", "validation"), "test": ("test",)}
@@ -95,12 +97,12 @@ class ImageDataset(Dataset):
         label = self.source.label(index)
         try:
             image = self.source.load(index)
-        except BadImage as exc:
+            # fork_rng: seeding must not disturb the caller's RNG stream (num_workers=0 runs in the main process).
+            with torch.random.fork_rng(devices=[]):
+                torch.manual_seed(sample_seed(self.seed, epoch, index))
+                return self.transform(image), label, ""
+        except BadImage as exc:  # undecodable, or (eval transform) too elongated to resize
             return None, label, f"{self.source.name(index)}\t{exc}"
-        # fork_rng: seeding must not disturb the caller's RNG stream (num_workers=0 runs in the main process).
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(sample_seed(self.seed, epoch, index))
-            return self.transform(image), label, ""
 
 
 class EpochSampler(Sampler):
@@ -175,6 +177,7 @@ def list_classes(train_dir: Path) -> list[str]:
     classes = sorted(e.name for e in os.scandir(train_dir) if e.is_dir() and is_class_folder(e.name))
     if not classes:
         raise UserError(f"no class folders in {train_dir}; expected {train_dir}/<class>/<images>")
+    check_class_names(classes, str(train_dir))
     return classes
 
 
@@ -196,13 +199,7 @@ def list_samples(split_dir: Path, classes: list[str]) -> list[tuple[str, int]]:
         if not folder.is_dir():
             continue  # a class may be absent from valid/test
         # Files in hidden subfolders (.ipynb_checkpoints, ...) are not data, as in train/split.py.
-        files = sorted(
-            str(p)
-            for p in folder.rglob("*")
-            if p.is_file()
-            and is_image_file(p)
-            and not any(part.startswith(".") for part in p.relative_to(folder).parts)
-        )
+        files = [f for f in files_under(folder) if is_image_file(f)]  # iterative: any depth
         if not files:
             raise UserError(
                 f"class folder {folder} holds no images ({', '.join(sorted(IMAGE_EXTENSIONS))}); "

@@ -7,6 +7,7 @@ see train.data.collate_eval) are masked out of every metric.
 
 from __future__ import annotations
 
+import sys
 from dataclasses import dataclass
 
 import numpy as np
@@ -15,6 +16,7 @@ import torch.nn.functional as F
 from accelerate import Accelerator
 from torch import nn
 
+from core.images import TOO_ELONGATED
 from core.metrics import TOPK
 from train.data import IGNORE_LABEL
 
@@ -55,7 +57,10 @@ def evaluate(
     model.eval()
     totals = torch.zeros(4, dtype=torch.float64, device=accelerator.device)
     logits_kept, targets, classes = [], [], 0
-    for images, labels, _bad in loader:
+    skipped = torch.zeros(2, dtype=torch.float64)  # too elongated to resize, undecodable
+    for images, labels, bad in loader:
+        elongated = sum(TOO_ELONGATED in note for note in bad)
+        skipped += torch.tensor([elongated, len(bad) - elongated], dtype=torch.float64)
         with accelerator.autocast():
             logits = model(prepare(images)).float()
         classes = logits.shape[1]
@@ -66,6 +71,7 @@ def evaluate(
             targets.append(gathered[1])
             logits_kept.append(gathered[2])
     loss_sum, hit1, hit5, n = totals.tolist()  # the one device sync of the whole evaluation
+    _warn_skipped(accelerator, skipped, round(n))
     denom = max(n, 1.0)
     result = EvalResult(round(n), loss_sum / denom, hit1 / denom, hit5 / denom if classes > TOPK else None)
     if keep_probs and targets:
@@ -77,3 +83,24 @@ def evaluate(
         # position is its dataset index.
         result.indices = keep.nonzero().flatten().numpy()
     return result
+
+
+_warned: set[tuple[int, int, int]] = set()
+
+
+def _warn_skipped(accelerator: Accelerator, skipped: torch.Tensor, n: int) -> None:
+    """One line per distinct evaluation set (not one per epoch): images left out of the metrics, the
+    too-elongated ones (core.images.TooElongated) counted apart from undecodable files."""
+    if accelerator.num_processes > 1:
+        skipped = accelerator.reduce(skipped.to(accelerator.device), reduction="sum").cpu()
+    elongated, undecodable = (round(x) for x in skipped.tolist())
+    key = (elongated, undecodable, n)
+    if not (elongated or undecodable) or key in _warned or not accelerator.is_main_process:
+        return
+    _warned.add(key)
+    print(
+        f"warning: {elongated} image(s) too elongated to resize and {undecodable} undecodable image(s) "
+        f"left out of an evaluation of {n} images",
+        file=sys.stderr,
+        flush=True,
+    )

@@ -139,7 +139,7 @@ def test_readme_config_reference_matches_the_code():
         ("model.head.dropout=1.5", "1.5", "[0, 1)"),
         ("train.optimizer.lr=-1", "-1.0", ">= 0"),
         ("augment.hflip=2", "2.0", "[0, 1]"),
-        ("preprocess.crop=0", "0", ">= 1"),
+        ("preprocess.crop=0", "0", "[1, 4096]"),
         ("augment.scale=[1.0,0.5]", "[1.0, 0.5]", "2 values in (0, 1], min <= max"),
         ("augment.ratio=[0.5]", "[0.5]", "2 values in > 0, min <= max"),
         ("data.num_workers=-1", "-1", "auto or >= 0"),

@@ -91,7 +91,7 @@ def _crop_zero(tmp_path, make_bundle):
             "std": [0.5, 0.5, 0.5],
         },
     )
-    return [bundle], "bundle.json has invalid preprocessing: crop 0 (must be at least 1)"
+    return [bundle], "bundle.json: model record preprocess.crop: invalid value 0; valid: [1, 4096]"
 
 
 BAD_INPUTS = [

@@ -116,7 +116,7 @@ def test_a_bundle_that_fails_on_its_own_crop_is_refused_at_load(bundle, tmp_path
     d["preprocess"]["crop"], d["preprocess"]["resize"] = 4, 5  # cifar_cnn's 5×5 convs need at least 5 px
     record_file.write_text(json.dumps(d))
     err = _refused(capsys, bundle, tmp_path)
-    assert "fails on one 1×3×4×4 batch" in err and "re-copy or re-train" in err
+    assert "fails on one 3×3×4×4 batch" in err and "re-copy or re-train" in err
 
 
 class _FakeEngine:
