@@ -23,6 +23,7 @@ from matplotlib.ticker import MaxNLocator
 from PIL import Image
 
 from core.fsio import atomic_path, write_json_atomic
+from core.pathnames import escape_path
 
 DPI = 100
 GREEN, RED, BLUE, NEUTRAL = "#1a7f37", "#cf222e", "#4c72b0", "#24292f"
@@ -61,7 +62,11 @@ def write_metrics_csv(rows: list[dict], path: str | os.PathLike) -> None:
     header: dict[str, None] = {}
     for row in rows:
         header.update(dict.fromkeys(row))
-    with atomic_path(path) as tmp, open(tmp, "w", newline="", encoding="utf-8") as fh:
+    # surrogateescape: a non-UTF-8 class name is written back as the exact bytes of its folder name
+    with (
+        atomic_path(path) as tmp,
+        open(tmp, "w", newline="", encoding="utf-8", errors="surrogateescape") as fh,
+    ):
         writer = csv.writer(fh)
         writer.writerow(header)
         for row in rows:
@@ -200,6 +205,9 @@ def _show(ax, image: ImageLike, title: str = "", color: str = NEUTRAL, fontsize:
 
 
 def _short(text: str, width: int = 22) -> str:
+    """Every name a figure shows passes here: a non-UTF-8 folder name (lone surrogates, which no font or
+    matplotlib's text layout accepts) is shown escaped, as serve's path column writes it."""
+    text = escape_path(text)
     return text if len(text) <= width else text[: width - 1] + "…"
 
 
