@@ -14,6 +14,7 @@ import json
 import sys
 import tempfile
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
@@ -35,9 +36,8 @@ from serve.discover import iter_items
 from serve.run import classify, default_workers
 from serve.writer import Layout, RowWriter
 
-UNIQUE_IMAGES = (
-    32  # synthetic JPEGs are copies of a few unique ones: generating noise is slower than decoding
-)
+UNIQUE_IMAGES = 32  # synthetic JPEGs are crops of a few unique ones: generating noise is slower than encoding
+DISTINCT_SIZES = 64 * 64
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -88,18 +88,22 @@ SMOKE = {
 
 
 def synthetic_jpegs(root: Path, n: int, side: int) -> Path:
+    """n JPEGs of n distinct sizes (up to 4,096; a mixed photo folder has one size per photo, and batches
+    must pay for that): crops of a few unique pictures (making noise is slower than encoding), encoded
+    in threads (PIL releases the GIL)."""
     root.mkdir(parents=True, exist_ok=True)
     rng = np.random.default_rng(0)
-    blobs = []
-    for i in range(min(n, UNIQUE_IMAGES)):
-        w, h = (int(side * rng.uniform(0.9, 1.1)) for _ in range(2))
-        path = root / f"u{i}.jpg"
-        make_image(i, rng, (w, h)).save(path, quality=90)
-        blobs.append(path.read_bytes())
-        path.unlink()
-    for i in range(n):
-        (root / f"{i // 1000:04d}").mkdir(exist_ok=True)
-        (root / f"{i // 1000:04d}" / f"img_{i:07d}.jpg").write_bytes(blobs[i % len(blobs)])
+    bases = [make_image(i, rng, (side, side)) for i in range(min(n, UNIQUE_IMAGES))]
+
+    def write(i: int) -> None:
+        dh, dw = divmod(i % DISTINCT_SIZES, 64)  # (side - dh, side - dw): a different size for each image
+        img = bases[i % len(bases)].crop((0, 0, max(8, side - dw), max(8, side - dh)))
+        folder = root / f"{i // 1000:04d}"
+        folder.mkdir(exist_ok=True)
+        img.save(folder / f"img_{i:07d}.jpg", quality=90)
+
+    with ThreadPoolExecutor(8) as pool:
+        list(pool.map(write, range(n)))
     return root
 
 
