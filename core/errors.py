@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import functools
 import os
 import sys
@@ -32,6 +33,37 @@ def clip(value: object, limit: int = CLIP_CHARS) -> str:
     return text if len(text) <= limit else text[: limit - 1] + "…"
 
 
+DISK_FULL_ERRNOS = frozenset({errno.ENOSPC, getattr(errno, "EDQUOT", errno.ENOSPC)})
+# Libraries that write through C (torch.save, safetensors) wrap the OS error into their own exception
+# type and keep only its message; these are the C library's texts for the two errnos.
+_DISK_FULL_TEXTS = ("No space left on device", "Disk quota exceeded")
+
+
+def disk_full(exc: BaseException | None) -> OSError | BaseException | None:
+    """The disk-full error (ENOSPC/EDQUOT) in `exc` or its causes, or None: a full disk is the user's to fix
+    wherever the write happened, so every stage reports it the same way instead of as its own failure."""
+    seen = set()
+    while exc is not None and id(exc) not in seen:
+        seen.add(id(exc))
+        if isinstance(exc, OSError) and exc.errno in DISK_FULL_ERRNOS:
+            return exc
+        if any(text in str(exc) for text in _DISK_FULL_TEXTS):
+            return exc
+        exc = exc.__cause__ or exc.__context__
+    return None
+
+
+def disk_full_line(exc: BaseException) -> str:
+    """One line naming the file that could not be written (when the error knows it) and the fix."""
+    name = getattr(exc, "filename", None)
+    where = f" writing {name}" if name else ""
+    what = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc).strip().splitlines()[0]
+    return (
+        f"disk full{where} ({what[:200]}): free space or choose another output folder, then run again; "
+        "files written before are kept"
+    )
+
+
 def cli_entry(fn: F) -> F:
     """Wrap a CLI main(): a UserError prints `error: ...` on stderr (plus its traceback under IMGCLF_DEBUG=1)
     and exits 2."""
@@ -45,6 +77,12 @@ def cli_entry(fn: F) -> F:
             if debug_enabled():
                 traceback.print_exception(exc, file=sys.stderr)
                 sys.stderr.flush()
+            raise SystemExit(EXIT_USER_ERROR) from None
+        except Exception as exc:
+            full = disk_full(exc)
+            if full is None:
+                raise
+            print(f"error: {disk_full_line(full)}", file=sys.stderr, flush=True)
             raise SystemExit(EXIT_USER_ERROR) from None
 
     return wrapper  # type: ignore[return-value]

@@ -34,7 +34,11 @@ def write_metrics_csv(rows: list[dict], path: str | os.PathLike) -> None:
     header: dict[str, None] = {}
     for row in rows:
         header.update(dict.fromkeys(row))
-    with atomic_path(path) as tmp, open(tmp, "w", newline="", encoding="utf-8") as fh:
+    # surrogateescape: a non-UTF-8 class name is written back as the exact bytes of its folder name
+    with (
+        atomic_path(path) as tmp,
+        open(tmp, "w", newline="", encoding="utf-8", errors="surrogateescape") as fh,
+    ):
         writer = csv.writer(fh)
         writer.writerow(header)
         for row in rows:

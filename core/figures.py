@@ -20,6 +20,7 @@ from matplotlib.ticker import MaxNLocator
 from PIL import Image
 
 from core.fsio import atomic_path
+from core.pathnames import escape_path
 
 DPI = 100
 GREEN, RED, BLUE, NEUTRAL = "#1a7f37", "#cf222e", "#4c72b0", "#24292f"
@@ -67,6 +68,9 @@ def _show(ax, image: ImageLike, title: str = "", color: str = NEUTRAL, fontsize:
 
 
 def _short(text: str, width: int = 22) -> str:
+    """Every name a figure shows passes here: a non-UTF-8 folder name (lone surrogates, which no font or
+    matplotlib's text layout accepts) is shown escaped, as serve's path column writes it."""
+    text = escape_path(text)
     return text if len(text) <= width else text[: width - 1] + "…"
 
 

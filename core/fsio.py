@@ -11,6 +11,8 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+from core.errors import DISK_FULL_ERRNOS
+
 # mkstemp/mkdtemp create 0600/0700 entries; give results the mode a plain open()/mkdir() would,
 # so run outputs on a shared cluster stay readable by the group. Read once: os.umask both sets and gets.
 _UMASK = os.umask(0o022)
@@ -31,6 +33,10 @@ def atomic_path(dest: str | os.PathLike, suffix: str = "") -> Iterator[Path]:
             os.fsync(fh.fileno())
         os.chmod(tmp_path, 0o666 & ~_UMASK)
         os.replace(tmp_path, dest)
+    except OSError as exc:
+        if exc.errno in DISK_FULL_ERRNOS:  # name the file the user knows, not our temp name
+            raise OSError(exc.errno, exc.strerror, str(dest)) from exc
+        raise
     finally:
         tmp_path.unlink(missing_ok=True)
 

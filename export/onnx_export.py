@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import errno
 import json
 import time
 from collections.abc import Callable
@@ -13,7 +14,7 @@ import torch
 from torch import nn
 
 from core.bundle import WEIGHTS_FILE, BundleRecord
-from core.errors import UserError
+from core.errors import UserError, disk_full
 from core.model_record import (
     ONNX_EXPORT_KEY,
     ONNX_INPUT,
@@ -203,10 +204,17 @@ def _run_exporter(
         with torch.inference_mode(False), torch.no_grad():
             EXPORTERS[exporter](graph, example, dest, opset, outputs)
     except Exception as exc:  # noqa: BLE001 - exporter internals raise anything; the user needs the gist
+        full = disk_full(exc)
+        if full is not None:  # the disk, not the exporter: say which file could not be written
+            raise OSError(getattr(full, "errno", None) or errno.ENOSPC, _strerror(full), str(dest)) from exc
         first = (str(exc).strip().splitlines() or [""])[0][:300]
         raise UserError(
             f"the {exporter} ONNX exporter failed ({type(exc).__name__}: {first}); try --exporter {other}"
         ) from None
+
+
+def _strerror(exc: BaseException) -> str:
+    return getattr(exc, "strerror", None) or str(exc).strip().splitlines()[0]
 
 
 def embed_metadata(dest: Path, record: BundleRecord, facts: dict[str, Any]) -> None:

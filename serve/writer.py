@@ -6,6 +6,7 @@ last line (a kill inside that write) is cut off when the file is resumed.
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import heapq
 import io
@@ -202,16 +203,33 @@ class RowWriter:
             )
         except OSError as exc:
             raise UserError(f"cannot write {path} ({exc.strerror or exc}); choose another --out") from None
+        self.path, self.failed = path, False
         if fresh:
-            self.fh.write(header(layout, seq))
+            self._put(header(layout, seq))
+
+    def _put(self, text: str) -> None:
+        """Whole lines or nothing: a failed write (disk full) is cut back to the last whole batch, so the
+        file stays a valid resume point, and the error names the file."""
+        good = self.fh.tell()
+        try:
+            self.fh.write(text)
             self.fh.flush()
+        except OSError as exc:
+            self.failed = True
+            with contextlib.suppress(OSError):
+                os.close(self.fh.fileno())  # drop what is still buffered: close() must not write it
+                os.truncate(self.path, good)
+            raise OSError(exc.errno, exc.strerror, str(self.path)) from exc
 
     def write(self, rows: list[dict[str, Any]]) -> None:
         if rows:
-            self.fh.write(encode(self.layout, rows, self.seq))
-            self.fh.flush()
+            self._put(encode(self.layout, rows, self.seq))
 
     def close(self) -> None:
+        if self.failed:
+            with contextlib.suppress(OSError, ValueError):
+                self.fh.close()
+            return
         self.fh.close()
 
     def __enter__(self) -> RowWriter:

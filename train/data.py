@@ -28,6 +28,7 @@ from core.images import IMAGE_EXTENSIONS, BadImage, decode_image, is_class_folde
 from core.preprocess import eval_transform, train_transform
 from core.record_checks import check_class_names
 from core.tree import files_under
+from train.decodable import check_split_decodes
 from train.gpu_data import EncodedImages, collate_encoded
 
 SPLIT_DIRS = {"train": ("train",), "valid": ("valid", "val", "validation"), "test": ("test",)}
@@ -271,6 +272,9 @@ def load_folder_data(cfg: Config) -> TrainData:
             raise UserError(f"{dirs[split]} holds no images in its class folders")
     if dirs["test"] is not None and not samples["test"]:
         samples["test"], dirs["test"] = None, None  # an empty test/ is the same as none
+    for split, s in samples.items():
+        if s:
+            check_split_decodes(split, dirs[split], [p for p, _ in s])
     counts = {split: len(s or []) for split, s in samples.items()}
     ds = _datasets(cfg, {k: (FolderSource(s) if s else None) for k, s in samples.items()})
     names = load_display_names(classes, root / CAT_TO_NAME)
