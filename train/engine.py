@@ -378,7 +378,8 @@ def _head_spec(cfg: Config) -> HeadSpec:
 def _summary(epoch: int, epochs: int, row: dict[str, Any], n_valid: int, is_best: bool) -> str:
     return (
         f"epoch {epoch + 1}/{epochs}  train loss {row['train_loss']:.4f} acc {row['train_acc']:.3f}  "
-        f"valid loss {row['valid_loss']:.4f} acc {row['valid_acc']:.3f} macro F1 {row['valid_macro_f1']:.3f}"
+        f"valid loss {row['valid_loss']:.4f} acc {row['valid_acc']:.3f}"
+        + (f" macro F1 {row['valid_macro_f1']:.3f}" if "valid_macro_f1" in row else "")  # older last/ rows
         + (f" top5 {row['valid_top5']:.3f}" if "valid_top5" in row else "")
         + " "
         f"(n={n_valid})  lr {row['lr']:.2e}  {row['images_per_s']:.0f} img/s  {row['epoch_seconds']:.1f}s"

@@ -50,9 +50,20 @@ def _bn_net():
     return torch.nn.Sequential(torch.nn.Linear(3, 4), torch.nn.BatchNorm1d(4))
 
 
+def test_ema_decay_warms_up_to_its_setting():
+    ema = WeightEma(_bn_net(), decay=0.9)
+    seen = []
+    for _ in range(100):
+        seen.append(ema.current_decay())
+        ema.update(_bn_net())
+    assert seen[0] == pytest.approx(0.1) and seen[1] == pytest.approx(2 / 11)
+    assert seen == sorted(seen) and seen[-1] == 0.9
+
+
 def test_ema_moves_parameters_and_batchnorm_statistics_by_one_minus_decay():
     net = _bn_net()
     ema = WeightEma(net, decay=0.75)
+    ema.updates = 1000  # past the warmup: the decay is 0.75
     before = {k: v.clone() for k, v in ema.module.state_dict().items()}
     net.train()
     net(torch.randn(8, 3))  # running stats and num_batches_tracked move
@@ -65,7 +76,7 @@ def test_ema_moves_parameters_and_batchnorm_statistics_by_one_minus_decay():
             assert torch.allclose(v, 0.75 * before[k] + 0.25 * model[k]), k
         else:
             assert torch.equal(v, model[k]), k
-    assert ema.updates == 1 and not any(p.requires_grad for p in ema.module.parameters())
+    assert ema.updates == 1001 and not any(p.requires_grad for p in ema.module.parameters())
 
 
 def test_ema_state_round_trips():
