@@ -131,3 +131,19 @@ def test_the_imbalance_note_names_the_classes_the_ratio_and_data_balance():
 )
 def test_a_last_batch_of_one_image_is_dropped(n, batch, processes, compile, drop):
     assert drop_last_batch(n, batch, processes, compile) is drop
+
+
+def test_both_feeds_build_their_training_loader_on_the_balanced_sampler(small_root):
+    from core.config import load_config
+    from tests.train.helpers import DEMO_RECIPE, TINY
+    from train.data import load_data
+    from train.feed import CpuFeed, GpuFeed
+
+    cfg = load_config(DEMO_RECIPE, [f"data.root={small_root}", *TINY, "data.balance=sampler"])
+    data = load_data(cfg)
+    for feed_type in (CpuFeed, GpuFeed):
+        train, _ = feed_type(cfg, data, torch.device("cpu")).loaders(4, 4, pin=False)
+        assert isinstance(train.sampler, BalancedSampler)
+        assert train.sampler.members[1].tolist() == [
+            i for i, y in enumerate(data.train.source.labels) if y == 1
+        ]
