@@ -20,6 +20,7 @@ import tempfile
 from typing import Any
 
 from core.errors import UserError, cli_entry
+from core.lock import OutputLock
 from export import variants as var  # light: no torch, so --help stays fast
 
 EXPORT_REPORT = "export_report.json"
@@ -326,7 +327,7 @@ def run_export(args, bundle: Path, out: Path) -> int:
     if job.calib is not None:
         report["calibration"] = job.calib.describe()
     _inputs_log(job.samples)
-    job.work = Path(tempfile.mkdtemp(prefix=".export-work.", dir=out))
+    job.work = Path(tempfile.mkdtemp(prefix=stg.WORK_PREFIX, dir=out))
     try:
         stg.run(job, report)
         return finish(job, report)
@@ -343,7 +344,10 @@ def export(args) -> int:
     created = not out.exists()
     prepare_out(out)
     try:
-        return run_export(args, bundle, out)
+        with OutputLock(out, "export", "choose another --out"):  # one export per --out at a time
+            for line in stg.clear_leftovers(out):
+                log(line)
+            return run_export(args, bundle, out)
     except BaseException:
         if created and out.is_dir() and not any(out.iterdir()):
             out.rmdir()  # a failed export leaves no empty folder behind
@@ -359,11 +363,14 @@ def bundle_for(onnx_path: Path, facts: dict[str, Any], given: str | None) -> Pat
         raise UserError(
             f"--bundle {given} not found; pass the bundle folder {onnx_path.name} was exported from"
         )
-    where = given or facts.get("bundle_path")
+    from core.model_record import bundle_near
+
+    where = given or bundle_near(onnx_path, facts)
     if not where or not Path(where).exists():
+        recorded = f"run {facts['run']}, {facts.get('bundle')}/" if facts.get("run") else "not recorded"
         raise UserError(
-            f"the bundle {onnx_path.name} was exported from ({where or 'not recorded'}) is not "
-            "on this machine; pass it with --bundle DIR"
+            f"the bundle {onnx_path.name} was exported from ({recorded}) is not beside it; "
+            "pass it with --bundle DIR"
         )
     bundle = resolve_bundle_dir(where)
     want = facts.get("weights_sha256")

@@ -20,6 +20,7 @@ from core.model_record import (
     ONNX_OUTPUT,
     ONNX_PROBS,
     ONNX_RECORD_KEY,
+    bundle_ref,
     sha256_file,
 )
 from core.preprocess import WithPreprocessing
@@ -175,7 +176,7 @@ def export_facts(
         "torchvision": torchvision.__version__,
         "onnx": onnx.__version__,
         "weights_sha256": sha256_file(bundle_dir / WEIGHTS_FILE),
-        "bundle_path": str(bundle_dir.resolve()),
+        **bundle_ref(bundle_dir),
         "input": ONNX_INPUT,
         "outputs": output_names(probs),
         "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),

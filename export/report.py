@@ -62,11 +62,16 @@ def write_report(path: Path, report: dict[str, Any]) -> Path:
     return path
 
 
+def _num(value: float | None, spec: str) -> str:
+    """A figure for a log line; None stands for a non-finite one (verify never stores NaN)."""
+    return "NaN/Inf" if value is None else format(value, spec)
+
+
 def parity_line(fmt: str, parity: dict[str, Any]) -> str:
     verdict = "PASS" if parity["passed"] else "FAIL: " + "; ".join(parity["failures"])
     return (
         f"{fmt}: top-1 agreement {parity['top1_agreement']:.2%}, "
-        f"max |Δprob| {parity['max_abs_prob']:.2e}, max |Δlogit| {parity['max_abs_logit']:.2e} "
+        f"max |Δprob| {_num(parity['max_abs_prob'], '.2e')}, max |Δlogit| {_num(parity['max_abs_logit'], '.2e')} "
         f"on {parity['n']} images → {verdict}"
     )
 
@@ -75,7 +80,7 @@ def divergence_lines(parity: dict[str, Any]) -> list[str]:
     """Where a failed gate diverged: the worst image with both sets of logits, and top-1 disagreements."""
     w = parity["worst"]
     lines = [
-        f"worst image: {w['path']} |Δprob| {w['abs_prob']:.3g}",
+        f"worst image: {w['path']} |Δprob| {_num(w['abs_prob'], '.3g')}",
         f"  torch logits:    {w['torch_logits']}",
         f"  exported logits: {w['exported_logits']}",
     ]

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import copy
 import os
+import shutil
 import sys
 import time
 from dataclasses import dataclass, field
@@ -51,6 +52,13 @@ class Job:
     passed: dict[str, Path] = field(default_factory=dict)
     failed: dict[str, list[str]] = field(default_factory=dict)
     runners: dict[str, Any] = field(default_factory=dict)
+
+
+def run_relative(path: str | None, bundle: Path) -> str | None:
+    """A path for a shipped file's facts: relative to the run folder, never a path of this machine."""
+    if path is None:
+        return None
+    return os.path.relpath(Path(path).resolve(), Path(bundle).resolve().parent)
 
 
 def log(msg: str) -> None:
@@ -163,7 +171,7 @@ def quantize(job: Job, report: dict[str, Any]) -> Path:
         calibration={
             "images": len(calib.paths),
             "fingerprint": var.fingerprint(calib.images),
-            "root": calib.root,
+            "root": run_relative(calib.root, job.bundle),
             "source": calib.source,
         },
     )
@@ -271,8 +279,22 @@ def run(job: Job, report: dict[str, Any]) -> None:
         run_bench(job.runners, job.samples.images, job.args.max_batch, report)
 
 
+WORK_PREFIX = ".export-work."
+OWNED = (*var.FILES.values(), ENGINE_FILE, engine_sidecar_path(Path(ENGINE_FILE)).name)
+
+
+def clear_leftovers(out: Path) -> list[str]:
+    """Work folders an interrupted export left in --out. Called under --out's lock, so none is live."""
+    stale = [p for p in out.glob(WORK_PREFIX + "*") if p.is_dir()]
+    for p in stale:
+        shutil.rmtree(p, ignore_errors=True)
+    return [f"removed {len(stale)} work folder(s) an interrupted export left in {out}"] if stale else []
+
+
 def publish(job: Job) -> list[Path]:
-    """Rename the passed, asked-for files from the work folder into --out (each rename is atomic)."""
+    """Rename the passed, asked-for files from the work folder into --out (each rename is atomic), then
+    remove the model files this export did not write: a variant left from an earlier export would not
+    match the new model.onnx beside it."""
     names = [var.FILES[p] for p in job.precisions if p in job.passed]
     if "tensorrt" in job.passed:
         names += [ENGINE_FILE, engine_sidecar_path(Path(ENGINE_FILE)).name]
@@ -283,4 +305,8 @@ def publish(job: Job) -> list[Path]:
             os.fsync(fh.fileno())
         os.replace(src, job.out / name)
         made.append(job.out / name)
+    for name in OWNED:
+        if name not in names and (job.out / name).exists():
+            (job.out / name).unlink()
+            log(f"removed {job.out / name}: left by an earlier export, it does not match this model")
     return made

@@ -32,6 +32,8 @@ ARMS = {
     },
     "recipe": {
         "plain": [],
+        "ema": ["train.ema_decay=0.99"],
+        "mix": ["augment.mixup_alpha=0.2", "augment.cutmix_alpha=1.0"],
         "ema+mix": ["train.ema_decay=0.99", "augment.mixup_alpha=0.2", "augment.cutmix_alpha=1.0"],
     },
 }
@@ -67,6 +69,7 @@ def run(out: Path, data: Path, name: str, overrides: list[str]) -> dict:
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("what", choices=list(ARMS))
+    ap.add_argument("--arms", nargs="+", help="only these arms")
     ap.add_argument("out", type=Path)
     ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     ap.add_argument("--epochs", type=int, default=6)
@@ -79,6 +82,8 @@ def main() -> None:
     base = [*TINY, f"train.epochs={args.epochs}"]
     results = {}
     for arm, extra in ARMS[args.what].items():
+        if args.arms and arm not in args.arms:
+            continue
         for seed in args.seeds:
             name = f"{args.what}{args.tag}-{arm}-s{seed}"
             results[name] = run(args.out, data, name, [*base, f"run.seed={seed}", *extra])

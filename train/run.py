@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import math
 import os
 import subprocess
@@ -25,7 +26,8 @@ from accelerate.utils import (
 from core.bundle import load_bundle
 from core.config import Config
 from core.errors import UserError
-from core.fsio import write_text_atomic
+from core.fsio import repair_swaps, write_text_atomic
+from core.lock import OutputLock
 from core.models import HeadSpec, build_model, set_backbone_trainable
 from core.preprocess import Normalize, WithPreprocessing
 from core.report import evaluation_source, write_batch_grid, write_evaluation
@@ -39,7 +41,7 @@ from train.checkpoint import (
     read_state,
     resume_dir,
 )
-from train.data import TrainData, eval_loader, load_data
+from train.data import TrainData, eval_loader, find_split, load_data
 from train.ema import WeightEma
 from train.engine import BEST_DIR, Parts, Trainer, bare_model
 from train.evaluate import evaluate
@@ -48,6 +50,8 @@ from train.optim import build_optimizer, build_scheduler
 from train.signals import StopFlag
 from train.targets import BatchMixer, TrainLoss
 from train.tracking import Tracking, check_installed
+
+TEST_METRICS = "test_metrics.json"  # written by core.report.write_evaluation
 
 PREVIEW_IMAGES = 16
 
@@ -125,24 +129,38 @@ def check_writable(run_dir: Path) -> None:
         )
 
 
-def resolve_run(cfg: Config, stem: str) -> tuple[Path, Path | None]:
-    """(run folder, last/ to resume from or None) from run.name, run.output_dir and train.resume."""
-    run_dir, last = _resolve_run(cfg, stem)
+def resolve_run(cfg: Config, stem: str, held: contextlib.ExitStack) -> tuple[Path, Path | None]:
+    """(run folder, last/ to resume from or None) from run.name, run.output_dir and train.resume.
+
+    Main process only. The run folder is locked (into `held`) before anything in it is looked at or
+    repaired, so a second training on the same folder is refused naming the first, never interleaved."""
+
+    def lock_and_repair(run_dir: Path) -> None:
+        held.enter_context(run_lock(run_dir))
+        for line in repair_swaps(run_dir, (BEST_DIR,)):
+            print(line, flush=True)
+
+    run_dir, last = _resolve_run(cfg, stem, lock_and_repair)
     check_writable(run_dir)
     return run_dir, last
 
 
-def _resolve_run(cfg: Config, stem: str) -> tuple[Path, Path | None]:
+def _resolve_run(cfg: Config, stem: str, lock: Callable[[Path], Any]) -> tuple[Path, Path | None]:
     out, name, resume = Path(cfg.run.output_dir), cfg.run.name, cfg.train.resume
     if resume and resume != "auto":
+        given = Path(resume).expanduser()
+        lock(out / name if name else (given.parent if given.name == LAST_DIR else given))
         last = resume_dir(resume)
         return (out / name if name else last.parent), last
     if resume == "auto":
         run_dir = out / name if name else latest_run_with_last(out, f"{stem}-")
-        last = find_last(run_dir) if run_dir is not None else None
-        return (run_dir or _new_run_dir(out, stem)), last
+        if run_dir is None:
+            run_dir = _new_run_dir(out, stem)
+        lock(run_dir)
+        return run_dir, find_last(run_dir)
     if name:
         run_dir = out / name
+        lock(run_dir)
         find_last(
             run_dir
         )  # a crash mid-swap leaves only .last.old: that is still a run to refuse to overwrite
@@ -152,7 +170,9 @@ def _resolve_run(cfg: Config, stem: str) -> tuple[Path, Path | None]:
                 "or choose another run.name"
             )
         return run_dir, None
-    return _new_run_dir(out, stem), None
+    run_dir = _new_run_dir(out, stem)
+    lock(run_dir)
+    return run_dir, None
 
 
 def finished_note(cfg: Config, run_dir: Path, last: Path | None) -> str | None:
@@ -162,6 +182,8 @@ def finished_note(cfg: Config, run_dir: Path, last: Path | None) -> str | None:
     state = read_state(last)
     if not (state.finished or state.epoch >= cfg.train.epochs):
         return None
+    if _test_pending(cfg, run_dir):
+        return None  # stopped during its final evaluation: resuming runs that evaluation
     best = state.best or {}
     how = "early-stopped" if state.epoch < cfg.train.epochs else "finished"
     return (
@@ -169,6 +191,17 @@ def finished_note(cfg: Config, run_dir: Path, last: Path | None) -> str | None:
         f"{best.get('valid_acc', 0):.3f} at epoch {best.get('epoch')}); nothing to do. Its bundle is "
         f"{run_dir / BEST_DIR}; choose another run.name to train a new run"
     )
+
+
+def _test_pending(cfg: Config, run_dir: Path) -> bool:
+    """A run is finished only once its test metrics exist (a stop can land during the test evaluation)."""
+    if (run_dir / TEST_METRICS).is_file() or not (run_dir / BEST_DIR).is_dir():
+        return False
+    return cfg.data.source == "cifar10" or find_split(Path(cfg.data.root), "test") is not None
+
+
+def run_lock(run_dir: Path) -> OutputLock:
+    return OutputLock(run_dir, "training", "choose another run.name")
 
 
 def git_commit() -> str | None:
@@ -321,7 +354,12 @@ def _restore(accelerator: Accelerator, cfg: Config, last: Path | None) -> Traine
     if last is None:
         return TrainerState(config_hash=cfg.hash())
     state = load_last(accelerator, last)
-    accelerator.print(f"resuming from {last}: epoch {state.epoch + 1}, step {state.step}")
+    if state.finished or state.epoch >= cfg.train.epochs:
+        accelerator.print(
+            f"resuming {last.parent}: its final evaluation on test/ did not finish; running it now"
+        )
+    else:
+        accelerator.print(f"resuming from {last}: epoch {state.epoch + 1}, step {state.step}")
     if state.config_hash and state.config_hash != cfg.hash():
         accelerator.print("warning: the config differs from the one this checkpoint was trained with")
     return state
@@ -350,7 +388,8 @@ def train(cfg: Config, stem: str) -> RunResult:
     check_installed(cfg.run.trackers())
     accelerator = make_accelerator(cfg)
     try:
-        return _train(accelerator, cfg, stem)
+        with contextlib.ExitStack() as held:  # the run folder's lock, taken once the folder is known
+            return _train(accelerator, cfg, stem, held)
     finally:
         # On every way out (done, preempted, user error, crash): a gloo group left for interpreter exit
         # aborts the process ("terminate called without an active exception"), and then the launcher
@@ -358,7 +397,7 @@ def train(cfg: Config, stem: str) -> RunResult:
         accelerator.end_training()
 
 
-def _train(accelerator: Accelerator, cfg: Config, stem: str) -> RunResult:
+def _train(accelerator: Accelerator, cfg: Config, stem: str, held: contextlib.ExitStack) -> RunResult:
     set_seed(cfg.run.seed, device_specific=True)
     decode = decode_mode(cfg, accelerator.device)
     if decode == "gpu" and accelerator.device.type != "cuda":
@@ -366,7 +405,7 @@ def _train(accelerator: Accelerator, cfg: Config, stem: str) -> RunResult:
             "warning: data.decode: gpu runs its batched decode + augmentation on the CPU here (no "
             "CUDA device); data.decode: cpu (parallel workers) is faster on this machine"
         )
-    run_dir, last = on_main(accelerator, lambda: resolve_run(cfg, stem))
+    run_dir, last = on_main(accelerator, lambda: resolve_run(cfg, stem, held))
     note = on_main(accelerator, lambda: finished_note(cfg, run_dir, last))
     if note:  # a rerun of a finished run (the README's newcomer command twice) succeeds and says so
         accelerator.print(note)

@@ -40,10 +40,12 @@ def test_report_has_file_sizes_times_and_a_speed_check(resnet_export):
         assert sorted(speed["images_per_s"], key=int) == ["1", "8", "32"]
 
 
-def test_verify_only_finds_the_bundle_from_the_export_facts_and_passes(cnn_export, demo_root, tmp_path):
+def test_verify_only_with_the_bundle_named_passes(cnn_export, demo_root, tmp_path):
+    """The file records no machine path (M20): away from its run folder, the bundle is named with --bundle."""
     onnx_path = tmp_path / "model.onnx"
     shutil.copy(cnn_export["onnx"], onnx_path)
-    assert run_export(onnx_path, "--verify-only", "--images", demo_root / "valid", "--no-bench") == 0
+    args = ("--verify-only", "--bundle", cnn_export["bundle"], "--images", demo_root / "valid", "--no-bench")
+    assert run_export(onnx_path, *args) == 0
     report = _report(tmp_path / "verify_report.json")
     assert report["status"] == "passed"
     assert report["bundle"] == str(cnn_export["bundle"].resolve())
@@ -52,7 +54,8 @@ def test_verify_only_finds_the_bundle_from_the_export_facts_and_passes(cnn_expor
 def test_gate_fails_on_an_onnx_with_one_weight_changed_and_says_where(cnn_export, demo_root, tmp_path):
     bad = tmp_path / "model.onnx"
     corrupt_head(cnn_export["onnx"], bad)
-    assert run_export(bad, "--verify-only", "--images", demo_root / "valid", "--no-bench") == 1
+    args = ("--verify-only", "--bundle", cnn_export["bundle"], "--images", demo_root / "valid", "--no-bench")
+    assert run_export(bad, *args) == 1
     report = _report(tmp_path / "verify_report.json")
     parity = report["parity"]["onnx"]
     assert report["status"] == "failed" and not parity["passed"]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import numpy as np
@@ -48,7 +49,7 @@ def test_each_variants_metadata_round_trips_with_its_precision(variants_export, 
     calib = facts["calibration"]
     assert (
         calib["images"] == 48
-        and calib["root"] == str(demo_root / "train")
+        and calib["root"] == os.path.relpath(demo_root / "train", trained.parent)  # M20: no machine path
         and len(calib["fingerprint"]) == 64
     )
     assert facts["quantization"]["weights"] == "int8 per-channel symmetric"
@@ -146,11 +147,12 @@ def test_the_light_copy_of_the_input_name_matches_the_record_module():
     assert variants.ONNX_INPUT == ONNX_INPUT and tuple(variants.FILES) == ("fp32", "fp16", "int8")
 
 
-def test_verify_only_holds_a_variant_to_its_own_gate(variants_export, demo_root, tmp_path):
+def test_verify_only_holds_a_variant_to_its_own_gate(variants_export, trained, demo_root, tmp_path):
     import shutil
 
     int8 = tmp_path / "model.int8.onnx"
     shutil.copy(variants_export["out"] / "model.int8.onnx", int8)
-    assert run_export(int8, "--verify-only", "--images", demo_root / "valid", "--no-bench") == 0
+    args = ("--verify-only", "--bundle", trained, "--images", demo_root / "valid", "--no-bench")
+    assert run_export(int8, *args) == 0
     parity = json.loads((tmp_path / "verify_report.json").read_text())["parity"]
     assert list(parity) == ["onnx.int8"] and parity["onnx.int8"]["gate"]["max_accuracy_drop_points"] == 1.0

@@ -219,12 +219,12 @@ def test_a_flag_without_its_mode_is_refused_not_ignored(bundle, photos, tmp_path
 
 
 def test_ctrl_c_ends_with_a_resume_hint_and_exit_130(bundle, photos, tmp_path, capsys, monkeypatch):
-    import serve.main as serve_main
+    import serve.run as serve_run
 
     def interrupted(*args, **kwargs):
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(serve_main, "classify", interrupted)
+    monkeypatch.setattr(serve_run, "classify", interrupted)
     out = tmp_path / "p.csv"
     assert serve(bundle, photos, "--out", out, "--workers", 0, "--no-progress") == 130
     err = capsys.readouterr().err.strip().splitlines()
