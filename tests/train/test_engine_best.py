@@ -92,3 +92,14 @@ def test_ema_state_round_trips():
         torch.equal(x, y) for x, y in zip(a.module.state_dict().values(), b.module.state_dict().values())
     )
     assert a.facts()["decay"] == 0.9 and a.facts()["updates"] == 1
+
+
+def test_resuming_a_run_saved_without_ema_with_ema_on_is_one_clear_error(tmp_path):
+    from core.errors import UserError
+    from train.checkpoint import check_ema_state
+
+    check_ema_state(tmp_path, 0)
+    with pytest.raises(UserError, match="train.ema_decay=0"):
+        check_ema_state(tmp_path, 1)
+    (tmp_path / "custom_checkpoint_0.pkl").write_bytes(b"")
+    check_ema_state(tmp_path, 1)
