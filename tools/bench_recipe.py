@@ -4,7 +4,7 @@
 none vs sampler vs loss at equal epochs, test macro F1 per seed.
 `python tools/bench_recipe.py recipe OUT` : the same grey classes balanced (60 training images each), the
 demo recipe with and without EMA + MixUp/CutMix at equal epochs, test accuracy and macro F1 per seed.
-Both at 32 px (the demo's colours make its classes too easy to separate: ~0.99 whatever the recipe).
+`--epochs 18 --tag=-e18` for longer runs (the tag keeps their run names apart). Both at 32 px (the demo's colours make its classes too easy to separate: ~0.99 whatever the recipe).
 """
 
 from __future__ import annotations
