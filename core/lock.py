@@ -35,6 +35,7 @@ class OutputLock:
 
     def __init__(self, out: Path, writer: str = "serve", fix: str = "choose another --out"):
         self.out, self.path, self.fd = out, lock_path(out), None
+        self.made: list[Path] = []  # folders acquire() created for the lock file, removed again when empty
         self.writer, self.fix = writer, fix
 
     def __enter__(self) -> OutputLock:
@@ -49,6 +50,7 @@ class OutputLock:
     def acquire(self) -> str | None:
         """None when this process now holds the lock, else the refusal (one line naming the holder)."""
         try:
+            self.made = [p for p in (self.path.parent, *self.path.parent.parents) if not p.exists()]
             self.path.parent.mkdir(parents=True, exist_ok=True)
             for _ in range(100):  # retried only while a finishing holder unlinks the file under us
                 fd = os.open(self.path, os.O_RDWR | os.O_CREAT | getattr(os, "O_CLOEXEC", 0), 0o644)
@@ -72,6 +74,12 @@ class OutputLock:
             self.path.unlink(missing_ok=True)  # while still locked: a waiter re-checks the inode (above)
             os.close(self.fd)
             self.fd = None
+        for folder in self.made:  # innermost first: a refused or failed run leaves no empty runs/ behind
+            try:
+                folder.rmdir()
+            except OSError:
+                break
+        self.made = []
 
     def _still_linked(self, fd: int) -> bool:
         """A holder unlinks the file before unlocking; a lock taken on that orphan inode is no lock."""

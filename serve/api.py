@@ -21,6 +21,7 @@ from PIL import Image
 from core.errors import UserError
 from core.images import BadImage, decode_image, upright_rgb
 from core.preprocess import eval_transform
+from serve.accept import check_accept_above
 from serve.backends import default_batch_size, load_record, open_backend, resolve_device
 from serve.discover import MAX_FILE_MB, is_url, iter_items
 from serve.model_file import resolve_model
@@ -45,8 +46,8 @@ class Prediction:
 
 
 def is_accepted(probability: float | None, threshold: float | None) -> bool:
-    """The one place a prediction is accepted or not. No threshold yet (the calibration issue records
-    one per model): every decoded image is accepted; an error never is."""
+    """The one place a prediction is accepted or not: top-1 probability >= the threshold (the model's
+    calibrated one, or accept_above); without one every decoded image is accepted; an error never is."""
     if probability is None:
         return False
     return threshold is None or probability >= threshold
@@ -66,14 +67,17 @@ class Classifier:
         allow_cpu: bool = False,
         timeout: float = 10.0,
         max_file_mb: float = MAX_FILE_MB,
+        accept_above: float | None = None,
     ):
+        check_accept_above(accept_above)
         if topk <= 0 or (batch_size is not None and batch_size <= 0):
             raise UserError(f"topk and batch_size must be positive (got {topk}, {batch_size})")
         self.model = resolve_model(model)
         record = load_record(self.model)
         self.layout = Layout(tuple(record.classes), tuple(record.display_names), topk)
         self.transform = eval_transform(record.preprocess)
-        self.threshold: float | None = None  # the calibration issue reads it from the record
+        # accept_above overrides the model's calibrated threshold (None: no calibration, or unreachable)
+        self.threshold: float | None = record.threshold if accept_above is None else accept_above
         self.backend = open_backend(self.model, resolve_device(device), providers, allow_cpu, threads)
         self.batch_size = batch_size or default_batch_size(self.backend.device)
         self.timeout, self.max_bytes = timeout, int(max_file_mb * 2**20)

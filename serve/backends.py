@@ -18,6 +18,7 @@ import torch
 from core.bundle import BundleRecord, load_bundle
 from core.errors import UserError
 from core.model_record import ONNX_INPUT, ONNX_OUTPUT, read_onnx_record
+from core.models import head_module
 from core.ort_session import (
     GPU_PROVIDERS,
     PROVIDERS,
@@ -98,6 +99,7 @@ class TorchBackend:
     def __init__(self, bundle: Path, device: torch.device):
         model, record = load_bundle(bundle, map_location=device)
         self.net = WithPreprocessing(model, record.preprocess).to(device).eval()
+        self.temperature = record.temperature  # exported files have it folded in; the bundle applies it here
         self.device = device
         gpu = device.type == "cuda"
         self.amp_dtype = torch.bfloat16 if gpu and torch.cuda.is_bf16_supported() else torch.float16
@@ -114,7 +116,20 @@ class TorchBackend:
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         x = images.to(self.device, non_blocking=True).contiguous(memory_format=self.memory_format)
         with torch.autocast(self.device.type, dtype=self.amp_dtype, enabled=self.device.type == "cuda"):
-            return self.net(x).float()
+            logits = self.net(x).float()
+        return logits if self.temperature == 1.0 else logits / self.temperature
+
+    def enable_features(self) -> None:
+        """--embeddings: keep the classifier head's input (the penultimate features) of every forward."""
+        head_module(self.net.model).register_forward_pre_hook(self._keep_features)
+
+    def _keep_features(self, _module, inputs) -> None:
+        self._features = inputs[0]
+
+    def take_features(self):
+        """The last forward's features on the host (float32 numpy), or None when not enabled."""
+        features, self._features = getattr(self, "_features", None), None
+        return None if features is None else features.float().flatten(1).cpu().numpy()
 
 
 def _open_torch(model: Path, device: torch.device, providers, allow_cpu, threads) -> Backend:

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from core.errors import UserError
+from serve.accept import check_accept_above
 from serve.discover import MAX_FILE_MB, check_inputs, is_url
 from serve.model_file import model_kind, resolve_model
 from serve.writer import FORMATS
@@ -51,6 +52,8 @@ class ServeJob:
     eval_dir: Path | None = None  # set when evaluate
     show: bool = False
     figure: Path | None = None  # set when show
+    accept_above: float | None = None  # None: the model's calibrated threshold (serve/accept.py)
+    embeddings: Path | None = None  # FILE.npy for the ok rows' penultimate features (torch bundles)
 
 
 class _Defaults(argparse.RawDescriptionHelpFormatter, argparse.ArgumentDefaultsHelpFormatter):
@@ -127,6 +130,18 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="input is a labelled folder: also write accuracy, per-class accuracy, confusion matrix",
     )
+    p.add_argument(
+        "--accept-above",
+        type=float,
+        metavar="P",
+        help="`accepted` = top-1 probability >= P (default: the model's calibrated threshold; 0 accepts all)",
+    )
+    p.add_argument(
+        "--embeddings",
+        metavar="FILE.npy",
+        help="also write the penultimate features of every ok row, in row order, to FILE.npy (paths in "
+        "FILE.paths.json); a bundle model only",
+    )
     p.add_argument("--eval-dir", help="where --evaluate writes (default: <out stem>_eval/ beside --out)")
     p.add_argument("--show", action="store_true", help="one image: print top-k and save the top-k figure")
     p.add_argument("--figure", help="--show figure path (default: <image name>_topk.png)")
@@ -172,6 +187,8 @@ def parse(argv: list[str] | None = None) -> ServeJob:
         else None,
         show=args.show,
         figure=Path(args.figure or default_figure_path(args.inputs[0])) if args.show else None,
+        accept_above=args.accept_above,
+        embeddings=check_embeddings(args, model),
     )
 
 
@@ -188,6 +205,7 @@ def check_args(args: argparse.Namespace) -> None:
     for flag, value in positive.items():
         if value is not None and value <= 0:
             raise UserError(f"{flag} must be positive (got {value})")
+    check_accept_above(args.accept_above)
     for flag, value in (("--workers", args.workers), ("--throttle", args.throttle)):
         if value is not None and value < 0:
             raise UserError(f"{flag} must be 0 or more (got {value})")
@@ -202,6 +220,29 @@ def check_args(args: argparse.Namespace) -> None:
         if value and not on:
             raise UserError(f"{flag} only applies with {mode}; add {mode} or drop {flag}")
     check_out(args.out, args.show)
+
+
+def check_embeddings(args: argparse.Namespace, model: Path) -> Path | None:
+    """--embeddings FILE.npy: a bundle's torch model (exported files output logits only), a whole run."""
+    if not args.embeddings:
+        return None
+    path = Path(args.embeddings)
+    problems = [
+        (path.suffix != ".npy", f"--embeddings {path} must end in .npy"),
+        (
+            model_kind(model) != "torch",
+            "--embeddings needs the bundle folder (runs/<name>/best): exported model files output logits only",
+        ),
+        (
+            bool(args.resume or args.show),
+            "--embeddings writes one file for a whole run; it does not go with --resume or --show",
+        ),
+        (path.is_dir(), f"--embeddings {path} is a folder; give a file name such as {path}/features.npy"),
+    ]
+    for bad, message in problems:
+        if bad:
+            raise UserError(message)
+    return path
 
 
 def check_out(out: str | None, show: bool) -> None:

@@ -24,6 +24,7 @@ MUST_MATCH = {
     "probs": "--probs/--evaluate",
     "format": "--format",
     "absolute": "--absolute",
+    "threshold": "acceptance threshold (--accept-above, else the model's)",
 }
 
 
@@ -41,7 +42,13 @@ def model_sha256(model: str | Path) -> str:
 
 
 def job_identity(
-    model: str | Path, topk: int, probs: bool, fmt: str, absolute: bool, inputs: Sequence[str] = ()
+    model: str | Path,
+    topk: int,
+    probs: bool,
+    fmt: str,
+    absolute: bool,
+    inputs: Sequence[str] = (),
+    threshold: float | None = None,
 ) -> dict[str, Any]:
     """`inputs` and `cwd` let any reader of the predictions (the sort command, --evaluate) find a row's file."""
     return {
@@ -50,6 +57,7 @@ def job_identity(
         "probs": probs,
         "format": fmt,
         "absolute": absolute,
+        "threshold": threshold,  # the `accepted` column's meaning; an older file's record lacks it (None)
         "model": str(model),
         "serve_version": _version(),
         "inputs": [

@@ -18,6 +18,7 @@ from accelerate import PartialState
 from core.errors import UserError
 from core.lock import OutputLock, held_by_main
 from core.progress import SERVE_LOG_SECONDS, Progress
+from serve.accept import resolve_threshold
 from serve.backends import (
     Backend,
     default_batch_size,
@@ -28,7 +29,8 @@ from serve.backends import (
 from serve.cli import ServeJob
 from serve.decode import DecodePipeline
 from serve.discover import Item, iter_items
-from serve.predict import predictions
+from serve.embeddings import EmbeddingWriter
+from serve.predict import predictions_and_features
 from serve.provenance import check_same_job, job_identity, write_identity
 from serve.threads import serve_threads
 from serve.writer import (
@@ -51,8 +53,13 @@ EXIT_INTERRUPTED = 130  # 128 + SIGINT, as a shell reports a Ctrl-C
 def run_job(job: ServeJob) -> int:
     """The exit code: 0 done, 130 interrupted (rows kept), 2 a --show image that could not be read."""
     record = load_record(job.model)
-    layout = Layout(tuple(record.classes), tuple(record.display_names), job.topk, job.probs, job.fmt)
+    threshold, accept_note = resolve_threshold(job.accept_above, record, str(job.model))
+    layout = Layout(
+        tuple(record.classes), tuple(record.display_names), job.topk, job.probs, job.fmt, threshold
+    )
     state = process_state(job.device)
+    if job.embeddings and state.num_processes > 1:  # before the output file is touched
+        raise UserError("--embeddings runs in one process; drop accelerate launch or --embeddings")
     if job.show:
         return show(job, layout, record.preprocess, state)
     if job.evaluate:
@@ -65,7 +72,7 @@ def run_job(job: ServeJob) -> int:
         check_output(job, layout, identity, state)
         start = time.perf_counter()
         try:
-            counts, skipped = run(job, state, layout, record.preprocess, identity)
+            counts, skipped = run(job, state, layout, record.preprocess, identity, accept_note)
         except KeyboardInterrupt:  # Ctrl-C is a normal way to stop: say how to continue, not a traceback
             print(
                 f"interrupted: the rows written so far are kept in {out}; rerun with --resume to continue",
@@ -84,7 +91,9 @@ def run_job(job: ServeJob) -> int:
 
 def identity_of(job: ServeJob, layout: Layout) -> dict:
     """What --resume must find unchanged, and where a reader (imgclf-sort, --evaluate) finds each row's file."""
-    return job_identity(job.model, layout.topk, layout.probs, layout.fmt, job.absolute, job.inputs)
+    return job_identity(
+        job.model, layout.topk, layout.probs, layout.fmt, job.absolute, job.inputs, layout.threshold
+    )
 
 
 # ─── the output file's life: refuse, prepare (main process), merge ────────────────────────────
@@ -165,9 +174,10 @@ def classify(
     batch_size: int,
     bar: Progress,
     throttle: float,
+    embeddings: EmbeddingWriter | None = None,
 ) -> Counts:
     counts = Counts()
-    for batch, probs in predictions(pipe, backend, items, batch_size):
+    for batch, probs, features in predictions_and_features(pipe, backend, items, batch_size):
         rows, j = [], 0
         for item, error in zip(batch.items, batch.errors):
             if error:
@@ -177,6 +187,8 @@ def classify(
                 j += 1
             rows[-1][SEQ] = item.seq
         writer.write(rows)
+        if embeddings is not None and features is not None:
+            embeddings.add([r["path"] for r in rows if r["status"] == "ok"], features)
         n_err = sum(1 for e in batch.errors if e)
         counts.ok, counts.errors = counts.ok + len(rows) - n_err, counts.errors + n_err
         bar.update(len(rows))
@@ -190,7 +202,9 @@ def default_workers(device: torch.device, world: int) -> int:
     return max(1, min(16, cores // world - 1))
 
 
-def run(job: ServeJob, state: PartialState, layout: Layout, spec, identity: dict) -> tuple[Counts, int]:
+def run(
+    job: ServeJob, state: PartialState, layout: Layout, spec, identity: dict, accept_note: str = ""
+) -> tuple[Counts, int]:
     device = resolve_device(job.device, state.device)
     # sized from where the model will run (kind, device, onnxruntime's providers), before the workers fork
     workers, threads = serve_threads(
@@ -207,6 +221,8 @@ def run(job: ServeJob, state: PartialState, layout: Layout, spec, identity: dict
                 f"batch {batch_size} | {threads} model thread(s) | {state.num_processes} process(es)",
                 flush=True,
             )
+            if accept_note:  # which threshold `accepted` means, said once under the start line
+                print(accept_note, flush=True)
         done = prepare_output(job, layout, identity, state)
         multi = state.num_processes > 1
         target = part_path(job.out, state.process_index) if multi else job.out
@@ -220,13 +236,37 @@ def run(job: ServeJob, state: PartialState, layout: Layout, spec, identity: dict
             seconds=SERVE_LOG_SECONDS,
             leave=True,
         )
+        embeddings = start_embeddings(job, backend, state)
         with RowWriter(target, layout, append=job.resume and not multi, seq=multi) as writer, bar:
-            counts = classify(
-                pipe, backend, layout, my_items(job, done, state), writer, batch_size, bar, job.throttle
-            )
+            try:
+                counts = classify(
+                    pipe,
+                    backend,
+                    layout,
+                    my_items(job, done, state),
+                    writer,
+                    batch_size,
+                    bar,
+                    job.throttle,
+                    embeddings,
+                )
+            except BaseException:
+                if embeddings is not None:
+                    embeddings.abort()  # nothing half-written: no FILE.npy from an interrupted run
+                raise
+        if embeddings is not None:
+            embeddings.finish()
         if state.is_main_process and pipe.report():
             print(pipe.report() + (" (this process)" if multi else ""), flush=True)
     return _gather(counts, state), len(done)
+
+
+def start_embeddings(job: ServeJob, backend: Backend, state: PartialState) -> EmbeddingWriter | None:
+    """--embeddings: the torch backend keeps its head's input; one process writes one file."""
+    if job.embeddings is None:
+        return None
+    backend.enable_features()
+    return EmbeddingWriter(job.embeddings)
 
 
 def _gather(counts: Counts, state: PartialState) -> Counts:

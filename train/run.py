@@ -32,6 +32,7 @@ from core.models import HeadSpec, build_model, set_backbone_trainable
 from core.preprocess import Normalize, WithPreprocessing
 from core.report import evaluation_source, write_batch_grid, write_evaluation
 from train.balance import class_weights, drop_last_batch, imbalance_note
+from train.calibrate import Calibrated, calibrate_best, calibration_report
 from train.checkpoint import (
     LAST_DIR,
     TrainerState,
@@ -136,13 +137,12 @@ def resolve_run(cfg: Config, stem: str, held: contextlib.ExitStack) -> tuple[Pat
     repaired, so a second training on the same folder is refused naming the first, never interleaved."""
 
     def lock_and_repair(run_dir: Path) -> None:
+        check_writable(run_dir)  # before the lock file is made beside it: the message names run.output_dir
         held.enter_context(run_lock(run_dir))
         for line in repair_swaps(run_dir, (BEST_DIR,)):
             print(line, flush=True)
 
-    run_dir, last = _resolve_run(cfg, stem, lock_and_repair)
-    check_writable(run_dir)
-    return run_dir, last
+    return _resolve_run(cfg, stem, lock_and_repair)
 
 
 def _resolve_run(cfg: Config, stem: str, lock: Callable[[Path], Any]) -> tuple[Path, Path | None]:
@@ -311,7 +311,13 @@ def build_parts(
 # ---------------------------------------------------------------------------------------- test evaluation
 
 
-def evaluate_test(cfg: Config, data: TrainData, run_dir: Path, accelerator: Accelerator) -> dict | None:
+def evaluate_test(
+    cfg: Config,
+    data: TrainData,
+    run_dir: Path,
+    accelerator: Accelerator,
+    calibrated: Calibrated | None = None,
+) -> dict | None:
     """Evaluate the saved best bundle (what ships, not the in-memory model) on the test split."""
     if data.test is None or not (run_dir / BEST_DIR).is_dir():
         return None
@@ -335,7 +341,7 @@ def evaluate_test(cfg: Config, data: TrainData, run_dir: Path, accelerator: Acce
     images = [x for x in images if x is not None]
     folder = data.lineage.get("test_dir") or data.lineage.get("source", "test")  # CIFAR-10 has no folder
     source = evaluation_source(run_dir / BEST_DIR, folder, len(data.test))
-    return write_evaluation(
+    metrics = write_evaluation(
         run_dir,
         result.probs,
         result.targets,
@@ -345,6 +351,7 @@ def evaluate_test(cfg: Config, data: TrainData, run_dir: Path, accelerator: Acce
         image_rows=keep,
         source=source,
     )
+    return calibration_report(run_dir, calibrated, metrics, result)
 
 
 # ---------------------------------------------------------------------------------------- the run
@@ -457,7 +464,11 @@ def _fit_and_test(
     if not state.finished:
         return result
     accelerator.wait_for_everyone()
-    result.test_metrics = evaluate_test(cfg, data, run_dir, accelerator)
+    calibrated = calibrate_best(cfg, data, run_dir, accelerator)
+    accelerator.wait_for_everyone()
+    result.test_metrics = evaluate_test(cfg, data, run_dir, accelerator, calibrated)
+    if result.test_metrics is None:  # no test split: the reliability diagram shows validation alone
+        calibration_report(run_dir, calibrated, None, None)
     best, test = state.best or {}, result.test_metrics
     accelerator.print(
         f"best epoch {best.get('epoch')}: valid acc {best.get('valid_acc', 0):.3f} → "
@@ -473,5 +484,7 @@ def _fit_and_test(
             },
             step=step,
         )
-        tracking.images({n: run_dir / f"{n}.png" for n in ("confusion_matrix", "predictions")}, step=step)
+        tracking.images(
+            {n: run_dir / f"{n}.png" for n in ("confusion_matrix", "predictions", "calibration")}, step=step
+        )
     return result
