@@ -130,6 +130,12 @@ class DataConfig:
         "CUDA); `auto` = gpu on CUDA, else cpu. data.source cifar10: cpu only",
         ("cpu", "gpu", "auto"),
     )
+    balance: str = opt(
+        "none",
+        "class imbalance: `none`; `sampler` = each epoch draws classes evenly (with replacement); "
+        "`loss` = cross-entropy weighted by inverse training class counts",
+        ("none", "sampler", "loss"),
+    )
 
 
 @dataclass
@@ -207,6 +213,13 @@ class AugmentConfig:
     )
     hflip: float = opt(0.5, "horizontal flip probability", range=UNIT)
     color_jitter: float = opt(0.0, "brightness/contrast/saturation jitter strength (0 = off)", range=UNIT)
+    mixup_alpha: float = opt(
+        0.0,
+        "MixUp Beta(alpha, alpha) on training batches (0 = off); with cutmix_alpha too, one of the two "
+        "per batch; train acc then counts the dominant label",
+        range=GE0,
+    )
+    cutmix_alpha: float = opt(0.0, "CutMix Beta(alpha, alpha) on training batches (0 = off)", range=GE0)
 
     def spec(self) -> AugmentSpec:
         return AugmentSpec(
@@ -260,6 +273,16 @@ class TrainConfig:
     sync_bn: bool = opt(False, "convert BatchNorm to SyncBatchNorm (multi-GPU)")
     label_smoothing: float = opt(0.0, "cross-entropy label smoothing", range=UNIT)
     max_grad_norm: float = opt(0.0, "gradient clipping norm (0 = off)", range=GE0)
+    best_metric: str = opt(
+        "valid_acc",
+        "what picks the best epoch (best/): higher acc or macro F1, lower loss; a tie keeps the earlier epoch",
+        ("valid_acc", "valid_macro_f1", "valid_loss"),
+    )
+    ema_decay: float = opt(
+        0.0,
+        "EMA of the weights, updated each optimizer step (0 = off); validated each epoch and saved as best/",
+        range=Range(0, 1, hi_open=True),
+    )
     early_stopping_patience: int = opt(
         0, "stop after this many epochs without a better validation score (0 = off)", range=GE0
     )

@@ -135,10 +135,22 @@ def check_files(last: Path) -> None:
             )
 
 
+def check_ema_state(last: Path, expected: int) -> None:
+    """The EMA shadow (train.ema_decay > 0) is last/'s custom_checkpoint_0.pkl: a run saved without it
+    cannot resume with it on (Accelerate would fail with a traceback on the missing file)."""
+    saved = len(list(last.glob("custom_checkpoint_*.pkl")))
+    if saved < expected:
+        raise UserError(
+            f"{last} was saved without an EMA of the weights (train.ema_decay: 0), so it cannot resume "
+            "with train.ema_decay > 0; resume with train.ema_decay=0 or start a new run (another run.name)"
+        )
+
+
 def load_last(accelerator: Accelerator, last: Path) -> TrainerState:
     """Restore model/optimizer/scheduler/scaler/RNG into the prepared objects; return the trainer state."""
     state = read_state(last)
     check_files(last)
+    check_ema_state(last, len(accelerator._custom_objects))
     try:
         accelerator.load_state(str(last))
     except (RuntimeError, ValueError, KeyError) as exc:

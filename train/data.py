@@ -332,14 +332,27 @@ def load_data(cfg: Config) -> TrainData:
 # ------------------------------------------------------------------------------------------ loaders
 
 
+def train_sampler(balance: str, labels: Sequence[int], seed: int) -> Sampler:
+    """data.balance=sampler: classes drawn evenly (train.balance); otherwise each image once per epoch."""
+    from train.balance import BalancedSampler
+
+    return BalancedSampler(labels, seed) if balance == "sampler" else EpochSampler(len(labels), seed)
+
+
 def train_loader(
-    ds: ImageDataset, batch_size: int, seed: int, num_workers: int, pin: bool, drop_last: bool = False
+    ds: ImageDataset,
+    batch_size: int,
+    seed: int,
+    num_workers: int,
+    pin: bool,
+    drop_last: bool = False,
+    balance: str = "none",
 ) -> DataLoader:
-    """drop_last: with train.compile, so a partial last batch does not recompile the model."""
+    """drop_last: see train.balance.drop_last_batch (compile; a last batch of one image)."""
     return DataLoader(
         ds,
         batch_size=batch_size,
-        sampler=EpochSampler(len(ds), seed),
+        sampler=train_sampler(balance, ds.source.labels, seed),
         num_workers=num_workers,
         collate_fn=collate_train,
         pin_memory=pin,
@@ -367,12 +380,13 @@ def encoded_train_loader(
     num_workers: int,
     drop_last: bool = False,
     device_decode: bool = True,
+    balance: str = "none",
 ) -> DataLoader:
     """GPU path: file bytes in the CPU path's (epoch, index) order; the device decodes and augments them."""
     return DataLoader(
         EncodedImages(samples, READ_THREADS, device_decode=device_decode),
         batch_size=batch_size,
-        sampler=EpochSampler(len(samples), seed),
+        sampler=train_sampler(balance, [y for _, y in samples], seed),
         num_workers=num_workers,
         collate_fn=collate_encoded,
         persistent_workers=num_workers > 0,

@@ -28,9 +28,11 @@ from core.models import HeadSpec, backbone_frozen_eval, set_backbone_trainable
 from core.progress import Progress
 from train.checkpoint import TrainerState, save_last
 from train.data import TrainData
+from train.ema import WeightEma
 from train.evaluate import EvalResult, evaluate
 from train.feed import Feed
 from train.signals import StopFlag
+from train.targets import BatchMixer, dominant_label
 from train.tracking import Tracking
 
 BEST_DIR = "best"
@@ -51,11 +53,17 @@ def bare_model(accelerator: Accelerator, model: torch.nn.Module) -> torch.nn.Mod
     return accelerator.unwrap_model(getattr(model, "_orig_mod", model))
 
 
-def better(new: dict[str, Any], best: dict[str, Any] | None) -> bool:
-    """Highest validation accuracy wins; a tie goes to the lower validation loss."""
-    if best is None:
+LOWER_IS_BETTER = {"valid_loss"}
+
+
+def better(new: dict[str, Any], best: dict[str, Any] | None, metric: str = "valid_acc") -> bool:
+    """train.best_metric: strictly better wins (loss: lower; acc, macro F1: higher); a tie keeps the earlier
+    epoch. A best recorded before its metric existed (an older last/) is beaten by any value."""
+    if best is None or metric not in best:
         return True
-    return (new["valid_acc"], -new["valid_loss"]) > (best["valid_acc"], -best["valid_loss"])
+    if metric in LOWER_IS_BETTER:
+        return new[metric] < best[metric]
+    return new[metric] > best[metric]
 
 
 def backbone_trainable(freeze: str | int, epoch: int) -> bool:
@@ -76,6 +84,8 @@ class Parts:
     prepare: Callable[[torch.Tensor], torch.Tensor]  # uint8 batch → normalized float on the device
     criterion: torch.nn.Module
     feed: Feed  # data.decode's path: turns the prepared loaders' batches into (uint8 images, labels, notes)
+    ema: WeightEma | None = None  # train.ema_decay > 0: validated, selected and saved instead of the model
+    mixer: BatchMixer | None = None  # augment.mixup_alpha / cutmix_alpha > 0
 
 
 class Trainer:
@@ -163,9 +173,9 @@ class Trainer:
                 len(labels) - len(bad) if len(labels) else 0
             )  # bad files keep a masked slot (IGNORE_LABEL)
             if valid:
-                loss, logits = self._step(images, labels, epoch, step)
+                loss, logits, target = self._step(images, labels, epoch, step, masked=bool(bad))
                 loss_sum += loss.detach().float() * valid
-                hits += (logits.detach().argmax(dim=1) == labels).sum()
+                hits += (logits.detach().argmax(dim=1) == dominant_label(target)).sum()
                 seen += valid
             elif acc.num_processes > 1:
                 raise UserError(f"a whole training batch could not be decoded: {'; '.join(bad)}")
@@ -224,19 +234,25 @@ class Trainer:
             )
         self._window = (loss_sum, seen)
 
-    def _step(self, images: torch.Tensor, labels: torch.Tensor, epoch: int, step: int):
+    def _step(self, images: torch.Tensor, labels: torch.Tensor, epoch: int, step: int, masked: bool):
+        """One micro-step; returns (loss, logits, target): target is `labels`, or the mixed soft labels."""
         acc, p = self.acc, self.p
         with acc.accumulate(p.model):
             torch.manual_seed(step_seed(self.cfg.run.seed, acc.process_index, epoch, step))
-            logits = p.model(p.prepare(images))
-            loss = p.criterion(logits, labels)
+            inputs, target = p.prepare(images), labels
+            if p.mixer is not None:  # after the reseed: its draws are exact on resume
+                inputs, target = p.mixer(inputs, labels, masked)
+            logits = p.model(inputs)
+            loss = p.criterion(logits, target)
             acc.backward(loss)
             if acc.sync_gradients and self.cfg.train.max_grad_norm > 0:
                 acc.clip_grad_norm_(p.model.parameters(), self.cfg.train.max_grad_norm)
             p.optimizer.step()
             p.scheduler.step()
             p.optimizer.zero_grad(set_to_none=True)
-        return loss, logits
+            if p.ema is not None and acc.sync_gradients:
+                p.ema.update(self.unwrapped)
+        return loss, logits, target
 
     def _train_summary(self, loss_sum, hits, seen, seconds, epoch_bad, state) -> dict[str, float]:
         acc = self.acc
@@ -266,7 +282,8 @@ class Trainer:
     # ------------------------------------------------------------------ epoch end
 
     def validate(self) -> EvalResult:
-        return evaluate(self.acc, self.p.model, self.p.feed.eval_batches(self.p.valid_loader), self.p.prepare)
+        model = self.p.ema.module if self.p.ema is not None else self.p.model
+        return evaluate(self.acc, model, self.p.feed.eval_batches(self.p.valid_loader), self.p.prepare)
 
     def end_epoch(
         self, epoch: int, train: dict[str, float], valid: EvalResult, seconds: float, state: TrainerState
@@ -278,6 +295,7 @@ class Trainer:
             "train_acc": train["train_acc"],
             "valid_loss": valid.loss,
             "valid_acc": valid.acc,
+            "valid_macro_f1": valid.macro_f1,
             **valid.top5_metric("valid"),
             "lr": self.p.optimizer.param_groups[0]["lr"],
             "images_per_s": train["images_per_s"],
@@ -285,7 +303,7 @@ class Trainer:
         }
         state.rows.append(row)
         metrics = {**row, "valid_n": valid.n}
-        is_best = better(metrics, state.best)
+        is_best = better(metrics, state.best, self.cfg.train.best_metric)
         if is_best:
             state.best, state.epochs_since_best = metrics, 0
         else:
@@ -311,9 +329,13 @@ class Trainer:
             preprocess=cfg.preprocess.spec(),
             head=_head_spec(cfg),
             metrics=dict(metrics),
-            lineage=dict(self.lineage),
+            lineage={**self.lineage, **self._ema_lineage()},
         )
-        save_bundle(self.run_dir / BEST_DIR, self.unwrapped, record)
+        model = self.p.ema.module if self.p.ema is not None else self.unwrapped
+        save_bundle(self.run_dir / BEST_DIR, model, record)
+
+    def _ema_lineage(self) -> dict[str, Any]:
+        return {"ema": self.p.ema.facts()} if self.p.ema is not None else {}
 
     def write_reports(self, state: TrainerState) -> None:
         write_metrics_csv(state.rows, self.run_dir / "metrics.csv")
@@ -369,6 +391,7 @@ def _summary(epoch: int, epochs: int, row: dict[str, Any], n_valid: int, is_best
     return (
         f"epoch {epoch + 1}/{epochs}  train loss {row['train_loss']:.4f} acc {row['train_acc']:.3f}  "
         f"valid loss {row['valid_loss']:.4f} acc {row['valid_acc']:.3f}"
+        + (f" macro F1 {row['valid_macro_f1']:.3f}" if "valid_macro_f1" in row else "")  # older last/ rows
         + (f" top5 {row['valid_top5']:.3f}" if "valid_top5" in row else "")
         + " "
         f"(n={n_valid})  lr {row['lr']:.2e}  {row['images_per_s']:.0f} img/s  {row['epoch_seconds']:.1f}s"

@@ -30,6 +30,7 @@ class EvalResult:
     probs: np.ndarray | None = None
     targets: np.ndarray | None = None
     indices: np.ndarray | None = None  # dataset index of each row of probs (unreadable images are dropped)
+    macro_f1: float = 0.0  # F1 averaged over the classes that occur as label or prediction (scikit-learn's)
     logits: np.ndarray | None = None  # float32, rows as probs: what calibration fits a temperature on
 
     def top5_metric(self, prefix: str) -> dict[str, float]:
@@ -49,6 +50,27 @@ def _per_image(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
     return torch.stack([loss, hit1.float(), hit5.float(), valid.float()], dim=1) * valid[:, None].float()
 
 
+def _class_counts(counts: torch.Tensor | None, labels: torch.Tensor, preds: torch.Tensor, classes: int):
+    """Add to [3, C] (true positives, predictions, labels) per class; index_add_ keeps it on the device."""
+    if counts is None:
+        counts = torch.zeros(3, classes, dtype=torch.float64, device=labels.device)
+    valid = (labels != IGNORE_LABEL).double()
+    target = labels.clamp(min=0)
+    counts[0].index_add_(0, target, valid * (preds == target).double())
+    counts[1].index_add_(0, preds, valid)
+    counts[2].index_add_(0, target, valid)
+    return counts
+
+
+def macro_f1(counts: np.ndarray) -> float:
+    """counts: [3, C] (tp, predicted, true). Classes never labelled nor predicted do not count."""
+    tp, predicted, true = counts
+    present = (predicted + true) > 0
+    if not present.any():
+        return 0.0
+    return float(np.mean(2 * tp[present] / (predicted[present] + true[present])))
+
+
 @torch.no_grad()
 def evaluate(
     accelerator: Accelerator, model: nn.Module, loader, prepare: nn.Module, keep_probs: bool = False
@@ -56,7 +78,7 @@ def evaluate(
     """Run `model(prepare(images))` over `loader`; with keep_probs, also return softmax probs and targets."""
     model.eval()
     totals = torch.zeros(4, dtype=torch.float64, device=accelerator.device)
-    logits_kept, targets, classes = [], [], 0
+    logits_kept, targets, classes, counts = [], [], 0, None
     skipped = torch.zeros(2, dtype=torch.float64)  # too elongated to resize, undecodable
     for images, labels, bad in loader:
         elongated = sum(TOO_ELONGATED in note for note in bad)
@@ -64,16 +86,21 @@ def evaluate(
         with accelerator.autocast():
             logits = model(prepare(images)).float()
         classes = logits.shape[1]
-        outputs = (_per_image(logits, labels), labels) + ((logits,) if keep_probs else ())
+        outputs = (_per_image(logits, labels), labels, logits.argmax(dim=1)) + (
+            (logits,) if keep_probs else ()
+        )
         gathered = accelerator.gather_for_metrics(outputs)
         totals += gathered[0].sum(dim=0).double()
+        counts = _class_counts(counts, gathered[1], gathered[2], classes)
         if keep_probs:
             targets.append(gathered[1])
-            logits_kept.append(gathered[2])
+            logits_kept.append(gathered[3])
     loss_sum, hit1, hit5, n = totals.tolist()  # the one device sync of the whole evaluation
     _warn_skipped(accelerator, skipped, round(n))
     denom = max(n, 1.0)
     result = EvalResult(round(n), loss_sum / denom, hit1 / denom, hit5 / denom if classes > TOPK else None)
+    if counts is not None:
+        result.macro_f1 = macro_f1(counts.cpu().numpy())
     if keep_probs and targets:
         all_targets, all_logits = torch.cat(targets).cpu(), torch.cat(logits_kept).cpu()
         keep = all_targets != IGNORE_LABEL

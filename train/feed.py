@@ -66,12 +66,13 @@ class CpuFeed:
 
     def __init__(self, cfg: Config, data: TrainData, device: torch.device):
         self.data, self.seed, self.workers = data, cfg.run.seed, cfg.data.num_workers
+        self.balance = cfg.data.balance
 
     def loaders(
         self, batch_size: int, eval_batch_size: int, pin: bool, drop_last: bool = False
     ) -> tuple[DataLoader, DataLoader]:
         return (
-            train_loader(self.data.train, batch_size, self.seed, self.workers, pin, drop_last),
+            train_loader(self.data.train, batch_size, self.seed, self.workers, pin, drop_last, self.balance),
             eval_loader(self.data.valid, eval_batch_size, self.workers, pin),
         )
 
@@ -123,7 +124,7 @@ class GpuFeed:
 
     def __init__(self, cfg: Config, data: TrainData, device: torch.device):
         spec = cfg.preprocess.spec()
-        self.data, self.seed = data, cfg.run.seed
+        self.data, self.seed, self.balance = data, cfg.run.seed, cfg.data.balance
         self.train_samples, self.valid_samples = _samples(data.train), _samples(data.valid)
         self.device_decode = device_decoder_available(device)  # if not, PIL decodes all in the workers
         self.workers = (
@@ -143,7 +144,13 @@ class GpuFeed:
     ) -> tuple[DataLoader, DataLoader]:
         return (
             encoded_train_loader(
-                self.train_samples, batch_size, self.seed, self.workers, drop_last, self.device_decode
+                self.train_samples,
+                batch_size,
+                self.seed,
+                self.workers,
+                drop_last,
+                self.device_decode,
+                self.balance,
             ),
             encoded_eval_loader(self.valid_samples, eval_batch_size, self.workers, self.device_decode),
         )

@@ -32,6 +32,7 @@ from core.fsio import repair_swaps, write_text_atomic
 from core.lock import OutputLock
 from core.models import HeadSpec, build_model, set_backbone_trainable
 from core.preprocess import Normalize, WithPreprocessing
+from train.balance import class_weights, drop_last_batch, imbalance_note
 from train.calibrate import Calibrated, calibrate_best, calibration_report
 from train.checkpoint import (
     LAST_DIR,
@@ -43,13 +44,15 @@ from train.checkpoint import (
     resume_dir,
 )
 from train.cli import TrainJob
-from train.data import IGNORE_LABEL, TrainData, eval_loader, find_split, load_data
-from train.engine import BEST_DIR, Parts, Trainer
+from train.data import TrainData, eval_loader, find_split, load_data
+from train.ema import WeightEma
+from train.engine import BEST_DIR, Parts, Trainer, bare_model
 from train.evaluate import evaluate
 from train.feed import FEEDS, Feed, decode_mode
 from train.optim import build_optimizer, build_scheduler
 from train.resume_notes import config_differs_warning, read_run_config, resume_line
 from train.signals import StopFlag
+from train.targets import BatchMixer, TrainLoss
 from train.tracking import Tracking, check_installed
 
 TEST_METRICS = "test_metrics.json"  # written by core.evaluation.write_evaluation
@@ -250,9 +253,24 @@ def make_model(cfg: Config, data: TrainData) -> torch.nn.Module:
     return model
 
 
-def make_criterion(label_smoothing: float) -> torch.nn.Module:
-    """Cross-entropy that masks the slots of unreadable images (IGNORE_LABEL): batches keep their shape."""
-    return torch.nn.CrossEntropyLoss(label_smoothing=label_smoothing, ignore_index=IGNORE_LABEL)
+def make_criterion(label_smoothing: float, weight: torch.Tensor | None = None) -> torch.nn.Module:
+    """Cross-entropy that masks the slots of unreadable images (IGNORE_LABEL): batches keep their shape.
+    Reads mixed soft labels too; `weight`: data.balance=loss (train.targets says how it meets smoothing)."""
+    return TrainLoss(label_smoothing, weight)
+
+
+def _recipe_parts(cfg: Config, data: TrainData, model: torch.nn.Module, accelerator: Accelerator) -> dict:
+    """The loss (class weights), MixUp/CutMix and the EMA shadow (registered with last/'s checkpointing)."""
+    weight = (
+        class_weights(data.train.source.labels, len(data.classes)) if cfg.data.balance == "loss" else None
+    )
+    criterion = make_criterion(cfg.train.label_smoothing, weight).to(accelerator.device)
+    mixer = BatchMixer(len(data.classes), cfg.augment.mixup_alpha, cfg.augment.cutmix_alpha)
+    ema = None
+    if cfg.train.ema_decay > 0:
+        ema = WeightEma(bare_model(accelerator, model), cfg.train.ema_decay)
+        accelerator.register_for_checkpointing(ema)
+    return {"criterion": criterion, "mixer": mixer if mixer.enabled else None, "ema": ema}
 
 
 def build_parts(
@@ -268,8 +286,9 @@ def build_parts(
         model = model.to(memory_format=torch.channels_last)
     optimizer = build_optimizer(model.parameters(), t.optimizer)
     # Compiled: drop the partial last batch (a new shape would recompile, and past recompile_limit dynamo
-    # falls back to eager silently). Bad images keep masked slots, so they change no shape either.
-    drop_last = t.compile and len(data.train) >= t.batch_size * accelerator.num_processes
+    # falls back to eager silently). Bad images keep masked slots, so they change no shape either. And a
+    # last batch of one image never reaches BatchNorm (train.balance.drop_last_batch).
+    drop_last = drop_last_batch(len(data.train), t.batch_size, accelerator.num_processes, t.compile)
     batches = len(data.train) // t.batch_size if drop_last else math.ceil(len(data.train) / t.batch_size)
     steps_per_epoch = math.ceil(batches / t.grad_accum_steps)
     scheduler = build_scheduler(optimizer, t.scheduler, steps_per_epoch, t.epochs)
@@ -277,9 +296,9 @@ def build_parts(
         t.batch_size, t.eval_batch_size or 2 * t.batch_size, pin=on_gpu, drop_last=drop_last
     )
     model, optimizer, scheduler, tl, vl = accelerator.prepare(model, optimizer, scheduler, tl, vl)
+    recipe = _recipe_parts(cfg, data, model, accelerator)
     if t.compile:
         model = torch.compile(model)
-    criterion = make_criterion(t.label_smoothing)
     return Parts(
         model,
         optimizer,
@@ -287,8 +306,8 @@ def build_parts(
         tl,
         vl,
         _input_prep(cfg, accelerator.device, channels_last),
-        criterion,
-        feed,
+        feed=feed,
+        **recipe,
     )
 
 
@@ -427,6 +446,9 @@ def _train(accelerator: Accelerator, job: TrainJob, held: contextlib.ExitStack) 
         f"{len(data.valid)} valid images | {accelerator.num_processes} process(es) on "
         f"{_device_text(accelerator)}, mixed precision {accelerator.mixed_precision}, data.decode {decode}"
     )
+    imbalance = imbalance_note(data.train.source.labels, data.display_names, cfg.data.balance)
+    if imbalance:
+        accelerator.print(imbalance)
     state = _restore(accelerator, cfg, last, old_config)
     tracking = Tracking.start(accelerator, cfg, run_dir)
     try:

@@ -151,6 +151,14 @@ def test_readme_config_reference_matches_the_code():
         ("model.freeze=-2", "-2", "backbone, none or >= 0"),
         ("model.head.hidden=[64,0]", "[64, 0]", ">= 1"),
         ("run.seed=4294967296", "4294967296", "[0, 2147483647]"),
+        ("train.ema_decay=1", "1.0", "[0, 1)"),
+        ("augment.mixup_alpha=-0.2", "-0.2", ">= 0"),
+        ("data.balance='even'", "'even'", "none, sampler, loss"),
+        (
+            "train.best_metric=valid_f1",
+            "'valid_f1' (did you mean 'valid_macro_f1'?)",
+            "valid_acc, valid_macro_f1, valid_loss",
+        ),
     ],
 )
 def test_out_of_range_value_names_key_value_and_valid_range(override, shown, valid):

@@ -108,6 +108,7 @@ def test_demo_run_writes_every_output_file(demo_run):
         "train_acc",
         "valid_loss",
         "valid_acc",
+        "valid_macro_f1",
         "lr",  # 4 classes: no top5
         "images_per_s",
         "epoch_seconds",
