@@ -127,6 +127,12 @@ class DataConfig:
         "CUDA); `auto` = gpu on CUDA, else cpu. data.source cifar10: cpu only",
         ("cpu", "gpu", "auto"),
     )
+    leakage: str = opt(
+        "warn",
+        "copies of an image across train/valid/test (data_audit.json, data_audit_pairs.csv): "
+        "`warn` = say so and train, `error` = stop before training, `off` = no audit",
+        ("warn", "error", "off"),
+    )
 
 
 @dataclass
@@ -293,6 +299,7 @@ class Config:
         d["train"].pop("log_every", None)
         d["data"].pop("num_workers", None)
         d["data"].pop("root", None)
+        d["data"].pop("leakage", None)  # the audit policy stops or warns; it never changes the weights
         return hashlib.sha256(json.dumps(d, sort_keys=True).encode()).hexdigest()
 
 

@@ -29,6 +29,7 @@ from core.fsio import write_text_atomic
 from core.models import HeadSpec, build_model, set_backbone_trainable
 from core.preprocess import Normalize, WithPreprocessing
 from core.report import evaluation_source, write_batch_grid, write_evaluation
+from train.audit import audit_data
 from train.checkpoint import (
     LAST_DIR,
     TrainerState,
@@ -355,6 +356,7 @@ def _train(accelerator: Accelerator, cfg: Config, stem: str) -> RunResult:
     with accelerator.main_process_first():  # a download (CIFAR-10, pretrained weights) happens once
         data = load_data(cfg)
         model = make_model(cfg, data)
+    audit = on_main(accelerator, lambda: audit_data(cfg, data, run_dir))  # before any training step
     feed = FEEDS[decode](cfg, data, accelerator.device)
     if decode == "gpu" and not getattr(feed, "device_decode", True):
         accelerator.print(
@@ -366,6 +368,7 @@ def _train(accelerator: Accelerator, cfg: Config, stem: str) -> RunResult:
     if accelerator.is_main_process:
         write_run_files(cfg, data, feed, run_dir)
     lineage = {"config_hash": cfg.hash(), "git_commit": git_commit(), "dataset": data.lineage}
+    lineage["data_audit"] = audit
     accelerator.print(
         f"run folder {run_dir} | {len(data.classes)} classes, {len(data.train)} train / "
         f"{len(data.valid)} valid images | {accelerator.num_processes} process(es) on "
