@@ -45,6 +45,7 @@ from train.evaluate import evaluate
 from train.feed import FEEDS, Feed, decode_mode
 from train.optim import build_optimizer, build_scheduler
 from train.signals import StopFlag
+from train.suspects import write_suspects
 from train.tracking import Tracking, check_installed
 
 PREVIEW_IMAGES = 16
@@ -400,6 +401,7 @@ def _fit_and_test(
         return result
     accelerator.wait_for_everyone()
     result.test_metrics = evaluate_test(cfg, data, run_dir, accelerator)
+    write_suspects(cfg, data, run_dir, accelerator)  # collective: every process scores its share
     best, test = state.best or {}, result.test_metrics
     accelerator.print(
         f"best epoch {best.get('epoch')}: valid acc {best.get('valid_acc', 0):.3f} → "
