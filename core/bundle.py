@@ -12,8 +12,9 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
+from core.calibration import CalibrationRecord
 from core.errors import UserError
-from core.fsio import atomic_dir
+from core.fsio import atomic_dir, write_text_atomic
 from core.models import HEAD_ATTR, HeadSpec, build_model
 from core.preprocess import EvalSpec
 
@@ -35,6 +36,7 @@ class BundleRecord:
     head_path: str = ""
     metrics: dict[str, Any] = field(default_factory=dict)
     lineage: dict[str, Any] = field(default_factory=dict)
+    calibration: CalibrationRecord | None = None  # None (older bundles): T = 1, every row accepted
     schema_version: int = SCHEMA_VERSION
     format: str = BUNDLE_FORMAT
 
@@ -49,10 +51,20 @@ class BundleRecord:
     def num_classes(self) -> int:
         return len(self.classes)
 
+    @property
+    def temperature(self) -> float:
+        return self.calibration.temperature if self.calibration else 1.0
+
+    @property
+    def threshold(self) -> float | None:
+        return self.calibration.threshold if self.calibration else None
+
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
         d["preprocess"] = self.preprocess.to_dict()
         d["num_classes"] = self.num_classes
+        if self.calibration is None:  # an uncalibrated record reads exactly as before calibration existed
+            d.pop("calibration")
         return {"format": d.pop("format"), "schema_version": d.pop("schema_version"), **d}
 
     @classmethod
@@ -68,6 +80,9 @@ class BundleRecord:
                 head_path=d.get("head_path", ""),
                 metrics=dict(d.get("metrics", {})),
                 lineage=dict(d.get("lineage", {})),
+                calibration=(
+                    None if d.get("calibration") is None else CalibrationRecord.from_dict(d["calibration"])
+                ),
                 schema_version=int(d["schema_version"]),
             )
         except (KeyError, TypeError, ValueError) as exc:
@@ -132,6 +147,13 @@ def save_bundle(directory: str | Path, model: torch.nn.Module, record: BundleRec
         save_file(state, str(tmp / WEIGHTS_FILE), metadata={"format": BUNDLE_FORMAT})
         (tmp / RECORD_FILE).write_text(json.dumps(record.to_dict(), indent=2) + "\n")
     return directory
+
+
+def write_record(directory: str | Path, record: BundleRecord) -> Path:
+    """Replace a bundle's bundle.json atomically (the weights stay): what calibration adds after training."""
+    path = resolve_bundle_dir(directory) / RECORD_FILE
+    write_text_atomic(path, json.dumps(record.to_dict(), indent=2) + "\n")
+    return path
 
 
 def resolve_bundle_dir(path: str | Path) -> Path:

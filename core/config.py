@@ -278,6 +278,16 @@ class TrainConfig:
 
 
 @dataclass
+class CalibrationConfig:
+    target_precision: float = opt(
+        0.95,
+        "after training: the lowest threshold on the calibrated top-1 probability at which accepted "
+        "validation answers are this precise goes into the bundle (serve's `accepted` column)",
+        range=Range(0, 1, lo_open=True),
+    )
+
+
+@dataclass
 class Config:
     run: RunConfig = section(RunConfig, "run naming and seed")
     data: DataConfig = section(DataConfig, "where the images come from")
@@ -285,6 +295,9 @@ class Config:
     preprocess: PreprocessConfig = section(PreprocessConfig, "eval preprocessing (saved in the bundle)")
     augment: AugmentConfig = section(AugmentConfig, "train augmentation")
     train: TrainConfig = section(TrainConfig, "optimization")
+    calibration: CalibrationConfig = section(
+        CalibrationConfig, "calibrated confidence, fitted after training"
+    )
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -300,6 +313,7 @@ class Config:
         d["data"].pop("num_workers", None)
         d["data"].pop("root", None)
         d["data"].pop("leakage", None)  # the audit policy stops or warns; it never changes the weights
+        d.pop("calibration", None)  # fitted after training: a checkpoint resumes whatever the target
         return hashlib.sha256(json.dumps(d, sort_keys=True).encode()).hexdigest()
 
 

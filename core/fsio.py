@@ -110,3 +110,23 @@ def recover_dir(dest: str | os.PathLike) -> bool:
         return False
     os.replace(old, dest)
     return True
+
+
+def repair_swaps(folder: str | os.PathLike, names: tuple[str, ...]) -> list[str]:
+    """What an interrupted swap or save of `folder/NAME` left, repaired: a `.NAME.old` put back when NAME is
+    missing, then leftover temp folders (`.NAME.*.tmp`) and a superseded `.NAME.old` removed. Only for
+    a caller that holds the folder's lock (a live writer's temp folder is not a leftover). One line each."""
+    folder, lines = Path(folder), []
+    if not folder.is_dir():
+        return lines
+    for name in names:
+        if recover_dir(folder / name):
+            lines.append(f"repaired {folder / name}: an interrupted save had moved it aside; restored")
+        stale = [p for p in folder.glob(f".{name}.*tmp") if p.is_dir()]
+        if (folder / name).exists() and _old_of(folder / name).is_dir():
+            stale.append(_old_of(folder / name))
+        for p in stale:
+            shutil.rmtree(p, ignore_errors=True)
+        if stale:
+            lines.append(f"removed {len(stale)} leftover folder(s) of an interrupted save of {folder / name}")
+    return lines

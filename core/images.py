@@ -16,6 +16,14 @@ from PIL import Image, ImageFile, ImageOps
 # at our limit so a 20000x20000 file is refused instead of eating gigabytes of memory.
 MAX_PIXELS = 100_000_000
 IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff"})
+# The sort command's queues beside the class folders it fills: never classes when that folder is trained on.
+SORT_QUEUES = ("_review", "_errors")
+
+
+def is_class_folder(name: str) -> bool:
+    """A visible folder that is not one of the sort command's queues."""
+    return not name.startswith(".") and name not in SORT_QUEUES
+
 
 if TYPE_CHECKING:  # tensor methods only below: `train/split.py --help` must not pay for importing torch
     import torch
@@ -114,3 +122,9 @@ EXIF_TRANSPOSE: dict[int, Callable[[torch.Tensor], torch.Tensor]] = {
 def exif_transpose_tensor(image: torch.Tensor, orientation: int) -> torch.Tensor:
     """Apply EXIF orientation `orientation` (1..8; anything else = upright) to a CHW tensor."""
     return EXIF_TRANSPOSE.get(orientation, EXIF_TRANSPOSE[1])(image)
+
+
+def upright_rgb(img: Image.Image) -> Image.Image:
+    """An image already opened (e.g. handed to the Python API) made what decode_image returns: EXIF
+    orientation applied, then 8-bit RGB."""
+    return _to_rgb(ImageOps.exif_transpose(img) or img)

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 import torch
 
 from core.images import BadImage, decode_image, exif_transpose_tensor
+from core.streams import CUDA_STREAMS, CudaStreams, normal_device, refuse_alias
 
 # nvJPEG's decode of a 24 MP photo is 72 MB; 256 of them next to a model risk OOM. Larger files go to the
 # CPU decoder in worker processes (PIL), which is what a rare huge photo costs anyway.
@@ -214,15 +215,15 @@ def bisect_decode(
     return bisect_decode(blobs[:half], decode) + bisect_decode(blobs[half:], decode)
 
 
-_streams: dict[torch.device, torch.cuda.Stream] = {}
 _available: dict[torch.device, bool] = {}
 
 
 def device_decoder_available(device: torch.device | str, decoder: Decoder | None = None) -> bool:
     """Whether the device decoder works here (once per device): torchvision built without nvJPEG, or a MIG
     slice without a JPEG engine, fails every call, and bisecting every batch down to single files to learn
-    that would be slow. Callers then send every file to the CPU decoder, counted as NO_DEVICE_DECODER."""
-    device = torch.device(device)
+    that would be slow. Callers then send every file to the CPU decoder, counted as NO_DEVICE_DECODER.
+    The device is normalised exactly as decode_on_device does (core.streams.normal_device)."""
+    device = normal_device(device)
     if device not in _available:
         import io
 
@@ -239,34 +240,30 @@ def device_decoder_available(device: torch.device | str, decoder: Decoder | None
     return _available[device]
 
 
-def _decode_stream(device: torch.device) -> torch.cuda.Stream:
-    stream = _streams.get(device)
-    return stream if stream is not None else _streams.setdefault(device, torch.cuda.Stream(device))
-
-
 def decode_on_device(
     blobs: Sequence[torch.Tensor],
     device: torch.device | str,
     *,
     chunk: int = CHUNK,
     decoder: Decoder = torchvision_decoder,
+    streams: CudaStreams = CUDA_STREAMS,
 ) -> list[torch.Tensor | None]:
     """1-D uint8 CPU tensors of routed JPEGs → uint8 RGB [3, H, W] on `device` (None where refused, for the CPU).
 
     Usable on the caller's current stream as soon as this returns. On CUDA:
-    (1) the library allocates on our dedicated decode stream, where nothing else runs, so no block freed
-        by the caller's still-queued kernels can be handed to its writes (pytorch/vision#9606);
+    (1) the library allocates on our dedicated decode stream (core.streams: outside PyTorch's stream pool,
+        so no other stream is ever the same one), where nothing else runs, so no block freed by the
+        caller's still-queued kernels can be handed to its writes (pytorch/vision#9606);
     (2) the caller's stream waits for the decode stream, and (3) each output is record_stream'ed on the
         caller's stream, so its memory is not reused by a later decode until the caller's work on it is done.
+    Raises RuntimeError when the caller's current stream IS the decode stream (the protocol needs two).
     """
-    device = torch.device(device)
-    if device.type == "cuda" and device.index is None:
-        device = torch.device("cuda", torch.cuda.current_device())
+    device = normal_device(device)
     out: list[torch.Tensor | None] = []
     for start in range(0, len(blobs), chunk):
         part = list(blobs[start : start + chunk])
         out += (
-            _decode_cuda(part, device, decoder)
+            _decode_cuda(part, device, decoder, streams)
             if device.type == "cuda"
             else bisect_decode(part, lambda b: decoder(b, device))
         )
@@ -274,16 +271,14 @@ def decode_on_device(
 
 
 def _decode_cuda(
-    blobs: list[torch.Tensor], device: torch.device, decoder: Decoder
+    blobs: list[torch.Tensor], device: torch.device, decoder: Decoder, streams: CudaStreams
 ) -> list[torch.Tensor | None]:
-    consumer = torch.cuda.current_stream(device)
-    stream = _decode_stream(device)
-    with torch.cuda.stream(stream):
+    consumer = streams.current(device)
+    stream = streams.decode(device)
+    refuse_alias(consumer, stream)
+    with streams.use(stream):
         images = bisect_decode(blobs, lambda b: decoder(b, device))
-    consumer.wait_stream(stream)
-    for img in images:
-        if img is not None:
-            img.record_stream(consumer)
+    streams.hand_over(streams.record(stream), consumer, [img for img in images if img is not None])
     return images
 
 

@@ -82,6 +82,24 @@ def read_engine_sidecar(engine: str | Path) -> tuple[BundleRecord, dict[str, Any
         raise UserError(f"{side} is damaged ({type(exc).__name__}: {exc}); rebuild the engine") from None
 
 
+def bundle_ref(bundle_dir: Path) -> dict[str, str]:
+    """Where a shipped file came from, without a path of the machine that built it: the run folder's name
+    and the bundle's folder inside it (the export beside it finds it at ../<bundle>)."""
+    real = Path(bundle_dir).resolve()
+    return {"run": real.parent.name, "bundle": real.name}
+
+
+def bundle_near(model_file: str | Path, facts: dict[str, Any]) -> Path | None:
+    """The bundle a model file was exported from, found from the facts alone: `<run>/<bundle>` beside the
+    export folder holding the file (the default layout), or the absolute path older files recorded."""
+    candidates = []
+    if facts.get("bundle"):
+        candidates.append(Path(model_file).resolve().parent.parent / str(facts["bundle"]))
+    if facts.get("bundle_path"):  # written before shipped files stopped recording machine paths
+        candidates.append(Path(str(facts["bundle_path"])))
+    return next((c for c in candidates if c.is_dir()), None)
+
+
 def sha256_file(path: str | Path, chunk: int = 1 << 20) -> str:
     """Hex sha256 of a file, read in chunks: ties model.onnx to its weights and an engine to its ONNX."""
     import hashlib
@@ -115,7 +133,8 @@ def check_engine_host(
     diffs = [f"{k} {built[k]} (this machine: {here[k]})" for k in here if built[k] != here[k]]
     if not diffs:
         return
-    bundle = facts.get("bundle_path") or "<bundle>"
+    near = bundle_near(engine, facts)
+    bundle = str(near) if near else f"runs/{facts.get('run', '<run>')}/{facts.get('bundle', 'best')}"
     profile = facts.get("profile") or {}
     rebuild = (
         f"python export/main.py {bundle} --tensorrt --engine-from {facts.get('precision', 'fp16')}"

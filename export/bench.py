@@ -70,8 +70,3 @@ def bench_all(
             "images_per_s": speeds,
         }
     return out
-
-
-def bench(run: Runner, images: torch.Tensor, max_batch: int, budget_s: float = 0.3) -> dict[str, Any]:
-    """One runner alone (see bench_all)."""
-    return bench_all({"run": run}, images, max_batch, budget_s)["run"]

@@ -20,6 +20,7 @@ from core.model_record import (
     ONNX_OUTPUT,
     ONNX_PROBS,
     ONNX_RECORD_KEY,
+    bundle_ref,
     sha256_file,
 )
 from core.preprocess import WithPreprocessing
@@ -33,8 +34,10 @@ MAX_BATCH_DIM = 1 << 16
 
 
 class ExportGraph(nn.Module):
-    """What goes into the ONNX file: normalization + classifier, and optionally softmax probabilities.
+    """What goes into the ONNX file: normalization + classifier, logits / T, and optionally softmax probabilities.
 
+    The record's calibration temperature T is folded in, so the `logits` output (same name as before) and its
+    softmax are calibrated in every variant; a bundle without calibration has T = 1 (no division).
     With dtype=float16 (the fp16 variant) only the classifier runs in half precision: the uint8 → float32
     normalization before it and the float32 logits (and softmax) after it keep the file's contract.
     """
@@ -46,12 +49,15 @@ class ExportGraph(nn.Module):
         self.net = WithPreprocessing(model, record.preprocess)
         self.probs = probs
         self.dtype = dtype
+        self.temperature = record.temperature
 
     def forward(self, images: torch.Tensor):  # the parameter name is the dynamo exporter's input name
         if self.dtype == torch.float32:
             logits = self.net(images)
         else:
             logits = self.net.model(self.net.normalize(images).to(self.dtype)).float()
+        if self.temperature != 1.0:  # in float32 after the classifier, whatever the variant's precision
+            logits = logits / self.temperature
         return (logits, torch.softmax(logits, dim=1)) if self.probs else logits
 
 
@@ -161,7 +167,12 @@ def _exporter_version(name: str) -> str:
 
 
 def export_facts(
-    exporter: str, opset: int, bundle_dir: Path, probs: bool, precision: str = "fp32"
+    exporter: str,
+    opset: int,
+    bundle_dir: Path,
+    probs: bool,
+    precision: str = "fp32",
+    record_temperature: float = 1.0,
 ) -> dict[str, Any]:
     import onnx
     import torchvision
@@ -175,9 +186,10 @@ def export_facts(
         "torchvision": torchvision.__version__,
         "onnx": onnx.__version__,
         "weights_sha256": sha256_file(bundle_dir / WEIGHTS_FILE),
-        "bundle_path": str(bundle_dir.resolve()),
+        **bundle_ref(bundle_dir),
         "input": ONNX_INPUT,
         "outputs": output_names(probs),
+        "logits_divided_by_temperature": record_temperature,
         "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
     }
 
@@ -209,6 +221,11 @@ def embed_metadata(dest: Path, record: BundleRecord, facts: dict[str, Any]) -> N
     model.doc_string = (
         f"imgclf {record.arch}, {record.num_classes} classes, {facts['precision']}; "
         "uint8 RGB NCHW in, float32 logits out"
+        + (
+            f" (divided by the calibration temperature {record.temperature:.4g})"
+            if record.calibration
+            else ""
+        )
     )
     _check_contract(model, record, facts["outputs"])
     onnx.checker.check_model(model, full_check=True)
@@ -263,7 +280,7 @@ def export_onnx(
     net = model if dtype == torch.float32 else copy.deepcopy(model).to(dtype)
     graph = ExportGraph(net, record, probs, dtype).eval()
     outputs = output_names(probs)
-    facts = export_facts(exporter, opset, bundle_dir, probs, precision)
+    facts = export_facts(exporter, opset, bundle_dir, probs, precision, record.temperature)
     _run_exporter(exporter, graph, _example(record), dest, opset, outputs)
     embed_metadata(dest, record, facts)
     return facts

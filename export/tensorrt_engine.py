@@ -1,4 +1,4 @@
-"""TensorRT: build model.engine from one ONNX variant, run it on CUDA torch tensors, write its sidecar.
+"""TensorRT: build model.engine from one ONNX variant, open it with core.trt_runner, write its sidecar.
 
 tensorrt is imported only inside these functions, so the rest of export never needs it installed.
 Precision lives in the ONNX file (fp32, fp16 graph, int8 Q/DQ): the network is strongly typed, the
@@ -19,7 +19,9 @@ import torch
 
 from core.errors import UserError
 from core.fsio import write_bytes_atomic
-from core.model_record import ONNX_INPUT, ONNX_OUTPUT, check_engine_host, read_engine_sidecar
+from core.model_record import ONNX_INPUT, ONNX_OUTPUT, bundle_ref, check_engine_host, read_engine_sidecar
+from core.streams import CUDA_STREAMS, CudaStreams
+from core.trt_runner import TrtRunner
 
 PIP_HINT = "--tensorrt needs the tensorrt package, which is not installed: pip install '.[gpu]'"
 SUPPORTED_MAJORS = (10, 11)  # 10.x: strongly typed on request; 11.x: always. Matches the gpu extra's pin.
@@ -199,7 +201,7 @@ def sidecar(
         "input": ONNX_INPUT,
         "output": ONNX_OUTPUT,
         "workspace_gb": opts.workspace_gb,
-        "bundle_path": str(bundle_dir.resolve()),
+        **bundle_ref(bundle_dir),
         "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
     }
     return {"record": record_dict, "engine": engine}
@@ -212,60 +214,17 @@ def sidecar_json(side: dict[str, Any]) -> str:
 # ── run ──────────────────────────────────────────────────────────────────────────────────────────────
 
 
-class EngineRunner:
-    """logits = runner(uint8 batch): the engine executed on CUDA torch tensors (execute_async_v3)."""
-
-    def __init__(self, blob: bytes):
-        trt = require_tensorrt()
-        self._trt = trt
-        with tensorrt_api(trt):
-            self._open(trt, blob)
-
-    def _open(self, trt, blob: bytes) -> None:
-        self.runtime = trt.Runtime(_logger(trt))
-        self.engine = self.runtime.deserialize_cuda_engine(blob)
-        if self.engine is None:
-            raise UserError(
-                "TensorRT could not deserialize the engine (corrupt, or from another version); "
-                "rebuild it with `python export/main.py <bundle> --tensorrt`"
-            )
-        self.context = self.engine.create_execution_context()
-        names = [self.engine.get_tensor_name(i) for i in range(self.engine.num_io_tensors)]
-        self.outputs = [n for n in names if self.engine.get_tensor_mode(n) == trt.TensorIOMode.OUTPUT]
-        self.stream = torch.cuda.Stream()
-
-    def _dtype(self, name: str) -> torch.dtype:
-        t = self._trt.DataType
-        names = {
-            "FLOAT": torch.float32,
-            "HALF": torch.float16,
-            "INT32": torch.int32,
-            "INT8": torch.int8,
-            "UINT8": torch.uint8,
-            "BOOL": torch.bool,
-        }
-        table = {getattr(t, k): v for k, v in names.items() if hasattr(t, k)}
-        return table[self.engine.get_tensor_dtype(name)]
-
-    def __call__(self, x: torch.Tensor) -> torch.Tensor:
-        with torch.cuda.stream(self.stream):
-            x = x.to("cuda", non_blocking=True).contiguous()
-            self.context.set_input_shape(ONNX_INPUT, tuple(x.shape))
-            self.context.set_tensor_address(ONNX_INPUT, x.data_ptr())
-            outs = {}
-            for name in self.outputs:
-                outs[name] = torch.empty(
-                    tuple(self.context.get_tensor_shape(name)), dtype=self._dtype(name), device="cuda"
-                )
-                self.context.set_tensor_address(name, outs[name].data_ptr())
-            if not self.context.execute_async_v3(self.stream.cuda_stream):
-                raise RuntimeError("TensorRT execute_async_v3 failed")
-            logits = outs[ONNX_OUTPUT].float().cpu()
-        self.stream.synchronize()
-        return logits
+def EngineRunner(  # noqa: N802 - the name export's stages call; a factory over the one shared runner
+    blob: bytes, device: torch.device | str = "cuda", streams: CudaStreams = CUDA_STREAMS
+) -> TrtRunner:
+    """logits = runner(uint8 batch): core.trt_runner's runner (the same as serve's), with the stream wait
+    before a CUDA input is read and record_stream on its outputs."""
+    trt = require_tensorrt()
+    with tensorrt_api(trt):
+        return TrtRunner(trt, blob, device, _logger(trt), "the engine", streams)
 
 
-def load_engine(path: Path) -> EngineRunner:
+def load_engine(path: Path) -> TrtRunner:
     """Open a model.engine after checking its sidecar against this machine's GPU and TensorRT version."""
     _, facts = read_engine_sidecar(path)
     check_engine_host(path, facts, **host_facts())

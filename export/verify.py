@@ -6,6 +6,7 @@ are compared (and timed) by the same code.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -13,6 +14,7 @@ from typing import Any
 
 import torch
 
+from core import ort_session as ort_session_lib
 from core.errors import UserError
 from core.model_record import ONNX_INPUT, ONNX_OUTPUT
 
@@ -36,17 +38,13 @@ GATES = {
     "int8": Gate(min_top1=0.95, max_dprob=None, max_acc_drop=1.0),
 }
 
-# What each --provider asks onnxruntime for, in priority order. TF32 off so CUDA is compared in true fp32.
-_CUDA = ("CUDAExecutionProvider", {"use_tf32": "0"})
-PROVIDERS: dict[str, list[Any]] = {
-    "cpu": ["CPUExecutionProvider"],
-    "cuda": [_CUDA, "CPUExecutionProvider"],
-    "tensorrt": ["TensorrtExecutionProvider", _CUDA, "CPUExecutionProvider"],
+# What each --provider asks onnxruntime for, in priority order (core.ort_session's short names). CUDA
+# runs with TF32 off there, so it is compared in true fp32.
+PROVIDERS: dict[str, list[str]] = {
+    "cpu": ["cpu"],
+    "cuda": ["cuda", "cpu"],
+    "tensorrt": ["tensorrt", "cuda", "cpu"],
 }
-
-
-def _name(p: Any) -> str:
-    return p[0] if isinstance(p, tuple) else p
 
 
 # ── runners ──────────────────────────────────────────────────────────────────────────────────────────
@@ -64,42 +62,36 @@ def torch_runner(module: torch.nn.Module, device: str = "cpu") -> Runner:
     return run
 
 
-def provider_chain(provider: str, allow_cpu: bool) -> list[Any]:
-    """The providers to ask onnxruntime for; a missing accelerator is an error unless CPU is allowed."""
-    import onnxruntime as ort
-
+def provider_chain(provider: str, allow_cpu: bool) -> list[tuple[str, dict[str, Any]]]:
+    """The providers (with options) to ask onnxruntime for; a missing accelerator is an error unless CPU
+    is allowed."""
     if provider not in PROVIDERS:
         raise UserError(f"unknown --provider {provider!r}; valid: {', '.join(PROVIDERS)}")
-    primary = _name(PROVIDERS[provider][0])
-    available = ort.get_available_providers()
+    available = ort_session_lib.available_providers()
+    primary = ort_session_lib.PROVIDERS[PROVIDERS[provider][0]]
     if primary in available:
-        return PROVIDERS[provider]
-    if allow_cpu:
-        return PROVIDERS["cpu"]
-    raise UserError(
-        f"--provider {provider} needs onnxruntime's {primary}, but this onnxruntime offers only "
-        f"{', '.join(available)}; install onnxruntime-gpu (pip install '.[gpu]') or pass "
-        "--allow-cpu to verify on CPU"
-    )
+        names = [ort_session_lib.PROVIDERS[n] for n in PROVIDERS[provider]]
+    elif allow_cpu:
+        names = [ort_session_lib.PROVIDERS["cpu"]]
+    else:
+        raise UserError(
+            f"--provider {provider} needs onnxruntime's {primary}, but this onnxruntime offers only "
+            f"{', '.join(available)}; install onnxruntime-gpu (pip install '.[gpu]') or pass "
+            "--allow-cpu to verify on CPU"
+        )
+    return ort_session_lib.provider_options(names, exact_fp32=True)
 
 
 def ort_session(path: Path, provider: str, allow_cpu: bool):
-    """An InferenceSession on exactly the asked provider; a CPU fallback is an error unless allowed."""
-    import onnxruntime as ort
-
-    chain = provider_chain(provider, allow_cpu)
-    primary = _name(PROVIDERS[provider][0])
-    opts = ort.SessionOptions()
-    opts.log_severity_level = 3  # onnxruntime's own fallback warning is replaced by the check below
-    opts.intra_op_num_threads = torch.get_num_threads()  # same CPU threads as torch (--threads): fair speeds
-    sess = ort.InferenceSession(str(path), opts, providers=chain)
-    if primary not in sess.get_providers() and not allow_cpu:
-        raise UserError(
-            f"onnxruntime could not start {primary} (the session runs on "
-            f"{', '.join(sess.get_providers())}); check the CUDA/cuDNN/TensorRT libraries "
-            "or pass --allow-cpu"
-        )
-    return sess
+    """An InferenceSession on exactly the asked provider, with torch's thread count (--threads: fair
+    speeds); a CPU fallback is an error unless allowed."""
+    primary = ort_session_lib.PROVIDERS[PROVIDERS[provider][0]] if provider in PROVIDERS else provider
+    return ort_session_lib.open_session(
+        path,
+        provider_chain(provider, allow_cpu),
+        threads=torch.get_num_threads(),
+        must_start=() if allow_cpu else (primary,),
+    )
 
 
 def ort_runner(sess, output: str = ONNX_OUTPUT) -> Runner:
@@ -119,8 +111,15 @@ def run_batched(run: Runner, images: torch.Tensor, batch: int = 32) -> torch.Ten
 def compare(
     ref: torch.Tensor, got: torch.Tensor, paths: list[str], labels: list[int], display_names: list[str]
 ) -> dict[str, Any]:
-    """Parity figures of `got` against the reference logits, and where they diverge most."""
+    """Parity figures of `got` against the reference logits, and where they diverge most.
+
+    NaN compares as neither greater nor smaller, so a NaN figure would pass every threshold: rows with a
+    non-finite logit are counted on each side (judge fails on any), and figures are None, never NaN."""
     ref, got = ref.double(), got.double()
+    nonfinite = {
+        "torch": int((~torch.isfinite(ref)).any(1).sum()),
+        "exported": int((~torch.isfinite(got)).any(1).sum()),
+    }
     dprob = (ref.softmax(1) - got.softmax(1)).abs().amax(1)
     dlogit = (ref - got).abs().amax(1)
     ref_top, got_top = ref.argmax(1), got.argmax(1)
@@ -128,15 +127,16 @@ def compare(
     worst = int(dprob.argmax())
     out: dict[str, Any] = {
         "n": len(paths),
+        "nonfinite": nonfinite,
         "top1_agreement": float(agree.double().mean()),
-        "max_abs_logit": float(dlogit.max()),
-        "max_abs_prob": float(dprob.max()),
-        "mean_abs_prob": float(dprob.mean()),
+        "max_abs_logit": _finite(dlogit.max()),
+        "max_abs_prob": _finite(dprob.max()),
+        "mean_abs_prob": _finite(dprob.mean()),
         "worst": {
             "path": paths[worst],
-            "abs_prob": float(dprob[worst]),
-            "torch_logits": [round(v, 6) for v in ref[worst].tolist()],
-            "exported_logits": [round(v, 6) for v in got[worst].tolist()],
+            "abs_prob": _finite(dprob[worst]),
+            "torch_logits": [_finite(v, 6) for v in ref[worst].tolist()],
+            "exported_logits": [_finite(v, 6) for v in got[worst].tolist()],
         },
         "disagreements": [
             {
@@ -149,6 +149,28 @@ def compare(
     }
     out["accuracy"] = _accuracy(ref_top, got_top, labels)
     return out
+
+
+def _finite(value, digits: int | None = None) -> float | None:
+    v = float(value)
+    if not math.isfinite(v):
+        return None
+    return round(v, digits) if digits is not None else v
+
+
+def nonfinite_reasons(parity: dict[str, Any]) -> list[str]:
+    """A non-finite logit on either side fails every gate, with the side named: NaN in the reference
+    means the bundle's own weights are broken, not the export."""
+    bad, n = parity.get("nonfinite") or {}, parity["n"]
+    reasons = []
+    if bad.get("torch"):
+        reasons.append(
+            f"the PyTorch reference gave NaN/Inf logits on {bad['torch']} of {n} images: the bundle's "
+            "weights are broken (NaN/Inf); retrain, or export another bundle"
+        )
+    if bad.get("exported"):
+        reasons.append(f"the exported model gave NaN/Inf logits on {bad['exported']} of {n} images")
+    return reasons
 
 
 def _accuracy(ref_top: torch.Tensor, got_top: torch.Tensor, labels: list[int]) -> dict[str, Any] | None:
@@ -164,7 +186,9 @@ def _accuracy(ref_top: torch.Tensor, got_top: torch.Tensor, labels: list[int]) -
 
 def judge(parity: dict[str, Any], gate: Gate) -> list[str]:
     """Reasons the gate fails (empty list: passed)."""
-    reasons = []
+    reasons = nonfinite_reasons(parity)
+    if reasons:
+        return reasons
     if gate.min_top1 is not None and parity["top1_agreement"] < gate.min_top1:
         reasons.append(f"top-1 agreement {parity['top1_agreement']:.2%} < {gate.min_top1:.1%}")
     if gate.max_dprob is not None and parity["max_abs_prob"] > gate.max_dprob:
@@ -206,6 +230,9 @@ def check_batches(
         r, g = ref(x), got(x)
         if tuple(g.shape) != (b, num_classes):
             reasons.append(f"batch {b}: output shape {tuple(g.shape)} != {(b, num_classes)}")
+            continue
+        if not (bool(torch.isfinite(r).all()) and bool(torch.isfinite(g).all())):
+            reasons.append(f"batch {b}: NaN/Inf logits")
             continue
         dprob = float((r.double().softmax(1) - g.double().softmax(1)).abs().max())
         figures[str(b)] = {"max_abs_prob": dprob}

@@ -8,19 +8,29 @@ model.engine → TensorRT); labels and preprocessing always come from the file's
 from __future__ import annotations
 
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Protocol
 
 import numpy as np
 import torch
 
-from core.bundle import RECORD_FILE, BundleRecord, load_bundle, read_record
+from core.bundle import BundleRecord, load_bundle
 from core.errors import UserError
-from core.model_record import ONNX_INPUT, ONNX_OUTPUT, read_engine_sidecar, read_onnx_record
+from core.model_record import ONNX_INPUT, ONNX_OUTPUT, read_onnx_record
+from core.models import head_module
+from core.ort_session import (
+    GPU_PROVIDERS,
+    PROVIDERS,
+    available_providers,
+    open_session,
+    provider_names,
+    provider_options,
+)
 from core.preprocess import WithPreprocessing
 from core.workers import usable_cpus
-from serve.checks import check_model
+from serve.checks import RECORDS, check_model
+from serve.model_file import model_kind
 
 
 class Backend(Protocol):
@@ -32,31 +42,9 @@ class Backend(Protocol):
     def forward(self, images: torch.Tensor) -> torch.Tensor: ...
 
 
-def model_kind(path: str | Path) -> str:
-    p = Path(path)
-    if p.is_dir() or p.name == RECORD_FILE:
-        return "torch"
-    kinds = {".onnx": "onnx", ".engine": "tensorrt", ".plan": "tensorrt"}
-    if p.suffix.lower() in kinds:
-        if not p.is_file():
-            raise UserError(f"model file not found: {p}")
-        return kinds[p.suffix.lower()]
-    if not p.exists():
-        raise UserError(f"model not found: {p} (give a bundle folder, model.onnx or model.engine)")
-    raise UserError(
-        f"cannot tell what model {p} is; give a bundle folder (runs/<name>/best), "
-        "a .onnx file or a .engine file"
-    )
-
-
 def load_record(path: str | Path) -> BundleRecord:
     """The model's own record (labels, display names, preprocessing), without loading weights."""
-    readers: dict[str, Callable[[Path], BundleRecord]] = {
-        "torch": read_record,
-        "onnx": lambda p: read_onnx_record(p)[0],
-        "tensorrt": lambda p: read_engine_sidecar(p)[0],
-    }
-    return readers[model_kind(path)](Path(path))
+    return RECORDS[model_kind(path)](Path(path))
 
 
 def resolve_device(device: str, state_device: torch.device | None = None) -> torch.device:
@@ -81,29 +69,27 @@ def default_threads(workers: int, world: int = 1) -> int:
     return max(1, usable_cpus() // max(1, world) - workers)
 
 
+def default_batch_size(device: torch.device) -> int:
+    """Images per model call where the user gave none: a GPU needs big batches to be busy."""
+    return 256 if device.type == "cuda" else 32
+
+
 def open_backend(
     model: str | Path,
-    backend: str,
     device: torch.device,
-    providers: list[str] | None = None,
+    providers: Sequence[str] | None = None,
     allow_cpu: bool = False,
     threads: int | None = None,
 ) -> Backend:
-    """`threads`: intra-op threads for torch (process-wide) and onnxruntime; None leaves both as they are."""
-    natural = model_kind(model)
-    chosen = natural if backend == "auto" else backend
-    if chosen not in OPENERS:
-        raise UserError(f"unknown --backend {backend!r}; valid: auto, {', '.join(OPENERS)}")
-    if chosen != natural:
-        raise UserError(
-            f"--backend {chosen} cannot run {model} (a {natural} model); convert it with "
-            f"`python export/main.py <bundle>` or pass --backend auto"
-        )
-    if providers and chosen != "onnx":
-        raise UserError("--providers applies to onnxruntime only (a model.onnx file)")
+    """The model file's own backend (a bundle → torch, .onnx → onnxruntime, .engine → TensorRT), checked
+    against its record. `threads`: intra-op threads for torch (process-wide) and onnxruntime; None leaves
+    both as they are."""
+    kind = model_kind(model)
+    if providers and kind != "onnx":
+        raise UserError(f"onnxruntime providers apply to a model.onnx only, not {model} (a {kind} model)")
     if threads:
         torch.set_num_threads(threads)
-    return check_model(OPENERS[chosen](Path(model), device, providers, allow_cpu, threads), model, chosen)
+    return check_model(OPENERS[kind](Path(model), device, providers, allow_cpu, threads), model, kind)
 
 
 # ─── torch: the bundle itself ─────────────────────────────────────────────────────────────────
@@ -113,6 +99,7 @@ class TorchBackend:
     def __init__(self, bundle: Path, device: torch.device):
         model, record = load_bundle(bundle, map_location=device)
         self.net = WithPreprocessing(model, record.preprocess).to(device).eval()
+        self.temperature = record.temperature  # exported files have it folded in; the bundle applies it here
         self.device = device
         gpu = device.type == "cuda"
         self.amp_dtype = torch.bfloat16 if gpu and torch.cuda.is_bf16_supported() else torch.float16
@@ -129,7 +116,20 @@ class TorchBackend:
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         x = images.to(self.device, non_blocking=True).contiguous(memory_format=self.memory_format)
         with torch.autocast(self.device.type, dtype=self.amp_dtype, enabled=self.device.type == "cuda"):
-            return self.net(x).float()
+            logits = self.net(x).float()
+        return logits if self.temperature == 1.0 else logits / self.temperature
+
+    def enable_features(self) -> None:
+        """--embeddings: keep the classifier head's input (the penultimate features) of every forward."""
+        head_module(self.net.model).register_forward_pre_hook(self._keep_features)
+
+    def _keep_features(self, _module, inputs) -> None:
+        self._features = inputs[0]
+
+    def take_features(self):
+        """The last forward's features on the host (float32 numpy), or None when not enabled."""
+        features, self._features = getattr(self, "_features", None), None
+        return None if features is None else features.float().flatten(1).cpu().numpy()
 
 
 def _open_torch(model: Path, device: torch.device, providers, allow_cpu, threads) -> Backend:
@@ -138,15 +138,9 @@ def _open_torch(model: Path, device: torch.device, providers, allow_cpu, threads
 
 # ─── onnxruntime ──────────────────────────────────────────────────────────────────────────────
 
-PROVIDERS = {
-    "tensorrt": "TensorrtExecutionProvider",
-    "cuda": "CUDAExecutionProvider",
-    "cpu": "CPUExecutionProvider",
-}
-
 
 def choose_providers(
-    requested: list[str] | None, device: torch.device, allow_cpu: bool, available: list[str]
+    requested: Sequence[str] | None, device: torch.device, allow_cpu: bool, available: list[str]
 ) -> list[str]:
     """The execution providers to ask for, in priority order.
 
@@ -155,14 +149,7 @@ def choose_providers(
     common CPU-only wheel) the model runs on the CPU, and so does decoding; the start line says so.
     """
     if requested:
-        names = [PROVIDERS.get(r.strip().lower(), r.strip()) for r in requested if r.strip()]
-        missing = [n for n in names if n not in available]
-        if missing:
-            raise UserError(
-                f"onnxruntime here lacks {', '.join(missing)} (available: {', '.join(available)}); "
-                "for GPU providers install the gpu extra: pip install '.[gpu]'"
-            )
-        return names
+        return provider_names(requested, available)
     if device.type == "cuda" and PROVIDERS["cuda"] in available:
         return [PROVIDERS["cuda"]] + ([PROVIDERS["cpu"]] if allow_cpu else [])
     return [PROVIDERS["cpu"]]
@@ -173,15 +160,6 @@ def gpu_index(device: torch.device) -> int:
     if device.index is not None:
         return device.index
     return torch.cuda.current_device() if torch.cuda.is_available() else int(os.environ.get("LOCAL_RANK", 0))
-
-
-def provider_options(names: list[str], device: torch.device) -> list[tuple[str, dict]]:
-    """device_id: onnxruntime's default is GPU 0 for every process, so under accelerate launch all ranks
-    would share one GPU. cudnn_conv_algo_search HEURISTIC: the default (EXHAUSTIVE) searches again for
-    every new batch shape, such as each partial last batch."""
-    gpu = {"device_id": gpu_index(device)} if device.type == "cuda" else {}
-    table = {PROVIDERS["cuda"]: {**gpu, "cudnn_conv_algo_search": "HEURISTIC"}, PROVIDERS["tensorrt"]: gpu}
-    return [(n, table.get(n, {})) for n in names]
 
 
 PRECISIONS = ("fp32", "fp16", "int8")
@@ -202,33 +180,19 @@ class OnnxBackend:
         self,
         model: Path,
         device: torch.device,
-        providers: list[str] | None,
+        providers: Sequence[str] | None,
         allow_cpu: bool,
         threads: int | None = None,
     ):
-        import onnxruntime as ort
-
         record, facts = read_onnx_record(model)  # refuses a file without imgclf metadata before the session
-        wanted = choose_providers(providers, device, allow_cpu, ort.get_available_providers())
-        options = ort.SessionOptions()
-        options.log_severity_level = 3
-        if threads:
-            options.intra_op_num_threads = threads
-        try:
-            self.session = ort.InferenceSession(
-                str(model), sess_options=options, providers=provider_options(wanted, device)
-            )
-        except Exception as exc:  # noqa: BLE001 - onnxruntime raises its own untyped errors
-            raise UserError(f"onnxruntime cannot load {model}: {exc}") from None
+        wanted = choose_providers(providers, device, allow_cpu, available_providers())
+        gpu = gpu_index(device) if device.type == "cuda" else None
+        self.session = open_session(
+            model, provider_options(wanted, gpu), threads, must_start=() if allow_cpu else wanted
+        )
         used = self.session.get_providers()
-        lost = [p for p in wanted if p not in used]
-        if lost and not allow_cpu:  # ort drops a provider whose libraries fail to load, silently
-            raise UserError(
-                f"onnxruntime could not start {', '.join(lost)} (running: {', '.join(used)}); "
-                "check the CUDA/TensorRT libraries, or pass --allow-cpu to accept this"
-            )
         self._check_io(model)
-        on_gpu = device.type == "cuda" and used[0] in (PROVIDERS["cuda"], PROVIDERS["tensorrt"])
+        on_gpu = device.type == "cuda" and used[0] in GPU_PROVIDERS
         self.device = device if on_gpu else torch.device("cpu")  # where batches are decoded for it
         self.classes = self._width(len(record.classes))
         self.precision = onnx_precision(model, facts)

@@ -1,9 +1,9 @@
 """Throughput of each serving stage (discovery, decode, model, end to end) next to the tutorials' naive
 predictor (PIL + torchvision transforms in a DataLoader, fp32), measured in one run on the same JPEGs.
 
-    python serve/bench.py --smoke                                  # CPU, tiny, seconds: the code path only
-    python serve/bench.py --n 64 --arch resnet18 --size 64         # CPU, well under a minute
-    python serve/bench.py --n 4096 --side 500 --arch resnet50 --json serve_bench.json   # a GPU
+    python -m serve.bench --smoke                                  # CPU, tiny, seconds: the code path only
+    python -m serve.bench --n 64 --arch resnet18 --size 64         # CPU, well under a minute
+    python -m serve.bench --n 4096 --side 500 --arch resnet50 --json serve_bench.json   # a GPU
 """
 
 from __future__ import annotations
@@ -14,10 +14,8 @@ import json
 import sys
 import tempfile
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-
-if __package__ in (None, ""):  # `python serve/bench.py` puts serve/ on sys.path, not the repo
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import numpy as np
 import torch
@@ -32,19 +30,18 @@ from core.errors import cli_entry
 from core.jpeg import DecodeStats
 from core.models import HeadSpec, build_model
 from core.preprocess import EvalSpec, default_spec_for
-from serve.backends import default_threads, load_record, open_backend, resolve_device
+from serve.backends import default_batch_size, default_threads, load_record, open_backend, resolve_device
 from serve.decode import DecodePipeline
 from serve.discover import iter_items
-from serve.main import classify, default_workers
+from serve.run import classify, default_workers
 from serve.writer import Layout, RowWriter
 
-UNIQUE_IMAGES = (
-    32  # synthetic JPEGs are copies of a few unique ones: generating noise is slower than decoding
-)
+UNIQUE_IMAGES = 32  # synthetic JPEGs are crops of a few unique ones: generating noise is slower than encoding
+DISTINCT_SIZES = 64 * 64
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(prog="serve/bench.py", description=__doc__.splitlines()[0])
+    p = argparse.ArgumentParser(prog="python -m serve.bench", description=__doc__.splitlines()[0])
     p.add_argument("--folder", help="benchmark on these images instead of synthetic ones")
     p.add_argument("--n", "--images", dest="images", type=int, default=512, help="how many synthetic JPEGs")
     p.add_argument(
@@ -91,18 +88,22 @@ SMOKE = {
 
 
 def synthetic_jpegs(root: Path, n: int, side: int) -> Path:
+    """n JPEGs of n distinct sizes (up to 4,096; a mixed photo folder has one size per photo, and batches
+    must pay for that): crops of a few unique pictures (making noise is slower than encoding), encoded
+    in threads (PIL releases the GIL)."""
     root.mkdir(parents=True, exist_ok=True)
     rng = np.random.default_rng(0)
-    blobs = []
-    for i in range(min(n, UNIQUE_IMAGES)):
-        w, h = (int(side * rng.uniform(0.9, 1.1)) for _ in range(2))
-        path = root / f"u{i}.jpg"
-        make_image(i, rng, (w, h)).save(path, quality=90)
-        blobs.append(path.read_bytes())
-        path.unlink()
-    for i in range(n):
-        (root / f"{i // 1000:04d}").mkdir(exist_ok=True)
-        (root / f"{i // 1000:04d}" / f"img_{i:07d}.jpg").write_bytes(blobs[i % len(blobs)])
+    bases = [make_image(i, rng, (side, side)) for i in range(min(n, UNIQUE_IMAGES))]
+
+    def write(i: int) -> None:
+        dh, dw = divmod(i % DISTINCT_SIZES, 64)  # (side - dh, side - dw): a different size for each image
+        img = bases[i % len(bases)].crop((0, 0, max(8, side - dw), max(8, side - dh)))
+        folder = root / f"{i // 1000:04d}"
+        folder.mkdir(exist_ok=True)
+        img.save(folder / f"img_{i:07d}.jpg", quality=90)
+
+    with ThreadPoolExecutor(8) as pool:
+        list(pool.map(write, range(n)))
     return root
 
 
@@ -197,20 +198,30 @@ def main(argv: list[str] | None = None) -> int:
         record = load_record(model_path)
         # the decode workers fork before the backend touches CUDA (a fork after CUDA init is unsafe)
         with DecodePipeline(record.preprocess, "cpu", workers) as pipe:
-            backend = open_backend(
-                model_path, "auto", device, threads=args.threads or default_threads(workers)
+            backend = open_backend(model_path, device, threads=args.threads or default_threads(workers))
+            bs = args.batch_size or default_batch_size(backend.device)
+            naive = args.model is None or Path(model_path).is_dir()  # the baseline needs torch weights
+            figures = run_stages(
+                pipe, backend, record, folder, model_path, workers, bs, naive, args.variants, tmp
             )
-            figures = run_stages(args, pipe, backend, record, folder, model_path, workers, tmp)
     if args.json:
         Path(args.json).write_text(json.dumps(figures, indent=2) + "\n")
     return 0
 
 
 def run_stages(
-    args, pipe: DecodePipeline, backend, record, folder: Path, model_path: str, workers: int, tmp: Path
+    pipe: DecodePipeline,
+    backend,
+    record,
+    folder: Path,
+    model_path: str,
+    workers: int,
+    bs: int,
+    naive: bool,
+    variants: list[str] | None,
+    tmp: Path,
 ) -> dict:
     spec, device = record.preprocess, backend.device
-    bs = args.batch_size or (256 if device.type == "cuda" else 32)
     n, t_disc = time_discovery(folder)
     print(
         f"{n} images in {folder}; model {backend.description}; batch {bs}; {workers} decode workers; "
@@ -253,7 +264,7 @@ def run_stages(
         "images_per_s": rates,
         "decode": pipe.report() or "CPU decoding",
     }
-    if args.model is None or Path(model_path).is_dir():
+    if naive:
         row(
             "naive",
             "naive baseline (PIL + transforms in DataLoader, fp32)",
@@ -263,8 +274,8 @@ def run_stages(
         print(f"end to end vs naive: {figures['end_to_end_vs_naive']:.2f}x")
     if pipe.report():
         print(pipe.report())
-    if args.variants:
-        figures["variants"] = time_variants(args.variants, pipe, backend, record, folder, bs, tmp)
+    if variants:
+        figures["variants"] = time_variants(variants, pipe, backend, record, folder, bs, tmp)
     return figures
 
 
@@ -278,7 +289,7 @@ def time_variants(
     print(f"{'variant':<40}{'model img/s':>12}{'end to end':>12}{'top-1 agreement':>17}")
     rows = []
     for path in paths:
-        variant = open_backend(path, "auto", backend.device, threads=torch.get_num_threads())
+        variant = open_backend(path, backend.device, threads=torch.get_num_threads())
         out = tmp / f"variant_{len(rows)}.csv"
         t_model = time_model(variant, record.preprocess, n, bs)
         t_e2e = time_end_to_end(pipe.to(variant.device), folder, variant, record, bs, out)

@@ -15,7 +15,6 @@ import threading
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
-from contextlib import nullcontext
 from dataclasses import dataclass
 from typing import NamedTuple, TypeVar
 
@@ -26,6 +25,8 @@ from PIL import Image
 from core.images import EXIF_TRANSPOSE, BadImage, decode_image, exif_transpose_tensor
 from core.jpeg import REFUSED, DecodeStats, JpegRoute, decode_on_device, route_jpeg
 from core.preprocess import EvalSpec, eval_transform, interpolation_mode
+from core.resize import eval_resize_crop
+from core.streams import CUDA_STREAMS, CudaStreams, normal_device
 from serve.discover import Item
 from serve.sources import SourceError, read_bytes
 from serve.workers import DecodeWorkers
@@ -64,7 +65,7 @@ def cpu_decode_many(datas: list[bytes], key: CropKey) -> list[np.ndarray | str]:
     return [cpu_decode(d, key) for d in datas]
 
 
-# ─── GPU path: core.jpeg's router and nvJPEG decode, then one resize/crop per group of sizes ────
+# ─── GPU path: core.jpeg's router and nvJPEG decode, then one batched resize/crop (core.resize) ────
 
 orient = exif_transpose_tensor
 
@@ -79,33 +80,29 @@ def resize_crop(image: torch.Tensor, key: CropKey) -> torch.Tensor:
 
 
 def resize_crop_batch(images: list[torch.Tensor], key: CropKey) -> torch.Tensor:
-    """[n, 3, crop, crop] for images of any sizes, in order: one resize call per group of equal sizes
-    (photos from one camera share a size), each exactly the per-image `resize_crop`."""
-    crop = key[1]
-    if not images:
-        return torch.empty((0, 3, crop, crop), dtype=torch.uint8)
-    out = torch.empty((len(images), 3, crop, crop), dtype=images[0].dtype, device=images[0].device)
-    groups: dict[tuple[int, ...], list[int]] = {}
-    for i, img in enumerate(images):
-        groups.setdefault(tuple(img.shape), []).append(i)
-    for members in groups.values():
-        crops = resize_crop(torch.stack([images[i] for i in members]), key)
-        if len(members) == len(images):
-            return crops
-        out[_index(members, out.device)] = crops
-    return out
+    """[n, 3, crop, crop] uint8 for images of any sizes, in order: ONE batched resize+crop call for the
+    whole batch however many distinct sizes (core.resize), equal to `resize_crop` per image within 1 level
+    (see core.resize for the bounds)."""
+    return eval_resize_crop(images, key[0], key[1], key[2])
 
 
 def _index(positions: list[int], device: torch.device) -> torch.Tensor:
-    return torch.tensor(positions, dtype=torch.long).to(device, non_blocking=True)
+    """Positions on `device`; pinned first on CUDA, so the copy does not block the decode thread."""
+    index = torch.tensor(positions, dtype=torch.long)
+    return (index.pin_memory() if device.type == "cuda" else index).to(device, non_blocking=True)
 
 
 def gpu_decode(
-    datas: list[bytes], orientations: list[int], key: CropKey, device: torch.device
+    datas: list[bytes],
+    orientations: list[int],
+    key: CropKey,
+    device: torch.device,
+    streams: CudaStreams = CUDA_STREAMS,
 ) -> list[torch.Tensor | None]:
     """Decode (core.jpeg: chunked, bisected, stream-safe), orient, resize and crop JPEG bytes on `device`;
     None for each image the decoder refuses."""
-    decoded = decode_on_device([torch.frombuffer(bytearray(d), dtype=torch.uint8) for d in datas], device)
+    blobs = [torch.frombuffer(bytearray(d), dtype=torch.uint8) for d in datas]
+    decoded = decode_on_device(blobs, device, streams=streams)
     good = [i for i, img in enumerate(decoded) if img is not None]
     crops = resize_crop_batch([orient(decoded[i], orientations[i]) for i in good], key)
     result: list[torch.Tensor | None] = [None] * len(datas)
@@ -153,6 +150,7 @@ class DecodePipeline:
         timeout: float = 10.0,
         gpu_decode: bool | None = None,
         depth: int = 2,
+        streams: CudaStreams = CUDA_STREAMS,
     ):
         self.key, self.crop = spec_key(spec), spec.crop
         self.workers, self.timeout, self.depth = workers, timeout, depth
@@ -160,14 +158,16 @@ class DecodePipeline:
         self.threads = ThreadPoolExecutor(max(1, threads), thread_name_prefix="imgclf-read")
         self.stats = DecodeStats()  # what the device decoded, what went to the CPU and why
         self._running: list[tuple[threading.Thread, threading.Event]] = []  # decode threads, their stop flags
+        self.streams = streams
+        self._side = None  # the decode thread's stream, made once per pipeline and device (see side_stream)
         self.to(device, gpu_decode)
 
     def to(self, device: str | torch.device, gpu_decode: bool | None = None) -> DecodePipeline:
         """Decode for a model on `device` (the backend's: a CPU-only onnxruntime on a GPU machine → CPU)."""
         self.device = torch.device(device)
-        if self.device.type == "cuda" and self.device.index is None and torch.cuda.is_available():
-            # the decode thread must not guess it
-            self.device = torch.device("cuda", torch.cuda.current_device())
+        if self.device.type == "cuda" and torch.cuda.is_available():
+            self.device = normal_device(self.device)  # the decode thread must not guess it
+        self._side = None
         self.gpu = (self.device.type == "cuda") if gpu_decode is None else gpu_decode
         self.pin = self.device.type == "cuda"
         return self
@@ -212,13 +212,19 @@ class DecodePipeline:
         finally:  # also when the consumer stops early: the decode thread must not wait for it forever
             stop.set()
 
+    def side_stream(self):
+        """The decode thread's stream: one per pipeline (not per `batches()` call, which would walk
+        PyTorch's 32-stream pool); None on a CPU. core.jpeg refuses to decode should it be the decode
+        stream."""
+        if self._side is None and self.device.type == "cuda":
+            self._side = self.streams.side(self.device)
+        return self._side
+
     def _hand_over(self, batch: Batch) -> Batch:
-        """The consumer's stream waits for the decode stream; record_stream keeps the allocator from
-        reusing `images` before the consumer's kernels have read it."""
+        """The consumer's stream waits for the decode thread's stream; record_stream keeps the allocator
+        from reusing `images` before the consumer's kernels have read it."""
         if batch.ready is not None:
-            stream = torch.cuda.current_stream(self.device)
-            stream.wait_event(batch.ready)
-            batch.images.record_stream(stream)
+            self.streams.hand_over(batch.ready, self.streams.current(self.device), [batch.images])
         return batch
 
     def _produce(
@@ -228,14 +234,13 @@ class DecodePipeline:
         try:
             if cuda:  # the current device is per thread: a new thread starts on GPU 0
                 torch.cuda.set_device(self.device)
-            with torch.cuda.stream(torch.cuda.Stream(self.device)) if cuda else nullcontext():
+            side = self.side_stream()
+            with self.streams.use(side):
                 reads = (self._submit_reads(chunk) for chunk in _chunks(items, batch_size))
                 decodes = (self._submit_decodes(*r) for r in _ahead(reads, self.depth))
                 for pending in _ahead(decodes, self.depth):
                     batch = self._finish(*pending)
-                    if cuda:
-                        batch.ready = torch.cuda.Event()
-                        batch.ready.record()
+                    batch.ready = self.streams.record(side)
                     if not _put(out, batch, stop):
                         return
         except BaseException as exc:  # noqa: BLE001 - re-raised in the consumer's thread
@@ -283,6 +288,7 @@ class DecodePipeline:
                 [loaded[i].route.orientation for i in gpu],
                 self.key,
                 self.device,
+                self.streams,
             )
             refused = [i for i, img in zip(gpu, decoded) if img is None]
             for i, img in zip(gpu, decoded):

@@ -7,7 +7,10 @@ from pathlib import Path
 
 import numpy as np
 
+from core.calibration import selective_metrics
+from core.calibration_plot import plot_risk_coverage
 from core.errors import UserError
+from core.fsio import write_json_atomic
 from core.report import evaluation_source, write_evaluation
 from serve.writer import Layout, iter_rows
 
@@ -40,7 +43,7 @@ def evaluate_output(
     and images outside a class folder are left out and counted in data.excluded."""
     index = {c: i for i, c in enumerate(layout.classes)}
     base = os.path.abspath(root)
-    probs, targets, excluded = [], [], 0
+    probs, targets, accepted, excluded = [], [], [], 0
     for row in iter_rows(out, layout):
         rel = os.path.relpath(row["path"], base) if absolute else row["path"]
         cls = rel.replace(os.sep, "/").split("/")[0]
@@ -49,15 +52,24 @@ def evaluate_output(
             continue
         probs.append([float(row[f"prob_{c}"]) for c in layout.classes])
         targets.append(index[cls])
+        accepted.append(row.get("accepted") in (True, "true"))
     source = evaluation_source(model, base, len(targets) + excluded, excluded=excluded)
-    return write_evaluation(
-        eval_dir,
-        np.asarray(probs, dtype=np.float64).reshape(-1, len(index)),
-        np.asarray(targets, dtype=np.int64),
-        list(layout.classes),
-        list(layout.display_names),
-        source=source,
+    probs_a, targets_a = np.asarray(probs, dtype=np.float64).reshape(-1, len(index)), np.asarray(targets)
+    metrics = write_evaluation(
+        eval_dir, probs_a, targets_a, list(layout.classes), list(layout.display_names), source=source
     )
+    return add_selective(metrics, eval_dir, probs_a, targets_a, np.asarray(accepted, dtype=bool), layout)
+
+
+def add_selective(
+    metrics: dict, eval_dir: str | Path, probs: np.ndarray, targets: np.ndarray, accepted: np.ndarray, layout
+) -> dict:
+    """The `accepted` column judged: coverage, accuracy of accepted rows, ECE (test_metrics.json's
+    `selective`), and risk_coverage.png: the error rate of the k most confident rows for every k."""
+    metrics["selective"] = {"threshold": layout.threshold, **selective_metrics(probs, targets, accepted)}
+    write_json_atomic(Path(eval_dir) / "test_metrics.json", metrics)
+    plot_risk_coverage(probs, targets, layout.threshold, Path(eval_dir) / "risk_coverage.png")
+    return metrics
 
 
 def summary(metrics: dict, eval_dir: str | Path) -> str:
@@ -70,7 +82,13 @@ def summary(metrics: dict, eval_dir: str | Path) -> str:
         if worst
         else ""
     )
+    sel = m.get("selective") or {}
+    accepted = (
+        f"; accepted {sel['coverage']:.1%} of rows at accuracy {sel['accuracy_accepted']:.4f}, ECE {sel['ece']:.4f}"
+        if sel.get("accuracy_accepted") is not None
+        else ""
+    )
     return (
         f"evaluation: accuracy {m['accuracy']:.4f}{top5}, macro F1 {m['macro_f1']:.4f} on {m['n']} images "
-        f"({m['data']['excluded']} error/unlabelled rows excluded){confused} -> {eval_dir}/"
+        f"({m['data']['excluded']} error/unlabelled rows excluded){accepted}{confused} -> {eval_dir}/"
     )

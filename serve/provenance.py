@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
+from collections.abc import Sequence
 from importlib import metadata
 from pathlib import Path
 from typing import Any
@@ -22,6 +24,7 @@ MUST_MATCH = {
     "probs": "--probs/--evaluate",
     "format": "--format",
     "absolute": "--absolute",
+    "threshold": "acceptance threshold (--accept-above, else the model's)",
 }
 
 
@@ -38,15 +41,29 @@ def model_sha256(model: str | Path) -> str:
     return sha256_file(p)
 
 
-def job_identity(model: str | Path, topk: int, probs: bool, fmt: str, absolute: bool) -> dict[str, Any]:
+def job_identity(
+    model: str | Path,
+    topk: int,
+    probs: bool,
+    fmt: str,
+    absolute: bool,
+    inputs: Sequence[str] = (),
+    threshold: float | None = None,
+) -> dict[str, Any]:
+    """`inputs` and `cwd` let any reader of the predictions (the sort command, --evaluate) find a row's file."""
     return {
         "model_sha256": model_sha256(model),
         "topk": topk,
         "probs": probs,
         "format": fmt,
         "absolute": absolute,
+        "threshold": threshold,  # the `accepted` column's meaning; an older file's record lacks it (None)
         "model": str(model),
         "serve_version": _version(),
+        "inputs": [
+            t if t.lower().startswith(("http://", "https://")) else os.path.abspath(t) for t in inputs
+        ],
+        "cwd": os.getcwd(),
     }
 
 
@@ -67,10 +84,14 @@ def write_identity(out: Path, identity: dict[str, Any]) -> None:
 
 
 def check_same_job(out: Path, identity: dict[str, Any]) -> bool:
-    """Refuse to resume `out` when its recorded job differs; False when there is no record (older file)."""
+    """Refuse to resume `out` when its recorded job differs, or when no record ties it to a model: without
+    one, rows of two models could mix in one file. True when the record matches."""
     path = meta_path(out)
     if not path.is_file():
-        return False
+        raise UserError(
+            f"--resume: {out} has no {path.name}, so nothing ties its rows to a model and resuming could mix "
+            "two models' labels; restore that file, or pass --overwrite to classify again"
+        )
     try:
         recorded = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, ValueError):

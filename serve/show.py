@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import os
-import sys
-import urllib.parse
 from pathlib import Path
 from typing import Any
 
@@ -15,27 +13,21 @@ from core.images import BadImage, decode_image
 from core.preprocess import EvalSpec, eval_transform
 from core.report import plot_topk
 from serve.backends import Backend
-from serve.discover import Item, is_url
+from serve.discover import Item
 from serve.sources import SourceError, read_bytes
 from serve.writer import Layout, error_row, ok_row
-
-
-def default_figure_path(source: str) -> Path:
-    name = urllib.parse.urlparse(source).path if is_url(source) else source
-    stem = Path(os.path.basename(name.rstrip("/")) or "image").stem or "image"
-    return Path(f"{stem}_topk.png")
 
 
 def show_one(
     item: Item, backend: Backend, spec: EvalSpec, layout: Layout, figure: Path, timeout: float
 ) -> dict[str, Any]:
-    """The row for `item`; prints the top-k (or the error) and writes the figure when it decodes."""
+    """The row for `item`; prints the top-k and writes the figure when it decodes. An error row is
+    returned unprinted: the caller says it once, as a user error."""
     try:
         if item.error:
             raise BadImage(item.error)
         image = decode_image(read_bytes(item, timeout))
     except (SourceError, BadImage) as exc:
-        print(f"{item.path}: error: {exc}", file=sys.stderr)
         return error_row(layout, item.path, str(exc))
     probs = torch.softmax(backend(eval_transform(spec)(image)[None]), dim=1)[0].numpy()
     row = ok_row(layout, item.path, probs)

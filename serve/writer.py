@@ -19,6 +19,7 @@ from typing import Any
 
 import numpy as np
 
+from core.calibration import margin_entropy
 from core.errors import UserError
 from core.fsio import atomic_path
 
@@ -37,6 +38,7 @@ class Layout:
     topk: int = 5
     probs: bool = False
     fmt: str = "csv"
+    threshold: float | None = None  # `accepted` = top-1 probability >= threshold; None accepts every ok row
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "topk", max(1, min(self.topk, len(self.classes))))  # frozen: set once here
@@ -51,6 +53,9 @@ class Layout:
             "label",
             "display_name",
             "prob",
+            "accepted",
+            "margin",
+            "entropy",
             f"{k}_labels",
             f"{k}_probs",
             "error",
@@ -69,12 +74,16 @@ def ok_row(layout: Layout, path: str, probs: np.ndarray) -> dict[str, Any]:
     order = np.argsort(-probs, kind="stable")[: layout.topk]
     best = int(order[0])
     labels_col, probs_col = layout.topk_columns
+    margin, entropy = margin_entropy(np.asarray(probs)[None])
     row = {
         "path": path,
         "status": "ok",
         "label": layout.classes[best],
         "display_name": layout.display_names[best],
         "prob": float(probs[best]),
+        "accepted": layout.threshold is None or float(probs[best]) >= layout.threshold,
+        "margin": float(margin[0]),
+        "entropy": float(entropy[0]),
         labels_col: [layout.classes[i] for i in order],
         probs_col: [float(probs[i]) for i in order],
         "error": "",
@@ -92,6 +101,9 @@ def error_row(layout: Layout, path: str, reason: str) -> dict[str, Any]:
         "label": None,
         "display_name": None,
         "prob": None,
+        "accepted": None,
+        "margin": None,
+        "entropy": None,
         labels_col: [],
         probs_col: [],
         "error": reason,
@@ -105,6 +117,8 @@ def _cell(value: Any) -> str:
     """CSV text for a value; already-formatted strings (rows read back for a merge) pass unchanged."""
     if value is None:
         return ""
+    if isinstance(value, bool):  # before int/float checks: bool is an int
+        return "true" if value else "false"
     if isinstance(value, float):
         return f"{value:.{PROB_DECIMALS}f}"
     if isinstance(value, list):

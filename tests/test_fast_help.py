@@ -78,15 +78,15 @@ def test_config_value_out_of_range_is_one_line_exit_2_before_torch(override):
 
 
 def test_option_names_copied_for_a_light_help_match_the_heavy_modules():
-    import export.main as export_main
-    import serve.main as serve_main
+    import export.cli as export_cli
+    from core.bundle import RECORD_FILE, WEIGHTS_FILE
     from export import onnx_export, verify
-    from serve.backends import OPENERS
+    from serve.model_file import BUNDLE_FILES
 
-    assert tuple(OPENERS) == serve_main.BACKENDS
-    assert tuple(onnx_export.EXPORTERS) == export_main.EXPORTERS
-    assert (export_main.DEFAULT_EXPORTER, export_main.OPSET) == (
+    assert BUNDLE_FILES == (RECORD_FILE, WEIGHTS_FILE)
+    assert tuple(onnx_export.EXPORTERS) == export_cli.EXPORTERS
+    assert (export_cli.DEFAULT_EXPORTER, export_cli.OPSET) == (
         onnx_export.DEFAULT_EXPORTER,
         onnx_export.OPSET,
     )
-    assert tuple(verify.PROVIDERS) == export_main.PROVIDERS and tuple(verify.GATES) == export_main.PRECISIONS
+    assert tuple(verify.PROVIDERS) == export_cli.PROVIDERS and tuple(verify.GATES) == export_cli.PRECISIONS

@@ -1,11 +1,16 @@
 """Check every GPU path in one command: tests, decode parity and speed, benches, train → export → serve.
 
-    python tools/gpu_check.py --out gpu-check            # on one H100/H200: ≤ 9 minutes
+    python tools/gpu_check.py --out gpu-check            # on one H100/H200: ≤ 480 s (step limits add up to it)
     python tools/gpu_check.py --out /tmp/smoke --smoke   # same steps at tiny sizes, on a CPU (CI runs this)
+    python tools/gpu_check.py --only train_bench_compile # torch.compile + bf16 + channels_last (not in the default run)
 
 Each step runs in its own process with its own time limit, inside a total budget; a step that fails or
-times out is recorded and the next one still runs. Everything lands in --out: `summary.json` (status,
-seconds and figures per step) and `logs/<step>.log`. Exit 0 only when every step passed.
+times out is recorded and the next one still runs, and its result is printed as it ends. Everything lands in
+--out: `summary.json` (status, seconds and figures per step; rewritten after every step, so a run killed at
+its limit still leaves what it measured) and `logs/<step>.log`. Exit 0 only when no step failed and one
+passed. A step cannot pass by skipping: on CUDA a skipped `gpu` test other than TensorRT / onnxruntime-CUDA
+fails pytest_gpu, and in a CPU smoke run pytest_gpu is `skipped`, never `pass`. Speed targets are reported
+as met / missed, separately from pass / fail.
 """
 
 from __future__ import annotations
@@ -25,7 +30,22 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 PY = sys.executable
-PARTS = Path(__file__).resolve().with_name("gpu_check_parts.py")  # the checks that run inside one process
+PARTS = Path(__file__).resolve().with_name("gpu_check_parts.py")
+
+# a sibling module: `python tools/gpu_check.py` puts tools/ first on sys.path
+from gpu_check_summary import (  # noqa: E402
+    DEFAULT_BUDGET_S,
+    NO_PYTEST,
+    check_targets,
+    disallowed_skips,
+    last_line,
+    select,
+    summary_parts,
+)  # the checks that run inside one process
+
+
+def _args(text: str) -> list[str]:
+    return text.split()
 
 
 @dataclass
@@ -36,6 +56,7 @@ class Sizes:
     decode_side: int
     bench_args: list[str]
     densenet_args: list[str]
+    compile_args: list[str]
     serve_bench_args: list[str]
     demo_args: list[str]
     train_overrides: list[str]
@@ -44,49 +65,21 @@ class Sizes:
 GPU = Sizes(
     decode_images=256,
     decode_side=500,
-    bench_args=[
-        "--models",
-        "resnet50",
-        "--size",
-        "224",
-        "--batch-size",
-        "256",
-        "--amp",
-        "--channels-last",
-        "--steps",
-        "30",
-        "--warmup",
-        "8",
-        "--workers",
-        "8",
-        "--synthetic",
-        "2048",
-        "--image-size",
-        "500",
-    ],
-    densenet_args=[
-        "--models",
-        "densenet161",
-        "--freeze-backbone",
-        "--size",
-        "224",
-        "--batch-size",
-        "128",
-        "--amp",
-        "--channels-last",
-        "--steps",
-        "20",
-        "--warmup",
-        "5",
-        "--workers",
-        "8",
-        "--synthetic",
-        "1024",
-        "--image-size",
-        "500",
-        "--paths",
-        "model,gpu,tutorial",
-    ],
+    # --synthetic 1024: one prefetch runs over every epoch (train/bench.py), so the set's size no longer
+    # cuts steady state; every bench step shares one cache of these images, made once (~12 ms each)
+    bench_args=_args(
+        "--models resnet50 --size 224 --batch-size 256 --amp --channels-last --steps 20 --warmup 6 "
+        "--workers 8 --synthetic 1024 --image-size 500"
+    ),
+    densenet_args=_args(
+        "--models densenet161 --freeze-backbone --size 224 --batch-size 128 --amp --channels-last --steps 15 "
+        "--warmup 4 --workers 8 --synthetic 1024 --image-size 500 --paths model,gpu,tutorial"
+    ),
+    # the compiles (forward, backward) happen in the warmup steps
+    compile_args=_args(
+        "--models resnet50 --size 224 --batch-size 256 --amp --channels-last --compile --steps 20 --warmup 8 "
+        "--workers 8 --synthetic 1024 --image-size 500 --paths model,gpu"
+    ),
     serve_bench_args=["--n", "4096", "--side", "500", "--arch", "resnet50", "--size", "224"],
     demo_args=["--size", "128"],
     train_overrides=["train.epochs=2", "train.batch_size=32", "preprocess.resize=128", "preprocess.crop=112"],
@@ -96,6 +89,7 @@ SMOKE = Sizes(
     decode_side=64,
     bench_args=["--smoke"],
     densenet_args=[],  # densenet161 is too big for a CPU smoke run; the resnet row covers the code path
+    compile_args=[],  # inductor on 2 CPU cores takes minutes; the compile path is a GPU check
     serve_bench_args=["--smoke"],
     demo_args=["--size", "48"],
     train_overrides=[
@@ -199,13 +193,17 @@ class Check:
 SMOKE_LIMIT_SCALE = 2.0
 
 
-def run_steps(check: Check, steps: list[Step], budget_s: float) -> list[Outcome]:
+def run_steps(
+    check: Check, steps: list[Step], budget_s: float, after: Callable[[list[Outcome]], None] = lambda o: None
+) -> list[Outcome]:
+    """Run the steps in order; `after(outcomes so far)` runs after each (summary.json is rewritten there)."""
     start = time.monotonic()
     outcomes = []
     for step in steps:
         left = budget_s - (time.monotonic() - start)
         if left < 5:
             outcomes.append(Outcome(step.name, "not_run", 0.0, detail="total budget spent"))
+            after(outcomes)
             continue
         limit = step.limit_s * (SMOKE_LIMIT_SCALE if check.smoke else 1.0)
         check.step, check.deadline = step.name, time.monotonic() + min(limit, left)
@@ -228,6 +226,7 @@ def run_steps(check: Check, steps: list[Step], budget_s: float) -> list[Outcome]
             f"{json.dumps(outcome.figures) if outcome.figures else outcome.detail}"[:300],
             flush=True,
         )
+        after(outcomes)
     return outcomes
 
 
@@ -254,23 +253,29 @@ def step_env(c: Check) -> dict:
 
 
 def step_pytest_gpu(c: Check) -> dict:
-    text = c.py("-m", "pytest", "-q", "-m", "gpu", "-p", "no:cacheprovider", "tests", ok_codes=(0, 1, 5))
+    if importlib.util.find_spec("pytest") is None:
+        print(f"!!! {NO_PYTEST}", flush=True)
+        raise StepSkipped(NO_PYTEST)
+    text = c.py(
+        "-m", "pytest", "-q", "-rs", "-m", "gpu", "-p", "no:cacheprovider", "tests", ok_codes=(0, 1, 5)
+    )
     last = text.strip().splitlines()[-1] if text.strip() else ""
-    counts = {k: int(n) for n, k in (w.split() for w in _summary_parts(last))}
+    counts = {k: int(n) for n, k in (w.split() for w in summary_parts(last))}
     if counts.get("failed", 0) or counts.get("error", 0) or counts.get("errors", 0):
         raise StepFailed(f"pytest -m gpu: {last}")
-    if not c.smoke and not counts.get("passed"):
+    if c.smoke or not c.cuda:  # no GPU: every gpu test skipped, which proves nothing about a GPU
+        raise StepSkipped(f"no CUDA device: the gpu tests cannot run here ({last})")
+    if not counts.get("passed"):
         raise StepFailed(f"pytest -m gpu ran no GPU test on a GPU machine: {last}")
+    bad = disallowed_skips(text)
+    if bad:
+        raise StepFailed(f"{len(bad)} gpu test(s) skipped on a GPU machine: " + " | ".join(bad[:3]))
     return counts
 
 
-def _summary_parts(line: str) -> list[str]:
-    """'3 passed, 2 skipped, 400 deselected in 9.1s' → ['3 passed', '2 skipped', '400 deselected']."""
-    parts = [p.strip() for p in line.strip("= ").split(" in ")[0].split(",")]
-    return [p for p in parts if len(p.split()) == 2 and p.split()[0].isdigit()]
-
-
-DECODE_MEAN_BOUNDS = {"444": 1.0, "420": 8.0}
+# 4:4:4: a correct fast-IDCT decoder sits near mean 1.0 (libjpeg-turbo's IFAST IDCT as a proxy: 0.995-1.016,
+# reviews/sim-2026-12-b/emulate3.py), so 1.5. 4:2:0: nvJPEG's nearest chroma upsampling, ~4.9 emulated.
+DECODE_MEAN_BOUNDS = {"444": 1.5, "420": 8.0}
 
 
 def step_decode(c: Check) -> dict:
@@ -304,7 +309,8 @@ def step_train_bench(c: Check, extra: list[str], name: str) -> dict:
     if not extra:
         raise StepSkipped("not in the smoke run (too big for a CPU); the resnet row covers the same code")
     out = c.work / f"{name}.json"
-    c.py("train/bench.py", *extra, "--cache", str(c.work / f"{name}-data"), "--out", str(out))
+    # one cache for every bench step: the synthetic JPEGs are made once (~12 ms each)
+    c.py("train/bench.py", *extra, "--cache", str(c.work / "bench-data"), "--out", str(out))
     return c.json_of(out).get("models", {})
 
 
@@ -367,6 +373,9 @@ def _agreement(a: dict[str, str], b: dict[str, str]) -> float:
     return sum(a[k] == b[k] for k in shared) / len(shared)
 
 
+MIN_GPU_CPU_AGREEMENT = 0.99  # bf16 and nvJPEG's 4:2:0 chroma move a few borderline images, no more
+
+
 def step_serve_agreement(c: Check) -> dict:
     bundle, test = c.work / "runs" / "check" / "best", c.work / "demo" / "test"
     figures = {}
@@ -382,9 +391,12 @@ def step_serve_agreement(c: Check) -> dict:
             device,
         )
     if c.cuda:
-        figures["top1_agreement_gpu_vs_cpu"] = _agreement(
-            _labels(c.work / "serve_cuda.csv"), _labels(c.work / "serve_cpu.csv")
-        )
+        agree = _agreement(_labels(c.work / "serve_cuda.csv"), _labels(c.work / "serve_cpu.csv"))
+        figures["top1_agreement_gpu_vs_cpu"] = agree
+        if agree < MIN_GPU_CPU_AGREEMENT:
+            raise StepFailed(
+                f"GPU vs CPU serving agree on {agree:.1%} of top-1 labels < {MIN_GPU_CPU_AGREEMENT:.0%}"
+            )
     figures["images"] = len(_labels(c.work / "serve_cpu.csv"))
     return figures
 
@@ -421,84 +433,38 @@ def step_export(c: Check) -> dict:
     return {"written": written, "status": report.get("status"), "onnx_vs_torch_top1": agree}
 
 
+# Step limits on one H100 add up to DEFAULT_BUDGET_S (they were 790 s): env 60→20, pytest_gpu 150→100,
+# decode 60→25, train_bench_resnet50 110→80 (20 steps, 1,024 images), train_bench_densenet 80→55 (15 steps,
+# the same images), serve_bench 90→55, train_2_epochs 90→60, serve_gpu_vs_cpu 60→30, export 90→55.
+
+
 def steps(c: Check) -> list[Step]:
     s = c.sizes
     plan = [
-        Step("env", 60, step_env),
-        Step("pytest_gpu", 150, step_pytest_gpu),
-        Step("decode", 60, step_decode),
+        Step("env", 20, step_env),
+        Step("pytest_gpu", 100, step_pytest_gpu),
+        Step("decode", 25, step_decode),
+        Step("train_bench_resnet50", 80, lambda c: step_train_bench(c, s.bench_args, "train_bench_resnet50")),
         Step(
-            "train_bench_resnet50", 110, lambda c: step_train_bench(c, s.bench_args, "train_bench_resnet50")
+            "train_bench_densenet", 55, lambda c: step_train_bench(c, s.densenet_args, "train_bench_densenet")
         ),
+        Step("serve_bench", 55, step_serve_bench),
+        Step("train_2_epochs", 60, step_train),
+        Step("serve_gpu_vs_cpu", 30, step_serve_agreement),
+        Step("export", 55, step_export),
         Step(
-            "train_bench_densenet", 80, lambda c: step_train_bench(c, s.densenet_args, "train_bench_densenet")
+            "train_bench_compile", 240, lambda c: step_train_bench(c, s.compile_args, "train_bench_compile")
         ),
-        Step("serve_bench", 90, step_serve_bench),
-        Step("train_2_epochs", 90, step_train),
-        Step("serve_gpu_vs_cpu", 60, step_serve_agreement),
-        Step("export", 90, step_export),
     ]
     return plan
 
 
 # ------------------------------------------------------------------------------ targets and summary
 
-# issue 9's targets on one H100/H200 (checked only in a real GPU run)
-TARGETS = {
-    "train resnet50 GPU feed img/s >= 5000": ("train_bench_resnet50", ("resnet50", "rows", "gpu"), 5000),
-    "train resnet50 gpu/model >= 0.9": ("train_bench_resnet50", ("resnet50", "ratios", "gpu/model"), 0.9),
-    "train densenet161 frozen img/s >= 2500": ("train_bench_densenet", ("densenet161", "rows", "gpu"), 2500),
-    "train densenet161 gpu/tutorial >= 5": (
-        "train_bench_densenet",
-        ("densenet161", "ratios", "gpu/tutorial"),
-        5,
-    ),
-    "serve resnet50 end-to-end img/s >= 8000": ("serve_bench", ("images_per_s", "end_to_end"), 8000),
-}
 
-
-def _figure(figures: dict, path: tuple[str, ...]):
-    value = figures
-    for key in path:
-        if isinstance(value, list):  # bench rows: [{"path": "gpu", "images_per_s": ...}, ...]
-            value = next((r.get("images_per_s") for r in value if r.get("path") == key), None)
-        elif isinstance(value, dict):
-            value = value.get(key)
-        else:
-            return None
-    return value
-
-
-def check_targets(outcomes: list[Outcome]) -> dict:
-    by_name = {o.name: o.figures for o in outcomes}
-    result = {}
-    for label, (step, path, bound) in TARGETS.items():
-        value = _figure(by_name.get(step, {}), path)
-        result[label] = {"value": value, "met": None if value is None else bool(value >= bound)}
-    return result
-
-
-def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--out", default="gpu-check", help="folder for summary.json, logs/ and work files")
-    ap.add_argument("--smoke", action="store_true", help="tiny sizes, CPU allowed (CI)")
-    ap.add_argument("--budget", type=float, help="total seconds (default 540 on a GPU, 180 in --smoke)")
-    ap.add_argument("--only", help="comma-separated step names to run (default: all)")
-    args = ap.parse_args(argv)
-    out = Path(args.out).resolve()
-    import torch  # after parsing: --help stays fast
-
-    check = Check(out, args.smoke, torch.cuda.is_available())
-    plan = [s for s in steps(check) if not args.only or s.name in args.only.split(",")]
-    budget = args.budget or (180.0 if args.smoke else 540.0)
-    print(
-        f"gpu_check: {'smoke' if args.smoke else 'full'} run, {len(plan)} steps, budget {budget:.0f} s, "
-        f"cuda {check.cuda}, out {out}",
-        flush=True,
-    )
-    t0 = time.monotonic()
-    outcomes = run_steps(check, plan, budget)
-    summary = {
+def summarize(args, check: Check, budget: float, t0: float, outcomes: list[Outcome]) -> dict:
+    """summary.json's content; pass/fail (`ok`) and the speed targets (`targets`) kept apart."""
+    return {
         "mode": "smoke" if args.smoke else "gpu",
         "cuda": check.cuda,
         "budget_s": budget,
@@ -506,12 +472,42 @@ def main(argv: list[str] | None = None) -> int:
         "ok": all(o.status in ("pass", "skipped") for o in outcomes)
         and any(o.status == "pass" for o in outcomes),
         "steps": [asdict(o) for o in outcomes],
-        "targets": {} if args.smoke else check_targets(outcomes),
+        "targets": {} if args.smoke else check_targets({o.name: o.figures for o in outcomes}),
     }
-    (out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
-    print(
-        f"gpu_check: {'OK' if summary['ok'] else 'FAILED'} in {summary['total_s']} s; {out / 'summary.json'}"
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--out", default="gpu-check", help="folder for summary.json, logs/ and work files")
+    ap.add_argument("--smoke", action="store_true", help="tiny sizes, CPU allowed (CI)")
+    ap.add_argument("--budget", type=float, help="total seconds (default 480 on a GPU, 180 in --smoke)")
+    ap.add_argument(
+        "--only",
+        help="comma-separated step names to run (default: all but train_bench_compile, run only when named)",
     )
+    args = ap.parse_args(argv)
+    out = Path(args.out).resolve()
+    import torch  # after parsing: --help stays fast
+
+    check = Check(out, args.smoke, torch.cuda.is_available())
+    plan = select(steps(check), args.only)
+    budget = args.budget or (180.0 if args.smoke else DEFAULT_BUDGET_S)
+    print(
+        f"gpu_check: {'smoke' if args.smoke else 'full'} run, {len(plan)} steps, budget {budget:.0f} s, "
+        f"cuda {check.cuda}, out {out}",
+        flush=True,
+    )
+    t0 = time.monotonic()
+
+    def write(outcomes: list[Outcome]) -> dict:
+        summary = summarize(args, check, budget, t0, outcomes)
+        tmp = out / "summary.json.tmp"
+        tmp.write_text(json.dumps(summary, indent=2) + "\n")
+        os.replace(tmp, out / "summary.json")  # a reader (or a kill) never sees half a file
+        return summary
+
+    summary = write(run_steps(check, plan, budget, after=write))
+    print(last_line(summary, out), flush=True)
     return 0 if summary["ok"] else 1
 
 

@@ -256,12 +256,19 @@ def gpu_batches(
     )
     pipe = GpuPipeline(spec, setup.device, aug, seed=0, channels_last=setup.channels_last)
     stats.append(pipe.stats)  # the caller prints how many images went to the CPU decoder instead
+    # ONE prefetch over every epoch of the synthetic set: steady state only. A prefetch per epoch drained
+    # and refilled the decode/augment stages at every epoch end (every 8 of the GPU check's 38 steps).
+    return ((b.images, b.labels) for b in prefetch(endless(loader), pipe))
 
-    def epoch(e: int) -> Batches:
-        for b in prefetch(loader, pipe, epoch=e):
-            yield b.images, b.labels
 
-    return forever(epoch)
+def endless(loader: DataLoader) -> Iterator:
+    """The loader's batches, epoch after epoch, each batch tagged with its epoch (its augmentation key)."""
+    epoch = 0
+    while True:
+        for b in loader:
+            b.epochs.fill_(epoch)
+            yield b
+        epoch += 1
 
 
 def tutorial_batches(

@@ -139,8 +139,31 @@ def load_last(accelerator: Accelerator, last: Path) -> TrainerState:
     """Restore model/optimizer/scheduler/scaler/RNG into the prepared objects; return the trainer state."""
     state = read_state(last)
     check_files(last)
-    accelerator.load_state(str(last))
+    try:
+        accelerator.load_state(str(last))
+    except (RuntimeError, ValueError, KeyError) as exc:
+        if not _is_mismatch(exc):
+            raise
+        raise UserError(
+            f"{last} does not fit the model this config builds ({_first_line(exc)}): it was trained with "
+            f"another model, head or class list; resume it with its own config ({last.parent / 'config.yaml'}) "
+            "or start a new run (another run.name)"
+        ) from None
     return state
+
+
+_MISMATCH = ("size mismatch", "Missing key", "Unexpected key", "parameter group", "state_dict")
+
+
+def _is_mismatch(exc: BaseException) -> bool:
+    """load_state_dict's and the optimizer's words for a checkpoint of another model (not a crash)."""
+    return any(m in str(exc) for m in _MISMATCH)
+
+
+def _first_line(exc: BaseException, limit: int = 100) -> str:
+    lines = [ln.strip() for ln in str(exc).splitlines() if ln.strip()]
+    detail = next((ln for ln in lines if any(m in ln for m in _MISMATCH[:4])), lines[0] if lines else "")
+    return detail if len(detail) <= limit else detail[: limit - 1] + "…"
 
 
 def resume_dir(path: str | Path) -> Path:
@@ -161,8 +184,11 @@ def latest_run_with_last(output_dir: Path, prefix: str) -> Path | None:
     """The newest run folder named `<prefix>*` with a complete last/, for train.resume=auto without run.name."""
     if not output_dir.is_dir():
         return None
-    runs = []
+    runs = {}  # folder → its state file's mtime; looked at only: the chosen one is repaired once locked
     for d in output_dir.iterdir():
-        if d.is_dir() and d.name.startswith(prefix) and find_last(d) is not None:
-            runs.append(d)
-    return max(runs, key=lambda d: (d / LAST_DIR / STATE_FILE).stat().st_mtime, default=None)
+        if d.is_dir() and d.name.startswith(prefix):
+            for last in (d / LAST_DIR, d / f".{LAST_DIR}.old"):  # .old: caught between swap_dir's renames
+                if is_complete(last):
+                    runs[d] = (last / STATE_FILE).stat().st_mtime
+                    break
+    return max(runs, key=runs.get, default=None)

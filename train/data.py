@@ -24,7 +24,7 @@ from torch.utils.data import DataLoader, Dataset, Sampler
 from core.bundle import load_display_names
 from core.config import Config
 from core.errors import UserError
-from core.images import IMAGE_EXTENSIONS, BadImage, decode_image, is_image_file
+from core.images import IMAGE_EXTENSIONS, BadImage, decode_image, is_class_folder, is_image_file
 from core.preprocess import eval_transform, train_transform
 from train.gpu_data import EncodedImages, collate_encoded
 
@@ -172,7 +172,7 @@ def find_split(root: Path, split: str) -> Path | None:
 
 def list_classes(train_dir: Path) -> list[str]:
     """Class folder names sorted as strings (1, 10, 2, ...), exactly like torchvision's ImageFolder."""
-    classes = sorted(e.name for e in os.scandir(train_dir) if e.is_dir() and not e.name.startswith("."))
+    classes = sorted(e.name for e in os.scandir(train_dir) if e.is_dir() and is_class_folder(e.name))
     if not classes:
         raise UserError(f"no class folders in {train_dir}; expected {train_dir}/<class>/<images>")
     return classes

@@ -28,6 +28,7 @@ class EvalResult:
     probs: np.ndarray | None = None
     targets: np.ndarray | None = None
     indices: np.ndarray | None = None  # dataset index of each row of probs (unreadable images are dropped)
+    logits: np.ndarray | None = None  # float32, rows as probs: what calibration fits a temperature on
 
     def as_metrics(self, prefix: str) -> dict[str, float | int]:
         return {
@@ -61,7 +62,7 @@ def evaluate(
     """Run `model(prepare(images))` over `loader`; with keep_probs, also return softmax probs and targets."""
     model.eval()
     totals = torch.zeros(4, dtype=torch.float64, device=accelerator.device)
-    probs, targets, classes = [], [], 0
+    logits_kept, targets, classes = [], [], 0
     for images, labels, _bad in loader:
         with accelerator.autocast():
             logits = model(prepare(images)).float()
@@ -71,14 +72,15 @@ def evaluate(
         totals += gathered[0].sum(dim=0).double()
         if keep_probs:
             targets.append(gathered[1])
-            probs.append(torch.softmax(gathered[2], dim=1))
+            logits_kept.append(gathered[2])
     loss_sum, hit1, hit5, n = totals.tolist()  # the one device sync of the whole evaluation
     denom = max(n, 1.0)
     result = EvalResult(round(n), loss_sum / denom, hit1 / denom, hit5 / denom if classes > TOPK else None)
     if keep_probs and targets:
-        all_targets, all_probs = torch.cat(targets).cpu(), torch.cat(probs).cpu()
+        all_targets, all_logits = torch.cat(targets).cpu(), torch.cat(logits_kept).cpu()
         keep = all_targets != IGNORE_LABEL
-        result.probs, result.targets = all_probs[keep].numpy(), all_targets[keep].numpy()
+        result.logits, result.targets = all_logits[keep].numpy(), all_targets[keep].numpy()
+        result.probs = torch.softmax(all_logits[keep], dim=1).numpy()
         # The eval loader is unshuffled and gather_for_metrics keeps batch order, so a gathered row's
         # position is its dataset index.
         result.indices = keep.nonzero().flatten().numpy()

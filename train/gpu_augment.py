@@ -20,6 +20,7 @@ decode itself differs from PIL's on 4:2:0 JPEGs (nvJPEG's nearest-neighbour chro
 from __future__ import annotations
 
 import math
+import threading
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -27,6 +28,7 @@ import torch
 import torch.nn.functional as F
 
 from core.preprocess import AugmentSpec, EvalSpec
+from core.resize import Plan, eval_resize_crop, resize_crop_many
 
 # ------------------------------------------------------------------------------ counter-based random numbers
 
@@ -186,61 +188,39 @@ def _source_boxes(
     return torch.cat([lo, hi], dim=1).to(torch.int64)
 
 
+# ------------------------------------------------------------------------------ uploads
+
+
+class Uploads:
+    """Every host → device copy the feed makes, through one door, counted (tests assert the counts).
+
+    On CUDA each is a pinned buffer and one non_blocking copy, so none blocks the host: copying from
+    pageable memory (what `.to(device)` or `torch.tensor(..., device=...)` of host data does) waits for
+    the stream, 4-6 times per batch in the old feed. `copies` counts uploads; a per-batch figure of 1-2
+    (parameters, labels) is the design.
+    """
+
+    def __init__(self) -> None:
+        self.copies = 0
+        self._lock = threading.Lock()  # the decode and augment stages both upload
+
+    def put(self, host: torch.Tensor, device: torch.device) -> torch.Tensor:
+        with self._lock:
+            self.copies += 1
+        if torch.device(device).type != "cuda":
+            return host.to(device)
+        return host.pin_memory().to(device, non_blocking=True)  # the host allocator guards the buffer
+
+
 # ------------------------------------------------------------------------------ sampling
 
 
-def _shrink(img: torch.Tensor, out_hw: tuple[int, int], interpolation: str) -> torch.Tensor:
-    """uint8/float [3, h, w] → float [3, *out_hw], antialiased when shrinking (bilinear/bicubic)."""
-    return _shrink_batch(img[None], out_hw, interpolation)[0]
-
-
-def _shrink_batch(images: torch.Tensor, out_hw: tuple[int, int], interpolation: str) -> torch.Tensor:
-    """uint8/float [N, 3, h, w] → float [N, 3, *out_hw], antialiased when shrinking (bilinear/bicubic)."""
-    x = images.to(torch.float32)
-    if tuple(x.shape[-2:]) == out_hw:
-        return x
-    return F.interpolate(
-        x, size=out_hw, mode=interpolation, align_corners=False, antialias=interpolation != "nearest"
-    )
-
-
-def _canvas(
-    images: Sequence[torch.Tensor],
-    boxes: torch.Tensor,
-    scale: torch.Tensor,
-    interpolation: str,
-    device: torch.device,
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """Cut each source box, shrink it by `scale` (per axis, <= 1) and stack into a zero-padded canvas.
-
-    Channel 4 marks the inside of each image: torchvision's rotate samples such a mask alongside the
-    image and multiplies by it (darkening the border band); we do the same. Returns the canvas
-    [N, 4, CH, CW] float32 and the actual per-axis scale [N, 2] after rounding to whole pixels.
-    """
-    rows = boxes.tolist()
-    sizes = [
-        (max(1, round((y1 - y0) * ky)), max(1, round((x1 - x0) * kx)))
-        for (x0, y0, x1, y1), (kx, ky) in zip(rows, scale.tolist())
-    ]
-    ch, cw = max(s[0] for s in sizes), max(s[1] for s in sizes)
-    canvas = torch.zeros(len(images), 4, ch, cw, dtype=torch.float32, device=device)
-    for n, (img, (x0, y0, x1, y1), (oh, ow)) in enumerate(zip(images, rows, sizes)):
-        box = img[:, y0:y1, x0:x1]  # cut first: only the crop is ever converted to float
-        if tuple(box.shape[-2:]) == (oh, ow):
-            canvas[n, :3, :oh, :ow].copy_(box)  # the copy converts: one launch
-        else:
-            canvas[n, :3, :oh, :ow] = _shrink(box, (oh, ow), interpolation)
-    # the inside-of-image channel for the whole batch at once instead of one fill per image
-    hw = torch.tensor(sizes, dtype=torch.int64).to(device, non_blocking=True)
-    rows_in = torch.arange(ch, device=device).view(1, ch, 1) < hw[:, 0].view(-1, 1, 1)
-    canvas[:, 3] = (
-        rows_in & (torch.arange(cw, device=device).view(1, 1, cw) < hw[:, 1].view(-1, 1, 1))
-    ).float()
-    actual = torch.tensor(
-        [[ow / (x1 - x0), oh / (y1 - y0)] for (oh, ow), (x0, y0, x1, y1) in zip(sizes, rows)],
-        dtype=torch.float64,
-    )
-    return canvas, actual
+def _shrunk_sizes(boxes: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
+    """[N, 2] (h, w): each source box shrunk by its per-axis scale (<= 1), in whole pixels."""
+    bw = (boxes[:, 2] - boxes[:, 0]).to(torch.float64)
+    bh = (boxes[:, 3] - boxes[:, 1]).to(torch.float64)
+    # Python's round() (half to even) as before: torch.round is half to even too
+    return torch.stack([torch.round(bh * scale[:, 1]), torch.round(bw * scale[:, 0])], 1).clamp(min=1).long()
 
 
 def _sampling_grid(
@@ -250,9 +230,9 @@ def _sampling_grid(
     canvas_hw: tuple[int, int],
     size: int,
     crop: int,
-    device: torch.device,
 ) -> torch.Tensor:
-    """grid_sample grid [N, crop, crop, 2] in two affine steps with a clamp between them.
+    """[N, 16] float64 on the host: the two affine steps of the grid (step1, step2: 6 each) and the clamp
+    box (lo, hi: 2 each) between them; `_grid` turns them into the grid_sample grid on the device.
 
     Step 1 maps output pixels into the rotated image and clamps them to the crop box's pixel centres
     (crop-then-resize replicates the box edge, it never reads outside the box); step 2 rotates into
@@ -276,15 +256,41 @@ def _sampling_grid(
     top, left, h, w = geo.box.to(torch.float64).unbind(1)
     lo = torch.stack([left + 0.5, top + 0.5], dim=1)
     hi = torch.stack([left + w - 0.5, top + h - 0.5], dim=1)
-    f32 = {"device": device, "dtype": torch.float32}
-    rot = F.affine_grid(step1.to(**f32), [n, 1, crop, crop], align_corners=False)  # rotated-image pixels
-    rot = torch.maximum(torch.minimum(rot, hi.to(**f32).view(n, 1, 1, 2)), lo.to(**f32).view(n, 1, 1, 2))
-    m = step2.to(**f32)
-    return torch.einsum("nij,nhwj->nhwi", m[:, :, :2], rot) + m[:, None, None, :, 2]
+    return torch.cat([step1.reshape(n, 6), step2.reshape(n, 6), lo, hi], 1)
+
+
+def _grid(p: torch.Tensor, crop: int) -> torch.Tensor:
+    """Device params [N, 16] (float32) → grid_sample grid [N, crop, crop, 2]."""
+    n = p.shape[0]
+    step1, step2 = p[:, :6].reshape(n, 2, 3), p[:, 6:12].reshape(n, 2, 3)
+    lo, hi = p[:, 12:14].view(n, 1, 1, 2), p[:, 14:16].view(n, 1, 1, 2)
+    rot = F.affine_grid(step1, [n, 1, crop, crop], align_corners=False)  # rotated-image pixels
+    rot = torch.maximum(torch.minimum(rot, hi), lo)
+    return torch.einsum("nij,nhwj->nhwi", step2[:, :, :2], rot) + step2[:, None, None, :, 2]
+
+
+def _inside(hw: torch.Tensor, canvas_hw: tuple[int, int]) -> torch.Tensor:
+    """[N, 1, CH, CW] float: 1 inside each image's part of the canvas. torchvision's rotate samples such a
+    mask alongside the image and multiplies by it (darkening the border band); we do the same."""
+    ch, cw = canvas_hw
+    rows = torch.arange(ch, device=hw.device).view(1, ch, 1) < hw[:, 0].view(-1, 1, 1)
+    cols = torch.arange(cw, device=hw.device).view(1, 1, cw) < hw[:, 1].view(-1, 1, 1)
+    return (rows & cols).unsqueeze(1).float()
 
 
 def _to_uint8(x: torch.Tensor) -> torch.Tensor:
     return x.round_().clamp_(0, 255).to(torch.uint8)
+
+
+# Columns of the one per-batch parameter buffer (float64 on the host, float32 on the device).
+_GRID, _RESIZE, _HW, _FACTORS, _ORDER_COLS = (
+    slice(0, 16),
+    slice(16, 26),
+    slice(26, 28),
+    slice(28, 31),
+    slice(31, 34),
+)
+_PARAMS = 34
 
 
 def train_batch(
@@ -294,10 +300,16 @@ def train_batch(
     epoch: int | torch.Tensor,
     aug: AugmentSpec,
     spec: EvalSpec,
+    uploads: Uploads | None = None,
 ) -> torch.Tensor:
-    """uint8 [3, H_i, W_i] images (any sizes, one device) → augmented uint8 [N, 3, crop, crop]."""
+    """uint8 [3, H_i, W_i] images (any sizes, one device) → augmented uint8 [N, 3, crop, crop].
+
+    Every random parameter is computed on the host and goes to the device in ONE pinned buffer with one
+    non_blocking copy (`uploads`); the shrink of all the source boxes is ONE batched call (core.resize).
+    """
     if not aug.enabled:
         return eval_batch(images, spec)
+    uploads = uploads if uploads is not None else Uploads()
     device = images[0].device
     size = aug.size or spec.crop
     height = torch.tensor([int(im.shape[-2]) for im in images])
@@ -308,12 +320,29 @@ def train_batch(
     boxes = _source_boxes(src, size, height, width, margin=2 if aug.rotation else 0)
     # Shrink each source box so one output pixel covers at most one canvas pixel (the antialias step).
     span = src[:, :, :2].norm(dim=1)  # source pixels per output pixel along the output's x and y
-    canvas, actual = _canvas(images, boxes, (1 / span).clamp(max=1.0), spec.interpolation, device)
-    grid = _sampling_grid(geo, boxes, actual, tuple(canvas.shape[-2:]), size, spec.crop, device)
+    hw = _shrunk_sizes(boxes, (1 / span).clamp(max=1.0))
+    canvas_hw = (int(hw[:, 0].max()), int(hw[:, 1].max()))
+    box_w, box_h = boxes[:, 2] - boxes[:, 0], boxes[:, 3] - boxes[:, 1]
+    actual = torch.stack([hw[:, 1] / box_w, hw[:, 0] / box_h], 1).to(torch.float64)
+    plan = Plan(boxes, hw, torch.cat([torch.zeros_like(hw), hw], 1))
+    params = torch.zeros(len(images), _PARAMS, dtype=torch.float64)
+    params[:, _GRID] = _sampling_grid(geo, boxes, actual, canvas_hw, size, spec.crop)
+    params[:, _RESIZE] = plan.params()
+    params[:, _HW] = hw.to(torch.float64)
+    params[:, _FACTORS] = _jitter_factors(u, aug.color_jitter)
+    params[:, _ORDER_COLS] = u[:, _ORDER].argsort(dim=1).to(torch.float64)
+    p = uploads.put(params, device)  # the only host → device copy of this batch's augmentation
+    canvas = resize_crop_many(images, plan, canvas_hw, spec.interpolation, params=p[:, _RESIZE])
+    grid = _grid(p[:, _GRID].float(), spec.crop)
     out = F.grid_sample(canvas, grid, mode=spec.interpolation, padding_mode="zeros", align_corners=False)
-    out = _to_uint8(out[:, :3] * out[:, 3:]) if aug.rotation else _to_uint8(out[:, :3])
+    if aug.rotation:
+        inside = _inside(p[:, _HW].round().long(), canvas_hw)
+        out = out * F.grid_sample(
+            inside, grid, mode=spec.interpolation, padding_mode="zeros", align_corners=False
+        )
+    out = _to_uint8(out)
     if aug.color_jitter:
-        out = color_jitter(out, u, aug.color_jitter)
+        out = color_jitter(out, p[:, _FACTORS].float(), p[:, _ORDER_COLS].long())
     return out
 
 
@@ -336,11 +365,15 @@ _JITTER_OPS = {
 }
 
 
-def color_jitter(images: torch.Tensor, u: torch.Tensor, strength: float) -> torch.Tensor:
-    """ColorJitter(brightness=s, contrast=s, saturation=s) per image, each with its own random op order."""
+def _jitter_factors(u: torch.Tensor, strength: float) -> torch.Tensor:
+    """[N, 3] brightness, contrast, saturation factors on the host."""
     lo, hi = max(0.0, 1 - strength), 1 + strength
-    factors = (lo + (hi - lo) * u[:, _JITTER]).to(device=images.device, dtype=torch.float32)
-    order = u[:, _ORDER].argsort(dim=1).to(images.device)
+    return lo + (hi - lo) * u[:, _JITTER]
+
+
+def color_jitter(images: torch.Tensor, factors: torch.Tensor, order: torch.Tensor) -> torch.Tensor:
+    """ColorJitter(brightness=s, contrast=s, saturation=s) per image, each with its own random op order;
+    factors [N, 3] and order [N, 3] (a permutation of 0..2 per image) already on the images' device."""
     x = images.to(torch.float32)
     for step in range(3):
         for op, fn in _JITTER_OPS.items():
@@ -360,25 +393,14 @@ def resized_size(height: int, width: int, resize: int) -> tuple[int, int]:
 
 
 def eval_batch(images: Sequence[torch.Tensor], spec: EvalSpec) -> torch.Tensor:
-    """uint8 [3, H_i, W_i] images → uint8 [N, 3, crop, crop]: resize shorter side (antialiased), center crop.
-
-    Images of one size (most photo folders have a few) are resized in one call.
-    """
-    groups: dict[tuple[int, int], list[int]] = {}
-    for k, img in enumerate(images):
-        groups.setdefault((int(img.shape[-2]), int(img.shape[-1])), []).append(k)
-    out = torch.empty(len(images), 3, spec.crop, spec.crop, dtype=torch.uint8, device=images[0].device)
-    for (height, width), ks in groups.items():
-        h, w = resized_size(height, width, spec.resize)
-        x = _shrink_batch(torch.stack([images[k] for k in ks]), (h, w), spec.interpolation)
-        top, left = _center_offset(h, spec.crop), _center_offset(w, spec.crop)
-        crop = _to_uint8(x[:, :, top : top + spec.crop, left : left + spec.crop])
-        out[torch.tensor(ks, device=out.device)] = crop
-    return out
+    """uint8 [3, H_i, W_i] images → uint8 [N, 3, crop, crop]: resize shorter side (antialiased), center crop,
+    ONE batched call for every size in the batch (core.resize, shared with serve)."""
+    return eval_resize_crop(images, spec.resize, spec.crop, spec.interpolation)
 
 
 __all__ = [
     "DRAWS_PER_IMAGE",
+    "Uploads",
     "color_jitter",
     "eval_batch",
     "resized_crop_params",

@@ -30,7 +30,8 @@ from core.jpeg import (
     route_jpeg,
 )
 from core.preprocess import AugmentSpec, EvalSpec, Normalize
-from train.gpu_augment import eval_batch, train_batch
+from core.streams import CUDA_STREAMS, CudaStreams, normal_device
+from train.gpu_augment import Uploads, eval_batch, train_batch
 
 # ------------------------------------------------------------------------------ host side: bytes
 
@@ -194,13 +195,25 @@ class GpuPipeline:
         seed: int = 0,
         channels_last: bool = False,
         normalize: bool = True,
+        streams: CudaStreams = CUDA_STREAMS,
+        uploads: Uploads | None = None,
     ):
         self.spec, self.aug, self.seed = spec, aug, seed
-        self.device = torch.device(device)
+        self.device = normal_device(device)
+        self.streams = streams
+        self._sides: tuple[Any, Any] | None = None  # (decode stage, augment stage): see side_streams
+        self.uploads = uploads if uploads is not None else Uploads()  # host → device copies, counted
         # normalize=False hands out uint8 batches, for a loop that normalizes itself (train.engine's prepare)
         self.normalize = Normalize(spec.mean, spec.std).to(self.device) if normalize else None
         self.channels_last = channels_last
         self.stats = DecodeStats()  # what went to the CPU decoder and why, reported once per run
+
+    def side_streams(self) -> tuple[Any, Any]:
+        """The decode stage's and the augment stage's streams (None, None on a CPU), created once per
+        pipeline: a prefetch per epoch drawing new pool streams would walk PyTorch's 32-stream pool."""
+        if self._sides is None:
+            self._sides = (self.streams.side(self.device), self.streams.side(self.device))
+        return self._sides
 
     def decode(self, batch: EncodedBatch) -> tuple[list[torch.Tensor | None], dict[int, str]]:
         """The batch's images as uint8 [3, H, W] on the device (None where bad) and {position: reason}.
@@ -214,16 +227,17 @@ class GpuPipeline:
         for k, reason in batch.cpu_reasons.items():
             self.stats.add(reason)
             if k not in errors:  # decoded by the worker
-                out[k] = batch.blob(k).view(shapes[k]).to(self.device, non_blocking=True)
+                out[k] = self.uploads.put(batch.blob(k).view(shapes[k]), self.device)
         todo = [k for k in range(len(batch)) if k not in errors and shapes[k][0] == 0]
         orientation = batch.orientations.tolist()
-        for k, img in zip(todo, decode_on_device([batch.blob(k) for k in todo], self.device)):
+        blobs = [batch.blob(k) for k in todo]
+        for k, img in zip(todo, decode_on_device(blobs, self.device, streams=self.streams)):
             self.stats.add(None if img is not None else REFUSED)
             try:
                 out[k] = (
                     exif_transpose_tensor(img, orientation[k])
                     if img is not None
-                    else decode_cpu(batch.blob(k)).to(self.device, non_blocking=True)
+                    else self.uploads.put(decode_cpu(batch.blob(k)), self.device)
                 )
             except BadImage as exc:
                 errors[k] = str(exc)
@@ -233,7 +247,16 @@ class GpuPipeline:
         self, batch: EncodedBatch, epoch: int | torch.Tensor | None = None
     ) -> tuple[torch.Tensor, dict[int, str]]:
         """The batch → uint8 [N, 3, crop, crop] on the device and {position: reason} for bad files."""
-        decoded, errors = self.decode(batch)
+        return self.augment(batch, *self.decode(batch), epoch)
+
+    def augment(
+        self,
+        batch: EncodedBatch,
+        decoded: list[torch.Tensor | None],
+        errors: dict[int, str],
+        epoch: int | torch.Tensor | None = None,
+    ) -> tuple[torch.Tensor, dict[int, str]]:
+        """Decoded images → uint8 [N, 3, crop, crop] (zeros where bad); the second stage of the feed."""
         epoch = batch.epochs if epoch is None else epoch
         good = [k for k in range(len(batch)) if k not in errors]
         crop = self.spec.crop
@@ -243,7 +266,7 @@ class GpuPipeline:
             keep = torch.tensor(good)
             ep = epoch[keep] if isinstance(epoch, torch.Tensor) else epoch
             done = (
-                train_batch(images, batch.indices[keep], self.seed, ep, self.aug, self.spec)
+                train_batch(images, batch.indices[keep], self.seed, ep, self.aug, self.spec, self.uploads)
                 if self.aug
                 else eval_batch(images, self.spec)
             )
@@ -255,22 +278,32 @@ class GpuPipeline:
 
     def __call__(self, batch: EncodedBatch, epoch: int | None = None) -> DeviceBatch:
         """`epoch` overrides the batch's own epochs (those come from an (epoch, index) sampler)."""
-        images, errors = self.images_uint8(batch, epoch)
+        return self.finish(batch, *self.decode(batch), epoch)
+
+    def finish(
+        self,
+        batch: EncodedBatch,
+        decoded: list[torch.Tensor | None],
+        errors: dict[int, str],
+        epoch: int | None = None,
+    ) -> DeviceBatch:
+        """The augment stage: decoded images → the DeviceBatch the step takes."""
+        images, errors = self.augment(batch, decoded, errors, epoch)
         x = self.normalize(images) if self.normalize is not None else images
         if self.channels_last and self.normalize is not None:
             x = x.contiguous(memory_format=torch.channels_last)
-        valid = torch.ones(len(batch), dtype=torch.bool)
-        valid[list(errors)] = False
+        valid = torch.ones(len(batch), dtype=torch.int64)
+        valid[list(errors)] = 0
         bad = [(int(batch.indices[k]), reason) for k, reason in sorted(errors.items())]
-        return DeviceBatch(
-            x, batch.labels.to(self.device, non_blocking=True), valid.to(self.device, non_blocking=True), bad
-        )
+        labels_valid = self.uploads.put(torch.stack([batch.labels, valid]), self.device)  # one pinned copy
+        return DeviceBatch(x, labels_valid[0], labels_valid[1].bool(), bad)
 
 
 # ------------------------------------------------------------------------------ overlap with the step
 
 
 _END = object()  # sentinel: the loader has no more batches
+DECODED_AHEAD = 2  # decoded batches waiting for (or in) the augment stage
 
 
 def _pull_limit(batches: Iterable) -> int | float:
@@ -292,42 +325,61 @@ def _pull_limit(batches: Iterable) -> int | float:
 def prefetch(
     batches: Iterable[EncodedBatch], pipeline: GpuPipeline, epoch: int | None = None, depth: int = 2
 ) -> Iterator[DeviceBatch]:
-    """Pull from the loader and run the pipeline up to `depth` batches ahead in a background thread, on its
-    own CUDA stream on GPU, so the training thread does not block on loader IPC, decode or augmentation.
+    """Pull from the loader and run the pipeline up to `depth` batches ahead in two background stages, on
+    their own CUDA streams on GPU, so the training thread does not block on loader IPC, decode or
+    augmentation: a decode thread (nvJPEG calls block the host) feeds an augment thread, so batch k+1 is
+    decoded while batch k is augmented. The streams are the pipeline's own, made once (side_streams).
 
     Accelerate loaders (see _pull_limit): the last batch is pulled in the consumer's thread, and each
     batch's own `end_of_dataloader` is set back just before it is handed out, so the flag is right while
     that batch is used. The loader is not stepped past its last batch until that batch has been used, so it
     stays the active dataloader meanwhile. The consumer's stream waits on an event, never the host.
     """
-    side = torch.cuda.Stream(pipeline.device) if pipeline.device.type == "cuda" else None
+    streams = pipeline.streams
+    decode_side, augment_side = pipeline.side_streams()
     source, limit, pulled = iter(batches), _pull_limit(batches), 0
     pull_lock = threading.Lock()  # a generator cannot be advanced from two threads at once
+    # batches decoded and not yet augmented: bounds the full-resolution images held (256 photos of 12 MP
+    # are ~9 GB), so the decode stage runs one batch ahead of augmentation, not `depth`
+    decoded_slots, stopping = threading.Semaphore(DECODED_AHEAD), threading.Event()
 
     def pull() -> tuple[Any, bool | None]:
         with pull_lock:
             raw = next(source, _END)
             return raw, getattr(batches, "end_of_dataloader", None)  # Accelerate: True on its last batch
 
-    def run(raw: EncodedBatch) -> tuple[DeviceBatch, torch.cuda.Event | None]:
-        if side is None:
-            return pipeline(raw, epoch), None
-        with torch.cuda.stream(side):
-            out = pipeline(raw, epoch)
-            event = torch.cuda.Event()
-            event.record(side)
-        return out, event
-
-    def run_pulled(
-        pulled_raw: Future,
-    ) -> tuple[tuple[DeviceBatch, torch.cuda.Event | None] | None, bool | None]:
+    def run_decode(pulled_raw: Future) -> tuple[Any, bool | None]:
         raw, last = pulled_raw.result()
-        return (None, last) if raw is _END else (run(raw), last)
+        if raw is _END:
+            return None, last
+        while not decoded_slots.acquire(timeout=0.1):
+            if stopping.is_set():  # the consumer left: nobody will free a slot
+                raise RuntimeError("prefetch stopped")
+        with streams.use(decode_side):  # core.jpeg refuses if this stream were its decode stream
+            decoded, errors = pipeline.decode(raw)
+            ready = streams.record(decode_side)
+        return (raw, decoded, errors, ready), last
+
+    def run_augment(decoding: Future) -> tuple[Any, bool | None]:
+        got, last = decoding.result()
+        if got is None:
+            return None, last
+        raw, decoded, errors, ready = got
+        try:
+            with streams.use(augment_side):
+                # the decoded images were made on the decode stage's stream and are freed on this one
+                streams.hand_over(ready, augment_side, [img for img in decoded if img is not None])
+                out = pipeline.finish(raw, decoded, errors, epoch)
+                done = streams.record(augment_side)
+        finally:
+            decoded_slots.release()
+        return (out, done), last
 
     pending: deque[Future] = deque()
     exhausted, last_pull = False, None
     loads = ThreadPoolExecutor(1, thread_name_prefix="imgclf-load")  # loader IPC, unpickling
-    pool = ThreadPoolExecutor(1, thread_name_prefix="imgclf-gpu-data")  # decode + augment
+    decodes = ThreadPoolExecutor(1, thread_name_prefix="imgclf-gpu-decode")
+    augments = ThreadPoolExecutor(1, thread_name_prefix="imgclf-gpu-augment")
 
     def top_up() -> None:
         nonlocal exhausted, pulled, last_pull
@@ -344,7 +396,7 @@ def prefetch(
                 last_pull = Future()
                 last_pull.set_result((raw, last))
                 exhausted = bool(last)
-            pending.append(pool.submit(run_pulled, last_pull))
+            pending.append(augments.submit(run_augment, decodes.submit(run_decode, last_pull)))
             pulled += 1
 
     try:
@@ -359,18 +411,17 @@ def prefetch(
             item, event = done
             if last is not None:
                 batches.end_of_dataloader = last  # type: ignore[attr-defined]
-            if event is not None:
-                current = torch.cuda.current_stream(pipeline.device)
-                current.wait_event(event)
-                for t in (item.images, item.labels, item.valid):
-                    t.record_stream(current)  # made on the side stream, used and freed on this one
+            # made on the augment stream, used and freed on the consumer's
+            streams.hand_over(event, streams.current(pipeline.device), (item.images, item.labels, item.valid))
             yield item
         for _ in (
             source
         ):  # past the last batch: an Accelerate loader now ends its epoch (and leaves gradient state)
             pass
     finally:  # also when the consumer stops early: drop queued work, wait for the running batch
-        pool.shutdown(wait=True, cancel_futures=True)
+        stopping.set()
+        augments.shutdown(wait=True, cancel_futures=True)
+        decodes.shutdown(wait=True, cancel_futures=True)
         loads.shutdown(wait=True, cancel_futures=True)
 
 

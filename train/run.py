@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import math
 import os
 import subprocess
@@ -25,11 +26,13 @@ from accelerate.utils import (
 from core.bundle import load_bundle
 from core.config import Config
 from core.errors import UserError
-from core.fsio import write_text_atomic
+from core.fsio import repair_swaps, write_text_atomic
+from core.lock import OutputLock
 from core.models import HeadSpec, build_model, set_backbone_trainable
 from core.preprocess import Normalize, WithPreprocessing
 from core.report import evaluation_source, write_batch_grid, write_evaluation
 from train.audit import audit_data
+from train.calibrate import Calibrated, calibrate_best, calibration_report
 from train.checkpoint import (
     LAST_DIR,
     TrainerState,
@@ -39,7 +42,7 @@ from train.checkpoint import (
     read_state,
     resume_dir,
 )
-from train.data import IGNORE_LABEL, TrainData, eval_loader, load_data
+from train.data import IGNORE_LABEL, TrainData, eval_loader, find_split, load_data
 from train.engine import BEST_DIR, Parts, Trainer
 from train.evaluate import evaluate
 from train.feed import FEEDS, Feed, decode_mode
@@ -47,6 +50,8 @@ from train.optim import build_optimizer, build_scheduler
 from train.signals import StopFlag
 from train.suspects import write_suspects
 from train.tracking import Tracking, check_installed
+
+TEST_METRICS = "test_metrics.json"  # written by core.report.write_evaluation
 
 PREVIEW_IMAGES = 16
 
@@ -124,24 +129,37 @@ def check_writable(run_dir: Path) -> None:
         )
 
 
-def resolve_run(cfg: Config, stem: str) -> tuple[Path, Path | None]:
-    """(run folder, last/ to resume from or None) from run.name, run.output_dir and train.resume."""
-    run_dir, last = _resolve_run(cfg, stem)
-    check_writable(run_dir)
-    return run_dir, last
+def resolve_run(cfg: Config, stem: str, held: contextlib.ExitStack) -> tuple[Path, Path | None]:
+    """(run folder, last/ to resume from or None) from run.name, run.output_dir and train.resume.
+
+    Main process only. The run folder is locked (into `held`) before anything in it is looked at or
+    repaired, so a second training on the same folder is refused naming the first, never interleaved."""
+
+    def lock_and_repair(run_dir: Path) -> None:
+        check_writable(run_dir)  # before the lock file is made beside it: the message names run.output_dir
+        held.enter_context(run_lock(run_dir))
+        for line in repair_swaps(run_dir, (BEST_DIR,)):
+            print(line, flush=True)
+
+    return _resolve_run(cfg, stem, lock_and_repair)
 
 
-def _resolve_run(cfg: Config, stem: str) -> tuple[Path, Path | None]:
+def _resolve_run(cfg: Config, stem: str, lock: Callable[[Path], Any]) -> tuple[Path, Path | None]:
     out, name, resume = Path(cfg.run.output_dir), cfg.run.name, cfg.train.resume
     if resume and resume != "auto":
+        given = Path(resume).expanduser()
+        lock(out / name if name else (given.parent if given.name == LAST_DIR else given))
         last = resume_dir(resume)
         return (out / name if name else last.parent), last
     if resume == "auto":
         run_dir = out / name if name else latest_run_with_last(out, f"{stem}-")
-        last = find_last(run_dir) if run_dir is not None else None
-        return (run_dir or _new_run_dir(out, stem)), last
+        if run_dir is None:
+            run_dir = _new_run_dir(out, stem)
+        lock(run_dir)
+        return run_dir, find_last(run_dir)
     if name:
         run_dir = out / name
+        lock(run_dir)
         find_last(
             run_dir
         )  # a crash mid-swap leaves only .last.old: that is still a run to refuse to overwrite
@@ -151,7 +169,9 @@ def _resolve_run(cfg: Config, stem: str) -> tuple[Path, Path | None]:
                 "or choose another run.name"
             )
         return run_dir, None
-    return _new_run_dir(out, stem), None
+    run_dir = _new_run_dir(out, stem)
+    lock(run_dir)
+    return run_dir, None
 
 
 def finished_note(cfg: Config, run_dir: Path, last: Path | None) -> str | None:
@@ -161,6 +181,8 @@ def finished_note(cfg: Config, run_dir: Path, last: Path | None) -> str | None:
     state = read_state(last)
     if not (state.finished or state.epoch >= cfg.train.epochs):
         return None
+    if _test_pending(cfg, run_dir):
+        return None  # stopped during its final evaluation: resuming runs that evaluation
     best = state.best or {}
     how = "early-stopped" if state.epoch < cfg.train.epochs else "finished"
     return (
@@ -168,6 +190,17 @@ def finished_note(cfg: Config, run_dir: Path, last: Path | None) -> str | None:
         f"{best.get('valid_acc', 0):.3f} at epoch {best.get('epoch')}); nothing to do. Its bundle is "
         f"{run_dir / BEST_DIR}; choose another run.name to train a new run"
     )
+
+
+def _test_pending(cfg: Config, run_dir: Path) -> bool:
+    """A run is finished only once its test metrics exist (a stop can land during the test evaluation)."""
+    if (run_dir / TEST_METRICS).is_file() or not (run_dir / BEST_DIR).is_dir():
+        return False
+    return cfg.data.source == "cifar10" or find_split(Path(cfg.data.root), "test") is not None
+
+
+def run_lock(run_dir: Path) -> OutputLock:
+    return OutputLock(run_dir, "training", "choose another run.name")
 
 
 def git_commit() -> str | None:
@@ -261,7 +294,13 @@ def build_parts(
 # ---------------------------------------------------------------------------------------- test evaluation
 
 
-def evaluate_test(cfg: Config, data: TrainData, run_dir: Path, accelerator: Accelerator) -> dict | None:
+def evaluate_test(
+    cfg: Config,
+    data: TrainData,
+    run_dir: Path,
+    accelerator: Accelerator,
+    calibrated: Calibrated | None = None,
+) -> dict | None:
     """Evaluate the saved best bundle (what ships, not the in-memory model) on the test split."""
     if data.test is None or not (run_dir / BEST_DIR).is_dir():
         return None
@@ -285,7 +324,7 @@ def evaluate_test(cfg: Config, data: TrainData, run_dir: Path, accelerator: Acce
     images = [x for x in images if x is not None]
     folder = data.lineage.get("test_dir") or data.lineage.get("source", "test")  # CIFAR-10 has no folder
     source = evaluation_source(run_dir / BEST_DIR, folder, len(data.test))
-    return write_evaluation(
+    metrics = write_evaluation(
         run_dir,
         result.probs,
         result.targets,
@@ -295,6 +334,7 @@ def evaluate_test(cfg: Config, data: TrainData, run_dir: Path, accelerator: Acce
         image_rows=keep,
         source=source,
     )
+    return calibration_report(run_dir, calibrated, metrics, result)
 
 
 # ---------------------------------------------------------------------------------------- the run
@@ -304,7 +344,12 @@ def _restore(accelerator: Accelerator, cfg: Config, last: Path | None) -> Traine
     if last is None:
         return TrainerState(config_hash=cfg.hash())
     state = load_last(accelerator, last)
-    accelerator.print(f"resuming from {last}: epoch {state.epoch + 1}, step {state.step}")
+    if state.finished or state.epoch >= cfg.train.epochs:
+        accelerator.print(
+            f"resuming {last.parent}: its final evaluation on test/ did not finish; running it now"
+        )
+    else:
+        accelerator.print(f"resuming from {last}: epoch {state.epoch + 1}, step {state.step}")
     if state.config_hash and state.config_hash != cfg.hash():
         accelerator.print("warning: the config differs from the one this checkpoint was trained with")
     return state
@@ -333,7 +378,8 @@ def train(cfg: Config, stem: str) -> RunResult:
     check_installed(cfg.run.trackers())
     accelerator = make_accelerator(cfg)
     try:
-        return _train(accelerator, cfg, stem)
+        with contextlib.ExitStack() as held:  # the run folder's lock, taken once the folder is known
+            return _train(accelerator, cfg, stem, held)
     finally:
         # On every way out (done, preempted, user error, crash): a gloo group left for interpreter exit
         # aborts the process ("terminate called without an active exception"), and then the launcher
@@ -341,7 +387,7 @@ def train(cfg: Config, stem: str) -> RunResult:
         accelerator.end_training()
 
 
-def _train(accelerator: Accelerator, cfg: Config, stem: str) -> RunResult:
+def _train(accelerator: Accelerator, cfg: Config, stem: str, held: contextlib.ExitStack) -> RunResult:
     set_seed(cfg.run.seed, device_specific=True)
     decode = decode_mode(cfg, accelerator.device)
     if decode == "gpu" and accelerator.device.type != "cuda":
@@ -349,7 +395,7 @@ def _train(accelerator: Accelerator, cfg: Config, stem: str) -> RunResult:
             "warning: data.decode: gpu runs its batched decode + augmentation on the CPU here (no "
             "CUDA device); data.decode: cpu (parallel workers) is faster on this machine"
         )
-    run_dir, last = on_main(accelerator, lambda: resolve_run(cfg, stem))
+    run_dir, last = on_main(accelerator, lambda: resolve_run(cfg, stem, held))
     note = on_main(accelerator, lambda: finished_note(cfg, run_dir, last))
     if note:  # a rerun of a finished run (the README's newcomer command twice) succeeds and says so
         accelerator.print(note)
@@ -400,7 +446,11 @@ def _fit_and_test(
     if not state.finished:
         return result
     accelerator.wait_for_everyone()
-    result.test_metrics = evaluate_test(cfg, data, run_dir, accelerator)
+    calibrated = calibrate_best(cfg, data, run_dir, accelerator)
+    accelerator.wait_for_everyone()
+    result.test_metrics = evaluate_test(cfg, data, run_dir, accelerator, calibrated)
+    if result.test_metrics is None:  # no test split: the reliability diagram shows validation alone
+        calibration_report(run_dir, calibrated, None, None)
     write_suspects(cfg, data, run_dir, accelerator)  # collective: every process scores its share
     best, test = state.best or {}, result.test_metrics
     accelerator.print(
@@ -417,5 +467,7 @@ def _fit_and_test(
             },
             step=step,
         )
-        tracking.images({n: run_dir / f"{n}.png" for n in ("confusion_matrix", "predictions")}, step=step)
+        tracking.images(
+            {n: run_dir / f"{n}.png" for n in ("confusion_matrix", "predictions", "calibration")}, step=step
+        )
     return result

@@ -34,7 +34,7 @@ if __package__ in (None, ""):  # run as `python train/split.py`: make core/ impo
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from core.errors import UserError, cli_entry  # noqa: E402
-from core.images import is_image_file  # noqa: E402
+from core.images import is_class_folder, is_image_file  # noqa: E402
 from train.image_hash import exact_pairs, fingerprints, groups, near_pairs  # noqa: E402
 
 SPLITS = ("train", "valid", "test")
@@ -165,7 +165,7 @@ def scan_source(src: Path) -> Source:
         raise UserError(f"SRC {src} is not a folder; pass the folder that holds one subfolder per class")
     source = Source(classes={})
     for entry in sorted(src.iterdir()):
-        if entry.is_dir() and not entry.name.startswith("."):
+        if entry.is_dir() and is_class_folder(entry.name):
             images = _class_images(entry, source)
             if images:
                 source.classes[entry.name] = images

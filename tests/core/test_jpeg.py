@@ -13,6 +13,8 @@ from PIL import Image
 import core.jpeg as jpeg
 from core.images import decode_image
 from core.jpeg import DecodeStats, bisect_decode, decode_files, decode_on_device, route_jpeg
+from core.streams import decode_stream, normal_device
+from tests.fake_streams import FakeStreams, fake_decoder
 
 
 def noise(h: int = 50, w: int = 70, seed: int = 0) -> Image.Image:
@@ -224,7 +226,9 @@ def test_nvjpeg_matches_the_cpu_decoder_on_444_jpegs_and_really_ran():
     assert stats.cpu_total == 0 and stats.device == len(datas)  # nvJPEG ran: no silent CPU fallback
     for data, img in zip(datas, images):
         diff = (img.cpu().int() - reference(data).int()).abs()
-        assert diff.float().mean() < 1.0 and diff.max() <= 8  # IDCT rounding only
+        # IDCT rounding only. A correct fast-IDCT decoder sits near mean 1.0 (libjpeg-turbo's IFAST IDCT as
+        # a proxy: 0.995-1.016 on these images, reviews/sim-2026-12-b/emulate3.py), so 1.5, not 1.0.
+        assert diff.float().mean() < 1.5 and diff.max() <= 8
 
 
 @pytest.mark.gpu
@@ -268,3 +272,67 @@ def test_a_device_decoder_that_fails_even_a_tiny_baseline_jpeg_is_found_unavaila
     assert not jpeg.device_decoder_available("cpu", broken) and calls == [1]  # asked once per device
     monkeypatch.setattr(jpeg, "_available", {})
     assert jpeg.device_decoder_available("cpu")  # torchvision's CPU decode_jpeg works here
+
+
+# ------------------------------------------------------------------------------ the stream protocol, on the CPU
+
+
+def test_decode_runs_on_the_decode_stream_and_hands_its_outputs_to_the_caller():
+    streams = FakeStreams()
+    decode = fake_decoder(streams)
+    blobs = [as_tensor(b"x")] * 3
+    images = jpeg._decode_cuda(blobs, torch.device("cuda", 0), decode, streams)
+    assert len(images) == 3 and decode.calls == [
+        streams.decode_stream
+    ]  # the library ran on the decode stream
+    assert streams.events("record") == [("record", streams.decode_stream)]
+    # the caller's stream waits for the decode stream, then owns the 3 outputs (record_stream)
+    assert streams.events("wait") == [("wait", streams.default, streams.decode_stream)]
+    assert streams.events("record_stream") == [("record_stream", streams.default, 3)]
+
+
+def test_decode_refuses_when_the_callers_stream_is_the_decode_stream():
+    """The pool alias of issue 15 (a consumer stream equal to the decode stream), injected directly."""
+    streams = FakeStreams()
+    decode = fake_decoder(streams)
+    with streams.use(streams.decode_stream), pytest.raises(RuntimeError, match="decode stream"):
+        jpeg._decode_cuda([as_tensor(b"x")], torch.device("cuda", 0), decode, streams)
+    assert decode.calls == []  # nothing was decoded
+
+
+def test_the_device_is_normalised_in_one_place(monkeypatch):
+    monkeypatch.setattr(torch.cuda, "current_device", lambda: 3)
+    assert normal_device("cuda") == torch.device("cuda", 3)
+    assert normal_device("cuda:1") == torch.device("cuda", 1)
+    assert normal_device("cpu") == torch.device("cpu")
+
+
+def test_the_decoder_probe_and_the_decoder_see_the_same_device(monkeypatch):
+    """torchvision recreates (and leaks) its nvJPEG decoder when the device changes: `cuda` vs `cuda:0`."""
+    monkeypatch.setattr(torch.cuda, "current_device", lambda: 0)
+    monkeypatch.setattr(jpeg, "_available", {})
+    seen = []
+    streams = FakeStreams()
+
+    def decoder(blobs, device):
+        seen.append(device)
+        return [torch.zeros(3, 2, 2, dtype=torch.uint8) for _ in blobs]
+
+    assert jpeg.device_decoder_available("cuda", decoder)
+    decode_on_device([as_tensor(b"x")], "cuda", decoder=decoder, streams=streams)
+    assert seen == [torch.device("cuda", 0)] * 2
+    assert jpeg.device_decoder_available("cuda:0", decoder) and len(seen) == 2  # one probe per device
+
+
+@pytest.mark.gpu
+def test_alias_the_decode_stream_is_outside_the_pool_and_an_injected_alias_is_refused():
+    """PyTorch's pool index is a counter mod 32, so drawing many streams does not reliably alias; the
+    decode stream must never come back from the pool, and an injected alias must be refused."""
+    dev = torch.device("cuda", 0)
+    dec = decode_stream("cuda")
+    assert dec is decode_stream(dev)  # one per process and device, whatever spelling of the device
+    assert all(torch.cuda.Stream(dev) != dec for _ in range(70))  # more than two full turns of the pool
+    datas = [as_tensor(encode(photo(seed=1), subsampling=0))]
+    with torch.cuda.stream(dec), pytest.raises(RuntimeError, match="decode stream"):
+        decode_on_device(datas, dev)
+    assert decode_on_device(datas, dev)[0].is_cuda  # from any other stream it decodes

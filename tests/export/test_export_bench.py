@@ -19,7 +19,7 @@ def test_first_slow_calls_are_warm_up_and_the_median_is_reported(monkeypatch):
 
     monkeypatch.setattr(bench_mod.time, "perf_counter", lambda: clock["t"])
     images = torch.zeros(3, 3, 8, 8, dtype=torch.uint8)
-    result = bench_mod.bench(run, images, max_batch=8, budget_s=0.01)
+    result = bench_mod.bench_all({"run": run}, images, max_batch=8, budget_s=0.01)["run"]
     assert result["batch1_latency_ms"] == 1.0
     assert result["images_per_s"] == {"1": 1000.0, "8": 1000.0}
 

@@ -149,7 +149,8 @@ def test_the_script_runs_from_any_directory_and_fails_in_one_line(tmp_path):
         capture_output=True,
         text=True,
         timeout=120,
-        env={"PATH": "/usr/bin:/bin", "OMP_NUM_THREADS": "1"},
+        # the package as pip install -e . provides it; PYTHONPATH makes that this checkout
+        env={"PATH": "/usr/bin:/bin", "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO)},
     )
     assert proc.returncode == 2
     assert proc.stderr.strip().splitlines() == [
@@ -168,12 +169,12 @@ def test_verify_only_names_a_missing_bundle_given_with_the_flag(cnn_export, tmp_
 def test_ctrl_c_during_export_is_one_line_exit_130_and_no_model_file(
     make_bundle, tmp_path, monkeypatch, capsys
 ):
-    import export.main as export_main
+    from export import onnx_export
 
     def interrupted(*args, **kwargs):
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(export_main.onnx_export, "export_onnx", interrupted)
+    monkeypatch.setattr(onnx_export, "export_onnx", interrupted)
     out = tmp_path / "out"
     assert run_export(make_bundle(arch="cifar_cnn"), "--out", out, "--no-bench") == 130
     lines = capsys.readouterr().err.strip().splitlines()

@@ -112,6 +112,32 @@ def test_probs_output_is_softmax_of_logits(tmp_path, demo_root):
     torch.testing.assert_close(torch.from_numpy(probs), torch.from_numpy(logits).softmax(1))
 
 
+def test_a_calibrated_bundle_exports_logits_divided_by_its_temperature(tmp_path, demo_root):
+    from core.bundle import load_bundle, read_record, write_record
+    from core.calibration import CalibrationRecord
+    from core.preprocess import WithPreprocessing
+
+    bundle = save_tiny_bundle(tmp_path / "cnn" / "best", arch="cifar_cnn")
+    record = read_record(bundle)
+    record.calibration = CalibrationRecord(
+        temperature=3.0, threshold=0.4, target_precision=0.9, target_reached=True
+    )
+    write_record(bundle, record)
+    args = ["--images", demo_root / "valid", "--exporter", "torchscript", "--probs", "--no-bench"]
+    assert run_export(bundle, *args, "--out", tmp_path / "out") == 0
+    onnx_path = tmp_path / "out" / "model.onnx"
+    sess = ort.InferenceSession(str(onnx_path), providers=["CPUExecutionProvider"])
+    x = torch.randint(0, 256, (5, 3, 32, 32), dtype=torch.uint8, generator=torch.Generator().manual_seed(1))
+    logits, probs = sess.run([ONNX_OUTPUT, ONNX_PROBS], {ONNX_INPUT: x.numpy()})
+    model, _ = load_bundle(bundle)
+    with torch.inference_mode():
+        raw = WithPreprocessing(model, record.preprocess)(x)
+    torch.testing.assert_close(torch.from_numpy(logits), raw / 3.0, atol=1e-4, rtol=1e-4)
+    torch.testing.assert_close(torch.from_numpy(probs), (raw / 3.0).softmax(1), atol=1e-5, rtol=1e-4)
+    embedded, facts = read_onnx_record(onnx_path)
+    assert embedded.calibration == record.calibration and facts["logits_divided_by_temperature"] == 3.0
+
+
 def test_default_output_is_beside_the_bundle_even_when_it_is_given_as_dot(tmp_path, monkeypatch):
     bundle = save_tiny_bundle(tmp_path / "run" / "best", arch="cifar_cnn")
     monkeypatch.chdir(bundle)

@@ -10,7 +10,6 @@ import importlib.util
 import json
 import sys
 
-import onnxruntime
 import pytest
 import torch
 
@@ -18,10 +17,11 @@ from core.errors import UserError
 from core.model_record import check_engine_host, read_engine_sidecar, read_onnx_record, sha256_file
 from export import report as rep
 from export import tensorrt_engine as te
-from export import verify
-from export.main import parse_args
+from export.cli import parse
+from export.report import ExportReport
 from tests.export.export_helpers import run_export
 from tests.export.fake_tensorrt import fake_tensorrt
+from tests.fake_streams import FakeStreams
 
 BUILT = {
     "tensorrt_version": "10.3.0",
@@ -29,7 +29,8 @@ BUILT = {
     "compute_capability": [9, 0],
     "precision": "fp16",
     "profile": {"min": 1, "opt": 256, "max": 256},
-    "bundle_path": "/runs/flowers/best",
+    "run": "flowers",
+    "bundle": "best",
 }
 HERE = {"tensorrt_version": "10.3.0", "gpu_name": "NVIDIA H100 80GB HBM3", "compute_capability": (9, 0)}
 needs_tensorrt = pytest.mark.skipif(
@@ -49,7 +50,7 @@ def test_engine_from_another_gpu_or_tensorrt_is_refused_with_the_rebuild_command
     with pytest.raises(UserError) as err:
         check_engine_host("model.engine", BUILT, **{**HERE, **change})
     message = str(err.value)
-    assert "python export/main.py /runs/flowers/best --tensorrt --engine-from fp16 --max-batch 256" in message
+    assert "python export/main.py runs/flowers/best --tensorrt --engine-from fp16 --max-batch 256" in message
     assert all(str(v) in message for v in change.values())
 
 
@@ -128,13 +129,17 @@ def test_10x_without_the_strongly_typed_flag_is_refused_not_built_weakly(with_tr
 def test_engine_from_adds_its_variant_and_int8_for_tensorrt_is_symmetric(
     argv, precisions, engine_from, activations
 ):
-    args = parse_args(["bundle", *argv])
-    assert (args.precision, args.engine_from, args.int8_activations) == (precisions, engine_from, activations)
+    job = parse(["bundle", *argv])
+    assert (job.precisions, job.engine_from, job.int8_activations) == (
+        tuple(precisions),
+        engine_from,
+        activations,
+    )
 
 
 def test_uint8_activations_cannot_feed_a_tensorrt_engine():
     with pytest.raises(UserError, match="TensorRT takes only symmetric int8 activations"):
-        parse_args(["bundle", "--tensorrt", "--engine-from", "int8", "--int8-activations", "uint8"])
+        parse(["bundle", "--tensorrt", "--engine-from", "int8", "--int8-activations", "uint8"])
 
 
 def test_export_builds_the_engine_from_the_chosen_variant_and_its_sidecar_says_so(
@@ -147,10 +152,10 @@ def test_export_builds_the_engine_from_the_chosen_variant_and_its_sidecar_says_s
         lambda: {"tensorrt_version": "11.4.0", "gpu_name": "Fake GPU", "compute_capability": [9, 0]},
     )
     monkeypatch.setattr(rep, "machine", lambda: {"cpu_threads": 1, "gpu": "Fake GPU"})
-    # the fake "engine" is the ONNX variant itself: run it with onnxruntime so the engine's gate is real
-    monkeypatch.setattr(
-        te, "EngineRunner", lambda blob: verify.ort_runner(onnxruntime.InferenceSession(blob))
-    )
+    # the fake "engine" is the ONNX variant itself, run by the fake runtime with onnxruntime through the
+    # shared runner (core.trt_runner, the same as serve's), on the CPU with fake streams
+    streams, real_runner = FakeStreams(), te.EngineRunner
+    monkeypatch.setattr(te, "EngineRunner", lambda blob: real_runner(blob, device="cpu", streams=streams))
     out = tmp_path / "out"
     assert (
         run_export(
@@ -169,8 +174,13 @@ def test_export_builds_the_engine_from_the_chosen_variant_and_its_sidecar_says_s
     _, engine = read_engine_sidecar(out / "model.engine")
     assert engine["engine_from"] == "model.fp16.onnx" and engine["precision"] == "fp16"
     assert engine["onnx_sha256"] == sha256_file(out / "model.fp16.onnx") and engine["strongly_typed"]
-    report = json.loads((out / "export_report.json").read_text())
-    assert report["parity"]["tensorrt"]["passed"] and report["variants"]["tensorrt"]["status"] == "written"
+    report = ExportReport.read(out / "export_report.json")
+    assert report.parity["tensorrt"]["passed"] and report.variants["tensorrt"]["status"] == "written"
+    trt = sys.modules["tensorrt"]
+    assert trt.calls["enqueued"] and all(shape[0] <= 8 for shape, _ in trt.calls["enqueued"])  # max batch 8
+    waits = streams.events("wait")  # every run: the engine waits for the caller, the caller for the engine
+    assert waits and len(waits) % 2 == 0
+    assert all(a[1] is b[2] and a[2] is b[1] for a, b in zip(waits[::2], waits[1::2]))
 
 
 @pytest.mark.gpu
@@ -196,8 +206,8 @@ def test_fp16_engine_is_built_gated_and_described_by_its_sidecar(make_bundle, de
     assert engine["engine_from"] == "model.fp16.onnx" and engine["strongly_typed"]
     assert engine["onnx_sha256"] == sha256_file(out / "model.fp16.onnx")
     assert engine["gpu_name"] == torch.cuda.get_device_name()
-    report = json.loads((out / "export_report.json").read_text())
-    assert report["parity"]["tensorrt"]["top1_agreement"] >= 0.995
+    report = ExportReport.read(out / "export_report.json")
+    assert report.parity["tensorrt"]["top1_agreement"] >= 0.995
     assert (out / "timing.cache").stat().st_size > 0
 
 
@@ -246,4 +256,4 @@ def test_int8_engine_is_built_from_the_qdq_variant_and_passes_its_gate(trained, 
     assert engine["engine_from"] == "model.int8.onnx" and engine["precision"] == "int8"
     _, facts = read_onnx_record(out / "model.int8.onnx")
     assert facts["quantization"]["activations"] == "int8 symmetric"  # what explicit quantization takes
-    assert json.loads((out / "export_report.json").read_text())["parity"]["tensorrt"]["passed"]
+    assert ExportReport.read(out / "export_report.json").parity["tensorrt"]["passed"]

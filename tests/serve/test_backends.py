@@ -11,7 +11,8 @@ import torch
 
 from core.bundle import read_record
 from core.errors import UserError
-from serve.backends import PROVIDERS, choose_providers
+from core.ort_session import PROVIDERS
+from serve.backends import choose_providers
 from tests.serve.helpers import export_onnx, read_rows, same_predictions, serve
 
 CPU, CUDA, TRT = PROVIDERS["cpu"], PROVIDERS["cuda"], PROVIDERS["tensorrt"]
@@ -39,10 +40,17 @@ def test_onnx_without_imgclf_metadata_is_refused(bundle, photos, tmp_path, capsy
     assert not (tmp_path / "p.csv").exists()
 
 
-def test_a_backend_that_cannot_run_the_file_is_refused(bundle, photos, tmp_path, capsys):
-    with pytest.raises(SystemExit):
-        serve(bundle, photos, "--out", tmp_path / "p.csv", "--backend", "onnx")
-    assert "--backend onnx cannot run" in capsys.readouterr().err
+def test_backend_is_no_flag_the_file_says_which_runtime_runs_it(bundle, photos, tmp_path, capsys):
+    with pytest.raises(SystemExit) as exc:
+        serve(bundle, photos, "--out", tmp_path / "p.csv", "--backend", "torch")
+    assert exc.value.code == 2 and "unrecognized arguments: --backend" in capsys.readouterr().err
+    assert not (tmp_path / "p.csv").exists()
+
+
+def test_providers_for_a_model_that_is_not_onnx_are_refused(bundle, photos, tmp_path, capsys):
+    with pytest.raises(SystemExit) as exc:
+        serve(bundle, photos, "--out", tmp_path / "p.csv", "--providers", "cpu")
+    assert exc.value.code == 2 and "--providers" in capsys.readouterr().err
 
 
 def test_providers_cpu_only_when_the_device_is_the_cpu_or_allowed():
@@ -57,12 +65,10 @@ def test_providers_cpu_only_when_the_device_is_the_cpu_or_allowed():
 def test_onnx_on_a_gpu_machine_with_the_cpu_wheel_runs_and_decodes_on_the_cpu(
     bundle, photos, tmp_path, capsys, monkeypatch
 ):
-    import serve.main as serve_main
+    import serve.run as serve_run
 
     onnx_path = export_onnx(bundle, tmp_path / "model.onnx")
-    monkeypatch.setattr(
-        serve_main, "resolve_device", lambda *a: torch.device("cuda")
-    )  # what auto gives there
+    monkeypatch.setattr(serve_run, "resolve_device", lambda *a: torch.device("cuda"))  # what auto gives there
     assert serve(onnx_path, photos, "--out", tmp_path / "p.csv", "--workers", 0) == 0  # default flags
     start = capsys.readouterr().out.splitlines()[0]
     assert "providers: CPUExecutionProvider" in start and "decoded on the CPU too" in start
@@ -151,6 +157,49 @@ def test_engine_built_for_another_gpu_is_refused_with_a_rebuild_hint(bundle, tmp
         TensorRTBackend(engine, torch.device("cuda"))
 
 
+def test_an_engine_is_served_through_the_shared_runner_with_its_stream_protocol(
+    bundle, tmp_path, monkeypatch
+):
+    """serve/trt.py over core.trt_runner, with the fake TensorRT (an ONNX "engine" run by onnxruntime at the
+    tensors' addresses) and fake streams, on the CPU: the logits, the chunking by the engine's max batch, and
+    the waits in both directions are the real runner's."""
+    import onnxruntime
+
+    import serve.trt as st
+    from core.trt_runner import TrtRunner
+    from tests.export.fake_tensorrt import fake_tensorrt
+    from tests.fake_streams import FakeStreams
+
+    onnx_path = export_onnx(bundle, tmp_path / "model.onnx")
+    engine = _engine_with_sidecar(
+        bundle, tmp_path, tensorrt_version="10.8.0", gpu_name="Fake GPU", compute_capability=[9, 0]
+    )
+    engine.write_bytes(onnx_path.read_bytes())
+    trt = fake_tensorrt(max_batch=4)
+    monkeypatch.setitem(sys.modules, "tensorrt", trt)
+    monkeypatch.setattr(torch.cuda, "get_device_name", lambda *a: "Fake GPU")
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda *a: (9, 0))
+    monkeypatch.setattr(torch.cuda, "set_device", lambda *a: None)
+    streams = FakeStreams()
+    on_cpu = lambda trt_, blob, device, logger, what, s: TrtRunner(trt_, blob, "cpu", logger, what, s)  # noqa: E731
+    monkeypatch.setattr(st, "TrtRunner", on_cpu)
+    backend = st.TensorRTBackend(engine, torch.device("cuda", 0), streams)
+    crop = read_record(bundle).preprocess.crop
+    images = torch.randint(0, 256, (6, 3, crop, crop), dtype=torch.uint8)
+    want = onnxruntime.InferenceSession(str(onnx_path)).run(["logits"], {"images": images.numpy()})[0]
+    got = backend(images)
+    assert torch.allclose(got, torch.from_numpy(want), atol=1e-5)
+    own = backend.runner.stream
+    assert [shape[0] for shape, _ in trt.calls["enqueued"]] == [4, 2]  # max batch 4: two queued runs
+    assert {handle for _, handle in trt.calls["enqueued"]} == {own.cuda_stream}  # on the runner's stream
+    # the runner's stream waits for the caller's before reading the input, the caller's for the logits
+    assert streams.events("wait") == [("wait", own, streams.default), ("wait", streams.default, own)]
+    assert streams.events("record_stream") == [
+        ("record_stream", own, 1),
+        ("record_stream", streams.default, 1),
+    ]
+
+
 def test_serving_an_engine_without_a_gpu_is_a_clear_user_error(bundle, photos, tmp_path, capsys):
     engine = _engine_with_sidecar(bundle, tmp_path, tensorrt_version="10.3.0")
     with pytest.raises(SystemExit) as exc:
@@ -186,9 +235,7 @@ def test_threads_reach_onnxruntime_and_torch(bundle, tmp_path):
 
     before = torch.get_num_threads()
     try:
-        onnx = open_backend(
-            export_onnx(bundle, tmp_path / "model.onnx"), "auto", torch.device("cpu"), threads=1
-        )
+        onnx = open_backend(export_onnx(bundle, tmp_path / "model.onnx"), torch.device("cpu"), threads=1)
         assert onnx.session.get_session_options().intra_op_num_threads == 1
         assert torch.get_num_threads() == 1
     finally:
@@ -220,3 +267,60 @@ def test_onnx_cuda_provider_binds_gpu_batches_and_matches_the_cpu_provider(bundl
     x = torch.randint(0, 256, (5, 3, 32, 32), dtype=torch.uint8)
     logits = gpu.forward(x.cuda())
     assert logits.is_cuda and torch.allclose(logits.cpu(), cpu(x), atol=1e-3)
+
+
+# ── decode workers vs model threads, decided before the workers fork ─────────────────────────────
+
+
+@pytest.mark.parametrize(
+    "cores, kind, want",
+    [
+        (2, "cuda", (1, 1)),
+        (16, "cuda", (15, 1)),  # the GPU runs the model: the CPUs decode
+        (64, "cuda", (16, 48)),  # decode workers capped at 16
+        (2, "cpu", (1, 1)),
+        (16, "cpu", (4, 12)),  # a CPU model is the bottleneck: it gets most cores
+        (64, "cpu", (16, 48)),
+    ],
+)
+def test_thread_plan_follows_where_the_model_runs(cores, kind, want):
+    from core.workers import plan_threads
+
+    assert plan_threads(cores, kind) == want
+    workers, threads = plan_threads(cores, kind)
+    assert workers + threads <= max(cores, 2)
+
+
+def test_thread_plan_splits_cores_between_processes_and_keeps_explicit_choices():
+    from core.workers import plan_threads
+
+    assert plan_threads(64, "cpu", world=4) == (4, 12)
+    assert plan_threads(16, "cpu", workers=0) == (0, 16)
+    assert plan_threads(16, "cuda", threads=3) == (15, 3)
+    assert plan_threads(1, "cpu") == (0, 1)
+    with pytest.raises(ValueError, match="valid: cuda, cpu"):
+        plan_threads(16, "tensorrt")
+
+
+def test_backend_kind_is_known_before_the_backend_opens(bundle, tmp_path):
+    from serve.threads import backend_kind
+
+    onnx_path = export_onnx(bundle, tmp_path / "model.onnx")
+    engine = tmp_path / "model.engine"
+    engine.write_bytes(b"engine")
+    gpu, cpu_only, with_cuda = torch.device("cuda", 0), [CPU], [CUDA, CPU]
+    assert backend_kind(onnx_path, gpu, None, cpu_only) == "cpu"  # the CPU-only wheel on a GPU box
+    assert backend_kind(onnx_path, gpu, None, with_cuda) == "cuda"
+    assert backend_kind(onnx_path, gpu, ["cpu"], with_cuda) == "cpu"  # --providers cpu
+    assert backend_kind(bundle, gpu, None, cpu_only) == "cuda" and backend_kind(engine, gpu, None) == "cuda"
+    assert backend_kind(bundle, torch.device("cpu"), None) == "cpu"
+
+
+def test_serve_on_a_gpu_box_with_cpu_only_onnxruntime_sizes_for_a_cpu_model(bundle, tmp_path, monkeypatch):
+    import serve.threads as threads
+
+    onnx_path = export_onnx(bundle, tmp_path / "model.onnx")
+    monkeypatch.setattr(threads, "usable_cpus", lambda: 16)
+    monkeypatch.setattr(threads, "available_providers", lambda: [CPU])
+    assert threads.serve_threads(onnx_path, torch.device("cuda"), None, 1, None, None) == (4, 12)
+    assert threads.serve_threads(bundle, torch.device("cuda"), None, 1, None, None) == (15, 1)

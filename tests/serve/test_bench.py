@@ -121,3 +121,14 @@ def test_bench_times_onnx_variants_on_the_same_images_with_their_agreement(bundl
     variants = json.loads((tmp_path / "b.json").read_text())["variants"]
     assert [v["precision"] for v in variants] == ["fp32", "int8"]
     assert all(v["top1_agreement"] > 0.8 for v in variants)  # the same weights as the torch model
+
+
+def test_synthetic_images_have_as_many_distinct_sizes_as_images(tmp_path):
+    """A batch of mixed-size photos must cost what a real folder costs: one size per image."""
+    from PIL import Image
+
+    from serve.bench import synthetic_jpegs
+
+    root = synthetic_jpegs(tmp_path / "j", 70, 80)
+    files = sorted(root.rglob("*.jpg"))
+    assert len(files) == 70 and len({Image.open(f).size for f in files}) == 70

@@ -16,7 +16,19 @@ from tests.serve.conftest import CLASSES, NAMES
 from tests.serve.helpers import bomb_png, jpeg_bytes, picture, read_rows, save_picture, serve
 
 # --topk defaults to 5; with the fixture's 4 classes the columns are named for the 4 they hold
-HEADER = ["path", "status", "label", "display_name", "prob", "top4_labels", "top4_probs", "error"]
+HEADER = [
+    "path",
+    "status",
+    "label",
+    "display_name",
+    "prob",
+    "accepted",
+    "margin",
+    "entropy",
+    "top4_labels",
+    "top4_probs",
+    "error",
+]
 
 
 def test_csv_has_the_schema_and_one_row_per_image(bundle, photos, tmp_path):
@@ -111,7 +123,7 @@ def test_probs_columns_and_topk_follow_the_flags(bundle, photos, tmp_path):
     out = tmp_path / "p.csv"
     serve(bundle, photos, "--out", out, "--probs", "--topk", 2, "--workers", 0, "--limit", 3)
     rows = read_rows(out)
-    assert list(rows[0]) == HEADER[:5] + ["top2_labels", "top2_probs", "error"] + [
+    assert list(rows[0]) == HEADER[:8] + ["top2_labels", "top2_probs", "error"] + [
         f"prob_{c}" for c in CLASSES
     ]
     assert len(rows) == 3
@@ -219,12 +231,12 @@ def test_a_flag_without_its_mode_is_refused_not_ignored(bundle, photos, tmp_path
 
 
 def test_ctrl_c_ends_with_a_resume_hint_and_exit_130(bundle, photos, tmp_path, capsys, monkeypatch):
-    import serve.main as serve_main
+    import serve.run as serve_run
 
     def interrupted(*args, **kwargs):
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(serve_main, "classify", interrupted)
+    monkeypatch.setattr(serve_run, "classify", interrupted)
     out = tmp_path / "p.csv"
     assert serve(bundle, photos, "--out", out, "--workers", 0, "--no-progress") == 130
     err = capsys.readouterr().err.strip().splitlines()

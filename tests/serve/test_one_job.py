@@ -11,14 +11,14 @@ import time
 
 import pytest
 
-from serve.lock import OutputLock, lock_path
+from core.lock import OutputLock, lock_path
 from serve.provenance import meta_path
 from tests.proctree import run_tree
 from tests.serve.conftest import CLASSES, NAMES
 from tests.serve.helpers import REPO, image_tree, read_rows, run_serve, serve, subprocess_env
 
 HOLD = (
-    "import sys, time; from pathlib import Path; from serve.lock import OutputLock\n"
+    "import sys, time; from pathlib import Path; from core.lock import OutputLock\n"
     "lock = OutputLock(Path(sys.argv[1])); assert lock.acquire() is None; print('held', flush=True); time.sleep(60)"
 )
 
@@ -157,12 +157,18 @@ def test_resume_with_other_output_flags_is_refused_naming_the_flag(
     assert differs in err
 
 
-def test_resume_of_a_file_without_a_record_warns_and_continues(bundle, photos, tmp_path, capsys):
+def test_m18_resume_without_the_record_that_ties_the_file_to_its_model_is_refused(
+    bundle, photos, tmp_path, capsys
+):
     out = tmp_path / "p.csv"
     serve(bundle, photos / "1", "--out", out, "--workers", 0)
     meta_path(out).unlink()
-    assert serve(bundle, photos / "1", "--out", out, "--workers", 0, "--resume") == 0
-    assert "warning:" in capsys.readouterr().err and meta_path(out).exists()
+    before = out.read_bytes()
+    err = _refused(capsys, bundle, photos, "--out", out, "--workers", 0, "--resume")
+    assert "nothing ties its rows to a model" in err and "--overwrite" in err
+    assert out.read_bytes() == before
+    assert serve(bundle, photos / "1", "--out", out, "--workers", 0, "--overwrite") == 0
+    assert meta_path(out).exists()
 
 
 def test_a_run_killed_before_its_first_row_leaves_nothing_that_blocks_a_fresh_one(bundle, photos, tmp_path):

@@ -6,9 +6,9 @@ from tests.serve.helpers import serve
 
 
 def test_without_a_terminal_progress_is_plain_lines(bundle, photos, tmp_path, capsys, monkeypatch):
-    from serve import main as serve_main
+    from serve import run as serve_run
 
-    monkeypatch.setattr(serve_main, "SERVE_LOG_SECONDS", 0.0)  # a line after every batch
+    monkeypatch.setattr(serve_run, "SERVE_LOG_SECONDS", 0.0)  # a line after every batch
     assert serve(bundle, photos, "--out", tmp_path / "p.csv", "--workers", 0, "--batch-size", 2) == 0
     out = capsys.readouterr()
     assert "\r" not in out.out + out.err

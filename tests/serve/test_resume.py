@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import shutil
 import signal
 import subprocess
 import sys
@@ -50,6 +51,7 @@ def test_resume_cuts_a_torn_last_line_and_redoes_that_image(bundle, photos, tmp_
     serve(bundle, photos, "--out", ref, "--workers", 0)
     text = ref.read_text()
     out.write_text(text[: text.rindex("\n", 0, len(text) - 1) + 12])  # kill inside the last row's write
+    shutil.copy(tmp_path / "ref.csv.meta.json", tmp_path / "p.csv.meta.json")  # the same job's record
     serve(bundle, photos, "--out", out, "--resume", "--workers", 0)
     assert out.read_text() == text
 
@@ -57,10 +59,11 @@ def test_resume_cuts_a_torn_last_line_and_redoes_that_image(bundle, photos, tmp_
 def test_resume_refuses_a_file_with_other_columns(bundle, photos, tmp_path, capsys):
     out = tmp_path / "p.csv"
     serve(bundle, photos, "--out", out, "--workers", 0, "--limit", 2)
-    out.with_name("p.csv.meta.json").unlink()  # a file from before the job record: its columns still count
+    header, rest = out.read_text().split("\n", 1)
+    out.write_text(header.replace(",prob,", ",probability,") + "\n" + rest)  # a hand-edited file
     before = out.read_text()
     with pytest.raises(SystemExit) as exc:
-        serve(bundle, photos, "--out", out, "--resume", "--topk", 3)
+        serve(bundle, photos, "--out", out, "--resume")
     assert exc.value.code == 2 and "different columns" in capsys.readouterr().err
     assert out.read_text() == before
 
@@ -98,5 +101,6 @@ def test_resume_folds_the_parts_of_a_killed_multi_process_run(bundle, photos, tm
     finished = read_rows(ref)[:2]  # what rank 0 had written to its part file before the kill
     with RowWriter(part_path(out, 0), layout, seq=True) as w:
         w.write([{**r, "seq": i} for i, r in enumerate(finished)])
+    shutil.copy(tmp_path / "ref.csv.meta.json", tmp_path / "p.csv.meta.json")  # written before any row
     serve(bundle, photos, "--out", out, "--resume", "--workers", 0)
     assert read_rows(out) == read_rows(ref) and existing_parts(out) == []

@@ -9,10 +9,13 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
+from torch.utils._python_dispatch import TorchDispatchMode
+from torch.utils._pytree import tree_leaves
 from torch.utils.data import DataLoader
 
 from core.images import decode_image, is_image_file
 from core.preprocess import AugmentSpec, EvalSpec, Normalize, eval_transform
+from core.streams import decode_stream
 from train.gpu_data import (
     EncodedImages,
     GpuPipeline,
@@ -214,13 +217,17 @@ def jpeg_folder(root: Path, n: int, subsampling: int = 0, seed: int = 0) -> list
 def test_prefetch_on_cuda_matches_the_cpu_pipeline_on_444_jpegs_and_nvjpeg_really_ran(tmp_path):
     samples = jpeg_folder(tmp_path / "jpegs", 12)
     aug, spec = AugmentSpec(rotation=10.0), EvalSpec(40, 32)
-    on_cpu = [b.images for b in prefetch(loader(samples), GpuPipeline(spec, "cpu", aug, seed=2), epoch=1)]
-    gpu_pipe = GpuPipeline(spec, "cuda", aug, seed=2, channels_last=True)
+    cpu_pipe = GpuPipeline(spec, "cpu", aug, seed=2, normalize=False)
+    on_cpu = [b.images for b in prefetch(loader(samples), cpu_pipe, epoch=1)]
+    gpu_pipe = GpuPipeline(spec, "cuda", aug, seed=2, normalize=False)
     on_gpu = list(prefetch(loader(samples), gpu_pipe, epoch=1))
     assert gpu_pipe.stats.cpu_total == 0 and gpu_pipe.stats.device == len(samples)  # no silent CPU fallback
-    assert all(b.images.is_cuda and b.images.is_contiguous(memory_format=torch.channels_last) for b in on_gpu)
+    assert all(b.images.is_cuda for b in on_gpu)
     for a, b in zip(on_cpu, on_gpu):
-        assert (a - b.images.cpu()).abs().max() < 0.1  # within a couple of uint8 levels after normalization
+        diff = (a.int() - b.images.cpu().int()).abs()
+        # uint8 levels, realistic: nvJPEG's IDCT vs libjpeg's islow is up to 3 levels with a fast IDCT
+        # (reviews/sim-2026-12-b/emulate3.py), and the CUDA vs CPU resampling adds up to 2 (test_gpu_augment)
+        assert diff.max() <= 8 and diff.float().mean() < 1.5
 
 
 @pytest.mark.gpu
@@ -236,9 +243,14 @@ def test_prefetch_on_cuda_on_420_jpegs_stays_within_nvjpegs_chroma_upsampling_di
 
 
 @pytest.mark.gpu
-def test_prefetch_under_a_busy_gpu_gives_every_batch_bit_for_bit_as_a_synchronous_run(tmp_path):
+def test_alias_pressure_prefetch_under_a_busy_gpu_gives_every_batch_bit_for_bit_as_a_synchronous_run(
+    tmp_path,
+):
     """The stream race (pytorch/vision#9606): decode of batch k+1 must never write into memory batch k's
-    queued kernels still read. A matmul loop keeps the consumer stream busy; 20 epochs of 6 batches each."""
+    queued kernels still read. 40 pool streams are drawn first (more than a turn of PyTorch's 32-stream
+    pool: with a pool decode stream this aliased it), a matmul loop keeps the consumer stream busy; 20
+    epochs of 6 batches each, through ONE pipeline (its side streams made once)."""
+    streams = [torch.cuda.Stream() for _ in range(40)]
     samples = jpeg_folder(tmp_path / "jpegs", 48)
     aug, spec = AugmentSpec(rotation=15.0, color_jitter=0.2), EvalSpec(56, 48)
     raw = list(loader(samples, batch_size=8))
@@ -256,7 +268,17 @@ def test_prefetch_under_a_busy_gpu_gives_every_batch_bit_for_bit_as_a_synchronou
                 b.images.cpu()
             )  # read on the consumer stream behind the matmuls; the host waits, decode runs on
             assert torch.equal(got, reference[k])
-    assert pipe.stats.cpu_total == 0
+    assert pipe.stats.cpu_total == 0 and all(st != decode_stream("cuda") for st in streams)
+
+
+@pytest.mark.gpu
+def test_alias_injected_consumer_stream_equal_to_the_decode_stream_is_refused(tmp_path):
+    """PyTorch's pool index is a counter mod 32, so drawing streams does not reliably alias: inject it."""
+    raw = list(loader(jpeg_folder(tmp_path / "jpegs", 8), batch_size=4))
+    pipe = GpuPipeline(EvalSpec(40, 32), "cuda")
+    pipe._sides = (decode_stream("cuda"), decode_stream("cuda"))  # what a pool decode stream could become
+    with pytest.raises(RuntimeError, match="decode stream"):
+        list(prefetch(raw, pipe))
 
 
 def test_without_a_working_device_decoder_the_workers_decode_every_file_and_it_is_counted(demo_root):
@@ -270,3 +292,103 @@ def test_without_a_working_device_decoder_the_workers_decode_every_file_and_it_i
     direct = pipe(collate_encoded(EncodedImages(samples, threads=2).__getitems__(list(range(6)))))
     assert torch.equal(pipe(batch).images, direct.images)  # same pixels: PIL and libjpeg agree on the CPU
     assert pipe.stats.cpu[NO_DEVICE_DECODER] == 6
+
+
+# ------------------------------------------------------------------------------ what stands for GPU cost
+
+
+def test_one_pipeline_draws_its_two_side_streams_once_over_many_epochs(demo_root):
+    """A prefetch per epoch used to draw new pool streams (2 per epoch): the 16th epoch then aliased."""
+    from tests.fake_streams import FakeStreams
+
+    streams = FakeStreams()
+    raw = list(loader(folder_samples(demo_root / "valid")))
+    pipe = GpuPipeline(EvalSpec(40, 32), "cpu", AugmentSpec(), streams=streams)
+    for epoch in range(3):
+        assert len(list(prefetch(raw, pipe, epoch=epoch))) == len(raw)
+    assert len(streams.sides) == 2  # decode stage, augment stage: drawn once
+    decode_side, augment_side = pipe.side_streams()
+    waits = streams.events("wait")
+    # per batch: the augment stage waits for the decode stage, the consumer for the augment stage
+    assert waits.count(("wait", augment_side, decode_side)) == 3 * len(raw)
+    assert waits.count(("wait", streams.default, augment_side)) == 3 * len(raw)
+
+
+def test_the_decode_and_augment_stages_run_in_two_threads(demo_root, monkeypatch):
+    raw = list(loader(folder_samples(demo_root / "valid")))
+    pipe = GpuPipeline(EvalSpec(40, 32), "cpu", AugmentSpec())
+    seen = {"decode": set(), "finish": set()}
+    for name in seen:
+        real = getattr(pipe, name)
+
+        def wrapped(*a, _real=real, _name=name, **k):
+            seen[_name].add(threading.current_thread().name)
+            return _real(*a, **k)
+
+        monkeypatch.setattr(pipe, name, wrapped)
+    list(prefetch(raw, pipe))
+    assert seen["decode"] == {"imgclf-gpu-decode_0"} and seen["finish"] == {"imgclf-gpu-augment_0"}
+
+
+def test_the_decode_stage_runs_at_most_two_batches_ahead_of_augmentation(demo_root, monkeypatch):
+    """Decoded full-size images are the big ones (12 MP photos: ~9 GB a batch): they are bounded, not `depth`."""
+    import time
+
+    from train import gpu_data
+
+    raw = list(loader(folder_samples(demo_root / "valid"), batch_size=2))
+    pipe = GpuPipeline(EvalSpec(40, 32), "cpu")
+    lock, state = threading.Lock(), {"held": 0, "most": 0}
+    decode, finish = pipe.decode, pipe.finish
+
+    def counted_decode(batch):
+        with lock:
+            state["held"] += 1
+            state["most"] = max(state["most"], state["held"])
+        return decode(batch)
+
+    def slow_finish(*a, **k):
+        time.sleep(0.05)  # a slow augment stage: the decode thread would run ahead if nothing held it
+        with lock:
+            state["held"] -= 1
+        return finish(*a, **k)
+
+    monkeypatch.setattr(pipe, "decode", counted_decode)
+    monkeypatch.setattr(pipe, "finish", slow_finish)
+    assert len(list(prefetch(raw, pipe, depth=6))) == len(raw) >= 6
+    assert state["most"] == gpu_data.DECODED_AHEAD
+
+
+class CountTransfers(TorchDispatchMode):
+    """Counts host → device copies on the `meta` device (every op with a host tensor in and a meta tensor
+    out). A device → host read (.item(), .tolist(), .cpu()) of a meta tensor raises: none can hide."""
+
+    def __init__(self):
+        super().__init__()
+        self.host_to_device = 0
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        out = func(*args, **(kwargs or {}))
+        ins = [t for t in tree_leaves((args, kwargs)) if isinstance(t, torch.Tensor)]
+        outs = [t for t in tree_leaves(out) if isinstance(t, torch.Tensor)]
+        if any(t.device.type == "cpu" and t.dim() > 0 for t in ins) and any(t.is_meta for t in outs):
+            self.host_to_device += 1
+        return out
+
+
+@pytest.mark.parametrize("aug", [AugmentSpec(rotation=10.0, color_jitter=0.2), None])
+def test_the_augment_stage_makes_one_pinned_copy_of_parameters_and_labels_and_no_host_sync(aug, demo_root):
+    """The old feed made 4-6 pageable copies per batch, each a host sync on CUDA. Run the augment stage on
+    the meta device with decoded images of 5 sizes: every host → device copy is counted, reads are errors."""
+    raw = collate_encoded(
+        EncodedImages(folder_samples(demo_root / "valid")[:5], threads=1).__getitems__([0, 1, 2, 3, 4])
+    )
+    decoded = [torch.empty(3, 40 + 3 * k, 50 - 2 * k, dtype=torch.uint8, device="meta") for k in range(5)]
+    pipe = GpuPipeline(EvalSpec(40, 32), "meta", aug)
+    for _ in range(2):  # two batches
+        with CountTransfers() as count:
+            out = pipe.finish(raw, decoded, {}, epoch=1)
+        assert out.images.shape == (5, 3, 32, 32) and out.images.is_meta
+        # train: parameters + labels; eval: resize parameters + labels. Each one pinned non_blocking copy.
+        assert count.host_to_device == 2
+    assert pipe.uploads.copies == (4 if aug else 2)  # the resize parameters of eval go in their own copy

@@ -132,3 +132,41 @@ def test_early_stopping_ends_the_run_after_patience_epochs_without_a_better_scor
     )
     assert result.exit_code == 0 and len(result.state.rows) == 3
     assert read_record(result.run_dir / "best").metrics["epoch"] == 1
+
+
+def test_training_ends_by_calibrating_the_best_bundle_and_reporting_ece(tmp_path, train_inproc, demo_root):
+    result = train_inproc(
+        f"data.root={demo_root}", "train.epochs=1", "model.arch=cifar_cnn", "calibration.target_precision=0.5"
+    )
+    record = read_record(result.run_dir / "best")
+    fit = record.calibration
+    assert fit is not None and fit.temperature > 0 and fit.target_precision == 0.5
+    assert fit.target_reached == (fit.threshold is not None)
+    assert 0 <= fit.coverage_valid <= 1 and fit.ece_before >= 0 and fit.ece_after >= 0
+    section = json.loads((result.run_dir / "test_metrics.json").read_text())["calibration"]
+    assert section["temperature"] == fit.temperature and section["threshold"] == fit.threshold
+    assert section["valid"]["ece_before"] == pytest.approx(fit.ece_before)
+    assert section["test"]["n"] == 16 and 0 <= section["test"]["coverage"] <= 1
+    assert (result.run_dir / "calibration.png").is_file() and (
+        result.run_dir / "confusion_matrix.png"
+    ).is_file()
+
+
+def test_an_unreachable_target_precision_is_said_once_and_recorded_as_null(
+    tmp_path, train_inproc, small_root, capsys
+):
+    # lr 0: an untrained net is right about a quarter of the time at any threshold, far from 100%
+    result = train_inproc(
+        f"data.root={small_root}",
+        "train.epochs=1",
+        "model.arch=cifar_cnn",
+        "train.optimizer.lr=0",
+        "calibration.target_precision=1",
+        "run.name=unreachable",
+    )
+    fit = read_record(result.run_dir / "best").calibration
+    if fit.target_reached:  # the most confident answers happened to be right: nothing to say then
+        pytest.skip("an untrained net reached precision 1 on its most confident answer")
+    assert fit.threshold is None and fit.coverage_valid == 1.0
+    assert capsys.readouterr().out.count("no threshold reaches precision 1") == 1
+    assert (result.run_dir / "calibration.png").is_file()  # no test split: validation alone
