@@ -46,6 +46,7 @@ class BundleRecord:
             self.display_names = list(self.classes)
         if len(self.display_names) != len(self.classes):
             raise ValueError("display_names must have one entry per class")
+        check_audit_counts(self.lineage.get("data_audit"))
 
     @property
     def num_classes(self) -> int:
@@ -88,6 +89,21 @@ class BundleRecord:
             )
         except (KeyError, TypeError, ValueError) as exc:
             raise UserError(f"{source}: malformed model record ({type(exc).__name__}: {exc})") from None
+
+
+def _counts(value: Any) -> list[Any]:
+    return [x for v in value.values() for x in _counts(v)] if isinstance(value, dict) else [value]
+
+
+def check_audit_counts(audit: Any) -> None:
+    """lineage.data_audit (train/audit.py's counts; None when the audit was off) holds counts >= 0 only."""
+    if audit is None:
+        return
+    if not isinstance(audit, dict):
+        raise ValueError("lineage.data_audit must be a mapping of counts")
+    bad = [x for x in _counts(audit) if isinstance(x, bool) or not isinstance(x, int) or x < 0]
+    if bad:
+        raise ValueError(f"lineage.data_audit counts must be integers >= 0, got {bad[0]!r}")
 
 
 def check_schema(d: dict[str, Any], source: str) -> None:

@@ -136,6 +136,12 @@ class DataConfig:
         "`loss` = cross-entropy weighted by inverse training class counts",
         ("none", "sampler", "loss"),
     )
+    leakage: str = opt(
+        "warn",
+        "copies of an image across train/valid/test (data_audit.json, data_audit_pairs.csv): "
+        "`warn` = say so and train, `error` = stop before training, `off` = no audit",
+        ("warn", "error", "off"),
+    )
 
 
 @dataclass
@@ -342,6 +348,7 @@ HASH_EXEMPT = (
     "train.log_every",
     "data.num_workers",
     "data.root",
+    "data.leakage",  # the audit policy stops or warns; it never changes the weights
 )
 
 
@@ -407,6 +414,8 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
                 pass
     elif tp is str and isinstance(value, str):
         return value
+    elif tp is str and value is False:
+        return "off"  # YAML 1.1 reads a bare `off` as false (data.leakage: off)
     raise UserError(
         f"config key '{key}': expected {_type_name(tp)}, got {clip(value)} ({type(value).__name__})"
     )

@@ -32,6 +32,7 @@ from core.fsio import repair_swaps, write_text_atomic
 from core.lock import OutputLock
 from core.models import HeadSpec, build_model, set_backbone_trainable
 from core.preprocess import Normalize, WithPreprocessing
+from train.audit import audit_data
 from train.balance import class_weights, drop_last_batch, imbalance_note
 from train.calibrate import Calibrated, calibrate_best, calibration_report
 from train.checkpoint import (
@@ -52,6 +53,7 @@ from train.feed import FEEDS, Feed, decode_mode
 from train.optim import build_optimizer, build_scheduler
 from train.resume_notes import config_differs_warning, read_run_config, resume_line
 from train.signals import StopFlag
+from train.suspects import write_suspects
 from train.targets import BatchMixer, TrainLoss
 from train.tracking import Tracking, check_installed
 
@@ -430,6 +432,7 @@ def _train(accelerator: Accelerator, job: TrainJob, held: contextlib.ExitStack) 
     with accelerator.main_process_first():  # a download (CIFAR-10, pretrained weights) happens once
         data = load_data(cfg)
         model = make_model(cfg, data)
+    audit = on_main(accelerator, lambda: audit_data(cfg, data, run_dir))  # before any training step
     feed = FEEDS[decode](cfg, data, accelerator.device)
     if decode == "gpu" and not getattr(feed, "device_decode", True):
         accelerator.print(
@@ -441,6 +444,7 @@ def _train(accelerator: Accelerator, job: TrainJob, held: contextlib.ExitStack) 
     if accelerator.is_main_process:
         write_run_files(cfg, data, feed, run_dir)
     lineage = {"config_hash": cfg.hash(), "git_commit": git_commit(), "dataset": data.lineage}
+    lineage["data_audit"] = audit
     accelerator.print(
         f"run folder {run_dir} | {len(data.classes)} classes, {len(data.train)} train / "
         f"{len(data.valid)} valid images | {accelerator.num_processes} process(es) on "
@@ -482,6 +486,7 @@ def _fit_and_test(
     result.test_metrics = evaluate_test(cfg, data, run_dir, accelerator, calibrated)
     if result.test_metrics is None:  # no test split: the reliability diagram shows validation alone
         calibration_report(run_dir, calibrated, None, None)
+    write_suspects(cfg, data, run_dir, accelerator)  # collective: every process scores its share
     best, test = state.best or {}, result.test_metrics
     accelerator.print(
         f"best epoch {best.get('epoch')}: valid acc {best.get('valid_acc', 0):.3f} → "

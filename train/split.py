@@ -7,7 +7,9 @@ seeded with (seed, class name), so a class's split depends on nothing but its ow
 from largest remainders, so they sum exactly to the class size and train always gets at least one.
 DST is built in a hidden staging folder beside it and renamed into place at the end, so it is
 either absent or complete. --move plans everything first, writes the plan, then moves, and moves
-files back if anything fails. Only image files (core.images.is_image_file) are split; the rest
+files back if anything fails. Copies of one image (same bytes, or a dHash within a few bits: resized,
+re-encoded) form a group that goes to one split, so no copy leaks from train into valid/test
+(--no-dedup: plain per-file split). Only image files (core.images.is_image_file) are split; the rest
 stay where they are and are listed, except SRC/cat_to_name.json, which is copied to DST.
 """
 
@@ -15,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import errno
+import itertools
 import json
 import math
 import os
@@ -22,12 +25,14 @@ import random
 import shutil
 import sys
 import tempfile
+from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from core.errors import UserError, cli_entry
 from core.images import is_class_folder, is_image_file
+from train.image_hash import exact_pairs, fingerprints, groups, near_pairs
 
 SPLITS = ("train", "valid", "test")
 MANIFEST = "split_manifest.json"
@@ -73,15 +78,63 @@ def split_counts(n: int, ratios: tuple[float, ...]) -> list[int]:
     return counts
 
 
-def assign(files: list[str], ratios: tuple[float, ...], seed: int, cls: str) -> dict[str, list[str]]:
-    """Shuffle a class's sorted files with a (seed, class)-seeded RNG and cut them by split_counts."""
-    order = sorted(files)
+def assign(
+    files: list[str], ratios: tuple[float, ...], seed: int, cls: str, group_of: dict[str, int] | None = None
+) -> dict[str, list[str]]:
+    """Shuffle a class's sorted files with a (seed, class)-seeded RNG and cut them by split_counts.
+
+    Files with the same `group_of` key (copies of one image) move as one unit: a unit goes to the split
+    its first file's position falls in, so counts may then differ from split_counts by the unit sizes.
+    Without groups every unit is one file and the cut is exactly split_counts."""
+    units: dict[object, list[str]] = {}
+    for f in sorted(files):
+        units.setdefault(group_of.get(f, f) if group_of else f, []).append(f)
+    order = list(units.values())
     random.Random(f"{seed}/{cls}").shuffle(order)  # string seeds hash with sha512: stable across runs
-    out, start = {}, 0
-    for name, count in zip(SPLITS, split_counts(len(order), ratios)):
-        out[name] = sorted(order[start : start + count])
-        start += count
-    return out
+    ends = list(itertools.accumulate(split_counts(len(files), ratios)))
+    out: dict[str, list[str]] = {name: [] for name in SPLITS[: len(ratios)]}
+    start = 0
+    for unit in order:
+        k = next(k for k, end in enumerate(ends) if start < end)
+        out[SPLITS[k]].extend(unit)
+        start += len(unit)
+    return {name: sorted(v) for name, v in out.items()}
+
+
+def duplicate_groups(src: Path, classes: dict[str, list[str]]) -> dict[str, int]:
+    """{"class/rel": group id} for images with an exact or near copy anywhere in SRC (other classes too)."""
+    keys = [f"{cls}/{rel}" for cls, files in classes.items() for rel in files]
+    prints, _ = fingerprints([str(src / k) for k in keys])
+    pairs = exact_pairs([fp.digest for fp in prints]) + list(near_pairs([fp.dhash for fp in prints]))
+    root = groups(len(keys), pairs)
+    size = Counter(root)
+    return {k: r for k, r in zip(keys, root) if size[r] > 1}
+
+
+def plan_splits(
+    source: Source, src: Path, ratios: tuple[float, ...], seed: int, dedup: bool
+) -> tuple[dict[str, dict[str, list[str]]], list[list[str]]]:
+    """(per class: split → files, groups of copies). A group whose copies sit in several class folders
+    (copies with different labels) follows the split of its first member, so no copy crosses splits."""
+    group_of = duplicate_groups(src, source.classes) if dedup else {}
+    plan = {
+        cls: assign(
+            files, ratios, seed, cls, {f: group_of[f"{cls}/{f}"] for f in files if f"{cls}/{f}" in group_of}
+        )
+        for cls, files in source.classes.items()
+    }
+    where = {f"{cls}/{f}": s for cls, splits in plan.items() for s, files in splits.items() for f in files}
+    members: dict[int, list[str]] = {}
+    for key, g in group_of.items():
+        members.setdefault(g, []).append(key)
+    for keys in members.values():
+        target = where[min(keys)]
+        for key in keys:
+            cls, rel = key.split("/", 1)
+            if where[key] != target:
+                plan[cls][where[key]].remove(rel)
+                plan[cls][target] = sorted([*plan[cls][target], rel])
+    return plan, sorted(sorted(keys) for keys in members.values())
 
 
 # ─── source and destination ────────────────────────────────────────────────────────────────────
@@ -275,6 +328,12 @@ def summary(manifest: dict, dst: Path) -> str:
             f"note: {len(short)} class(es) too small for every split (e.g. {short[0]}: "
             f"{counts[short[0]]}); they are absent from the splits that got none"
         )
+    if manifest.get("duplicate_groups"):
+        groups_ = manifest["duplicate_groups"]
+        lines.append(
+            f"kept {len(groups_)} group(s) of copies ({sum(map(len, groups_))} images, exact or near) "
+            f"inside one split each; listed in {MANIFEST} under duplicate_groups"
+        )
     if manifest["empty_classes"]:
         lines.append(
             f"note: {len(manifest['empty_classes'])} class folder(s) hold no images and were left out: "
@@ -338,6 +397,13 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         const="move",
         help="move files out of SRC (planned first, undone on failure)",
     )
+    p.add_argument(
+        "--no-dedup",
+        dest="dedup",
+        action="store_false",
+        help="skip the copy search (file hash + dHash of every image) that keeps copies of one image "
+        "inside one split",
+    )
     p.set_defaults(mode="copy")
     return p.parse_args(argv)
 
@@ -349,10 +415,11 @@ def main(argv: list[str] | None = None) -> int:
     src, dst = Path(args.src), Path(args.dst)
     source = scan_source(src)
     check_destination(src, dst)
-    plan = {cls: assign(files, ratios, args.seed, cls) for cls, files in source.classes.items()}
+    plan, copies = plan_splits(source, src, ratios, args.seed, args.dedup)
     if args.mode == "move":
         check_movable(plan, src)
     manifest = build_manifest(args, ratios, source, plan)
+    manifest["duplicate_groups"] = copies
     stage = make_stage(src, dst, manifest)
     transfer(plan, src, stage, args.mode)
     (stage / PLAN).rename(stage / MANIFEST)

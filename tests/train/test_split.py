@@ -11,6 +11,7 @@ import sys
 from collections import Counter
 from pathlib import Path
 
+import numpy as np
 import pytest
 from PIL import Image
 
@@ -282,3 +283,85 @@ def test_move_refuses_symlinked_files_before_touching_src(src, tmp_path, capsys)
     assert err.startswith("error: ") and "cat/link_0.png" in err and "--copy" in err
     assert sorted(p.relative_to(src) for p in src.rglob("*")) == before
     assert sorted(p.name for p in tmp_path.iterdir()) == ["src"]
+
+
+# ─── copies of one image stay in one split ─────────────────────────────────────────────────────
+
+
+def photo(seed: int, size=(96, 72)) -> Image.Image:
+    """A smooth image with structure (a random 8x6 colour field upsampled): a dHash has bits to compare."""
+    rng = np.random.default_rng(seed)
+    low = rng.integers(0, 256, (6, 8, 3), dtype=np.uint8)
+    return Image.fromarray(low).resize(size, Image.Resampling.BICUBIC)
+
+
+def make_photo_src(root: Path, n: int = 12) -> Path:
+    """cat/ and dog/, n distinct photos each, plus copies: exact (same bytes), resized + re-encoded, and
+    one photo of cat/ also filed under dog/ (a copy with another label)."""
+    for c, cls in enumerate(("cat", "dog")):
+        (root / cls).mkdir(parents=True)
+        for i in range(n):
+            photo(100 * c + i).save(root / cls / f"p{i:02d}.jpg", quality=90)
+    (root / "cat" / "p00_copy.jpg").write_bytes((root / "cat" / "p00.jpg").read_bytes())
+    (root / "cat" / "p00_copy2.jpg").write_bytes((root / "cat" / "p00.jpg").read_bytes())
+    photo(1, (192, 144)).save(root / "cat" / "p01_big.jpg", quality=75)
+    photo(2, (48, 36)).save(root / "cat" / "p02_small.png")
+    (root / "dog" / "p03_from_cat.jpg").write_bytes((root / "cat" / "p03.jpg").read_bytes())
+    return root
+
+
+def where(dst: Path, cls: str, name: str) -> str:
+    return next(s for s in split.SPLITS if (dst / s / cls / name).exists())
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2, 3])
+def test_copies_of_one_image_land_in_one_split_also_across_classes(tmp_path, seed):
+    src = make_photo_src(tmp_path / "src")
+    dst = tmp_path / f"dst{seed}"
+    assert run(src, dst, "--ratios", "0.5", "0.25", "0.25", "--seed", seed) == 0
+    assert (
+        where(dst, "cat", "p00.jpg")
+        == where(dst, "cat", "p00_copy.jpg")
+        == where(dst, "cat", "p00_copy2.jpg")
+    )
+    assert where(dst, "cat", "p01.jpg") == where(dst, "cat", "p01_big.jpg")
+    assert where(dst, "cat", "p02.jpg") == where(dst, "cat", "p02_small.png")
+    assert where(dst, "cat", "p03.jpg") == where(dst, "dog", "p03_from_cat.jpg")
+    groups = manifest(dst)["duplicate_groups"]
+    assert sorted(map(len, groups)) == [2, 2, 2, 3]
+    assert ["cat/p03.jpg", "dog/p03_from_cat.jpg"] in groups
+    assert sum(manifest(dst)["totals"].values()) == 29  # every image placed exactly once
+
+
+def test_without_copies_the_grouped_split_equals_the_plain_one(tmp_path):
+    src = make_photo_src(tmp_path / "src")
+    for p in src.rglob("*_*"):
+        p.unlink()  # only the distinct photos remain
+    assert run(src, tmp_path / "a", "--seed", "5") == 0
+    assert run(src, tmp_path / "b", "--seed", "5", "--no-dedup") == 0
+    assert manifest(tmp_path / "a")["files"] == manifest(tmp_path / "b")["files"]
+    assert manifest(tmp_path / "a")["duplicate_groups"] == []
+
+
+def test_no_dedup_lets_copies_fall_in_different_splits(tmp_path):
+    src = tmp_path / "src"
+    (src / "cat").mkdir(parents=True)
+    photo(0).save(src / "cat" / "a.jpg")
+    for i in range(40):
+        (src / "cat" / f"copy{i:02d}.jpg").write_bytes((src / "cat" / "a.jpg").read_bytes())
+    assert run(src, tmp_path / "plain", "--no-dedup") == 0
+    assert len(list((tmp_path / "plain" / "test" / "cat").iterdir())) > 0
+    assert run(src, tmp_path / "grouped") == 0
+    assert not (tmp_path / "grouped" / "test").exists() or not any(
+        (tmp_path / "grouped" / "test").rglob("*.jpg")
+    )
+
+
+def test_a_unit_goes_to_the_split_its_first_file_falls_in():
+    files = [f"f{i}" for i in range(8)]
+    plain = split.assign(files, (0.5, 0.25, 0.25), 3, "c")
+    grouped = split.assign(files, (0.5, 0.25, 0.25), 3, "c", {"f0": 0, "f1": 0, "f2": 0})
+    assert plain == split.assign(files, (0.5, 0.25, 0.25), 3, "c", {})
+    home = next(s for s, v in grouped.items() if "f0" in v)
+    assert {"f0", "f1", "f2"} <= set(grouped[home])
+    assert sorted(sum(grouped.values(), [])) == sorted(files)

@@ -1,0 +1,128 @@
+"""Images whose folder label the shipped model doubts: suspects.csv and suspects.png in the run folder.
+
+After the test evaluation, the best/ bundle (the one that ships) scores every training and validation
+image with the eval transform; images are ranked by the probability it gives their folder's label,
+lowest first. A wrong label (a rose filed under tulips) sits near the top: look, move the file, retrain.
+"""
+
+from __future__ import annotations
+
+import csv
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from accelerate import Accelerator
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.figure import Figure
+
+from core.bundle import load_bundle
+from core.fsio import atomic_path
+from core.preprocess import WithPreprocessing, eval_transform
+from train.data import ImageDataset, TrainData, eval_loader
+from train.engine import BEST_DIR
+from train.evaluate import evaluate
+
+SUSPECTS_CSV = "suspects.csv"
+SUSPECTS_PNG = "suspects.png"
+GRID = 16
+COLUMNS = ("path", "split", "given_label", "predicted_label", "prob_given", "prob_predicted")
+
+
+@dataclass(frozen=True)
+class Suspect:
+    path: str
+    split: str
+    given: str
+    predicted: str
+    prob_given: float
+    prob_predicted: float
+    index: int  # into the split's data set, to draw the image
+
+
+def rank(
+    probs: np.ndarray,
+    targets: np.ndarray,
+    indices: np.ndarray,
+    names: list[str],
+    split: str,
+    paths: list[str],
+) -> list[Suspect]:
+    """One Suspect per scored image, labels as class folder names (any order; `order` sorts them)."""
+    pred = probs.argmax(axis=1)
+    rows = np.arange(len(targets))
+    p_given, p_pred = probs[rows, targets], probs[rows, pred]
+    return [
+        Suspect(paths[i], split, names[t], names[k], float(pg), float(pp), int(i))
+        for i, t, k, pg, pp in zip(indices, targets, pred, p_given, p_pred)
+    ]
+
+
+def order(suspects: list[Suspect]) -> list[Suspect]:
+    """Strongest disagreement first: lowest probability of the given label, then most confident other class."""
+    return sorted(suspects, key=lambda s: (s.prob_given, -s.prob_predicted, s.path))
+
+
+def write_csv(suspects: list[Suspect], path: Path) -> None:
+    with atomic_path(path) as tmp, open(tmp, "w", newline="") as fh:
+        w = csv.writer(fh)
+        w.writerow(COLUMNS)
+        for s in suspects:
+            w.writerow(
+                [s.path, s.split, s.given, s.predicted, f"{s.prob_given:.6f}", f"{s.prob_predicted:.6f}"]
+            )
+
+
+def write_grid(
+    images: list[torch.Tensor], suspects: list[Suspect], path: Path, display: dict[str, str], cols: int = 4
+) -> Figure:
+    """Top suspects: each image titled with its folder label and the model's prediction (display names)."""
+    rows = max(1, -(-len(images) // cols))
+    fig = Figure(figsize=(2.6 * cols, 3.1 * rows), layout="constrained")
+    for i, ax in enumerate(fig.subplots(rows, cols, squeeze=False).flat):
+        ax.set_axis_off()
+        if i >= len(images):
+            continue
+        s = suspects[i]
+        given, pred = display.get(s.given, s.given)[:18], display.get(s.predicted, s.predicted)[:18]
+        ax.imshow(images[i].permute(1, 2, 0).numpy())
+        ax.set_title(
+            f"#{i + 1} {Path(s.path).name[:24]}\nlabel: {given} ({s.prob_given:.2f})\n"
+            f"model: {pred} ({s.prob_predicted:.2f})",
+            fontsize=8,
+            color="#cf222e" if s.given != s.predicted else "#24292f",
+        )
+    FigureCanvasAgg(fig)
+    with atomic_path(path, suffix=".png") as tmp:
+        fig.savefig(tmp, dpi=100, format="png")
+    return fig
+
+
+def write_suspects(cfg, data: TrainData, run_dir: Path, accelerator: Accelerator) -> Path | None:
+    """Collective (every process calls it): score train + valid with best/, write the files on the main process."""
+    if not (run_dir / BEST_DIR).is_dir() or not hasattr(data.train.source, "paths"):
+        return None  # no bundle, or CIFAR-10 (no files to move)
+    model, record = load_bundle(run_dir / BEST_DIR)
+    model = accelerator.prepare_model(WithPreprocessing(model, record.preprocess), evaluation_mode=True)
+    batch = cfg.train.eval_batch_size or 2 * cfg.train.batch_size
+    transform = eval_transform(record.preprocess)
+    found, sets = [], {}
+    for split, ds in (("train", data.train), ("valid", data.valid)):
+        sets[split] = ImageDataset(ds.source, transform, ds.seed)  # the eval view: no augmentation
+        loader = accelerator.prepare_data_loader(
+            eval_loader(sets[split], batch, cfg.data.num_workers, pin=accelerator.device.type == "cuda")
+        )
+        result = evaluate(accelerator, model, loader, lambda x: x, keep_probs=True)
+        if accelerator.is_main_process and result.probs is not None:
+            found += rank(
+                result.probs, result.targets, result.indices, record.classes, split, ds.source.paths
+            )
+    if not accelerator.is_main_process:
+        return None
+    ranked = order(found)
+    write_csv(ranked, run_dir / SUSPECTS_CSV)
+    top = ranked[:GRID]
+    display = dict(zip(record.classes, record.display_names))
+    write_grid([sets[s.split][s.index][0] for s in top], top, run_dir / SUSPECTS_PNG, display)
+    return run_dir / SUSPECTS_CSV
