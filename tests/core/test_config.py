@@ -126,11 +126,15 @@ def test_every_shipped_recipe_loads():
         load_config(p)
 
 
-def test_readme_config_reference_matches_the_code():
-    readme = (REPO / "README.md").read_text()
-    assert reference_markdown() in readme, (
-        "README config table is stale: paste `python -m core.config --markdown`"
+def test_docs_config_reference_matches_the_code():
+    reference = (REPO / "docs" / "config.md").read_text()
+    assert reference_markdown() in reference, (
+        "docs/config.md is stale: paste `python -m core.config --markdown` into it"
     )
+
+
+def test_readme_links_the_full_config_reference():
+    assert "(docs/config.md)" in (REPO / "README.md").read_text()
 
 
 @pytest.mark.parametrize(
