@@ -106,7 +106,11 @@ def lineage_counts(report: dict[str, Any]) -> dict[str, Any]:
 
 
 def write_pairs_csv(pairs: Sequence[Pair], path: Path) -> None:
-    with atomic_path(path) as tmp, open(tmp, "w", newline="") as fh:
+    # surrogateescape: a non-UTF-8 folder name is written back as its exact bytes (as per_class.csv)
+    with (
+        atomic_path(path) as tmp,
+        open(tmp, "w", newline="", encoding="utf-8", errors="surrogateescape") as fh,
+    ):
         writer = csv.DictWriter(fh, fieldnames=PAIR_COLUMNS)
         writer.writeheader()
         writer.writerows(p.row() for p in pairs)

@@ -19,6 +19,7 @@ from matplotlib.figure import Figure
 
 from core.bundle import load_bundle
 from core.fsio import atomic_path
+from core.pathnames import escape_path
 from core.preprocess import WithPreprocessing, eval_transform
 from train.data import ImageDataset, TrainData, eval_loader
 from train.engine import BEST_DIR
@@ -65,7 +66,11 @@ def order(suspects: list[Suspect]) -> list[Suspect]:
 
 
 def write_csv(suspects: list[Suspect], path: Path) -> None:
-    with atomic_path(path) as tmp, open(tmp, "w", newline="") as fh:
+    # surrogateescape: a non-UTF-8 folder name is written back as its exact bytes (as per_class.csv)
+    with (
+        atomic_path(path) as tmp,
+        open(tmp, "w", newline="", encoding="utf-8", errors="surrogateescape") as fh,
+    ):
         w = csv.writer(fh)
         w.writerow(COLUMNS)
         for s in suspects:
@@ -85,10 +90,12 @@ def write_grid(
         if i >= len(images):
             continue
         s = suspects[i]
-        given, pred = display.get(s.given, s.given)[:18], display.get(s.predicted, s.predicted)[:18]
+        # escaped: a non-UTF-8 folder name has no glyphs (matplotlib refuses lone surrogates)
+        given = escape_path(display.get(s.given, s.given))[:18]
+        pred = escape_path(display.get(s.predicted, s.predicted))[:18]
         ax.imshow(images[i].permute(1, 2, 0).numpy())
         ax.set_title(
-            f"#{i + 1} {Path(s.path).name[:24]}\nlabel: {given} ({s.prob_given:.2f})\n"
+            f"#{i + 1} {escape_path(Path(s.path).name)[:24]}\nlabel: {given} ({s.prob_given:.2f})\n"
             f"model: {pred} ({s.prob_predicted:.2f})",
             fontsize=8,
             color="#cf222e" if s.given != s.predicted else "#24292f",
