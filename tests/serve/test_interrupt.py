@@ -126,14 +126,27 @@ def test_decode_workers_die_with_their_parent(bundle, tmp_path, sig):
     assert not left
 
 
+def _sigint_in(pid: int, field: str) -> bool:
+    """Whether SIGINT's bit is set in a signal mask of /proc/<pid>/status (SigIgn, SigPnd, ShdPnd)."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith(field + ":"):
+            return bool(int(line.split()[1], 16) & (1 << (signal.SIGINT - 1)))
+    return False
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc")
 def test_workers_ignore_sigint_and_keep_working():
     from serve.workers import DecodeWorkers
 
     pool = DecodeWorkers(1)
     try:
         (pid,) = pool.pids()
+        assert _sigint_in(pid, "SigIgn")
         os.kill(pid, signal.SIGINT)
-        time.sleep(0.2)
+        # poll until the kernel has delivered it (no longer pending), not a fixed sleep
+        deadline = time.monotonic() + 30
+        while any(_sigint_in(pid, f) for f in ("SigPnd", "ShdPnd")) and time.monotonic() < deadline:
+            time.sleep(0.01)
         assert pool.submit(sum, [1, 2]).result(timeout=10) == 3 and _alive(pid)
     finally:
         pool.close()
@@ -145,7 +158,11 @@ def test_abort_does_not_wait_for_queued_or_running_work():
     pool = DecodeWorkers(2)
     pids = pool.pids()
     futures = [pool.submit(time.sleep, 30) for _ in range(6)]
-    time.sleep(0.2)
+    # poll until both workers hold a task (running, the rest queued), not a fixed sleep
+    deadline = time.monotonic() + 30
+    while not all(f.running() for f in futures[:2]) and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert all(f.running() for f in futures[:2])
     start = time.monotonic()
     pool.close(abort=True)
     assert time.monotonic() - start < 20  # waiting for the work would take 30 s or more; slack for a busy box
