@@ -62,6 +62,8 @@ def _start_serve(bundle, tmp_path: Path, out: Path) -> subprocess.Popen:
         stdout=subprocess.DEVNULL,
         stderr=subprocess.PIPE,
         start_new_session=True,
+        # a background run (SIGINT ignored) would pass SIG_IGN on: restore the default, as a terminal has
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
     )
 
 
@@ -138,7 +140,13 @@ def _sigint_in(pid: int, field: str) -> bool:
 def test_workers_ignore_sigint_and_keep_working():
     from serve.workers import DecodeWorkers
 
-    pool = DecodeWorkers(1)
+    # fork passes our SIGINT disposition on: make it the default, so a background run (SIGINT ignored)
+    # cannot hand the worker an ignore that init_worker failed to set
+    before = signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        pool = DecodeWorkers(1)
+    finally:
+        signal.signal(signal.SIGINT, before)
     try:
         (pid,) = pool.pids()
         assert _sigint_in(pid, "SigIgn")
