@@ -445,6 +445,8 @@ def test_m25_repeated_ctrl_c_never_hangs_or_prints_a_traceback(bundle, tmp_path,
         stdout=subprocess.DEVNULL,
         stderr=subprocess.PIPE,
         start_new_session=True,
+        # a background run (SIGINT ignored) would pass SIG_IGN on: restore the default, as a terminal has
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
     )
     deadline = time.monotonic() + 120
     while _rows(out) < 2 + attempt * 4 and proc.poll() is None and time.monotonic() < deadline:

@@ -62,6 +62,8 @@ def _start_serve(bundle, tmp_path: Path, out: Path) -> subprocess.Popen:
         stdout=subprocess.DEVNULL,
         stderr=subprocess.PIPE,
         start_new_session=True,
+        # a background run (SIGINT ignored) would pass SIG_IGN on: restore the default, as a terminal has
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
     )
 
 
@@ -126,14 +128,33 @@ def test_decode_workers_die_with_their_parent(bundle, tmp_path, sig):
     assert not left
 
 
+def _sigint_in(pid: int, field: str) -> bool:
+    """Whether SIGINT's bit is set in a signal mask of /proc/<pid>/status (SigIgn, SigPnd, ShdPnd)."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith(field + ":"):
+            return bool(int(line.split()[1], 16) & (1 << (signal.SIGINT - 1)))
+    return False
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc")
 def test_workers_ignore_sigint_and_keep_working():
     from serve.workers import DecodeWorkers
 
-    pool = DecodeWorkers(1)
+    # fork passes our SIGINT disposition on: make it the default, so a background run (SIGINT ignored)
+    # cannot hand the worker an ignore that init_worker failed to set
+    before = signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        pool = DecodeWorkers(1)
+    finally:
+        signal.signal(signal.SIGINT, before)
     try:
         (pid,) = pool.pids()
+        assert _sigint_in(pid, "SigIgn")
         os.kill(pid, signal.SIGINT)
-        time.sleep(0.2)
+        # poll until the kernel has delivered it (no longer pending), not a fixed sleep
+        deadline = time.monotonic() + 30
+        while any(_sigint_in(pid, f) for f in ("SigPnd", "ShdPnd")) and time.monotonic() < deadline:
+            time.sleep(0.01)
         assert pool.submit(sum, [1, 2]).result(timeout=10) == 3 and _alive(pid)
     finally:
         pool.close()
@@ -145,7 +166,11 @@ def test_abort_does_not_wait_for_queued_or_running_work():
     pool = DecodeWorkers(2)
     pids = pool.pids()
     futures = [pool.submit(time.sleep, 30) for _ in range(6)]
-    time.sleep(0.2)
+    # poll until both workers hold a task (running, the rest queued), not a fixed sleep
+    deadline = time.monotonic() + 30
+    while not all(f.running() for f in futures[:2]) and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert all(f.running() for f in futures[:2])
     start = time.monotonic()
     pool.close(abort=True)
     assert time.monotonic() - start < 20  # waiting for the work would take 30 s or more; slack for a busy box

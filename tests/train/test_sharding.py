@@ -130,3 +130,39 @@ def test_each_epoch_is_a_new_shuffle_shared_by_all_ranks(reports):
     first, second = (reports[0]["epochs"][e]["gathered"] for e in range(EPOCHS))
     assert first != second
     assert reports[0]["epochs"][0]["gathered"] == reports[1]["epochs"][0]["gathered"]
+
+
+def _rank_loader(rank: int, n: int, seed: int):
+    """Our train loader as one rank of two builds it (a fresh dataset and sampler, as in its own process),
+    sharded the way accelerator.prepare shards it."""
+    import numpy as np
+    import torch
+    from accelerate.data_loader import prepare_data_loader
+
+    from train.data import ArraySource, ImageDataset, train_loader
+
+    # image i is filled with the value i: the batch itself says which images it holds
+    pixels = np.stack([np.full((4, 4, 3), i, dtype=np.uint8) for i in range(n)])
+    ds = ImageDataset(
+        ArraySource(pixels, [i % 2 for i in range(n)], "img"),
+        lambda im: torch.from_numpy(np.asarray(im).copy()).permute(2, 0, 1),
+        seed=seed,
+    )
+    loader = train_loader(ds, batch_size=BATCH, seed=seed, num_workers=0, pin=False)
+    return prepare_data_loader(loader, num_processes=RANKS, process_index=rank, put_on_device=False)
+
+
+def test_our_train_loader_shards_every_image_exactly_once_per_epoch_across_two_ranks():
+    n = 12  # a multiple of BATCH * RANKS: no padding repeats, so "exactly once" is exact
+    ranks = [_rank_loader(r, n, seed=7) for r in range(RANKS)]
+    orders = []
+    for epoch in range(EPOCHS):
+        seen = []
+        for loader in ranks:
+            loader.set_epoch(epoch)
+            mine = [int(v) for images, _, _ in loader for v in images[:, 0, 0, 0]]
+            assert mine  # each rank gets a share
+            seen += mine
+        assert Counter(seen) == Counter(range(n)), f"epoch {epoch}: {sorted(seen)}"
+        orders.append(seen)
+    assert orders[0] != orders[1]  # reshuffled per epoch, identically on every rank
