@@ -66,7 +66,7 @@ def test_a_resumed_run_with_sampler_mixing_and_ema_equals_an_uninterrupted_one_b
 
 
 @pytest.mark.parametrize("balance", ["none", "sampler"])
-def test_a_last_batch_of_one_image_never_reaches_batchnorm(train_inproc, small_root, balance):
+def test_m21_a_last_batch_of_one_image_never_reaches_batchnorm(train_inproc, small_root, balance):
     # resnet18 (BatchNorm) at 32 px; 24 images in batches of 23 leave one image, which would fail with
     # "Expected more than 1 value per channel when training"
     result = train_inproc(

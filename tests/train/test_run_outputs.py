@@ -173,8 +173,7 @@ def test_an_unreachable_target_precision_is_said_once_and_recorded_as_null(
         "run.name=unreachable",
     )
     fit = read_record(result.run_dir / "best").calibration
-    if fit.target_reached:  # the most confident answers happened to be right: nothing to say then
-        pytest.skip("an untrained net reached precision 1 on its most confident answer")
+    assert not fit.target_reached  # fixed seed: this untrained net is wrong on some confident answers
     assert fit.threshold is None and fit.coverage_valid == 1.0
     assert capsys.readouterr().out.count("no threshold reaches precision 1") == 1
     assert (result.run_dir / "calibration.png").is_file()  # no test split: validation alone
