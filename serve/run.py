@@ -31,6 +31,7 @@ from serve.cli import ServeJob
 from serve.decode import DecodePipeline
 from serve.discover import Item, iter_items
 from serve.embeddings import EmbeddingWriter
+from serve.pathnames import escape_path
 from serve.predict import predictions_and_features
 from serve.provenance import check_same_job, job_identity, meta_path, write_identity
 from serve.row_paths import choose_base, merged_inputs, read_record, recorded_base
@@ -326,7 +327,7 @@ def show(job: ServeJob, layout: Layout, spec, state: PartialState) -> int:
             with RowWriter(out, layout, append=job.resume) as writer:
                 writer.write([row])
     if row["status"] == "error":
-        raise UserError(f"{item.path}: {row['error']}")
+        raise UserError(f"{escape_path(item.source)}: {row['error']}")  # as the user spelled it
     return 0
 
 
