@@ -32,6 +32,7 @@ TRUNCATED = "no end-of-image marker"
 TOO_LARGE = f"over {DEVICE_MAX_PIXELS // 1_000_000} MP"
 REFUSED = "refused by the device decoder"
 NO_DEVICE_DECODER = "no device decoder"
+BUDGET_FULL = "device's share of --max-inflight-mb full"
 
 _BASELINE = {
     0xC0,

@@ -6,7 +6,9 @@ Deadlock-free by construction: a reader that finds the budget empty always goes 
 than the whole budget goes through alone), and a reader waits only while some held bytes are on their
 way to being released on their own (CPU decodes, which finish without anyone waiting for the reader).
 Bytes "parked" for the batched GPU decode are freed only when their batch is finished, which may need
-the waiting reader: they count in the total but never make a reader wait.
+the waiting reader: they count in the total but never make a reader wait. Instead they are bounded
+themselves: a file parks only while the parked bytes stay within the limit (or none are parked), else it
+is decoded on the CPU like any other file. So everything held stays within twice the limit plus one file.
 """
 
 from __future__ import annotations
@@ -46,11 +48,15 @@ class ByteBudget:
             self.peak = max(self.peak, self.used)
             self._cond.notify_all()
 
-    def park(self, n: int) -> None:
-        """`n` held bytes now wait for a batch to finish (GPU decode), not for a decode of their own."""
+    def try_park(self, n: int) -> bool:
+        """Let `n` held bytes wait for a batch to finish (GPU decode), not for a decode of their own, when
+        the parked bytes stay within the limit (one file alone always parks); False: decode it elsewhere."""
         with self._cond:
+            if self.parked and self.parked + n > self.limit:
+                return False
             self.parked += n
             self._cond.notify_all()
+            return True
 
     def release(self, n: int, parked: bool = False) -> None:
         with self._cond:

@@ -15,7 +15,7 @@ import threading
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import NamedTuple, TypeVar
 
 import numpy as np
@@ -23,7 +23,15 @@ import torch
 from PIL import Image
 
 from core.images import EXIF_TRANSPOSE, BadImage, decode_image, exif_transpose_tensor
-from core.jpeg import REFUSED, DecodeStats, JpegRoute, decode_on_device, resize_refusal, route_jpeg
+from core.jpeg import (
+    BUDGET_FULL,
+    REFUSED,
+    DecodeStats,
+    JpegRoute,
+    decode_on_device,
+    resize_refusal,
+    route_jpeg,
+)
 from core.preprocess import EvalSpec, eval_transform, interpolation_mode
 from core.resize import eval_resize_crop
 from core.streams import CUDA_STREAMS, CudaStreams, normal_device
@@ -276,8 +284,9 @@ class DecodePipeline:
             if refusal is not None:
                 self.budget.release(len(data))
                 return _Loaded(None, refusal, route)
-            self.budget.park(len(data))  # freed when its batch is finished (_finish)
-            return _Loaded(data, "", route)
+            if self.budget.try_park(len(data)):  # freed when its batch is finished (_finish)
+                return _Loaded(data, "", route)
+            route = replace(route, reason=BUDGET_FULL)  # the device's share of the budget is taken
         return _Loaded(None, "", route, self._decode_cpu(data))
 
     def _decode_cpu(self, data: bytes) -> Callable[[], list]:
