@@ -3,7 +3,6 @@ per_class.csv, confusion_matrix.png, predictions.png; and the CSV writer metrics
 
 from __future__ import annotations
 
-import csv
 import os
 from collections.abc import Sequence
 from pathlib import Path
@@ -12,7 +11,7 @@ from typing import Any
 import numpy as np
 
 from core.figures import plot_confusion_matrix, write_predictions_grid
-from core.fsio import atomic_path, write_json_atomic
+from core.fsio import write_csv_atomic, write_json_atomic
 from core.metrics import classification_metrics
 
 PREDICTIONS_MAX = 16
@@ -34,15 +33,7 @@ def write_metrics_csv(rows: list[dict], path: str | os.PathLike) -> None:
     header: dict[str, None] = {}
     for row in rows:
         header.update(dict.fromkeys(row))
-    # surrogateescape: a non-UTF-8 class name is written back as the exact bytes of its folder name
-    with (
-        atomic_path(path) as tmp,
-        open(tmp, "w", newline="", encoding="utf-8", errors="surrogateescape") as fh,
-    ):
-        writer = csv.writer(fh)
-        writer.writerow(header)
-        for row in rows:
-            writer.writerow([_cell(row.get(key)) for key in header])
+    write_csv_atomic(path, header, ([_cell(row.get(key)) for key in header] for row in rows))
 
 
 def write_per_class_csv(metrics: dict, path: str | os.PathLike) -> None:

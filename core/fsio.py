@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import contextlib
+import csv
 import json
 import os
 import shutil
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -52,6 +53,18 @@ def write_text_atomic(dest: str | os.PathLike, text: str) -> None:
 
 def write_json_atomic(dest: str | os.PathLike, obj: Any) -> None:
     write_text_atomic(dest, json.dumps(obj, indent=2, sort_keys=False) + "\n")
+
+
+def write_csv_atomic(dest: str | os.PathLike, header: Iterable[Any], rows: Iterable[Iterable[Any]]) -> None:
+    """A whole CSV or none. surrogateescape: a name read from a non-UTF-8 folder name is written back
+    as that folder's exact bytes, so the cell still names the folder on disk."""
+    with (
+        atomic_path(dest) as tmp,
+        open(tmp, "w", newline="", encoding="utf-8", errors="surrogateescape") as fh,
+    ):
+        writer = csv.writer(fh)
+        writer.writerow(header)
+        writer.writerows(rows)
 
 
 def _plain_modes(root: Path) -> None:

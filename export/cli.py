@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from core.errors import UserError
+from core.help_format import DefaultsHelpFormatter
 from export import variants as var
 
 TRT_ONLY = ("engine_from", "opt_batch", "workspace_gb", "timing_cache")
@@ -53,8 +54,9 @@ class ExportJob:
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="imgclf-export",
-        description="bundle → model.onnx (+ fp16/int8 variants, TensorRT engine), each kept only if it "
-        "gives PyTorch's answers on real images.",
+        description="bundle → model.onnx (+ fp16/int8 variants, TensorRT engine), each kept only\n"
+        "if it gives PyTorch's answers on real images.",
+        formatter_class=DefaultsHelpFormatter,
     )
     p.add_argument("source", help="bundle folder (runs/<name>/best), or model.onnx with --verify-only")
     p.add_argument("--out", help="output folder (default <bundle>/../export; --verify-only: beside the ONNX)")
@@ -62,25 +64,23 @@ def build_parser() -> argparse.ArgumentParser:
         "--precision",
         default="fp32",
         help="comma list of fp32, fp16, int8: model.onnx, "
-        "model.fp16.onnx, model.int8.onnx, each gated on real images (default %(default)s)",
+        "model.fp16.onnx, model.int8.onnx, each gated on real images",
     )
     p.add_argument("--images", help="real images for the gate (default: the bundle's valid_dir)")
-    p.add_argument(
-        "--max-images", type=int, default=256, help="cap on gate images, evenly spaced (default %(default)s)"
-    )
+    p.add_argument("--max-images", type=int, default=256, help="cap on gate images, evenly spaced")
     p.add_argument(
         "--exporter",
         choices=sorted(EXPORTERS),
         default=DEFAULT_EXPORTER,
-        help="torch.onnx path (default %(default)s); on failure the other is suggested, not used",
+        help="torch.onnx path; on failure the other is suggested, not used",
     )
-    p.add_argument("--opset", type=int, default=OPSET, help="ONNX opset (default %(default)s)")
+    p.add_argument("--opset", type=int, default=OPSET, help="ONNX opset")
     p.add_argument("--probs", action="store_true", help="add a softmax output 'probs' beside 'logits'")
     p.add_argument(
         "--provider",
         choices=sorted(PROVIDERS),
         default="cpu",
-        help="onnxruntime execution provider for the gate and speed check (default %(default)s)",
+        help="onnxruntime execution provider for the gate and speed check",
     )
     p.add_argument(
         "--allow-cpu",
@@ -92,7 +92,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--max-batch",
         type=int,
         default=64,
-        help="largest batch checked; TensorRT profile max (default %(default)s)",
+        help="largest batch checked; TensorRT profile max",
     )
     p.add_argument(
         "--threads",

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from core.errors import UserError
+from core.help_format import DefaultsHelpFormatter
 from serve.accept import check_accept_above
 from serve.budget import MAX_INFLIGHT_MB
 from serve.discover import MAX_FILE_MB, check_inputs, is_url
@@ -58,26 +59,13 @@ class ServeJob:
     embeddings: Path | None = None  # FILE.npy for the ok rows' penultimate features (torch bundles)
 
 
-class _Defaults(argparse.RawDescriptionHelpFormatter, argparse.ArgumentDefaultsHelpFormatter):
-    """Every default in --help: argparse's `(default: X)` for a value, the help text's own words where
-    the default is decided at run time (None) and nothing for an off switch."""
-
-    def __init__(self, prog: str):
-        super().__init__(prog, max_help_position=32)
-
-    def _get_help_string(self, action: argparse.Action) -> str:
-        if action.default is None or action.default is False or "(default" in (action.help or ""):
-            return action.help or ""
-        return super()._get_help_string(action)
-
-
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="imgclf-serve",
         description="Classify folders, files and URLs with a bundle, model.onnx or model.engine into a "
         "streaming, resumable CSV.",
         epilog=USAGE,
-        formatter_class=_Defaults,
+        formatter_class=DefaultsHelpFormatter,
     )
     p.add_argument(
         "model", help="bundle folder (runs/<name>/best, or its model.safetensors), model.onnx or model.engine"

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import os
 import shlex
-import socket
 import stat
 import subprocess
 import sys
@@ -12,6 +11,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.launchers import free_port
 from tests.proctree import run_trees
 
 REPO = Path(__file__).resolve().parents[1]
@@ -217,12 +217,6 @@ ranks = acc.gather(torch.tensor([acc.process_index])).tolist()
 print(f"rank={acc.process_index} world={acc.num_processes} ranks={ranks} args={sys.argv[1:]}", flush=True)
 acc.end_training()  # a gloo group left alive at interpreter exit aborts the process
 """
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.fixture

@@ -7,7 +7,6 @@ it) in the run folder, prints one line, and returns the counts the bundle's line
 
 from __future__ import annotations
 
-import csv
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -15,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from core.errors import UserError
-from core.fsio import atomic_path, write_json_atomic
+from core.fsio import write_csv_atomic, write_json_atomic
 from train.image_hash import NEAR_DISTANCE, exact_pairs, fingerprints, near_pairs
 
 AUDIT_FILE = "data_audit.json"
@@ -106,14 +105,7 @@ def lineage_counts(report: dict[str, Any]) -> dict[str, Any]:
 
 
 def write_pairs_csv(pairs: Sequence[Pair], path: Path) -> None:
-    # surrogateescape: a non-UTF-8 folder name is written back as its exact bytes (as per_class.csv)
-    with (
-        atomic_path(path) as tmp,
-        open(tmp, "w", newline="", encoding="utf-8", errors="surrogateescape") as fh,
-    ):
-        writer = csv.DictWriter(fh, fieldnames=PAIR_COLUMNS)
-        writer.writeheader()
-        writer.writerows(p.row() for p in pairs)
+    write_csv_atomic(path, PAIR_COLUMNS, (p.row().values() for p in pairs))  # row(): PAIR_COLUMNS' order
 
 
 def summary_line(report: dict[str, Any], seconds: float, hits: int) -> str:

@@ -7,7 +7,6 @@ lowest first. A wrong label (a rose filed under tulips) sits near the top: look,
 
 from __future__ import annotations
 
-import csv
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -18,7 +17,7 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
 from core.bundle import load_bundle
-from core.fsio import atomic_path
+from core.fsio import atomic_path, write_csv_atomic
 from core.pathnames import escape_path
 from core.preprocess import WithPreprocessing, eval_transform
 from train.data import ImageDataset, TrainData, eval_loader
@@ -66,17 +65,14 @@ def order(suspects: list[Suspect]) -> list[Suspect]:
 
 
 def write_csv(suspects: list[Suspect], path: Path) -> None:
-    # surrogateescape: a non-UTF-8 folder name is written back as its exact bytes (as per_class.csv)
-    with (
-        atomic_path(path) as tmp,
-        open(tmp, "w", newline="", encoding="utf-8", errors="surrogateescape") as fh,
-    ):
-        w = csv.writer(fh)
-        w.writerow(COLUMNS)
-        for s in suspects:
-            w.writerow(
-                [s.path, s.split, s.given, s.predicted, f"{s.prob_given:.6f}", f"{s.prob_predicted:.6f}"]
-            )
+    write_csv_atomic(
+        path,
+        COLUMNS,
+        (
+            [s.path, s.split, s.given, s.predicted, f"{s.prob_given:.6f}", f"{s.prob_predicted:.6f}"]
+            for s in suspects
+        ),
+    )
 
 
 def write_grid(

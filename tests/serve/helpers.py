@@ -1,4 +1,5 @@
-"""Test helpers for serve: tiny images, a model.onnx built here (export/ is another stage), CLI runners."""
+"""Test helpers for serve: tiny images, a model.onnx built here (export/ is another stage), hand-built ONNX
+graphs, CLI runners, and a serve process to signal."""
 
 from __future__ import annotations
 
@@ -6,18 +7,22 @@ import csv
 import io
 import json
 import os
+import signal
 import struct
 import subprocess
 import sys
+import time
 import zlib
 from pathlib import Path
 
 import numpy as np
+import pytest
 import torch
 from PIL import Image
 
 from core.bundle import load_bundle
 from core.demo_data import make_image
+from core.model_record import ONNX_RECORD_KEY
 from core.preprocess import WithPreprocessing
 
 REPO = Path(__file__).resolve().parents[2]
@@ -128,3 +133,95 @@ def same_predictions(a: list[dict[str, str]], b: list[dict[str, str]], tol: floa
                 assert np.allclose(va, vb, atol=tol), (ra["path"], key, ra[key], rb[key])
             else:
                 assert ra[key] == rb[key], (ra["path"], key, ra[key], rb[key])
+
+
+# ─── a serve run in its own process group, for signal tests ────────────────────────────────────
+
+
+def rows_written(path: Path) -> int:
+    """Data rows in an output being written (the header not counted); 0 before the file exists."""
+    return max(0, path.read_text().count("\n") - 1) if path.exists() else 0
+
+
+def start_serve(bundle: Path, tmp_path: Path, out: Path) -> subprocess.Popen:
+    """serve over 60 small PNGs (made once under tmp_path), slowed by --throttle, with 2 decode workers."""
+    images = tmp_path / "many"
+    if not images.exists():
+        for i in range(60):
+            save_picture(images / f"{i:03d}.png", seed=i, size=(40, 32))
+    args = [
+        bundle,
+        images,
+        "--out",
+        out,
+        "--batch-size",
+        2,
+        "--workers",
+        2,
+        "--no-progress",
+        "--throttle",
+        0.05,
+    ]
+    # a session of its own: the test can signal its whole process group, as a terminal's Ctrl-C does
+    return subprocess.Popen(
+        [sys.executable, str(SERVE), *map(str, args)],
+        env=subprocess_env(),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        start_new_session=True,
+        # a background run (SIGINT ignored) would pass SIG_IGN on: restore the default, as a terminal has
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
+    )
+
+
+def wait_rows(proc: subprocess.Popen, out: Path, n: int) -> None:
+    """Poll until serve has written `n` rows; it must still be running then."""
+    deadline = time.monotonic() + 120
+    while rows_written(out) < n and proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.02)
+    assert proc.poll() is None and rows_written(out) >= n, proc.stderr.read().decode()[-2000:]
+
+
+def exits_within(proc: subprocess.Popen, seconds: float, after: str) -> None:
+    """Wait for serve to end; a hang kills its process group and fails the test with serve's stderr."""
+    try:
+        proc.wait(timeout=seconds)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        pytest.fail(f"serve still running {seconds} s after {after}: {proc.stderr.read().decode()[-2000:]}")
+
+
+# ─── hand-built ONNX graphs that carry a model record ──────────────────────────────────────────
+
+
+def means_onnx(path: Path, record: dict, width: int = 4, tail: list | None = None, **dims) -> Path:
+    """uint8 'images' → channel means, twice ([N, 6]), sliced to `width` columns; `tail` nodes (made with
+    onnx.helper) turn those columns ('cols') into 'logits', else they are the logits. `images`/`logits`
+    override the declared dims (default [N, 3, 32, 32] and [N, 4]). The record goes in metadata_props."""
+    import onnx
+    from onnx import TensorProto, helper
+
+    sliced = "cols" if tail else "logits"
+    graph = helper.make_graph(
+        [
+            helper.make_node("Cast", ["images"], ["x"], to=TensorProto.FLOAT),
+            helper.make_node("ReduceMean", ["x"], ["m"], axes=[2, 3], keepdims=0),  # [N, 3]
+            helper.make_node("Concat", ["m", "m"], ["m6"], axis=1),
+            helper.make_node("Slice", ["m6", "starts", "ends", "axes"], [sliced]),
+            *(tail or []),
+        ],
+        path.stem,
+        [helper.make_tensor_value_info("images", TensorProto.UINT8, dims.get("images", ["N", 3, 32, 32]))],
+        [helper.make_tensor_value_info("logits", TensorProto.FLOAT, dims.get("logits", ["N", 4]))],
+        [
+            helper.make_tensor("starts", TensorProto.INT64, [1], [0]),
+            helper.make_tensor("ends", TensorProto.INT64, [1], [width]),
+            helper.make_tensor("axes", TensorProto.INT64, [1], [1]),
+        ],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    entry = model.metadata_props.add()
+    entry.key, entry.value = ONNX_RECORD_KEY, json.dumps(record)
+    onnx.save(model, str(path))
+    return path

@@ -5,6 +5,8 @@ from __future__ import annotations
 import json
 import re
 
+IN_PROCESS = ["--workers", "0", "--batch-size", "4", "--device", "cpu"]  # decode here: no worker start-up
+
 
 def test_bench_reports_each_stage_and_the_baseline(capsys, tmp_path):
     from serve.bench import main
@@ -20,12 +22,7 @@ def test_bench_reports_each_stage_and_the_baseline(capsys, tmp_path):
                 "cifar_cnn",
                 "--size",
                 "32",
-                "--workers",
-                "0",
-                "--batch-size",
-                "4",
-                "--device",
-                "cpu",
+                *IN_PROCESS,
                 "--json",
                 str(tmp_path / "b.json"),
             ]
@@ -103,12 +100,7 @@ def test_bench_times_onnx_variants_on_the_same_images_with_their_agreement(bundl
                 "6",
                 "--side",
                 "48",
-                "--workers",
-                "0",
-                "--batch-size",
-                "4",
-                "--device",
-                "cpu",
+                *IN_PROCESS,
                 "--json",
                 str(tmp_path / "b.json"),
             ]

@@ -12,7 +12,7 @@ from core.bundle import read_record
 from core.model_record import ONNX_RECORD_KEY
 from serve.checks import check_model
 from tests.serve.conftest import CLASSES, NAMES
-from tests.serve.helpers import export_onnx, save_picture, serve
+from tests.serve.helpers import export_onnx, means_onnx, save_picture, serve
 
 
 def _edit_record(onnx_path, **changes):
@@ -63,33 +63,8 @@ def test_onnx_logits_width_other_than_the_class_count_is_refused(
 
 
 def _dynamic_onnx(path, record: dict, logits: int = 3):
-    """uint8 images → channel means, twice, sliced to `logits` columns; every dim dynamic, so only running
-    it tells the width."""
-    import onnx
-    from onnx import TensorProto, helper
-
-    graph = helper.make_graph(
-        [
-            helper.make_node("Cast", ["images"], ["x"], to=TensorProto.FLOAT),
-            helper.make_node("ReduceMean", ["x"], ["m"], axes=[2, 3], keepdims=0),
-            helper.make_node("Concat", ["m", "m"], ["m6"], axis=1),
-            helper.make_node("Slice", ["m6", "starts", "ends", "axes"], ["logits"]),
-        ],
-        "dynamic",
-        [helper.make_tensor_value_info("images", TensorProto.UINT8, ["N", "C", "H", "W"])],
-        [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["N", "K"])],
-        [
-            helper.make_tensor("starts", TensorProto.INT64, [1], [0]),
-            helper.make_tensor("ends", TensorProto.INT64, [1], [logits]),
-            helper.make_tensor("axes", TensorProto.INT64, [1], [1]),
-        ],
-    )
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
-    model.ir_version = 8
-    entry = model.metadata_props.add()
-    entry.key, entry.value = ONNX_RECORD_KEY, json.dumps(record)
-    onnx.save(model, str(path))
-    return path
+    """Every dim dynamic (N, C, H, W → N, K), so only running the graph tells its width."""
+    return means_onnx(path, record, logits, images=["N", "C", "H", "W"], logits=["N", "K"])
 
 
 def test_dynamic_dims_are_settled_by_one_dummy_batch(bundle, tmp_path, capsys):

@@ -4,14 +4,13 @@ from __future__ import annotations
 
 import os
 import signal
-import subprocess
 import sys
 import time
 from pathlib import Path
 
 import pytest
 
-from tests.serve.helpers import SERVE, save_picture, subprocess_env
+from tests.serve.helpers import exits_within, start_serve, wait_rows
 
 
 def _alive(pid: int) -> bool:
@@ -33,47 +32,6 @@ def _children(pid: int) -> list[int]:
     return kids
 
 
-def _rows(path: Path) -> int:
-    return max(0, path.read_text().count("\n") - 1) if path.exists() else 0
-
-
-def _start_serve(bundle, tmp_path: Path, out: Path) -> subprocess.Popen:
-    images = tmp_path / "many"
-    if not images.exists():
-        for i in range(60):
-            save_picture(images / f"{i:03d}.png", seed=i, size=(40, 32))
-    args = [
-        bundle,
-        images,
-        "--out",
-        out,
-        "--batch-size",
-        2,
-        "--workers",
-        2,
-        "--no-progress",
-        "--throttle",
-        0.05,
-    ]
-    # a session of its own: the test can signal its whole process group, as a terminal's Ctrl-C does
-    return subprocess.Popen(
-        [sys.executable, str(SERVE), *map(str, args)],
-        env=subprocess_env(),
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-        start_new_session=True,
-        # a background run (SIGINT ignored) would pass SIG_IGN on: restore the default, as a terminal has
-        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
-    )
-
-
-def _wait_rows(proc: subprocess.Popen, out: Path, n: int) -> None:
-    deadline = time.monotonic() + 120
-    while _rows(out) < n and proc.poll() is None and time.monotonic() < deadline:
-        time.sleep(0.02)
-    assert proc.poll() is None and _rows(out) >= n, proc.stderr.read().decode()[-2000:]
-
-
 EXIT_DEADLINE_S = 90
 
 # more moments of the run in the slow set: the hang it fixes struck 8 times in 42
@@ -84,19 +42,13 @@ SLOW = pytest.mark.slow
 @pytest.mark.parametrize("after_rows", [3, pytest.param(1, marks=SLOW), pytest.param(12, marks=SLOW)])
 def test_ctrl_c_to_the_process_group_exits_130_at_once_with_one_line(bundle, tmp_path, after_rows):
     out = tmp_path / "p.csv"
-    proc = _start_serve(bundle, tmp_path, out)
-    _wait_rows(proc, out, after_rows)
+    proc = start_serve(bundle, tmp_path, out)
+    wait_rows(proc, out, after_rows)
     workers = _children(proc.pid)
     os.killpg(proc.pid, signal.SIGINT)
-    try:
-        # A hang never ends; a loaded 2-core box has taken 25 s to tear a Python process down, so the
-        # deadline is far above that rather than close to it (a suite run failed once at 20 s).
-        proc.wait(timeout=EXIT_DEADLINE_S)
-    except subprocess.TimeoutExpired:
-        os.killpg(proc.pid, signal.SIGKILL)
-        pytest.fail(
-            f"serve still running {EXIT_DEADLINE_S} s after Ctrl-C: {proc.stderr.read().decode()[-2000:]}"
-        )
+    # A hang never ends; a loaded 2-core box has taken 25 s to tear a Python process down, so the
+    # deadline is far above that rather than close to it (a suite run failed once at 20 s).
+    exits_within(proc, EXIT_DEADLINE_S, "Ctrl-C")
     err = proc.stderr.read().decode().strip().splitlines()
     assert proc.returncode == 130, err
     assert len(err) == 1 and err[0].startswith("interrupted") and "--resume" in err[0], err
@@ -116,8 +68,8 @@ def _left_alive(pids: list[int], within_s: float = 15.0) -> list[int]:
 @pytest.mark.parametrize("sig", [signal.SIGKILL, pytest.param(signal.SIGTERM, marks=SLOW)])
 def test_decode_workers_die_with_their_parent(bundle, tmp_path, sig):
     out = tmp_path / "p.csv"
-    proc = _start_serve(bundle, tmp_path, out)
-    _wait_rows(proc, out, 2)
+    proc = start_serve(bundle, tmp_path, out)
+    wait_rows(proc, out, 2)
     workers = _children(proc.pid)
     assert len(workers) >= 2  # the two decode processes (plus any helper the pool starts)
     proc.send_signal(sig)

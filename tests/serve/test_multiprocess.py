@@ -2,22 +2,14 @@
 
 from __future__ import annotations
 
-import socket
-import sys
-
 import pytest
 import torch.distributed as dist
 
+from tests.launchers import cpu_processes
 from tests.proctree import run_tree
 from tests.serve.helpers import SERVE, read_rows, same_predictions, save_picture, serve, subprocess_env
 
 DEADLINE_S = 180  # ~15 s alone, ~40 s on the loaded 2-core CI box
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.mark.slow
@@ -27,28 +19,10 @@ def test_two_cpu_processes_merge_to_the_same_csv_as_one(bundle, tmp_path):
         save_picture(images / f"c{i % 3}" / f"{i}.jpg", seed=i, size=(24, 20))
     (images / "c1" / "broken.jpg").write_bytes(b"junk")
     common = ["--workers", 0, "--batch-size", 2, "--device", "cpu", "--no-progress"]
-    # `--cpu --num_processes 2` starts ONE process in accelerate 1.x (its simple launcher); --multi_gpu
-    # takes the torchrun launcher, and serve's --device cpu makes it a gloo CPU group.
-    launch = [
-        sys.executable,
-        "-m",
-        "accelerate.commands.launch",
-        "--multi_gpu",
-        "--num_processes",
-        "2",
-        "--num_machines",
-        "1",
-        "--mixed_precision",
-        "no",
-        "--dynamo_backend",
-        "no",
-        "--main_process_port",
-        str(_free_port()),
-        str(SERVE),
-    ]
     two = tmp_path / "two.csv"
+    # serve's --device cpu makes the two workers a gloo CPU group (tests/launchers.py)
     done = run_tree(
-        [*launch, *map(str, [bundle, images, "--out", two, *common])], DEADLINE_S, env=subprocess_env()
+        cpu_processes(2, SERVE, bundle, images, "--out", two, *common), DEADLINE_S, env=subprocess_env()
     )
     assert done.returncode == 0, done.stderr[-3000:]
     assert "terminate called" not in done.stderr  # a gloo group left alive at exit aborts the process

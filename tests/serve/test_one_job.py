@@ -13,9 +13,10 @@ import pytest
 
 from core.lock import OutputLock, lock_path
 from serve.provenance import meta_path
+from tests.launchers import cpu_processes
 from tests.proctree import run_tree
 from tests.serve.conftest import CLASSES, NAMES
-from tests.serve.helpers import REPO, image_tree, read_rows, run_serve, serve, subprocess_env
+from tests.serve.helpers import REPO, SERVE, image_tree, read_rows, run_serve, serve, subprocess_env
 
 HOLD = (
     "import sys, time; from pathlib import Path; from core.lock import OutputLock\n"
@@ -181,43 +182,14 @@ def test_a_run_killed_before_its_first_row_leaves_nothing_that_blocks_a_fresh_on
 
 @pytest.mark.slow
 def test_under_accelerate_launch_every_process_refuses_a_locked_out(bundle, photos, tmp_path):
-    from tests.serve.test_multiprocess import DEADLINE_S, _free_port
+    from tests.serve.test_multiprocess import DEADLINE_S
 
     out = tmp_path / "p.csv"
     holder = _holder(out)
-    launch = [
-        sys.executable,
-        "-m",
-        "accelerate.commands.launch",
-        "--multi_gpu",
-        "--num_processes",
-        "2",
-        "--num_machines",
-        "1",
-        "--mixed_precision",
-        "no",
-        "--dynamo_backend",
-        "no",
-        "--main_process_port",
-        str(_free_port()),
-        str(REPO / "serve" / "main.py"),
-    ]
+    flags = ["--out", out, "--workers", 0, "--device", "cpu", "--no-progress"]
     try:
         r = run_tree(
-            [
-                *launch,
-                str(bundle),
-                str(photos),
-                "--out",
-                str(out),
-                "--workers",
-                "0",
-                "--device",
-                "cpu",
-                "--no-progress",
-            ],
-            DEADLINE_S,
-            env=subprocess_env(),
+            cpu_processes(2, SERVE, bundle, photos, *flags), DEADLINE_S, env=subprocess_env()
         )  # kills torchrun's workers too
     finally:
         holder.kill()

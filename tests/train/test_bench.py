@@ -17,11 +17,22 @@ from train.bench_step import largest_batch_that_fits
 REPO = Path(__file__).resolve().parents[2]
 
 
+def _bench(tmp_path: Path, *flags: str) -> subprocess.CompletedProcess:
+    """train/bench.py as a user runs it, from tmp_path, one thread per process."""
+    return subprocess.run(
+        [sys.executable, str(REPO / "train" / "bench.py"), *flags],
+        check=False,
+        capture_output=True,
+        text=True,
+        env={**os.environ, "OMP_NUM_THREADS": "1"},
+        timeout=300,
+        cwd=tmp_path,
+    )
+
+
 def test_smoke_run_prints_all_four_paths_and_their_ratios(tmp_path):
     out = tmp_path / "bench.json"
-    cmd = [
-        sys.executable,
-        str(REPO / "train" / "bench.py"),
+    flags = [
         "--models",
         "resnet18",
         "--size",
@@ -49,10 +60,7 @@ def test_smoke_run_prints_all_four_paths_and_their_ratios(tmp_path):
         "--out",
         str(out),
     ]
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    proc = subprocess.run(
-        cmd, check=False, capture_output=True, text=True, env=env, timeout=300, cwd=tmp_path
-    )
+    proc = _bench(tmp_path, *flags)
     assert proc.returncode == 0, proc.stderr
     lines = proc.stdout.splitlines()
     for label in ("model only", "CPU decode", "GPU decode", "tutorial loop"):
@@ -124,9 +132,7 @@ def test_a_data_folder_without_class_images_is_a_user_error(tmp_path, capsys):
 def test_smoke_mode_takes_the_gpu_check_flags_and_reports_where_the_gpu_feed_decoded(tmp_path):
     """tools/gpu_check.py runs `--arch A --size S --batch B --json PATH`; --smoke shrinks everything else."""
     out = tmp_path / "bench.json"
-    cmd = [
-        sys.executable,
-        str(REPO / "train" / "bench.py"),
+    flags = [
         "--smoke",
         "--arch",
         "resnet18",
@@ -139,10 +145,7 @@ def test_smoke_mode_takes_the_gpu_check_flags_and_reports_where_the_gpu_feed_dec
         "--json",
         str(out),
     ]
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    proc = subprocess.run(
-        cmd, check=False, capture_output=True, text=True, env=env, timeout=300, cwd=tmp_path
-    )
+    proc = _bench(tmp_path, *flags)
     assert proc.returncode == 0, proc.stderr
     saved = json.loads(out.read_text())
     result = saved["models"]["resnet18"]

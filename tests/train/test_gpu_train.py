@@ -3,8 +3,6 @@ bad files, the preview, CIFAR-10's refusal, and Accelerate's end-of-dataloader s
 
 from __future__ import annotations
 
-import shutil
-
 import pytest
 import torch
 import torch.nn.functional as F
@@ -18,7 +16,7 @@ from core.demo_data import make_demo_dataset
 from core.errors import UserError
 from core.images import is_image_file
 from core.preprocess import EvalSpec, WithPreprocessing
-from tests.train.helpers import CONFIGS, DEMO_RECIPE, TINY
+from tests.train.helpers import CONFIGS, DEMO_RECIPE, TINY, train_past_a_broken_image
 from train.data import EpochSampler, load_data
 from train.feed import GpuFeed, decode_mode
 from train.gpu_data import EncodedImages, GpuPipeline, collate_encoded, engine_batches
@@ -82,23 +80,8 @@ def test_gpu_decode_run_counts_every_validation_image_once_and_scores_like_a_pla
 
 
 def test_gpu_decode_skips_an_unreadable_training_image_and_lists_it(tmp_path, train_inproc, small_root):
-    root = tmp_path / "data"
-    shutil.copytree(small_root, root)
-    bad = root / "train" / "2" / "broken.jpg"
-    bad.write_bytes(b"\xff\xd8\xff\xe0 this is not a jpeg")
-    result = train_inproc(
-        f"data.root={root}",
-        GPU,
-        "train.epochs=1",
-        "model.arch=cifar_cnn",
-        "data.max_bad_fraction=0.05",
-        "run.name=bad",
-    )
-    assert result.exit_code == 0
-    listed = (result.run_dir / "bad_files.txt").read_text().splitlines()
-    assert [line.split("\t")[0] for line in listed] == [str(bad)]
+    _, _, listed = train_past_a_broken_image(train_inproc, small_root, tmp_path, GPU, "train.epochs=1")
     assert listed[0].split("\t")[1]  # with its reason
-    assert read_record(result.run_dir / "best").metrics["valid_n"] == 12
 
 
 def test_gpu_decode_with_cifar10_is_refused_before_anything_is_loaded(tmp_path, train_inproc):

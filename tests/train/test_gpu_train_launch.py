@@ -10,11 +10,12 @@ import torch
 
 from core.bundle import read_record
 from core.demo_data import make_demo_dataset
+from tests.launchers import cpu_processes
 from tests.proctree import run_tree
-from tests.train.helpers import DEMO_RECIPE, MAIN, TINY, accelerate_launch, free_port, subprocess_env
+from tests.train.helpers import DEMO_RECIPE, MAIN, SETUP, TINY, subprocess_env
 from tests.train.test_gpu_train import _plain_valid_eval
 from tests.train.test_launch import DEADLINE_S
-from tests.train.test_resume import SETUP, _start_and_terminate, _weights
+from tests.train.test_resume import _start_and_terminate, _weights
 
 pytestmark = pytest.mark.slow
 GPU = ["data.decode=gpu", "model.arch=cifar_cnn"]
@@ -41,21 +42,10 @@ def test_gpu_decode_resume_after_sigterm_mid_epoch_matches_an_uninterrupted_run(
 
 def test_gpu_decode_two_process_validation_counts_every_image_once(tmp_path):
     root = make_demo_dataset(tmp_path / "data", num_classes=3, per_split={"train": 4, "valid": 5}, size=36)
-    # --multi_gpu takes the torchrun launcher (`--cpu --num_processes 2` starts ONE process in accelerate 1.x);
-    # ACCELERATE_USE_CPU=1 makes it a gloo group on the CPU.
-    cmd = accelerate_launch(
-        "--multi_gpu",
-        "--num_processes",
-        "2",
-        "--num_machines",
-        "1",
-        "--mixed_precision",
-        "no",
-        "--dynamo_backend",
-        "no",
-        "--main_process_port",
-        str(free_port()),
-        str(MAIN),
+    # ACCELERATE_USE_CPU=1 (subprocess_env) makes the two workers a gloo group on the CPU
+    cmd = cpu_processes(
+        2,
+        MAIN,
         "--config",
         str(DEMO_RECIPE),
         f"run.output_dir={tmp_path / 'runs'}",

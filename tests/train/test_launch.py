@@ -18,8 +18,9 @@ from core.demo_data import make_demo_dataset
 from core.errors import UserError
 from core.images import decode_image
 from core.preprocess import WithPreprocessing, eval_transform
+from tests.launchers import accelerate_launch, free_port, multi_process_flags
 from tests.proctree import run_tree
-from tests.train.helpers import CONFIGS, DEMO_RECIPE, MAIN, accelerate_launch, free_port, subprocess_env
+from tests.train.helpers import CONFIGS, DEMO_RECIPE, MAIN, subprocess_env
 
 # A launch here takes ~20 s alone and up to ~65 s on the loaded 2-core CI box; a hang fails at the deadline.
 DEADLINE_S = 240
@@ -43,27 +44,15 @@ RUN_FILES = [
 
 
 def _launch(tmp_path, processes: int, *overrides: str) -> subprocess.CompletedProcess:
-    # `--cpu --num_processes 2` starts ONE process in accelerate 1.x (its CPU launcher wants mpirun for more):
-    # --multi_gpu takes the torchrun launcher, and ACCELERATE_USE_CPU=1 makes that a gloo group on the CPU.
+    # one process: the simple CPU launcher; more: torchrun, a gloo group on the CPU (tests/launchers.py)
     hardware = (
         ["--config_file", str(CONFIGS / "accelerate" / "cpu.yaml"), "--cpu", "--num_processes", "1"]
+        + ["--main_process_port", str(free_port())]
         if processes == 1
-        else [
-            "--multi_gpu",
-            "--num_processes",
-            str(processes),
-            "--num_machines",
-            "1",
-            "--mixed_precision",
-            "no",
-            "--dynamo_backend",
-            "no",
-        ]
+        else multi_process_flags(processes)
     )
     cmd = accelerate_launch(
         *hardware,
-        "--main_process_port",
-        str(free_port()),
         str(MAIN),
         "--config",
         str(DEMO_RECIPE),

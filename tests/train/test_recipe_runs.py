@@ -11,16 +11,9 @@ import torch
 from safetensors.torch import load_file
 
 from core.bundle import read_record
+from tests.train.helpers import SETUP
 from train.signals import TEST_SIGTERM_ENV
 
-# 24 training images in batches of 3: 8 steps an epoch (as tests/train/test_resume.py)
-SETUP = [
-    "train.epochs=2",
-    "train.batch_size=3",
-    "model.head.hidden=[16]",
-    "model.head.dropout=0.3",
-    "train.scheduler.name=cosine",
-]
 RECIPE = [
     "data.balance=sampler",
     "train.ema_decay=0.8",

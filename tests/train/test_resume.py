@@ -12,18 +12,8 @@ import torch
 from safetensors.torch import load_file
 
 from tests.proctree import run_tree
-from tests.train.helpers import DEMO_RECIPE, MAIN, TINY, subprocess_env
+from tests.train.helpers import DEMO_RECIPE, MAIN, SETUP, TINY, subprocess_env
 from train.signals import TEST_SIGTERM_ENV
-
-# 24 training images in batches of 3: 8 steps an epoch; dropout and augmentation make every RNG draw count.
-SETUP = [
-    "train.epochs=2",
-    "train.batch_size=3",
-    "model.head.hidden=[16]",
-    "model.head.dropout=0.3",
-    "train.scheduler.name=cosine",
-]
-
 
 # Training batches before the test hook's SIGTERM: all 8 of epoch 1 and 4 of epoch 2.
 SIGTERM_AT_BATCH = 12

@@ -15,6 +15,7 @@ from safetensors.torch import load_file
 from core.bundle import load_bundle, read_record
 from core.demo_data import make_demo_dataset
 from core.errors import UserError
+from tests.train.helpers import train_past_a_broken_image
 
 
 def _folder_with_classes(root, names, per_split=None):
@@ -56,21 +57,7 @@ def test_load_bundle_reproduces_the_trained_models_logits_exactly(tmp_path, trai
 def test_an_unreadable_training_image_is_skipped_listed_and_said_once_per_epoch(
     tmp_path, train_inproc, small_root, capsys
 ):
-    root = tmp_path / "data"
-    shutil.copytree(small_root, root)
-    bad = root / "train" / "2" / "broken.jpg"
-    bad.write_bytes(b"\xff\xd8\xff\xe0 this is not a jpeg")
-    result = train_inproc(
-        f"data.root={root}",
-        "train.epochs=2",
-        "model.arch=cifar_cnn",
-        "data.max_bad_fraction=0.05",
-        "run.name=bad",
-    )
-    assert result.exit_code == 0
-    listed = (result.run_dir / "bad_files.txt").read_text().splitlines()
-    assert [line.split("\t")[0] for line in listed] == [str(bad)]
-    assert read_record(result.run_dir / "best").metrics["valid_n"] == 12
+    result, bad, _ = train_past_a_broken_image(train_inproc, small_root, tmp_path, "train.epochs=2")
     warnings = [line for line in capsys.readouterr().out.splitlines() if line.startswith("warning: ")]
     assert len(warnings) == 2  # one line per epoch, not one per image nor none
     assert warnings[0].startswith(

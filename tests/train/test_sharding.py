@@ -8,14 +8,13 @@ from __future__ import annotations
 
 import json
 import os
-import socket
-import sys
 import textwrap
 from collections import Counter
 from pathlib import Path
 
 import pytest
 
+from tests.launchers import cpu_processes
 from tests.proctree import run_tree
 
 REPO = Path(__file__).resolve().parents[2]
@@ -56,12 +55,6 @@ SCRIPT = (
 )
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture(scope="module")
 def reports(tmp_path_factory) -> list[dict]:
     tmp = tmp_path_factory.mktemp("sharding")
@@ -71,27 +64,8 @@ def reports(tmp_path_factory) -> list[dict]:
         (folder / f"{i:03d}.bin").write_bytes(str(i).encode())
     (tmp / "shard.py").write_text(SCRIPT)
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO), "ACCELERATE_USE_CPU": "true"}
-    # `--cpu --num_processes 2` starts ONE process in accelerate 1.x (its simple launcher needs mpirun for
-    # more); --multi_gpu takes the torchrun launcher and Accelerator(cpu=True) makes it a gloo CPU group.
-    cmd = [
-        sys.executable,
-        "-m",
-        "accelerate.commands.launch",
-        "--multi_gpu",
-        "--num_processes",
-        str(RANKS),
-        "--num_machines",
-        "1",
-        "--mixed_precision",
-        "no",
-        "--dynamo_backend",
-        "no",
-        "--main_process_port",
-        str(free_port()),
-        str(tmp / "shard.py"),
-        str(folder),
-        str(tmp),
-    ]
+    # Accelerator(cpu=True) in the script makes the ranks a gloo group on the CPU (tests/launchers.py)
+    cmd = cpu_processes(RANKS, tmp / "shard.py", folder, tmp)
     proc = run_tree(cmd, DEADLINE_S, env=env, cwd=tmp)
     assert proc.returncode == 0, proc.stderr[-3000:]
     reports = [json.loads((tmp / f"rank{r}.json").read_text()) for r in range(RANKS)]
