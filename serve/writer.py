@@ -204,6 +204,7 @@ class RowWriter:
         except OSError as exc:
             raise UserError(f"cannot write {path} ({exc.strerror or exc}); choose another --out") from None
         self.path, self.failed = path, False
+        self.shown = out_of_part(path) if seq else path  # a full disk names the --out the user asked for
         if fresh:
             self._put(header(layout, seq))
 
@@ -219,7 +220,7 @@ class RowWriter:
             with contextlib.suppress(OSError):
                 os.close(self.fh.fileno())  # drop what is still buffered: close() must not write it
                 os.truncate(self.path, good)
-            raise OSError(exc.errno, exc.strerror, str(self.path)) from exc
+            raise OSError(exc.errno, exc.strerror, str(self.shown)) from exc
 
     def write(self, rows: list[dict[str, Any]]) -> None:
         if rows:
@@ -367,6 +368,13 @@ def done_paths(path: str | Path, layout: Layout) -> set[str]:
 def part_path(out: str | Path, rank: int) -> Path:
     out = Path(out)
     return out.with_name(f"{out.name}.part{rank}")
+
+
+def out_of_part(path: str | Path) -> Path:
+    """The --out file a part file (part_path) belongs to; any other path as it is."""
+    path = Path(path)
+    found = re.fullmatch(r"(.+)\.part\d+", path.name)
+    return path.with_name(found.group(1)) if found else path
 
 
 def existing_parts(out: str | Path) -> list[Path]:
