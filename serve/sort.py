@@ -23,6 +23,7 @@ from pathlib import Path
 from core.errors import UserError, cli_entry
 from core.fsio import write_text_atomic
 from core.images import SORT_QUEUES
+from core.interrupt import command, started
 from core.lock import OutputLock
 from serve.pathnames import escape_path, unescape_path
 from serve.sort_files import MANIFEST, MODES, Manifest, Placement, free_name, intent_fields, place, undo_one
@@ -277,8 +278,10 @@ def _remove_empty_folders(root: Path) -> None:
             os.rmdir(folder)
 
 
+@command  # Ctrl-C: one line, exit 130 (what was placed is in the manifest; a rerun adds the rest)
 @cli_entry
 def main(argv: list[str] | None = None) -> int:
+    started()
     return sort(parse_job(argv))
 
 
