@@ -54,7 +54,8 @@ def final_name(path: str | os.PathLike | None, temp: str | os.PathLike, final: s
 def shown_as(temp: str | os.PathLike, final: str | os.PathLike) -> Iterator[None]:
     """A full disk (ENOSPC/EDQUOT, also wrapped by a C writer that keeps only the message) while writing
     under `temp` is raised as an OSError naming `final`'s file: the user never made our temp names, and
-    cannot act on them."""
+    cannot act on them. An error that names no file (a buffered write's names none) names `final`; so
+    `shown_as(path, path)` makes any write to `path` say where the disk is full."""
     try:
         yield
     except Exception as exc:

@@ -22,7 +22,7 @@ import numpy as np
 
 from core.calibration import margin_entropy
 from core.errors import UserError
-from core.fsio import atomic_path
+from core.fsio import atomic_path, shown_as
 from core.record_checks import TOPK_SEPARATOR  # training refuses class names holding it
 
 FORMATS = ("csv", "jsonl")
@@ -398,11 +398,12 @@ def merge_parts(
         repair_tail(p, layout.fmt)
     streams = [iter_rows(p, layout) for p in parts]
     merged = (r for r in heapq.merge(*streams, key=lambda r: int(r[SEQ])) if r["path"] not in skip)
-    if append and Path(out).exists():
-        count = _append_rows(out, layout, merged)
-    else:
-        with atomic_path(out) as tmp:
-            count = _append_rows(tmp, layout, merged, fresh=True)
+    with shown_as(out, out):  # a full disk names --out: a failed buffered write names no file
+        if append and Path(out).exists():
+            count = _append_rows(out, layout, merged)
+        else:
+            with atomic_path(out) as tmp:
+                count = _append_rows(tmp, layout, merged, fresh=True)
     for p in parts:
         p.unlink(missing_ok=True)
     return count

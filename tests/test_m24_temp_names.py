@@ -80,3 +80,70 @@ def test_m24_serve_part_file_names_the_out_file(tmp_path):
         writer.write([row])
     writer.close()
     assert exc.value.filename == str(out), exc.value.filename
+
+
+def _failing_open(module, monkeypatch):
+    """`open` in `module` gives files whose writes fail as a full disk's do: a buffered write names no file."""
+    real = open
+
+    class FullDisk:
+        def __init__(self, fh):
+            self.fh = fh
+
+        def write(self, data):
+            raise _full()
+
+        def __enter__(self):
+            return self
+
+        def __exit__(self, *exc):
+            self.fh.close()
+
+        def __getattr__(self, name):
+            return getattr(self.fh, name)
+
+    def fake_open(path, mode="r", *args, **kwargs):
+        fh = real(path, mode, *args, **kwargs)
+        return FullDisk(fh) if set(mode) & set("wa") else fh  # reading still works
+
+    monkeypatch.setattr(module, "open", fake_open, raising=False)
+
+
+def test_m24_serve_merge_of_parts_names_the_out_file(tmp_path, monkeypatch):
+    import numpy as np
+
+    from serve import writer
+
+    layout = writer.Layout(classes=("a", "b"), display_names=("a", "b"))
+    out = tmp_path / "preds.csv"
+    with writer.RowWriter(part_path := writer.part_path(out, 0), layout, seq=True) as w:
+        w.write([{**writer.ok_row(layout, "x.png", np.array([0.5, 0.5])), "seq": 0}])
+    out.write_text(writer.header(layout))  # a resumed file: the merge appends to it
+    _failing_open(writer, monkeypatch)
+    with pytest.raises(OSError) as exc:
+        writer.merge_parts(out, layout, [part_path], append=True)
+    assert exc.value.filename == str(out) and part_path.exists()  # the rows wait in their part for a rerun
+
+
+def test_m24_serve_embeddings_name_the_embeddings_file_not_its_work_file(tmp_path, monkeypatch):
+    import numpy as np
+
+    from serve import embeddings
+
+    _failing_open(embeddings, monkeypatch)
+    dest = tmp_path / "emb.npy"
+    writer = embeddings.EmbeddingWriter(dest)
+    with pytest.raises(OSError) as exc:
+        writer.add(["x.png"], np.zeros((1, 4), dtype=np.float32))
+    writer.abort()
+    assert exc.value.filename == str(dest)
+
+
+def test_m24_sort_manifest_write_names_the_manifest(tmp_path, monkeypatch):
+    from serve import sort_files
+
+    _failing_open(sort_files, monkeypatch)
+    manifest = sort_files.Manifest(tmp_path)
+    with pytest.raises(OSError) as exc:
+        manifest.write("intent", src="a.png", dest="cat/a.png")
+    assert exc.value.filename == str(tmp_path / sort_files.MANIFEST)
