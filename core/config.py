@@ -1,8 +1,10 @@
-"""Typed config: YAML recipe + `key=value` overrides → dataclasses. Unknown keys, wrong types and
-out-of-range values fail clearly, before anything heavy (torch) is imported.
+"""Typed config: every key declared once (default, type, what is valid, one-line help) in the dataclasses
+below, and `load_config`: YAML recipe + `key=value` overrides → a checked Config. Unknown keys, wrong types
+and out-of-range values fail clearly, before anything heavy (torch) is imported.
 
-Every key is declared once below with its default, type, valid range or allowed values and a one-line
-help text; `python -m core.config` prints the reference (`--markdown`: the table the README carries).
+How a key is declared and checked: core/config_fields.py; how text becomes these dataclasses:
+core/config_parse.py. `python -m core.config` prints the reference (`--markdown`: the table the README
+carries).
 """
 
 from __future__ import annotations
@@ -11,76 +13,18 @@ import dataclasses
 import difflib
 import hashlib
 import json
-import math
-import types
-import typing
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Union
+from typing import Any
 
-import yaml
-
-from core.errors import CLIP_CHARS, UserError, clip
+from core.config_fields import GE0, GE1, GT0, PIXELS, UNIT, Range, opt, section
+from core.config_parse import YAML_ERRORS, build, load_yaml, parse_override, set_dotted
+from core.errors import UserError
 from core.specs import IMAGENET_MEAN, IMAGENET_STD, INTERPOLATION_NAMES, AugmentSpec, EvalSpec
 from core.workers import AUTO, resolve_num_workers
 
 # Accelerate's tracker names accepted by run.log_with (checked here; whether installed: at train start).
 TRACKERS = ("tensorboard", "wandb", "mlflow", "comet_ml", "aim", "clearml", "dvclive", "swanlab", "trackio")
-
-
-@dataclass(frozen=True)
-class Range:
-    """The valid interval of a number (or of each element of a list of numbers); None = unbounded."""
-
-    lo: float | None = None
-    hi: float | None = None
-    lo_open: bool = False
-    hi_open: bool = False
-
-    def __contains__(self, x: float) -> bool:
-        if isinstance(x, float) and not math.isfinite(x):
-            return False
-        above = self.lo is None or (x > self.lo if self.lo_open else x >= self.lo)
-        below = self.hi is None or (x < self.hi if self.hi_open else x <= self.hi)
-        return above and below
-
-    def __str__(self) -> str:
-        def num(x: float) -> str:
-            return str(int(x)) if float(x).is_integer() else f"{x:g}"
-
-        if self.hi is None:
-            return f"{'>' if self.lo_open else '>='} {num(self.lo)}"
-        return f"{'(' if self.lo_open else '['}{num(self.lo)}, {num(self.hi)}{')' if self.hi_open else ']'}"
-
-
-GE0, GE1, GT0 = Range(0), Range(1), Range(0, lo_open=True)
-UNIT = Range(0, 1)  # probabilities and fractions
-# An image side: past 4096 one crop is 50 MB and a batch of them exhausts memory (a model record read
-# by serve/export is held to the same range: core.record_checks).
-PIXELS = Range(1, 4096)
-
-
-def opt(
-    default: Any,
-    help: str,
-    choices: tuple | None = None,
-    range: Range | None = None,
-    length: int | None = None,
-    ordered: bool = False,
-) -> Any:
-    """A config field: default, one-line help, and what is valid.
-
-    choices: allowed strings; range: the interval a number (each number of a list) must lie in;
-    length: exact list length; ordered: a [min, max] list must have min <= max.
-    """
-    meta = {"help": help, "choices": choices, "range": range, "length": length, "ordered": ordered}
-    if isinstance(default, (list, dict)):
-        return field(default_factory=lambda d=default: type(d)(d), metadata=meta)
-    return field(default=default, metadata=meta)
-
-
-def section(cls: type, help: str) -> Any:
-    return field(default_factory=cls, metadata={"help": help, "choices": None})
 
 
 @dataclass
@@ -355,200 +299,6 @@ HASH_EXEMPT = (
 # ---------------------------------------------------------------------------------------------- loading
 
 
-def _all_keys(cls: type, prefix: str = "") -> list[str]:
-    keys = []
-    hints = typing.get_type_hints(cls)
-    for f in dataclasses.fields(cls):
-        full = f"{prefix}{f.name}"
-        keys.append(full)
-        tp = hints[f.name]
-        if isinstance(tp, type) and dataclasses.is_dataclass(tp):
-            keys.extend(_all_keys(tp, full + "."))
-    return keys
-
-
-def _field_types(cls: type) -> dict[str, Any]:
-    return typing.get_type_hints(cls)
-
-
-def _type_name(tp: Any) -> str:
-    origin = typing.get_origin(tp)
-    if origin in (Union, types.UnionType):
-        return " or ".join(_type_name(a) for a in typing.get_args(tp))
-    if origin is list:
-        return f"list of {_type_name(typing.get_args(tp)[0])}"
-    return "null" if tp is type(None) else getattr(tp, "__name__", str(tp))
-
-
-def _coerce(value: Any, tp: Any, key: str) -> Any:
-    origin = typing.get_origin(tp)
-    if origin in (Union, types.UnionType):
-        for arg in typing.get_args(tp):
-            try:
-                return _coerce(value, arg, key)
-            except UserError:
-                continue
-        raise UserError(f"config key '{key}': expected {_type_name(tp)}, got {clip(value)}")
-    if tp is type(None):
-        if value is None or (isinstance(value, str) and value.lower() in ("none", "null", "")):
-            return None
-        raise UserError(f"config key '{key}': expected null, got {clip(value)}")
-    if origin is list:
-        if not isinstance(value, (list, tuple)):
-            raise UserError(f"config key '{key}': expected {_type_name(tp)}, got {clip(value)}")
-        (inner,) = typing.get_args(tp)
-        return [_coerce(v, inner, f"{key}[{i}]") for i, v in enumerate(value)]
-    if tp is bool:
-        if isinstance(value, bool):
-            return value
-    elif tp is int:
-        if isinstance(value, int) and not isinstance(value, bool):
-            return value
-    elif tp is float:
-        if isinstance(value, (int, float)) and not isinstance(value, bool):
-            return float(value)
-        if isinstance(value, str):  # YAML 1.1 reads `1e-3` (no dot) as a string; it means the number
-            try:
-                return float(value)
-            except ValueError:
-                pass
-    elif tp is str and isinstance(value, str):
-        return value
-    elif tp is str and value is False:
-        return "off"  # YAML 1.1 reads a bare `off` as false (data.leakage: off)
-    raise UserError(
-        f"config key '{key}': expected {_type_name(tp)}, got {clip(value)} ({type(value).__name__})"
-    )
-
-
-def _unknown_key(key: str) -> UserError:
-    if len(key) > 100:  # no key is this long: not worth a suggestion (difflib is quadratic)
-        return UserError(f"unknown config key {clip(key)}")
-    valid = _all_keys(Config)
-    parent = key.rsplit(".", 1)[0] + "." if "." in key else ""
-    siblings = [k for k in valid if k.startswith(parent) and "." not in k[len(parent) :]]
-    close = difflib.get_close_matches(key, siblings, n=1, cutoff=0.6) or difflib.get_close_matches(
-        key, valid, n=1, cutoff=0.6
-    )
-    if close:
-        hint = f"; did you mean '{close[0]}'?"
-    else:
-        hint = f"; valid keys here: {', '.join(siblings) or ', '.join(f.name for f in dataclasses.fields(Config))}"
-    return UserError(f"unknown config key '{key}'{hint}")
-
-
-def _build(cls: type, data: dict[str, Any], prefix: str = "") -> Any:
-    if not isinstance(data, dict):
-        raise UserError(f"config key '{prefix.rstrip('.')}': expected a mapping of keys, got {clip(data)}")
-    hints = _field_types(cls)
-    fields = {f.name: f for f in dataclasses.fields(cls)}
-    kwargs = {}
-    for name, value in data.items():
-        if not isinstance(name, str):  # YAML keys may be numbers, lists, null
-            raise UserError(
-                f"config key {clip(name)} under '{prefix.rstrip('.') or 'top level'}' is not a name"
-            )
-        key = f"{prefix}{name}"
-        if name not in fields:
-            raise _unknown_key(key)
-        tp = hints[name]
-        if isinstance(tp, type) and dataclasses.is_dataclass(tp):
-            kwargs[name] = _build(tp, value or {}, key + ".")
-            continue
-        kwargs[name] = _coerce(value, tp, key)
-        _check_value(key, kwargs[name], fields[name].metadata)
-    return cls(**kwargs)
-
-
-def _valid_text(meta: typing.Mapping[str, Any]) -> str:
-    """What a key accepts, e.g. `[0, 1)`, `auto or >= 0`, `2 values in (0, 1], min <= max`."""
-    options = [", ".join(meta.get("choices") or ()), str(meta["range"]) if meta.get("range") else ""]
-    text = " or ".join(o for o in options if o)
-    if meta.get("length"):
-        text = f"{meta['length']} values" + (f" in {text}" if text else "")
-    if meta.get("ordered"):
-        text += ", min <= max"
-    return text
-
-
-def _check_value(key: str, value: Any, meta: typing.Mapping[str, Any]) -> None:
-    """Choices, range, list length and order as declared by opt(); one line naming key, value and what is valid."""
-    problem = value_problem(value, meta)
-    if problem:
-        raise UserError(f"config key '{key}': {problem}")
-
-
-def value_problem(value: Any, meta: typing.Mapping[str, Any]) -> str | None:
-    """What is wrong with `value` for a field declared with opt() (`meta`), or None: shared by the config
-    and the model-record validator (core.record_checks), so a range is written once."""
-    choices, rng = meta.get("choices"), meta.get("range")
-    numbers = value if isinstance(value, list) else [value]
-    numeric = [v for v in numbers if isinstance(v, (int, float)) and not isinstance(v, bool)]
-    bad = (
-        (isinstance(value, str) and choices and value not in choices)
-        or (rng is not None and any(v not in rng for v in numeric))
-        or (meta.get("length") is not None and len(numbers) != meta["length"])
-        or (meta.get("ordered") and len(numeric) == 2 and numeric[0] > numeric[1])
-    )
-    if not bad:
-        return None
-    hint = ""
-    if isinstance(value, str) and choices:
-        close = difflib.get_close_matches(value[:CLIP_CHARS], choices, n=1)
-        hint = f" (did you mean '{close[0]}'?)" if close else ""
-    shown = clip(value) if isinstance(value, str) else json.dumps(value)
-    shown = shown if len(shown) <= CLIP_CHARS else shown[: CLIP_CHARS - 1] + "…"
-    return f"invalid value {shown}{hint}; valid: {_valid_text(meta)}"
-
-
-def _set_dotted(tree: dict[str, Any], key: str, value: Any) -> None:
-    parts = key.split(".")
-    node = tree
-    for part in parts[:-1]:
-        child = node.setdefault(part, {})
-        if not isinstance(child, dict):
-            raise _unknown_key(key)
-        node = child
-    node[parts[-1]] = value
-
-
-def parse_override(text: str) -> tuple[str, Any]:
-    """`train.epochs=3` → ('train.epochs', 3); the value is parsed as YAML (numbers, lists, null)."""
-    if "=" not in text:
-        raise UserError(f"override {clip(text)} must look like key=value (e.g. train.epochs=3)")
-    key, raw = text.split("=", 1)
-    try:
-        value = load_yaml(raw) if raw.strip() else ""
-    except YAML_ERRORS:  # not YAML (or a number past Python's digit limit): the text itself
-        value = raw
-    return key.strip(), value
-
-
-class _NoAliasLoader(yaml.SafeLoader):
-    """safe_load without aliases: `*name` repeats a node by reference, so a few lines can expand to
-    gigabytes (the "billion laughs"); a config never needs one."""
-
-    def compose_node(self, parent, index):  # noqa: ANN001 - PyYAML's signature
-        if self.check_event(yaml.AliasEvent):
-            event = self.peek_event()
-            raise yaml.composer.ComposerError(
-                None,
-                None,
-                "YAML aliases (*name) are not allowed in a config; write the value out",
-                event.start_mark,
-            )
-        return super().compose_node(parent, index)
-
-
-# What parsing YAML text can raise: syntax errors, an int past Python's 4300-digit limit (ValueError),
-# nesting deeper than the recursive composer can follow (RecursionError).
-YAML_ERRORS = (yaml.YAMLError, ValueError, RecursionError)
-
-
-def load_yaml(text: str) -> Any:
-    return yaml.load(text, Loader=_NoAliasLoader)  # noqa: S506 - a SafeLoader subclass
-
-
 def _validate(cfg: Config) -> None:
     """Checks across keys, which a single key's range cannot express."""
     for name in cfg.run.trackers():
@@ -602,8 +352,8 @@ def load_config(path: str | Path | None = None, overrides: list[str] | tuple[str
             raise UserError(f"config file {p} must be a mapping of sections (run, data, model, ...)")
     for text in overrides:
         key, value = parse_override(text)
-        _set_dotted(tree, key, value)
-    return _finish(_build(Config, tree))
+        set_dotted(tree, key, value, Config)
+    return _finish(build(Config, tree))
 
 
 # `python -m core.config` prints the reference. The printer is core/config_reference.py's job and imports

@@ -5,8 +5,10 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import typing
 
-from core.config import Config, _field_types, _valid_text
+from core.config import Config
+from core.config_fields import valid_text
 
 
 def _reference_rows() -> list[tuple[str, str, str, str, str]]:
@@ -14,7 +16,7 @@ def _reference_rows() -> list[tuple[str, str, str, str, str]]:
     rows = []
 
     def walk(cls: type, prefix: str, top: str) -> None:
-        hints = _field_types(cls)
+        hints = typing.get_type_hints(cls)
         inst = cls()
         for f in dataclasses.fields(cls):
             tp = hints[f.name]
@@ -26,7 +28,7 @@ def _reference_rows() -> list[tuple[str, str, str, str, str]]:
                     top,
                     f"{prefix}{f.name}",
                     json.dumps(getattr(inst, f.name)),
-                    _valid_text(f.metadata),
+                    valid_text(f.metadata),
                     f.metadata["help"],
                 )
             )

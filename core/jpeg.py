@@ -14,7 +14,7 @@ from dataclasses import dataclass
 
 import torch
 
-from core.images import BadImage, decode_image, exif_transpose_tensor
+from core.images import BadImage, TooElongated, check_resize_output, decode_image, exif_transpose_tensor
 from core.streams import CUDA_STREAMS, CudaStreams, normal_device, refuse_alias
 
 # nvJPEG's decode of a 24 MP photo is 72 MB; 256 of them next to a model risk OOM. Larger files go to the
@@ -57,6 +57,31 @@ class JpegRoute:
     @property
     def device(self) -> bool:
         return self.reason is None
+
+    @property
+    def upright(self) -> tuple[int, int]:
+        """(height, width) from the frame header once its EXIF orientation is applied."""
+        return upright_size(self.height, self.width, self.orientation)
+
+
+def upright_size(height: int, width: int, orientation: int) -> tuple[int, int]:
+    """(height, width) of a stored image once EXIF `orientation` is applied: 5..8 swap the axes."""
+    return (width, height) if orientation in (5, 6, 7, 8) else (height, width)
+
+
+def resize_refusal(height: int, width: int, resize: int, crop: int, orientation: int = 1) -> str | None:
+    """The reason core.images.check_resize_output gives a height x width image stored with EXIF
+    `orientation` (the same words as a CPU decode's row or note), or None when its resize is in bounds
+    or the size is unknown (0: a header that defers it; the decoded shape is asked again). Device paths
+    ask this of header sizes before decoding and of decoded shapes before resizing."""
+    if height <= 0 or width <= 0:
+        return None
+    height, width = upright_size(height, width, orientation)
+    try:
+        check_resize_output(width, height, resize, crop)
+    except TooElongated as exc:
+        return str(exc)
+    return None
 
 
 def exif_orientation(app1: bytes) -> int:
@@ -339,6 +364,8 @@ __all__ = [
     "decode_on_device",
     "device_decoder_available",
     "exif_orientation",
+    "resize_refusal",
     "route_jpeg",
     "torchvision_decoder",
+    "upright_size",
 ]

@@ -10,7 +10,8 @@ from __future__ import annotations
 import dataclasses
 from typing import Any
 
-from core.config import PreprocessConfig, value_problem
+from core.config import PreprocessConfig
+from core.config_fields import value_problem
 from core.errors import UserError, clip
 
 TOPK_SEPARATOR = "|"  # joins top-k labels in one predictions-CSV cell: no class name may hold it

@@ -87,7 +87,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--format", choices=FORMATS, help="output format (default: from --out's suffix, else csv)")
     p.add_argument("--topk", type=int, default=5, help="how many top classes per row (columns top<K>_*)")
     p.add_argument("--probs", action="store_true", help="add one prob_<label> column per class")
-    p.add_argument("--absolute", action="store_true", help="absolute paths instead of relative to each input")
+    p.add_argument(
+        "--absolute",
+        action="store_true",
+        help="absolute paths instead of relative to the output's base folder",
+    )
     mode = p.add_mutually_exclusive_group()
     mode.add_argument("--resume", action="store_true", help="skip paths already in --out and append the rest")
     mode.add_argument("--overwrite", action="store_true", help="replace an existing --out")

@@ -23,7 +23,7 @@ import torch
 from PIL import Image
 
 from core.images import EXIF_TRANSPOSE, BadImage, decode_image, exif_transpose_tensor
-from core.jpeg import REFUSED, DecodeStats, JpegRoute, decode_on_device, route_jpeg
+from core.jpeg import REFUSED, DecodeStats, JpegRoute, decode_on_device, resize_refusal, route_jpeg
 from core.preprocess import EvalSpec, eval_transform, interpolation_mode
 from core.resize import eval_resize_crop
 from core.streams import CUDA_STREAMS, CudaStreams, normal_device
@@ -99,15 +99,24 @@ def gpu_decode(
     key: CropKey,
     device: torch.device,
     streams: CudaStreams = CUDA_STREAMS,
-) -> list[torch.Tensor | None]:
-    """Decode (core.jpeg: chunked, bisected, stream-safe), orient, resize and crop JPEG bytes on `device`;
-    None for each image the decoder refuses."""
+) -> list[torch.Tensor | str | None]:
+    """Decode (core.jpeg: chunked, bisected, stream-safe), orient, resize and crop JPEG bytes on `device`:
+    a crop per image; None where the decoder refuses (the CPU decoder's turn); the reason, as the CPU
+    path words it, where the upright image is too elongated to resize within core.images' bound (its
+    shape is host metadata: checked before the resize, with no device sync)."""
     blobs = [torch.frombuffer(bytearray(d), dtype=torch.uint8) for d in datas]
     decoded = decode_on_device(blobs, device, streams=streams)
-    good = [i for i, img in enumerate(decoded) if img is not None]
-    crops = resize_crop_batch([orient(decoded[i], orientations[i]) for i in good], key)
-    result: list[torch.Tensor | None] = [None] * len(datas)
-    for i, crop in zip(good, crops):
+    result: list[torch.Tensor | str | None] = [None] * len(datas)
+    upright: dict[int, torch.Tensor] = {}
+    for i, img in enumerate(decoded):
+        if img is not None:
+            img = orient(img, orientations[i])
+            refusal = resize_refusal(int(img.shape[-2]), int(img.shape[-1]), key[0], key[1])
+            if refusal is None:
+                upright[i] = img
+            else:
+                result[i] = refusal
+    for i, crop in zip(upright, resize_crop_batch(list(upright.values()), key)):
         result[i] = crop
     return result
 
@@ -262,6 +271,11 @@ class DecodePipeline:
             return _Loaded(None, str(exc), None)
         route = route_jpeg(data) if self.gpu else None
         if route is not None and route.device:
+            # the header knows the size: a panorama past the resize bound is a row before any decode
+            refusal = resize_refusal(route.height, route.width, *self.key[:2], route.orientation)
+            if refusal is not None:
+                self.budget.release(len(data))
+                return _Loaded(None, refusal, route)
             self.budget.park(len(data))  # freed when its batch is finished (_finish)
             return _Loaded(data, "", route)
         return _Loaded(None, "", route, self._decode_cpu(data))
@@ -315,7 +329,7 @@ class DecodePipeline:
             )
             refused = [i for i, img in zip(gpu, decoded) if img is None]
             for i, img in zip(gpu, decoded):
-                results[i] = img
+                results[i] = img  # a crop, None (the CPU's turn, below) or a too-elongated reason
             self.stats.add(None, len(gpu) - len(refused))
             if refused:
                 self.stats.add(REFUSED, len(refused))

@@ -18,8 +18,8 @@ from core.errors import UserError
 from core.images import IMAGE_EXTENSIONS, is_image_file
 from core.tree import walk_tree
 from serve.pathnames import escape_path
+from serve.row_paths import choose_base, is_url, row_path
 
-URL_PREFIXES = ("http://", "https://")
 MAX_FILE_MB = 256  # default --max-file-mb: far above any photo, far below what would exhaust memory
 
 
@@ -35,10 +35,6 @@ class Item:
     max_bytes: int = MAX_FILE_MB * 2**20
 
 
-def is_url(text: str) -> bool:
-    return text.lower().startswith(URL_PREFIXES)
-
-
 def check_inputs(inputs: list[str]) -> None:
     """Refuse a missing input before any output exists: a typo is a user error, not an error row."""
     if not inputs:
@@ -49,11 +45,15 @@ def check_inputs(inputs: list[str]) -> None:
 
 
 def iter_items(
-    inputs: list[str], absolute: bool = False, max_bytes: int = MAX_FILE_MB * 2**20
+    inputs: list[str],
+    absolute: bool = False,
+    max_bytes: int = MAX_FILE_MB * 2**20,
+    base: str | None = None,
 ) -> Iterator[Item]:
-    """Every item in input order, each file once; folder contents sorted. With several inputs, paths keep
-    the input prefix so rows from `dirA/x.jpg` and `dirB/x.jpg` stay distinct (resume keys on the path)."""
-    prefixed = len(inputs) > 1
+    """Every item in input order, each file once; folder contents sorted. Paths are relative to `base`
+    (serve.row_paths; default: the base a new output gets), so `dirA/x.jpg` and `dirB/x.jpg` stay distinct
+    and an image keeps its path (the resume key) whatever the other inputs are."""
+    base = base if base is not None else choose_base(inputs)
     seen: set = set()  # files already yielded (their _file_key), and URLs
     walked: set = set()  # folders already walked, shared by all inputs
     for text in inputs:
@@ -61,13 +61,12 @@ def iter_items(
             if _first_time(text, seen):
                 yield Item(text, escape_path(text), max_bytes=max_bytes)
         elif os.path.isdir(text):
-            for full, rel, key in _walk(text, "", walked):
+            for full, _rel, key in _walk(text, "", walked):
                 if _first_time(key, seen):
-                    shown = os.path.abspath(full) if absolute else (_join(text, rel) if prefixed else rel)
-                    yield Item(full, escape_path(shown), max_bytes=max_bytes)
+                    yield Item(full, row_path(full, base, absolute), max_bytes=max_bytes)
         elif _first_time(_file_key(text), seen):
-            shown = os.path.abspath(text) if absolute else text
-            yield Item(text, escape_path(shown), _explicit_file_error(text), max_bytes=max_bytes)
+            shown = row_path(text, base, absolute)
+            yield Item(text, shown, _explicit_file_error(text), max_bytes=max_bytes)
 
 
 def _first_time(key, seen: set) -> bool:

@@ -12,6 +12,7 @@ from core.calibration_plot import plot_risk_coverage
 from core.errors import UserError
 from core.evaluation import evaluation_source, write_evaluation
 from core.fsio import write_json_atomic
+from serve.row_paths import is_url, resolve_row
 from serve.writer import Layout, iter_rows
 
 
@@ -36,24 +37,26 @@ def check_labelled_folder(root: str, classes: list[str]) -> None:
 
 
 def evaluate_output(
-    out: str | Path, layout: Layout, root: str, absolute: bool, eval_dir: str | Path, model: str | Path
+    out: str | Path, layout: Layout, root: str, base: str | None, eval_dir: str | Path, model: str | Path
 ) -> dict:
     """Accuracy, per-class precision/recall/F1, the most confused pairs and the confusion matrix from the rows
-    of `out` (all of them, resumed ones too), recorded with the `model` and `root` they came from. Error rows
-    and images outside a class folder are left out and counted in data.excluded."""
+    of `out` (all of them, resumed ones too), recorded with the `model` and `root` they came from. A row's
+    file is found from the output's `base` (serve.row_paths); error rows and images outside a class folder
+    of `root` are left out and counted in data.excluded."""
     index = {c: i for i, c in enumerate(layout.classes)}
-    base = os.path.abspath(root)
+    root = os.path.abspath(root)
     probs, targets, accepted, excluded = [], [], [], 0
     for row in iter_rows(out, layout):
-        rel = os.path.relpath(row["path"], base) if absolute else row["path"]
-        cls = rel.replace(os.sep, "/").split("/")[0]
-        if row["status"] != "ok" or cls not in index or "/" not in rel.replace(os.sep, "/"):
+        source = resolve_row(row["path"], base)
+        rel = os.path.relpath(source, root).replace(os.sep, "/") if source and not is_url(source) else ""
+        cls = rel.split("/")[0]
+        if row["status"] != "ok" or cls not in index or "/" not in rel:
             excluded += 1
             continue
         probs.append([float(row[f"prob_{c}"]) for c in layout.classes])
         targets.append(index[cls])
         accepted.append(row.get("accepted") in (True, "true"))
-    source = evaluation_source(model, base, len(targets) + excluded, excluded=excluded)
+    source = evaluation_source(model, root, len(targets) + excluded, excluded=excluded)
     probs_a, targets_a = np.asarray(probs, dtype=np.float64).reshape(-1, len(index)), np.asarray(targets)
     metrics = write_evaluation(
         eval_dir, probs_a, targets_a, list(layout.classes), list(layout.display_names), source=source

@@ -17,6 +17,7 @@ from core.bundle import RECORD_FILE, WEIGHTS_FILE, resolve_bundle_dir
 from core.errors import UserError
 from core.fsio import write_json_atomic
 from core.model_record import sha256_file
+from serve.row_paths import merged_inputs
 
 MUST_MATCH = {
     "model_sha256": "model",
@@ -49,8 +50,11 @@ def job_identity(
     absolute: bool,
     inputs: Sequence[str] = (),
     threshold: float | None = None,
+    base: str | None = None,
 ) -> dict[str, Any]:
-    """`inputs` and `cwd` let any reader of the predictions (the sort command, --evaluate) find a row's file."""
+    """`base` is the folder the rows' paths are relative to (serve.row_paths), so any reader of the
+    predictions (resume, the sort command, --evaluate) finds a row's file; `inputs` are every input the
+    file was made from (the sort command refuses to sort into one of them)."""
     return {
         "model_sha256": model_sha256(model),
         "topk": topk,
@@ -60,9 +64,8 @@ def job_identity(
         "threshold": threshold,  # the `accepted` column's meaning; an older file's record lacks it (None)
         "model": str(model),
         "serve_version": _version(),
-        "inputs": [
-            t if t.lower().startswith(("http://", "https://")) else os.path.abspath(t) for t in inputs
-        ],
+        "inputs": merged_inputs([], inputs),
+        "base": base,
         "cwd": os.getcwd(),
     }
 

@@ -31,8 +31,10 @@ from serve.cli import ServeJob
 from serve.decode import DecodePipeline
 from serve.discover import Item, iter_items
 from serve.embeddings import EmbeddingWriter
+from serve.pathnames import escape_path
 from serve.predict import predictions_and_features
-from serve.provenance import check_same_job, job_identity, write_identity
+from serve.provenance import check_same_job, job_identity, meta_path, write_identity
+from serve.row_paths import choose_base, merged_inputs, read_record, recorded_base
 from serve.threads import serve_threads
 from serve.writer import (
     SEQ,
@@ -92,9 +94,15 @@ def run_job(job: ServeJob) -> int:
 
 
 def identity_of(job: ServeJob, layout: Layout) -> dict:
-    """What --resume must find unchanged, and where a reader (imgclf-sort, --evaluate) finds each row's file."""
+    """What --resume must find unchanged, and where a reader (imgclf-sort, --evaluate) finds each row's file:
+    a resumed output keeps the base its rows were written against (serve.row_paths) and adds the new inputs."""
+    base, inputs = choose_base(job.inputs), list(job.inputs)
+    recorded = read_record(meta_path(job.out)) if job.resume and job.out else None
+    if recorded is not None:
+        base = recorded_base(recorded)[0]
+        inputs = merged_inputs([str(t) for t in recorded.get("inputs") or []], job.inputs)
     return job_identity(
-        job.model, layout.topk, layout.probs, layout.fmt, job.absolute, job.inputs, layout.threshold
+        job.model, layout.topk, layout.probs, layout.fmt, job.absolute, inputs, layout.threshold, base
     )
 
 
@@ -141,9 +149,9 @@ def prepare_output(job: ServeJob, layout: Layout, identity: dict, state: Partial
     return done_paths(out, layout) if job.resume else set()
 
 
-def my_items(job: ServeJob, done: set[str], state: PartialState) -> Iterator[Item]:
+def my_items(job: ServeJob, done: set[str], state: PartialState, base: str | None) -> Iterator[Item]:
     """This process's share: every world_size-th item of the sorted stream, after skipping done paths."""
-    stream: Iterator[Item] = iter_items(list(job.inputs), job.absolute, job.max_bytes)
+    stream: Iterator[Item] = iter_items(list(job.inputs), job.absolute, job.max_bytes, base)
     if done:
         stream = (it for it in stream if it.path not in done)
     if job.limit:
@@ -247,7 +255,7 @@ def run(
                     pipe,
                     backend,
                     layout,
-                    my_items(job, done, state),
+                    my_items(job, done, state, identity["base"]),
                     writer,
                     batch_size,
                     bar,
@@ -307,17 +315,19 @@ def show(job: ServeJob, layout: Layout, spec, state: PartialState) -> int:
     print(f"model: {job.model} | {backend.description}", flush=True)
     out = job.out
     with output_lock(out, state) if out else contextlib.nullcontext():
+        base = None
         if out:
             identity = identity_of(job, layout)
             check_output(job, layout, identity, state)
-        item = next(iter_items(list(job.inputs), job.absolute, job.max_bytes))
+            base = identity["base"]
+        item = next(iter_items(list(job.inputs), job.absolute, job.max_bytes, base))
         row = show_one(item, backend, spec, layout, job.figure, job.timeout)
         if out:
             write_identity(out, identity)
             with RowWriter(out, layout, append=job.resume) as writer:
                 writer.write([row])
     if row["status"] == "error":
-        raise UserError(f"{item.path}: {row['error']}")
+        raise UserError(f"{escape_path(item.source)}: {row['error']}")  # as the user spelled it
     return 0
 
 
@@ -350,5 +360,6 @@ def _warn_if_nothing_found(counts: Counts, skipped: int, inputs: tuple[str, ...]
 def _evaluate(job: ServeJob, layout: Layout) -> None:
     from serve.evaluate import evaluate_output, summary
 
-    m = evaluate_output(job.out, layout, job.inputs[0], job.absolute, job.eval_dir, job.model)
+    base = recorded_base(read_record(meta_path(job.out)) or {})[0]
+    m = evaluate_output(job.out, layout, job.inputs[0], base, job.eval_dir, job.model)
     print(summary(m, job.eval_dir), flush=True)

@@ -25,7 +25,8 @@ from core.fsio import write_text_atomic
 from core.images import SORT_QUEUES
 from core.interrupt import command, started
 from core.lock import OutputLock
-from serve.pathnames import escape_path, unescape_path
+from serve.pathnames import escape_path
+from serve.row_paths import read_record, recorded_base, resolve_row
 from serve.sort_files import MANIFEST, MODES, Manifest, Placement, free_name, intent_fields, place, undo_one
 
 REVIEW, ERRORS = SORT_QUEUES
@@ -113,33 +114,26 @@ def folder_name(label: str, n: int) -> str:
 # ─── where the rows' files are ────────────────────────────────────────────────────────────────
 
 
-def path_base(predictions: Path, root: str | None) -> tuple[Path | None, list[Path]]:
-    """The folder relative row paths start from, and the classified inputs (DIR must lie outside them)."""
+def path_base(predictions: Path, root: str | None) -> tuple[str | None, list[Path]]:
+    """The folder relative row paths start from (serve.row_paths), and the classified inputs (DIR must
+    lie outside them)."""
     if root:
-        return Path(root).resolve(), [Path(root).resolve()]
-    meta = predictions.with_name(predictions.name + ".meta.json")
-    try:
-        recorded = json.loads(meta.read_text(encoding="utf-8"))
-        inputs = [Path(p) for p in recorded.get("inputs") or []]
-        cwd = Path(recorded["cwd"]) if recorded.get("cwd") else None
-    except (OSError, ValueError, AttributeError, TypeError):
+        return str(Path(root).resolve()), [Path(root).resolve()]
+    recorded = read_record(predictions.with_name(predictions.name + ".meta.json"))
+    if recorded is None:
         return None, []
-    local = [p for p in inputs if not str(p).lower().startswith(("http://", "https://"))]
-    if len(inputs) == 1 and local and local[0].is_dir():
-        return local[0], local  # one folder: serve wrote paths relative to it
-    return cwd, local
+    base, inputs = recorded_base(recorded)
+    return base, [Path(p) for p in inputs]
 
 
-def source_of(cell: str, base: Path | None, n: int) -> str:
-    name = unescape_path(cell)
-    if os.path.isabs(name):
-        return name
-    if base is None:
+def source_of(cell: str, base: str | None, n: int) -> str:
+    source = resolve_row(cell, base)
+    if source is None:
         raise UserError(
             f"row {n}: {cell[:100]!r} is relative and the predictions file has no .meta.json saying to what; "
             "give --root FOLDER (the folder you classified)"
         )
-    return os.path.normpath(os.path.join(base, name))
+    return source
 
 
 def check_outside(dest: Path, inputs: list[Path]) -> None:
@@ -156,7 +150,7 @@ def check_outside(dest: Path, inputs: list[Path]) -> None:
 # ─── the plan ─────────────────────────────────────────────────────────────────────────────────
 
 
-def plan(rows: list[dict], base: Path | None) -> list[Placement]:
+def plan(rows: list[dict], base: str | None) -> list[Placement]:
     out = []
     for n, row in enumerate(rows, 2):  # line 1 is the header
         src = source_of(str(row["path"]), base, n)

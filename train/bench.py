@@ -9,28 +9,35 @@ All rows come from one run on one machine. Runs on CPU at tiny sizes too (CI smo
 from __future__ import annotations
 
 import argparse
-import gc
 import sys
-import time
-from collections.abc import Callable, Iterator
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 from pathlib import Path
 
-import numpy as np
 import torch
-from torch import nn
-from torch.utils.data import DataLoader, Dataset
 
-from core.demo_data import make_image
 from core.errors import UserError, cli_entry
-from core.fsio import atomic_dir, write_json_atomic
-from core.images import BadImage, decode_image, is_image_file
+from core.fsio import write_json_atomic
 from core.jpeg import DecodeStats
-from core.models import HeadSpec, backbone_frozen_eval, build_model, set_backbone_trainable
-from core.preprocess import AugmentSpec, EvalSpec, Normalize, default_spec_for, train_transform
-from train.gpu_data import EncodedImages, GpuPipeline, collate_encoded, prefetch
+from core.preprocess import AugmentSpec, EvalSpec, Normalize, default_spec_for
+from train.bench_feeds import (
+    cpu_batches,
+    gpu_batches,
+    list_samples,
+    model_only_batches,
+    synthetic_folder,
+    tutorial_batches,
+)
+from train.bench_step import (
+    Row,
+    Setup,
+    amp_dtype_for,
+    build,
+    largest_batch_that_fits,
+    make_step,
+    measure,
+    sync,
+)
 
-Batches = Iterator[tuple[torch.Tensor, torch.Tensor]]
 PATHS = ("model", "cpu", "gpu", "tutorial")
 LABELS = {
     "model": "model only (data on device)",
@@ -38,307 +45,6 @@ LABELS = {
     "gpu": "ours, GPU decode",
     "tutorial": "tutorial loop (PIL, fp32)",
 }
-
-
-# ------------------------------------------------------------------------------ data
-
-
-def synthetic_folder(dst: Path, count: int, size: int, classes: int = 4, seed: int = 0) -> Path:
-    """`count` JPEGs of about size×size (±25%, so a batch mixes sizes) in dst/<class>/, made once."""
-    if dst.is_dir() and sum(1 for _ in dst.rglob("*.jpg")) >= count:
-        return dst
-    rng = np.random.default_rng(seed)
-    with atomic_dir(dst) as tmp:
-        for k in range(count):
-            w, h = (int(size * rng.uniform(0.75, 1.25)) for _ in range(2))
-            folder = Path(tmp) / str(k % classes)
-            folder.mkdir(exist_ok=True)
-            make_image(k % classes, rng, (w, h)).save(folder / f"{k:06d}.jpg", quality=90)
-    return dst
-
-
-def list_samples(root: Path) -> list[tuple[str, int]]:
-    """root/<class>/<image>, or root/train/<class>/<image>."""
-    if (root / "train").is_dir():
-        root = root / "train"
-    classes = sorted(p.name for p in root.iterdir() if p.is_dir()) if root.is_dir() else []
-    samples = [
-        (str(f), k) for k, c in enumerate(classes) for f in sorted((root / c).iterdir()) if is_image_file(f)
-    ]
-    if not samples:
-        raise UserError(
-            f"no images under {root}/<class>/; pass --data with class folders or leave it out "
-            "for a synthetic folder"
-        )
-    return samples
-
-
-class DecodedImages(Dataset):
-    """Our CPU path: core decoder + core train transform → uint8 [3, crop, crop] (bad files: skipped)."""
-
-    def __init__(self, samples: list[tuple[str, int]], transform: Callable):
-        self.samples, self.transform = samples, transform
-
-    def __len__(self) -> int:
-        return len(self.samples)
-
-    def __getitem__(self, i: int) -> tuple[torch.Tensor | None, int]:
-        path, label = self.samples[i]
-        try:
-            return self.transform(decode_image(path)), label
-        except BadImage:
-            return None, label
-
-
-def collate_decoded(items: list[tuple[torch.Tensor | None, int]]) -> tuple[torch.Tensor, torch.Tensor]:
-    kept = [(x, y) for x, y in items if x is not None]
-    return torch.stack([x for x, _ in kept]), torch.tensor([y for _, y in kept])
-
-
-def forever(make: Callable[[int], Batches]) -> Batches:
-    epoch = 0
-    while True:
-        yield from make(epoch)
-        epoch += 1
-
-
-# ------------------------------------------------------------------------------ training step
-
-
-@dataclass
-class Setup:
-    device: torch.device
-    amp_dtype: torch.dtype | None
-    channels_last: bool
-
-
-def amp_dtype_for(device: torch.device, amp: bool) -> torch.dtype | None:
-    if not amp:
-        return None
-    if device.type == "cuda" and not torch.cuda.is_bf16_supported():
-        return torch.float16
-    return torch.bfloat16
-
-
-def build(
-    arch: str, num_classes: int, freeze: bool, setup: Setup, compile_model: bool, channels_last: bool
-) -> tuple[nn.Module, nn.Module]:
-    """(module to call, underlying model). Frozen backbone: its parameters do not require grad, so no
-    autograd graph is recorded through it and its BatchNorm layers stay in eval mode."""
-    model = build_model(arch, num_classes, HeadSpec(), pretrained="none").to(setup.device).train()
-    if freeze:
-        set_backbone_trainable(model, False)
-        backbone_frozen_eval(model)
-    if channels_last:
-        model = model.to(memory_format=torch.channels_last)
-    return (torch.compile(model) if compile_model else model), model
-
-
-def make_step(
-    model: nn.Module, params: list[nn.Parameter], setup: Setup, sync_loss: bool = False
-) -> Callable[[torch.Tensor, torch.Tensor], None]:
-    """One optimizer step on normalized float images. The loss is summed on the device (no host sync)
-    unless `sync_loss` (the tutorial's per-step `loss.item()`)."""
-    opt = torch.optim.SGD(params, lr=1e-3, momentum=0.9)
-    crit = nn.CrossEntropyLoss()
-    fp16 = setup.amp_dtype == torch.float16
-    scaler = torch.amp.GradScaler("cuda", enabled=fp16)
-    total = torch.zeros((), device=setup.device)
-
-    def step(images: torch.Tensor, labels: torch.Tensor) -> None:
-        nonlocal total
-        with torch.autocast(
-            setup.device.type, dtype=setup.amp_dtype or torch.float32, enabled=setup.amp_dtype is not None
-        ):
-            loss = crit(model(images), labels)
-        opt.zero_grad(set_to_none=True)
-        scaler.scale(loss).backward()
-        scaler.step(opt)
-        scaler.update()
-        total = total + loss.detach().float()
-        if sync_loss:
-            loss.item()
-
-    return step
-
-
-def sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
-@dataclass
-class Row:
-    model: str
-    path: str
-    batch_size: int
-    images_per_s: float
-    data_wait: float  # fraction of the timed wall time spent waiting for the next batch
-
-
-def measure(
-    batches: Batches, step: Callable, warmup: int, steps: int, device: torch.device
-) -> tuple[float, float]:
-    for _ in range(warmup):
-        step(*next(batches))
-    sync(device)
-    start, waited, seen = time.perf_counter(), 0.0, 0
-    for _ in range(steps):
-        t = time.perf_counter()
-        images, labels = next(batches)
-        waited += time.perf_counter() - t
-        step(images, labels)
-        seen += len(labels)
-    sync(device)
-    elapsed = time.perf_counter() - start
-    return seen / elapsed, waited / elapsed
-
-
-# ------------------------------------------------------------------------------ the four paths
-
-
-def model_only_batches(
-    batch: int, crop: int, num_classes: int, setup: Setup, normalize: nn.Module
-) -> Batches:
-    g = torch.Generator().manual_seed(0)
-    images = torch.randint(0, 256, (batch, 3, crop, crop), dtype=torch.uint8, generator=g).to(setup.device)
-    labels = torch.randint(0, num_classes, (batch,), generator=g).to(setup.device)
-    while True:  # normalization stays in the measured step, as in the real loop
-        x = normalize(images)
-        yield (x.contiguous(memory_format=torch.channels_last) if setup.channels_last else x), labels
-
-
-def cpu_batches(
-    samples, aug: AugmentSpec, spec: EvalSpec, batch: int, workers: int, setup: Setup, normalize: nn.Module
-) -> Batches:
-    ds = DecodedImages(samples, train_transform(aug, spec))
-    loader = DataLoader(
-        ds,
-        batch_size=batch,
-        shuffle=True,
-        num_workers=workers,
-        drop_last=True,
-        collate_fn=collate_decoded,
-        pin_memory=setup.device.type == "cuda",
-        persistent_workers=workers > 0,
-    )
-
-    def epoch(_: int) -> Batches:
-        for images, labels in loader:
-            x = normalize(images.to(setup.device, non_blocking=True))
-            x = x.contiguous(memory_format=torch.channels_last) if setup.channels_last else x
-            yield x, labels.to(setup.device, non_blocking=True)
-
-    return forever(epoch)
-
-
-def gpu_batches(
-    samples,
-    aug: AugmentSpec,
-    spec: EvalSpec,
-    batch: int,
-    workers: int,
-    threads: int,
-    setup: Setup,
-    stats: list[DecodeStats],
-) -> Batches:
-    loader = DataLoader(
-        EncodedImages(samples, threads=threads),
-        batch_size=batch,
-        shuffle=True,
-        num_workers=workers,
-        drop_last=True,
-        collate_fn=collate_encoded,
-        persistent_workers=workers > 0,
-    )
-    pipe = GpuPipeline(spec, setup.device, aug, seed=0, channels_last=setup.channels_last)
-    stats.append(pipe.stats)  # the caller prints how many images went to the CPU decoder instead
-    # ONE prefetch over every epoch of the synthetic set: steady state only. A prefetch per epoch drained
-    # and refilled the decode/augment stages at every epoch end (every 8 of the GPU check's 38 steps).
-    return ((b.images, b.labels) for b in prefetch(endless(loader), pipe))
-
-
-def endless(loader: DataLoader) -> Iterator:
-    """The loader's batches, epoch after epoch, each batch tagged with its epoch (its augmentation key)."""
-    epoch = 0
-    while True:
-        for b in loader:
-            b.epochs.fill_(epoch)
-            yield b
-        epoch += 1
-
-
-def tutorial_batches(
-    samples, crop: int, resize: int, batch: int, workers: int, device: torch.device
-) -> Batches:
-    """The Flowers tutorial's input pipeline: PIL → RandomRotation(30) → RandomResizedCrop → flip → ToTensor
-    → Normalize on the CPU, float32 batches copied to the device."""
-    from PIL import Image
-    from torchvision import transforms as T1
-
-    tf = T1.Compose(
-        [
-            T1.RandomRotation(30),
-            T1.RandomResizedCrop(crop),
-            T1.RandomHorizontalFlip(),
-            T1.ToTensor(),
-            T1.Normalize([0.485, 0.456, 0.406], [0.229, 0.224, 0.225]),
-        ]
-    )
-
-    class Tutorial(Dataset):
-        def __len__(self) -> int:
-            return len(samples)
-
-        def __getitem__(self, i: int):
-            path, label = samples[i]
-            return tf(Image.open(path).convert("RGB")), label
-
-    loader = DataLoader(
-        Tutorial(),
-        batch_size=batch,
-        shuffle=True,
-        num_workers=workers,
-        drop_last=True,
-        persistent_workers=workers > 0,
-    )
-
-    def epoch(_: int) -> Batches:
-        for images, labels in loader:
-            yield images.to(device), labels.to(device)
-
-    return forever(epoch)
-
-
-# ------------------------------------------------------------------------------ batch size
-
-
-def is_oom(exc: BaseException) -> bool:
-    return isinstance(exc, torch.cuda.OutOfMemoryError) or "out of memory" in str(exc).lower()
-
-
-def largest_batch_that_fits(try_batch: Callable[[int], None], start: int, minimum: int = 1) -> int:
-    """Largest batch size, halving from `start`, for which `try_batch(n)` runs without running out of memory.
-
-    `try_batch` should run two full training steps (the second allocates optimizer state). This is the
-    search `train.batch_size: auto` can call with the real model and step.
-    """
-    n = start
-    while n >= minimum:
-        try:
-            try_batch(n)
-            return n
-        except (torch.cuda.OutOfMemoryError, RuntimeError) as exc:
-            if not is_oom(exc):
-                raise
-        gc.collect()
-        if torch.cuda.is_available():
-            torch.cuda.empty_cache()
-        n //= 2
-    raise UserError(f"even a batch of {minimum} does not fit in device memory; use a smaller model or crop")
-
-
-# ------------------------------------------------------------------------------ driver
 
 
 def bench_model(arch: str, args: argparse.Namespace, samples, setup: Setup) -> tuple[list[Row], dict]:

@@ -24,6 +24,7 @@ from core.errors import UserError
 from core.evaluation import write_metrics_csv
 from core.figures import plot_curves
 from core.fsio import write_text_atomic
+from core.images import TOO_ELONGATED
 from core.models import HeadSpec, backbone_frozen_eval, set_backbone_trainable
 from core.progress import Progress
 from train.checkpoint import TrainerState, save_last
@@ -116,20 +117,22 @@ class Trainer:
     def _agree(self, epoch_bad: list[str]) -> tuple[bool, int]:
         """(stop requested anywhere, bad images this epoch everywhere); one tiny all-reduce when distributed."""
         if self.acc.num_processes == 1:
-            return self.stop.received is not None, len(epoch_bad)
+            return self.stop.received is not None, len(_undecodable(epoch_bad))
         flags = torch.tensor(
-            [float(self.stop.received is not None), float(len(epoch_bad))], device=self.acc.device
+            [float(self.stop.received is not None), float(len(_undecodable(epoch_bad)))],
+            device=self.acc.device,
         )
         stop, bad = self.acc.reduce(flags, reduction="sum").tolist()
         return stop > 0, int(bad)
 
     def _check_bad(self, bad_count: int, epoch_bad: list[str], epoch_done: bool = False) -> None:
-        """Abort past data.max_bad_fraction. Mid-epoch only the images read so far are known, so the
-        count and list are a lower bound there and the message says so; at epoch end they are complete."""
+        """Abort past data.max_bad_fraction undecodable images (a few panoramas too elongated to resize
+        never abort a run). Mid-epoch only the images read so far are known, so the count and list are a
+        lower bound there and the message says so; at epoch end they are complete."""
         limit = self.cfg.data.max_bad_fraction * len(self.data.train)
         if bad_count <= limit:
             return
-        notes = sorted(set(gather_object(epoch_bad)))
+        notes = sorted(set(_undecodable(gather_object(epoch_bad))))
         shown = "; ".join(n.replace("\t", ": ") for n in notes[:20])
         more = f" (and {len(notes) - 20} more)" if len(notes) > 20 else ""
         count = f"{len(notes)}" if epoch_done else f"at least {len(notes)}"
@@ -268,7 +271,7 @@ class Trainer:
         )
         loss_total, hit_total, n = totals.tolist()
         all_bad = gather_object(epoch_bad) if acc.num_processes > 1 else epoch_bad
-        self._check_bad(len(set(all_bad)), epoch_bad, epoch_done=True)
+        self._check_bad(len(set(_undecodable(all_bad))), epoch_bad, epoch_done=True)
         state.bad_files = sorted(set(state.bad_files) | set(all_bad))
         if all_bad:  # skipped, not fatal: still said once per epoch, on the console and not only in a file
             self.log(_bad_images_warning(sorted(set(all_bad)), self.run_dir / "bad_files.txt"))
@@ -374,13 +377,20 @@ class Trainer:
         return state
 
 
+def _undecodable(notes: list[str]) -> list[str]:
+    """The notes of images that could not be decoded, not of those too elongated to resize (M1)."""
+    return [n for n in notes if TOO_ELONGATED not in n]
+
+
 def _bad_images_warning(notes: list[str], listed_in: Path) -> str:
     first = notes[0].replace("\t", ": ")
     first = first if len(first) <= 160 else first[:159] + "…"
-    return (
-        f"warning: {len(notes)} training image(s) could not be decoded this epoch and were skipped "
-        f"(first: {first}); all are listed in {listed_in}"
+    bad, thin = len(_undecodable(notes)), len(notes) - len(_undecodable(notes))
+    counts = " and ".join(
+        [f"{bad} training image(s) could not be decoded"] * bool(bad)
+        + [f"{thin} training image(s) were too elongated to resize"] * bool(thin)
     )
+    return f"warning: {counts} this epoch and were skipped (first: {first}); all are listed in {listed_in}"
 
 
 def _head_spec(cfg: Config) -> HeadSpec:

@@ -1,5 +1,6 @@
-"""The GPU data path for training: encoded file bytes from a DataLoader (thread-pool reads), decode +
-augment + normalize on the device in batches. Device-agnostic: on CPU it runs the same code (for tests).
+"""The GPU data path for training: encoded file bytes from a DataLoader (train.encoded: thread-pool reads),
+decode + augment + normalize on the device in batches. Device-agnostic: on CPU it runs the same code (for
+tests).
 
 Used by train.feed for `data.decode: gpu`: the DataLoader over `EncodedImages` with `collate_encoded` is
 sharded by `accelerator.prepare` as usual (a plain dataclass batch, so Accelerate leaves the bytes on the
@@ -8,166 +9,21 @@ host), and `engine_batches` turns it into the trainer's (images, labels, notes) 
 
 from __future__ import annotations
 
-import os
 import threading
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import dataclass, field
-from pathlib import Path
+from dataclasses import dataclass
 from typing import Any
 
 import torch
 
 from core.images import BadImage, exif_transpose_tensor
-from core.jpeg import (
-    NO_DEVICE_DECODER,
-    REFUSED,
-    DecodeStats,
-    JpegRoute,
-    decode_cpu,
-    decode_on_device,
-    route_jpeg,
-)
+from core.jpeg import REFUSED, DecodeStats, decode_cpu, decode_on_device, resize_refusal
 from core.preprocess import AugmentSpec, EvalSpec, Normalize
 from core.streams import CUDA_STREAMS, CudaStreams, normal_device
+from train.encoded import EncodedBatch, EncodedImages, EncodedSample, collate_encoded  # re-exported
 from train.gpu_augment import Uploads, eval_batch, train_batch
-
-# ------------------------------------------------------------------------------ host side: bytes
-
-
-@dataclass
-class EncodedSample:
-    """One file as a worker hands it over: the bytes of a JPEG for the device decoder (shape None), or,
-    for anything core.jpeg routes to the CPU, the image the worker already decoded (uint8 [3, H, W])."""
-
-    data: torch.Tensor  # uint8: file bytes [nbytes], or a decoded image [3, H, W]; empty when unreadable
-    label: int
-    index: int
-    epoch: int = 0
-    error: str | None = None
-    orientation: int = 1  # EXIF orientation of a JPEG for the device (nvJPEG ignores it)
-    cpu_reason: str | None = None  # why core.jpeg sent the file to the CPU decoder
-
-
-@dataclass
-class EncodedBatch:
-    """What the DataLoader yields: every sample's bytes (or CPU-decoded pixels) packed into ONE uint8 buffer,
-    so a batch crosses the worker → main process boundary as a handful of shared-memory storages instead of
-    one per file (each costs an fd over a socket on unpickle). No `.to()` on purpose: Accelerate's device
-    placement leaves it alone; `blob(k)` are zero-copy views into the buffer.
-    """
-
-    buffer: torch.Tensor  # uint8 [total bytes]
-    offsets: torch.Tensor  # int64 [N + 1]: sample k is buffer[offsets[k]:offsets[k + 1]]
-    shapes: (
-        torch.Tensor
-    )  # int64 [N, 3]: (3, H, W) of a CPU-decoded image, zeros for JPEG bytes for the device
-    orientations: torch.Tensor  # int64 [N]
-    labels: torch.Tensor  # int64 [N]
-    indices: torch.Tensor  # int64 [N], dataset positions: with `epochs`, the key of each image's augmentation
-    epochs: torch.Tensor  # int64 [N]
-    read_errors: dict[int, str] = field(default_factory=dict)  # position in batch → reason
-    cpu_reasons: dict[int, str] = field(default_factory=dict)  # position → why it was decoded on the CPU
-
-    def __len__(self) -> int:
-        return len(self.labels)
-
-    def blob(self, k: int) -> torch.Tensor:
-        return self.buffer[int(self.offsets[k]) : int(self.offsets[k + 1])]
-
-    @property
-    def data(self) -> list[torch.Tensor]:
-        return [self.blob(k) for k in range(len(self))]
-
-
-def _read(path: str) -> tuple[torch.Tensor, str | None]:
-    try:
-        raw = Path(path).read_bytes()
-    except OSError as exc:
-        return torch.empty(0, dtype=torch.uint8), f"cannot read file: {exc.strerror or exc}"
-    if not raw:
-        return torch.empty(0, dtype=torch.uint8), "empty file (0 bytes)"
-    return torch.frombuffer(bytearray(raw), dtype=torch.uint8), None
-
-
-class EncodedImages(torch.utils.data.Dataset):
-    """(path, label) samples → EncodedSample. `__getitems__` handles a whole batch with a thread pool.
-
-    Keys are an index or an (epoch, index) pair, so train.data's EpochSampler can drive it unchanged.
-    Each file goes through core.jpeg's router here, in the worker: JPEGs for the device decoder stay bytes,
-    everything else (progressive, CMYK, PNG, huge, truncated...) is decoded by PIL right here, in parallel
-    worker processes, instead of serially in the device feed's thread. `cpu_decode=False` only reads.
-
-    Reading is I/O and PIL decode releases the GIL, so threads overlap well; the pool is made lazily per
-    process so DataLoader worker processes each get their own.
-    """
-
-    def __init__(
-        self,
-        samples: Sequence[tuple[str, int]],
-        threads: int = 8,
-        cpu_decode: bool = True,
-        device_decode: bool = True,
-    ):
-        self.samples = [(os.fspath(p), int(y)) for p, y in samples]
-        self.threads, self.cpu_decode = threads, cpu_decode
-        self.device_decode = device_decode  # False: no working device decoder, PIL decodes every file here
-        self._pool: ThreadPoolExecutor | None = None
-        self._pid = -1
-
-    def __len__(self) -> int:
-        return len(self.samples)
-
-    def __getitem__(self, key: int | tuple[int, int]) -> EncodedSample:
-        epoch, i = key if isinstance(key, tuple) else (0, key)
-        path, label = self.samples[i]
-        data, error = _read(path)
-        if error or not self.cpu_decode:
-            return EncodedSample(data, label, i, epoch, error)
-        route = route_jpeg(data) if self.device_decode else JpegRoute(NO_DEVICE_DECODER)
-        if route.device:
-            return EncodedSample(data, label, i, epoch, orientation=route.orientation)
-        try:
-            return EncodedSample(decode_cpu(data), label, i, epoch, cpu_reason=route.reason)
-        except BadImage as exc:
-            return EncodedSample(
-                torch.empty(0, dtype=torch.uint8), label, i, epoch, str(exc), cpu_reason=route.reason
-            )
-
-    def __getitems__(self, indices: list) -> list[EncodedSample]:
-        if self._pool is None or self._pid != os.getpid():
-            self._pool, self._pid = (
-                ThreadPoolExecutor(self.threads, thread_name_prefix="imgclf-read"),
-                os.getpid(),
-            )
-        return list(self._pool.map(self.__getitem__, indices))
-
-    def __getstate__(self) -> dict:  # a pool cannot cross into worker processes
-        return {**self.__dict__, "_pool": None, "_pid": -1}
-
-
-def collate_encoded(samples: list[EncodedSample]) -> EncodedBatch:
-    sizes = torch.tensor([s.data.numel() for s in samples], dtype=torch.int64)
-    offsets = torch.zeros(len(samples) + 1, dtype=torch.int64)
-    torch.cumsum(sizes, 0, out=offsets[1:])
-    decoded = [s.data.dim() == 3 for s in samples]
-    return EncodedBatch(
-        buffer=torch.cat([s.data.reshape(-1) for s in samples])
-        if samples
-        else torch.empty(0, dtype=torch.uint8),
-        offsets=offsets,
-        shapes=torch.tensor(
-            [list(s.data.shape) if d else [0, 0, 0] for s, d in zip(samples, decoded)], dtype=torch.int64
-        ).reshape(-1, 3),
-        orientations=torch.tensor([s.orientation for s in samples], dtype=torch.int64),
-        labels=torch.tensor([s.label for s in samples], dtype=torch.int64),
-        indices=torch.tensor([s.index for s in samples], dtype=torch.int64),
-        epochs=torch.tensor([s.epoch for s in samples], dtype=torch.int64),
-        read_errors={k: s.error for k, s in enumerate(samples) if s.error},
-        cpu_reasons={k: s.cpu_reason for k, s in enumerate(samples) if s.cpu_reason},
-    )
-
 
 # ------------------------------------------------------------------------------ device side
 
@@ -208,6 +64,20 @@ class GpuPipeline:
         self.channels_last = channels_last
         self.stats = DecodeStats()  # what went to the CPU decoder and why, reported once per run
 
+    @property
+    def bounded(self) -> bool:
+        """Whether the output comes from the eval resize (the shorter side scaled to spec.resize), which
+        core.images bounds (issue 19 M1). The train augment samples a crop box inside the image and only
+        ever shrinks it toward the output size, so its canvas is bounded by the crop, not the image."""
+        return not (self.aug is not None and self.aug.enabled)
+
+    def _refusals(self, sizes: dict[int, Sequence[int]]) -> dict[int, str]:
+        """{position: reason} for the upright (H, W) sizes whose resize would pass the bound; the reason
+        starts with core.images.TOO_ELONGATED, so evaluation counts them apart from undecodable files."""
+        resize, crop = self.spec.resize, self.spec.crop
+        reasons = {k: resize_refusal(int(h), int(w), resize, crop) for k, (h, w) in sizes.items()}
+        return {k: why for k, why in reasons.items() if why is not None}
+
     def side_streams(self) -> tuple[Any, Any]:
         """The decode stage's and the augment stage's streams (None, None on a CPU), created once per
         pipeline: a prefetch per epoch drawing new pool streams would walk PyTorch's 32-stream pool."""
@@ -229,6 +99,10 @@ class GpuPipeline:
             if k not in errors:  # decoded by the worker
                 out[k] = self.uploads.put(batch.blob(k).view(shapes[k]), self.device)
         todo = [k for k in range(len(batch)) if k not in errors and shapes[k][0] == 0]
+        if self.bounded:  # the header knows the size: a panorama past the bound is never decoded
+            headers = batch.header_hw.tolist()
+            errors.update(self._refusals({k: headers[k] for k in todo}))
+            todo = [k for k in todo if k not in errors]
         orientation = batch.orientations.tolist()
         blobs = [batch.blob(k) for k in todo]
         for k, img in zip(todo, decode_on_device(blobs, self.device, streams=self.streams)):
@@ -258,6 +132,11 @@ class GpuPipeline:
     ) -> tuple[torch.Tensor, dict[int, str]]:
         """Decoded images → uint8 [N, 3, crop, crop] (zeros where bad); the second stage of the feed."""
         epoch = batch.epochs if epoch is None else epoch
+        if self.bounded:  # the decoded shapes decide (CPU-decoded files had no header check)
+            shapes = {
+                k: img.shape[-2:] for k, img in enumerate(decoded) if img is not None and k not in errors
+            }
+            errors = {**errors, **self._refusals(shapes)}
         good = [k for k in range(len(batch)) if k not in errors]
         crop = self.spec.crop
         out = torch.zeros(len(batch), 3, crop, crop, dtype=torch.uint8, device=self.device)

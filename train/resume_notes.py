@@ -12,7 +12,7 @@ import yaml
 from core.config import HASH_EXEMPT
 
 VALUE_CHARS = 100  # a list-valued key (mean, hidden sizes) can be long: each value is cut to this
-RUN_CONFIG = "config.yaml"  # the resolved config every run folder holds (train/run.py writes it)
+RUN_CONFIG = "config.yaml"  # the resolved config every run folder holds (train/run_folder.py writes it)
 
 
 def resume_line(args: tuple[str, ...], last: Path, processes: int = 1) -> str:

@@ -7,7 +7,8 @@ from pathlib import Path
 import pytest
 
 from core import workers
-from core.config import Config, _check_value, load_config, parse_override
+from core.config import Config, load_config, parse_override
+from core.config_fields import check_value
 from core.config_reference import reference_markdown, reference_text
 from core.errors import UserError
 
@@ -199,7 +200,7 @@ def test_every_numeric_key_declares_a_range_its_default_satisfies():
         for part in key.split("."):
             value = getattr(value, part)
         if value is not None:
-            _check_value(key, value, f.metadata)  # raises if a default is outside its own range
+            check_value(key, value, f.metadata)  # raises if a default is outside its own range
 
 
 @pytest.mark.parametrize(

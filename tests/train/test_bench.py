@@ -11,7 +11,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from train.bench import largest_batch_that_fits, main
+from train.bench import main
+from train.bench_step import largest_batch_that_fits
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -152,16 +153,17 @@ def test_smoke_mode_takes_the_gpu_check_flags_and_reports_where_the_gpu_feed_dec
 
 def test_the_gpu_feed_row_builds_one_prefetch_for_every_epoch_of_the_synthetic_set(tmp_path, monkeypatch):
     """Steady state only: a prefetch per epoch drained and refilled the pipeline at every epoch end."""
-    import train.bench as bench
     from core.preprocess import AugmentSpec, EvalSpec
+    from train import bench_feeds as feeds
+    from train.bench_step import Setup
 
-    root = bench.synthetic_folder(tmp_path / "data", 4, 40)
+    root = feeds.synthetic_folder(tmp_path / "data", 4, 40)
     samples = [(str(p), int(p.parent.name)) for p in sorted(root.rglob("*.jpg"))]
     calls = []
-    real = bench.prefetch
-    monkeypatch.setattr(bench, "prefetch", lambda *a, **k: calls.append(1) or real(*a, **k))
-    setup = bench.Setup(torch.device("cpu"), None, False)
-    batches = bench.gpu_batches(samples, AugmentSpec(), EvalSpec(40, 32), 2, 0, 1, setup, [])
+    real = feeds.prefetch
+    monkeypatch.setattr(feeds, "prefetch", lambda *a, **k: calls.append(1) or real(*a, **k))
+    setup = Setup(torch.device("cpu"), None, False)
+    batches = feeds.gpu_batches(samples, AugmentSpec(), EvalSpec(40, 32), 2, 0, 1, setup, [])
     got = [next(batches) for _ in range(5)]  # 2.5 epochs of 2 batches
     assert len(calls) == 1 and all(images.shape == (2, 3, 32, 32) for images, _ in got)
     batches.close()

@@ -3,6 +3,8 @@ apart (M1), deep class folders (M6), and class names holding the top-k separator
 
 from __future__ import annotations
 
+import shutil
+
 import pytest
 from PIL import Image
 
@@ -45,6 +47,29 @@ def test_m1_evaluation_warns_once_counting_thin_apart_from_undecodable(capsys):
     err = capsys.readouterr().err
     assert err.count("warning:") == 1
     assert "1 image(s) too elongated" in err and "1 undecodable" in err
+
+
+def test_m1_thin_training_images_never_abort_a_run_and_are_counted_apart(
+    tmp_path, train_inproc, small_root, capsys
+):
+    """Without augmentation the train transform is the eval resize, which refuses a thin image: skipped and
+    counted apart from undecodable files, never toward data.max_bad_fraction (here 0)."""
+    root = tmp_path / "data"
+    shutil.copytree(small_root, root)
+    Image.new("RGB", (2, 5000), (1, 2, 3)).save(root / "train" / "1" / "panorama.png")
+    Image.new("RGB", (5000, 2), (3, 2, 1)).save(root / "train" / "2" / "banner.png")
+    result = train_inproc(
+        f"data.root={root}",
+        "train.epochs=1",
+        "model.arch=cifar_cnn",
+        "augment.enabled=false",
+        "data.max_bad_fraction=0",
+        "run.name=thin",
+    )
+    assert result.exit_code == 0
+    warnings = [line for line in capsys.readouterr().out.splitlines() if line.startswith("warning: ")]
+    assert len(warnings) == 1 and "2 training image(s) were too elongated to resize" in warnings[0]
+    assert "could not be decoded" not in warnings[0]
 
 
 def test_m6_deep_class_folders_are_listed_without_recursion(tmp_path):
