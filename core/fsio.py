@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import csv
+import errno
 import json
 import os
 import shutil
@@ -12,7 +13,7 @@ from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
-from core.errors import DISK_FULL_ERRNOS
+from core.errors import disk_full
 
 # mkstemp/mkdtemp create 0600/0700 entries; give results the mode a plain open()/mkdir() would,
 # so run outputs on a shared cluster stay readable by the group. Read once: os.umask both sets and gets.
@@ -29,17 +30,42 @@ def atomic_path(dest: str | os.PathLike, suffix: str = "") -> Iterator[Path]:
     os.close(fd)
     tmp_path = Path(tmp)
     try:
-        yield tmp_path
-        with open(tmp_path, "rb+") as fh:
-            os.fsync(fh.fileno())
-        os.chmod(tmp_path, 0o666 & ~_UMASK)
-        os.replace(tmp_path, dest)
-    except OSError as exc:
-        if exc.errno in DISK_FULL_ERRNOS:  # name the file the user knows, not our temp name
-            raise OSError(exc.errno, exc.strerror, str(dest)) from exc
-        raise
+        with shown_as(tmp_path, dest):
+            yield tmp_path
+            with open(tmp_path, "rb+") as fh:
+                os.fsync(fh.fileno())
+            os.chmod(tmp_path, 0o666 & ~_UMASK)
+            os.replace(tmp_path, dest)
     finally:
         tmp_path.unlink(missing_ok=True)
+
+
+def final_name(path: str | os.PathLike | None, temp: str | os.PathLike, final: str | os.PathLike) -> Path:
+    """The name the user knows for `path`, written under `temp` (a temp file or folder that becomes
+    `final`): `final` itself, or its file of the same relative name. A path elsewhere stays as it is."""
+    if not path:
+        return Path(final)
+    rel = os.path.relpath(os.path.abspath(path), os.path.abspath(temp))
+    if rel == os.curdir:
+        return Path(final)
+    return Path(path) if rel.startswith(os.pardir) else Path(final) / rel
+
+
+@contextlib.contextmanager
+def shown_as(temp: str | os.PathLike, final: str | os.PathLike) -> Iterator[None]:
+    """A full disk (ENOSPC/EDQUOT, also wrapped by a C writer that keeps only the message) while writing
+    under `temp` is raised as an OSError naming `final`'s file: the user never made our temp names, and
+    cannot act on them. An error that names no file (a buffered write's names none) names `final`; so
+    `shown_as(path, path)` makes any write to `path` say where the disk is full."""
+    try:
+        yield
+    except Exception as exc:
+        full = disk_full(exc)
+        if full is None:
+            raise
+        code = getattr(full, "errno", None) or errno.ENOSPC
+        reason = getattr(full, "strerror", None) or str(full).strip().splitlines()[0]
+        raise OSError(code, reason, str(final_name(getattr(full, "filename", None), temp, final))) from exc
 
 
 def write_bytes_atomic(dest: str | os.PathLike, data: bytes) -> None:
@@ -90,7 +116,8 @@ def atomic_dir(dest: str | os.PathLike) -> Iterator[Path]:
     dest.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{dest.name}.", suffix=".tmp", dir=dest.parent))
     try:
-        yield tmp
+        with shown_as(tmp, dest):
+            yield tmp
         swap_dir(tmp, dest)
     finally:
         if tmp.exists():

@@ -1,5 +1,10 @@
-"""Ctrl-C for a streaming command (serve): the first one stops the run, and nothing after it can hang or
-print a traceback.
+"""Ctrl-C for every command: one line and exit 130 at any moment, never a traceback.
+
+While a command starts (importing torch and the rest, parsing its flags) nothing has been written, and a
+KeyboardInterrupt raised inside a library's import prints a traceback through code the user never wrote:
+so from the first import of `core` in a process started as one of our commands (core/__init__.py) until
+the command calls `started()`, Ctrl-C ends the process at once. From then on it raises KeyboardInterrupt,
+so the stage's own cleanup runs, and `command` turns one that reaches main() into the same line.
 
 A terminal's Ctrl-C goes to the whole process group, and an impatient user presses it again: a second
 KeyboardInterrupt landing inside cleanup (a generator's `finally`, a join) printed "Exception ignored
@@ -11,21 +16,102 @@ interpreter-exit hook is still waiting for (rows are flushed batch by batch, so 
 from __future__ import annotations
 
 import contextlib
+import functools
 import os
 import signal
 import sys
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from types import FrameType
+from typing import TypeVar
 
 EXIT_INTERRUPTED = 130  # 128 + SIGINT, as a shell reports a Ctrl-C
 EXIT_GRACE_S = 30.0  # far above a clean teardown, even on a loaded machine
+INTERRUPTED_LINE = "interrupted"
+# How each command is started: the console scripts of pyproject.toml, and `python -m X` / `python X.py`.
+COMMAND_SCRIPTS = (
+    "imgclf-train",
+    "imgclf-split",
+    "imgclf-demo-data",
+    "imgclf-export",
+    "imgclf-serve",
+    "imgclf-sort",
+)
+COMMAND_FILES = (  # what `python -m` sets argv[0] to, and `python train/main.py` passes
+    "train/main.py",
+    "train/split.py",
+    "train/demo_data.py",
+    "export/main.py",
+    "serve/main.py",
+    "serve/sort.py",
+)
+
+F = TypeVar("F", bound=Callable[..., int | None])
+
+
+def _is_first_process() -> bool:
+    return os.environ.get("LOCAL_RANK", "0") == "0"  # under a launcher every process gets the Ctrl-C
+
+
+def _exit_now(signum: int, frame: FrameType | None) -> None:
+    if _is_first_process():
+        os.write(2, f"{INTERRUPTED_LINE}\n".encode())  # one unbuffered write: safe inside a signal handler
+    # Nothing is written while a command starts, so nothing to clean up; and no exit hooks of half-imported code.
+    os._exit(EXIT_INTERRUPTED)
 
 
 def _first_interrupt(signum: int, frame: FrameType | None) -> None:
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # first: a second Ctrl-C must find it already ignored
     arm_exit_deadline(EXIT_GRACE_S)
     raise KeyboardInterrupt
+
+
+def _in_main_thread() -> bool:
+    return threading.current_thread() is threading.main_thread()
+
+
+def exit_while_starting() -> None:
+    """Ctrl-C ends the process at once (one line, 130) until `started()`. Only over Python's own handler:
+    an ignored SIGINT (a background job) stays ignored, and a handler someone installed stays theirs."""
+    if _in_main_thread() and signal.getsignal(signal.SIGINT) is signal.default_int_handler:
+        signal.signal(signal.SIGINT, _exit_now)
+
+
+def started() -> None:
+    """The command's work begins (heavy imports done): Ctrl-C raises KeyboardInterrupt again, so the stage's
+    cleanup runs; the first one also ignores later ones and bounds the exit (as in `interrupt_once`)."""
+    if _in_main_thread() and signal.getsignal(signal.SIGINT) is _exit_now:
+        signal.signal(signal.SIGINT, _first_interrupt)
+
+
+def started_as_command(argv0: str) -> bool:
+    """Whether this process was started as one of our commands (its argv[0], as the console script or
+    `python -m` sets it before the first import of `core`)."""
+    path = "/" + argv0.replace(os.sep, "/")
+    return os.path.basename(path) in COMMAND_SCRIPTS or path.endswith(tuple("/" + f for f in COMMAND_FILES))
+
+
+def command(fn: F) -> F:
+    """Decorate a command's main(): Ctrl-C at any moment of it is one line and exit 130. The body runs
+    under `exit_while_starting` until it calls `started()`; a KeyboardInterrupt after that (its cleanup
+    done on the way out) becomes the line. On return the SIGINT handler is the caller's again (main() is
+    also called in-process, by tests)."""
+
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        previous = signal.getsignal(signal.SIGINT)
+        exit_while_starting()
+        try:
+            return fn(*args, **kwargs)
+        except KeyboardInterrupt:
+            if _is_first_process():
+                print(INTERRUPTED_LINE, file=sys.stderr, flush=True)
+            return EXIT_INTERRUPTED
+        finally:
+            if _in_main_thread() and signal.getsignal(signal.SIGINT) in (_exit_now, _first_interrupt):
+                signal.signal(signal.SIGINT, previous)
+
+    return wrapper  # type: ignore[return-value]
 
 
 def arm_exit_deadline(seconds: float, code: int = EXIT_INTERRUPTED) -> threading.Timer:

@@ -2,16 +2,19 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import sys
 import tempfile
+from collections.abc import Iterator
 from pathlib import Path
 
 import torch
 
 from core.bundle import WEIGHTS_FILE, BundleRecord, load_bundle, resolve_bundle_dir
-from core.errors import UserError
+from core.errors import UserError, disk_full
+from core.fsio import shown_as
 from core.lock import OutputLock
 from core.model_record import bundle_near, read_onnx_record, sha256_file
 from export import onnx_export, verify
@@ -175,12 +178,29 @@ def run_export(job: ExportJob, bundle: Path, out: Path) -> int:
     _inputs_log(pipe.samples)
     pipe.work = Path(tempfile.mkdtemp(prefix=stg.WORK_PREFIX, dir=out))
     try:
-        stg.run(pipe, report)
-        return finish(pipe, report)
+        with disk_full_in(out, pipe.work):
+            stg.run(pipe, report)
+            return finish(pipe, report)
     except GateFailed as exc:
         return fail(report, out / EXPORT_REPORT, exc)
     finally:
         shutil.rmtree(pipe.work, ignore_errors=True)
+
+
+@contextlib.contextmanager
+def disk_full_in(out: Path, work: Path) -> Iterator[None]:
+    """A full disk is one line naming the artifact as it would sit in --out (model.onnx, ...), never the
+    private work folder it was being written in, and the two fixes."""
+    try:
+        with shown_as(work, out):
+            yield
+    except OSError as exc:
+        if disk_full(exc) is None:
+            raise
+        raise UserError(
+            f"disk full writing {exc.filename} ({exc.strerror}): free space there or choose another --out, "
+            "then export again"
+        ) from None
 
 
 def export(job: ExportJob) -> int:

@@ -19,7 +19,7 @@ import torch
 
 from core.errors import UserError
 from core.fsio import write_bytes_atomic
-from core.model_record import ONNX_INPUT, ONNX_OUTPUT, bundle_ref, check_engine_host, read_engine_sidecar
+from core.model_record import ONNX_INPUT, ONNX_OUTPUT, bundle_ref
 from core.streams import CUDA_STREAMS, CudaStreams
 from core.trt_runner import TrtRunner
 
@@ -222,12 +222,3 @@ def EngineRunner(  # noqa: N802 - the name export's stages call; a factory over 
     trt = require_tensorrt()
     with tensorrt_api(trt):
         return TrtRunner(trt, blob, device, _logger(trt), "the engine", streams)
-
-
-def load_engine(path: Path) -> TrtRunner:
-    """Open a model.engine after checking its sidecar against this machine's GPU and TensorRT version."""
-    _, facts = read_engine_sidecar(path)
-    check_engine_host(path, facts, **host_facts())
-    if not Path(path).is_file():
-        raise UserError(f"engine not found: {path}")
-    return EngineRunner(Path(path).read_bytes())

@@ -107,17 +107,6 @@ def _explicit_file_error(path: str) -> str:
     return f"not an image file (extension {escape_path(ext) or 'none'!r}; expected one of {', '.join(sorted(IMAGE_EXTENSIONS))})"
 
 
-def walk_images(root: str) -> Iterator[tuple[str, str]]:
-    """(path, path relative to root with '/') for each image under root, recursively, sorted by name.
-
-    Lazy: a directory is listed only when the walk reaches it, so the first image comes out before a
-    huge tree is scanned. Directories are keyed by (st_dev, st_ino), so a symlink loop (or a second
-    link to a folder already walked) is visited once.
-    """
-    for full, rel, _ in _walk(root, "", set()):
-        yield full, rel
-
-
 def _walk(directory: str, rel: str, visited: set[bytes]) -> Iterator[tuple[str, str, bytes | str]]:
     """(path, relative path, _file_key) per image; folders in `visited` are not walked again. Iterative
     (core.tree): a 1,200-level tree walks like any other, a folder past the OS path limit is a warning."""

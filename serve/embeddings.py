@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 
 from core.errors import UserError
-from core.fsio import atomic_path, write_text_atomic
+from core.fsio import atomic_path, shown_as, write_text_atomic
 
 CHUNK_ROWS = 65536
 
@@ -38,12 +38,14 @@ class EmbeddingWriter:
     def add(self, paths: list[str], features: np.ndarray) -> None:
         features = np.ascontiguousarray(features, dtype=np.float32).reshape(len(paths), -1)
         self.dim = self.dim or features.shape[1]
-        self.fh.write(features.tobytes())
+        with shown_as(self.work, self.path):  # a full disk names --embeddings, not our .rows work file
+            self.fh.write(features.tobytes())
         self.paths.extend(paths)
 
     def finish(self) -> None:
         """FILE.npy (rows in the order written) and FILE.paths.json, each atomically; the work file goes."""
-        self.fh.close()
+        with shown_as(self.work, self.path):
+            self.fh.close()  # writes what is still buffered
         n, dim = len(self.paths), self.dim or 0
         raw = np.memmap(self.work, dtype=np.float32, mode="r", shape=(n, dim)) if n and dim else None
         with atomic_path(self.path, suffix=".npy") as tmp:

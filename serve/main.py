@@ -13,15 +13,18 @@ import sys
 
 from core.dist import ends_process_group
 from core.errors import cli_entry
+from core.interrupt import command, started
 from serve.cli import parse
 
 
+@command  # Ctrl-C at any moment, importing torch included: one line, exit 130
 @cli_entry
 @ends_process_group
 def main(argv: list[str] | None = None) -> int:
     job = parse(argv)
     from serve.run import run_job  # torch loads only for a checked job
 
+    started()  # from here a Ctrl-C stops the run cleanly (serve/run.py): rows kept, --resume named
     return run_job(job)
 
 

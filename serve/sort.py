@@ -23,6 +23,7 @@ from pathlib import Path
 from core.errors import UserError, cli_entry
 from core.fsio import write_text_atomic
 from core.images import SORT_QUEUES
+from core.interrupt import command, started
 from core.lock import OutputLock
 from serve.pathnames import escape_path
 from serve.row_paths import read_record, recorded_base, resolve_row
@@ -271,8 +272,10 @@ def _remove_empty_folders(root: Path) -> None:
             os.rmdir(folder)
 
 
+@command  # Ctrl-C: one line, exit 130 (what was placed is in the manifest; a rerun adds the rest)
 @cli_entry
 def main(argv: list[str] | None = None) -> int:
+    started()
     return sort(parse_job(argv))
 
 

@@ -16,6 +16,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from core.errors import UserError
+from core.fsio import shown_as
 
 MANIFEST = ".imgclf-sort.jsonl"
 MODES = ("link", "copy", "symlink", "move")
@@ -74,7 +75,7 @@ class Manifest:
         return self.state.get(src) == "intent" and not self.placed(src)
 
     def write(self, op: str, **fields) -> None:
-        with open(self.path, "a", encoding="utf-8") as fh:
+        with shown_as(self.path, self.path), open(self.path, "a", encoding="utf-8") as fh:  # disk full: named
             fh.write(json.dumps({"op": op, **fields}) + "\n")
             fh.flush()
             os.fsync(fh.fileno())

@@ -22,7 +22,7 @@ import numpy as np
 
 from core.calibration import margin_entropy
 from core.errors import UserError
-from core.fsio import atomic_path
+from core.fsio import atomic_path, shown_as
 from core.record_checks import TOPK_SEPARATOR  # training refuses class names holding it
 
 FORMATS = ("csv", "jsonl")
@@ -204,6 +204,7 @@ class RowWriter:
         except OSError as exc:
             raise UserError(f"cannot write {path} ({exc.strerror or exc}); choose another --out") from None
         self.path, self.failed = path, False
+        self.shown = out_of_part(path) if seq else path  # a full disk names the --out the user asked for
         if fresh:
             self._put(header(layout, seq))
 
@@ -219,7 +220,7 @@ class RowWriter:
             with contextlib.suppress(OSError):
                 os.close(self.fh.fileno())  # drop what is still buffered: close() must not write it
                 os.truncate(self.path, good)
-            raise OSError(exc.errno, exc.strerror, str(self.path)) from exc
+            raise OSError(exc.errno, exc.strerror, str(self.shown)) from exc
 
     def write(self, rows: list[dict[str, Any]]) -> None:
         if rows:
@@ -369,6 +370,13 @@ def part_path(out: str | Path, rank: int) -> Path:
     return out.with_name(f"{out.name}.part{rank}")
 
 
+def out_of_part(path: str | Path) -> Path:
+    """The --out file a part file (part_path) belongs to; any other path as it is."""
+    path = Path(path)
+    found = re.fullmatch(r"(.+)\.part\d+", path.name)
+    return path.with_name(found.group(1)) if found else path
+
+
 def existing_parts(out: str | Path) -> list[Path]:
     out = Path(out)
     pattern = re.compile(re.escape(out.name) + r"\.part\d+$")
@@ -390,11 +398,12 @@ def merge_parts(
         repair_tail(p, layout.fmt)
     streams = [iter_rows(p, layout) for p in parts]
     merged = (r for r in heapq.merge(*streams, key=lambda r: int(r[SEQ])) if r["path"] not in skip)
-    if append and Path(out).exists():
-        count = _append_rows(out, layout, merged)
-    else:
-        with atomic_path(out) as tmp:
-            count = _append_rows(tmp, layout, merged, fresh=True)
+    with shown_as(out, out):  # a full disk names --out: a failed buffered write names no file
+        if append and Path(out).exists():
+            count = _append_rows(out, layout, merged)
+        else:
+            with atomic_path(out) as tmp:
+                count = _append_rows(tmp, layout, merged, fresh=True)
     for p in parts:
         p.unlink(missing_ok=True)
     return count

@@ -17,7 +17,7 @@ from typing import Any
 from accelerate import Accelerator
 
 from core.errors import UserError
-from core.fsio import recover_dir, swap_dir, write_json_atomic
+from core.fsio import recover_dir, shown_as, swap_dir, write_json_atomic
 
 LAST_DIR = "last"
 STATE_FILE = "trainer_state.json"
@@ -66,11 +66,12 @@ def save_last(accelerator: Accelerator, run_dir: Path, state: TrainerState) -> P
     if accelerator.is_main_process and tmp.exists():
         shutil.rmtree(tmp)
     accelerator.wait_for_everyone()
-    accelerator.save_state(str(tmp))
-    accelerator.wait_for_everyone()
-    if accelerator.is_main_process:
-        write_json_atomic(tmp / STATE_FILE, asdict(state))
-        swap_dir(tmp, dest)  # core.fsio.recover_dir repairs a crash mid-swap
+    with shown_as(tmp, dest):  # a full disk names last/, not the temp folder the user never made
+        accelerator.save_state(str(tmp))
+        accelerator.wait_for_everyone()
+        if accelerator.is_main_process:
+            write_json_atomic(tmp / STATE_FILE, asdict(state))
+            swap_dir(tmp, dest)  # core.fsio.recover_dir repairs a crash mid-swap
     accelerator.wait_for_everyone()
     return dest
 

@@ -4,10 +4,13 @@ from __future__ import annotations
 
 from core import demo_data
 from core.errors import UserError, cli_entry
+from core.interrupt import command, started
 
 
+@command  # Ctrl-C at any moment: one line, exit 130 (the folder is built aside and renamed into place)
 @cli_entry
 def main(argv: list[str] | None = None) -> int:
+    started()
     try:
         return demo_data.main(argv)
     except OSError as exc:  # DST under a file, read-only, disk full: the user's to fix, so one line

@@ -9,6 +9,7 @@ from __future__ import annotations
 import os
 
 from core.errors import EXIT_USER_ERROR, UserError, cli_entry
+from core.interrupt import command, started
 from train.cli import parse_job
 
 
@@ -16,11 +17,13 @@ def _is_main_rank() -> bool:
     return os.environ.get("RANK", "0") == "0"
 
 
+@command  # Ctrl-C at any moment, importing torch included: one line, exit 130
 @cli_entry
 def main(argv: list[str] | None = None) -> int:
     job = parse_job(argv)
     from train.run import train  # heavy imports (torch, accelerate) only after the config is known good
 
+    started()  # from here a Ctrl-C unwinds (a training loop's stops at the next step and saves last/)
     try:
         return train(job).exit_code
     except UserError:

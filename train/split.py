@@ -32,6 +32,7 @@ from pathlib import Path
 
 from core.errors import UserError, cli_entry
 from core.images import is_class_folder, is_image_file
+from core.interrupt import EXIT_INTERRUPTED, command, started
 from train.image_hash import exact_pairs, fingerprints, groups, near_pairs
 
 SPLITS = ("train", "valid", "test")
@@ -285,8 +286,10 @@ def transfer(plan: dict[str, dict[str, list[str]]], src: Path, stage: Path, mode
             done.append((a, b))
     except OSError as exc:  # disk full, permissions, a file vanishing: fixable, so one line
         raise UserError(f"{mode} failed at {a}: {exc.strerror or exc}; {_undo(stage, done, mode)}") from None
-    except BaseException:  # Ctrl-C included
-        print(f"interrupted: {_undo(stage, done, mode)}", file=sys.stderr)
+    except BaseException as exc:  # Ctrl-C included
+        print(f"interrupted: {_undo(stage, done, mode)}", file=sys.stderr, flush=True)
+        if isinstance(exc, KeyboardInterrupt):
+            raise SystemExit(EXIT_INTERRUPTED) from None  # said above: no second line, no traceback
         raise
 
 
@@ -408,8 +411,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     return p.parse_args(argv)
 
 
+@command  # Ctrl-C at any moment: one line, exit 130
 @cli_entry
 def main(argv: list[str] | None = None) -> int:
+    started()
     args = parse_args(argv)
     ratios = check_ratios(args.ratios)
     src, dst = Path(args.src), Path(args.dst)

@@ -214,7 +214,7 @@ def test_fp16_engine_is_built_gated_and_described_by_its_sidecar(make_bundle, de
 @pytest.mark.gpu
 @needs_tensorrt
 def test_loading_an_engine_with_a_foreign_sidecar_is_refused(make_bundle, demo_root, tmp_path):
-    from export.tensorrt_engine import load_engine
+    from serve.trt import TensorRTBackend  # what opens an engine: serve (export only builds and gates it)
 
     out = tmp_path / "out"
     assert (
@@ -233,13 +233,13 @@ def test_loading_an_engine_with_a_foreign_sidecar_is_refused(make_bundle, demo_r
         )
         == 0
     )
-    load_engine(out / "model.engine")  # its own machine: accepted
+    TensorRTBackend(out / "model.engine", torch.device("cuda"))  # its own machine: accepted
     side = out / "model.engine.json"
     d = json.loads(side.read_text())
     d["engine"]["tensorrt_version"] = "9.0.0"
     side.write_text(json.dumps(d))
     with pytest.raises(UserError, match="rebuild it here"):
-        load_engine(out / "model.engine")
+        TensorRTBackend(out / "model.engine", torch.device("cuda"))
 
 
 @pytest.mark.gpu

@@ -8,7 +8,7 @@ import pytest
 
 from core.errors import UserError
 from serve import discover
-from serve.discover import check_inputs, iter_items, walk_images
+from serve.discover import check_inputs, iter_items
 
 
 def _touch(path, data=b"x"):
@@ -17,10 +17,15 @@ def _touch(path, data=b"x"):
     return path
 
 
+def _walked(folder) -> list[str]:
+    """The rows' paths for one folder given to serve: relative to it."""
+    return [item.path for item in iter_items([str(folder)])]
+
+
 def test_walk_is_recursive_sorted_and_case_insensitive(tmp_path):
     for rel in ["b/2.JPG", "b/10.png", "a/z.jpeg", "a/sub/y.WebP", "top.Tif", "notes.txt", "a/sub/data.csv"]:
         _touch(tmp_path / rel)
-    assert [rel for _, rel in walk_images(str(tmp_path))] == [
+    assert _walked(tmp_path) == [
         "a/sub/y.WebP",
         "a/z.jpeg",
         "b/10.png",
@@ -32,14 +37,14 @@ def test_walk_is_recursive_sorted_and_case_insensitive(tmp_path):
 def test_walk_skips_hidden_files_folders_and_ds_store(tmp_path):
     for rel in ["keep.jpg", ".hidden.jpg", ".DS_Store", ".cache/inside.jpg", "d/._resource.jpg"]:
         _touch(tmp_path / rel)
-    assert [rel for _, rel in walk_images(str(tmp_path))] == ["keep.jpg"]
+    assert _walked(tmp_path) == ["keep.jpg"]
 
 
 def test_walk_survives_a_symlink_loop_and_lists_each_folder_once(tmp_path):
     _touch(tmp_path / "a" / "x.jpg")
     os.symlink(tmp_path, tmp_path / "a" / "loop")  # a/loop → root: a cycle
     os.symlink(tmp_path / "a", tmp_path / "alias")  # a second name for a/
-    assert [rel for _, rel in walk_images(str(tmp_path))] == ["a/x.jpg"]
+    assert _walked(tmp_path) == ["a/x.jpg"]
 
 
 def test_walk_is_lazy_first_image_before_the_rest_is_listed(tmp_path, monkeypatch):
@@ -49,8 +54,8 @@ def test_walk_is_lazy_first_image_before_the_rest_is_listed(tmp_path, monkeypatc
     listed = []
     real = os.scandir
     monkeypatch.setattr(discover.os, "scandir", lambda p: (listed.append(p), real(p))[1])
-    first = next(walk_images(str(tmp_path)))
-    assert first[1] == "a/first.jpg"
+    first = next(iter_items([str(tmp_path)]))
+    assert first.path == "a/first.jpg"
     assert len(listed) == 2  # root and a/, not the 20 other folders
 
 
