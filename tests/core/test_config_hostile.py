@@ -2,6 +2,11 @@
 
 from __future__ import annotations
 
+import resource
+import subprocess
+import sys
+from pathlib import Path
+
 import pytest
 
 from core.config import load_config
@@ -25,6 +30,24 @@ def test_m5_yaml_aliases_are_refused_in_a_config_file(tmp_path):
     path = tmp_path / "bomb.yaml"
     path.write_text(BOMB + "run:\n  name: *i\n")  # 9**9 strings once expanded
     assert "aliases" in _one_line_error(lambda: load_config(path))
+
+
+def test_m5_an_alias_bomb_is_one_line_from_the_real_command_under_a_memory_cap(tmp_path):
+    """`imgclf-train --config bomb.yaml` in a subprocess capped at 4 GB of address space: expanded, the
+    bomb's 9**9 strings would pass the cap (a MemoryError traceback) instead of one line and exit 2."""
+    path = tmp_path / "bomb.yaml"
+    path.write_text(BOMB + "run:\n  name: *i\n")
+    cap = 4 << 30
+    r = subprocess.run(
+        [sys.executable, "-m", "train.main", "--config", str(path)],
+        cwd=Path(__file__).resolve().parents[2],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        preexec_fn=lambda: resource.setrlimit(resource.RLIMIT_AS, (cap, cap)),
+    )
+    err = r.stderr.strip().splitlines()
+    assert r.returncode == 2 and len(err) == 1 and "aliases" in err[0], r.stderr[-2000:]
 
 
 def test_m5_yaml_aliases_are_refused_in_an_override():

@@ -57,6 +57,19 @@ def test_m4_a_bad_record_is_one_line_exit_2_in_serve(bundle, tmp_path, capsys, c
     assert not (tmp_path / "p.csv").exists()
 
 
+def test_m4_crop_60000_is_refused_under_a_memory_cap(bundle, tmp_path):
+    """The record's crop is checked before anything is sized from it: under a 6 GB address-space cap the
+    run is one line and exit 2 (unchecked, the crop's buffers alone passed 6 GB)."""
+    from tests.serve.test_hostile_round2 import run_capped
+
+    path = bundle / RECORD_FILE
+    path.write_text(json.dumps(BAD_RECORDS["crop-60000"](json.loads(path.read_text()))))
+    save_picture(tmp_path / "in" / "a.png")
+    r = run_capped(bundle, tmp_path / "in", "--out", tmp_path / "p.csv", "--workers", 0, "--no-progress")
+    err = r.stderr.strip().splitlines()
+    assert r.returncode == 2 and len(err) == 1 and "preprocess.crop" in err[0], r.stderr[-2000:]
+
+
 @pytest.mark.parametrize("case", ["crop-60000", "duplicate-classes", "not-an-object"])
 def test_m4_a_bad_record_is_one_line_exit_2_in_export(bundle, tmp_path, capsys, case):
     from tests.export.export_helpers import run_export
