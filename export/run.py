@@ -13,7 +13,7 @@ from pathlib import Path
 import torch
 
 from core.bundle import WEIGHTS_FILE, BundleRecord, load_bundle, resolve_bundle_dir
-from core.errors import UserError, disk_full
+from core.errors import UserError, disk_full, full_problem
 from core.fsio import shown_as
 from core.lock import OutputLock
 from core.model_record import bundle_near, read_onnx_record, sha256_file
@@ -197,8 +197,9 @@ def disk_full_in(out: Path, work: Path) -> Iterator[None]:
     except OSError as exc:
         if disk_full(exc) is None:
             raise
+        problem, fix = full_problem(exc)
         raise UserError(
-            f"disk full writing {exc.filename} ({exc.strerror}): free space there or choose another --out, "
+            f"{problem} writing {exc.filename} ({exc.strerror}): {fix} there or choose another --out, "
             "then export again"
         ) from None
 
