@@ -199,7 +199,7 @@ def disk_full_in(out: Path, work: Path) -> Iterator[None]:
             raise
         problem, fix = full_problem(exc)
         raise UserError(
-            f"{problem} writing {exc.filename} ({exc.strerror}): {fix} there or choose another --out, "
+            f"{problem} writing {exc.filename} ({exc.strerror}): {fix} or choose another --out, "
             "then export again"
         ) from None
 
