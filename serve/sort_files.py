@@ -80,24 +80,19 @@ class Manifest:
     def write(self, op: str, **fields) -> None:
         """One whole line or none: a failed append (disk full) is cut back, and a torn line left by a kill
         is cut before this one, so no line is ever written after a torn one (which would read as damage)."""
-        data = (json.dumps({"op": op, **fields}) + "\n").encode("utf-8")
-        with shown_as(self.path, self.path):  # disk full: named
-            fd = os.open(self.path, os.O_WRONLY | os.O_CREAT, 0o666)
+        data = memoryview((json.dumps({"op": op, **fields}) + "\n").encode("utf-8"))
+        with shown_as(self.path, self.path), open(self.path, "ab", buffering=0) as fh:  # disk full: named
+            good = fh.seek(0, os.SEEK_END) if self.whole is None else self.whole
             try:
-                good = os.lseek(fd, 0, os.SEEK_END) if self.whole is None else self.whole
-                try:
-                    os.ftruncate(fd, good)
-                    os.lseek(fd, good, os.SEEK_SET)
-                    while data:
-                        data = data[os.write(fd, data) :]
-                    os.fsync(fd)
-                except OSError:
-                    with contextlib.suppress(OSError):
-                        os.ftruncate(fd, good)
-                    raise
-                self.whole = None
-            finally:
-                os.close(fd)
+                fh.truncate(good)
+                while data:
+                    data = data[fh.write(data) :]
+                os.fsync(fh.fileno())
+            except OSError:
+                with contextlib.suppress(OSError):
+                    fh.truncate(good)
+                raise
+            self.whole = None
         if op == "intent":
             self.entries[fields["src"]] = {"op": op, **fields}
         self.state[fields["src"]] = op
