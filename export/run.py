@@ -154,7 +154,11 @@ def finish(pipe: stg.Pipeline, report: ExportReport) -> int:
     report.failed_variants = sorted(pipe.failed)
     report.status = "failed" if pipe.failed else "passed"
     report.files = {p.name: file_info(p) for p in made}
-    report.write(pipe.out / EXPORT_REPORT)
+    try:
+        report.write(pipe.out / EXPORT_REPORT)
+    except OSError:  # a full disk: a previous export's report would now describe files that were replaced
+        (pipe.out / EXPORT_REPORT).unlink(missing_ok=True)
+        raise
     for line in table_lines(report.variants):
         log(line)
     log(f"wrote {', '.join(str(p) for p in made) or 'no model file'} and {pipe.out / EXPORT_REPORT}")

@@ -240,3 +240,28 @@ def test_demo_data_past_the_limit_names_dst_and_leaves_no_hidden_folder(tmp_path
     line = _one_error_line(proc, tmp_path / "demo")
     assert line.startswith("error: file too large writing"), line
     assert list(tmp_path.iterdir()) == []
+
+
+# --- export ------------------------------------------------------------------------------------------------
+
+
+def test_export_report_on_a_full_disk_leaves_no_stale_report_beside_new_models(tmp_path, monkeypatch, capsys):
+    """Re-export into one --out: the new models are published, then the report write fails. The previous
+    export's report must not stay, describing (sizes, hashes) model files that were just replaced."""
+    from export.report import ExportReport
+    from tests.export.export_helpers import run_export, save_tiny_bundle
+
+    out = tmp_path / "export"
+    assert run_export(save_tiny_bundle(tmp_path / "a", arch="cifar_cnn", seed=0), "--out", out) == 0
+    old_report = (out / "export_report.json").read_text()
+
+    def full(self, path):
+        raise OSError(errno.ENOSPC, "No space left on device", str(path))
+
+    monkeypatch.setattr(ExportReport, "write", full)
+    capsys.readouterr()
+    assert run_export(save_tiny_bundle(tmp_path / "b", arch="cifar_cnn", seed=1), "--out", out) == 2
+    err = [line for line in capsys.readouterr().err.splitlines() if line.startswith("error:")]
+    assert len(err) == 1 and str(out / "export_report.json") in err[0], err
+    assert (out / "model.onnx").is_file()  # the gated new model, whole
+    assert not (out / "export_report.json").exists() or (out / "export_report.json").read_text() != old_report
