@@ -265,3 +265,23 @@ def test_export_report_on_a_full_disk_leaves_no_stale_report_beside_new_models(t
     assert len(err) == 1 and str(out / "export_report.json") in err[0], err
     assert (out / "model.onnx").is_file()  # the gated new model, whole
     assert not (out / "export_report.json").exists() or (out / "export_report.json").read_text() != old_report
+
+
+def test_serve_overwrite_with_a_full_disk_at_meta_json_leaves_no_stale_sidecar(served, tmp_path, monkeypatch):
+    """--overwrite clears the old CSV; when the new <out>.meta.json then cannot be written, the old one must
+    not stay behind, tying a later --resume to a model whose rows are gone."""
+    from serve import provenance
+    from tests.serve.helpers import serve
+
+    out = tmp_path / "p.csv"
+    argv = [served["bundle"], served["images"], "--out", out, "--workers", 0, "--no-progress"]
+    assert serve(*argv) == 0 and provenance.meta_path(out).is_file()
+
+    def full(path, obj):
+        raise OSError(errno.ENOSPC, "No space left on device", str(path))
+
+    monkeypatch.setattr(provenance, "write_json_atomic", full)
+    with pytest.raises(SystemExit) as exc:
+        serve(*argv, "--overwrite")
+    assert exc.value.code == 2
+    assert not out.exists() and not provenance.meta_path(out).exists()
