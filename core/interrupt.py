@@ -76,6 +76,18 @@ def _in_main_thread() -> bool:
     return threading.current_thread() is threading.main_thread()
 
 
+_command_process = False  # this process was started as one of our commands (set by core/__init__.py)
+
+
+def take_over_start() -> None:
+    """core/__init__.py, in a process started as one of our commands: Ctrl-C is ours until `started()`,
+    and the process's exit is ours too (a deadline after the first Ctrl-C). A process that merely uses our
+    code (a user's script, a notebook calling main()) keeps its own Ctrl-C: no os._exit, no deadline."""
+    global _command_process
+    _command_process = True
+    exit_while_starting()
+
+
 def exit_while_starting() -> None:
     """Ctrl-C ends the process at once (one line, 130) until `started()`. Only over Python's own handler:
     an ignored SIGINT (a background job) stays ignored, and a handler someone installed stays theirs."""
@@ -114,15 +126,17 @@ def started_as_command(argv0: str) -> bool:
 
 
 def command(fn: F) -> F:
-    """Decorate a command's main(): Ctrl-C at any moment of it is one line and exit 130. The body runs
-    under `exit_while_starting` until it calls `started()`; a KeyboardInterrupt after that (its cleanup
-    done on the way out) becomes the line. On return the SIGINT handler is the caller's again (main() is
-    also called in-process, by tests)."""
+    """Decorate a command's main(): Ctrl-C at any moment of it is one line and exit 130. In a process
+    started as the command the body runs under `exit_while_starting` until it calls `started()`; a
+    KeyboardInterrupt (after that, or any time when main() is called in-process by a script, a notebook
+    or a test) becomes the line, its cleanup done on the way out. On return the SIGINT handler is the
+    caller's again."""
 
     @functools.wraps(fn)
     def wrapper(*args, **kwargs):
         previous = signal.getsignal(signal.SIGINT)
-        exit_while_starting()
+        if _command_process:  # called in-process by someone else's code: their Ctrl-C stays theirs
+            exit_while_starting()
         try:
             return fn(*args, **kwargs)
         except KeyboardInterrupt:
@@ -155,8 +169,9 @@ def arm_exit_deadline(seconds: float, code: int = EXIT_INTERRUPTED) -> threading
 @contextlib.contextmanager
 def interrupt_once() -> Iterator[None]:
     """Within this block the first SIGINT raises KeyboardInterrupt and later ones are ignored (for the
-    rest of the process: it is on its way out). Outside the main thread: no change."""
-    if threading.current_thread() is not threading.main_thread():
+    rest of the process: it is on its way out). Outside the main thread, or in a process that only uses
+    our code (a user's script, a notebook): no change, so their later Ctrl-C and their process stay theirs."""
+    if not _command_process or threading.current_thread() is not threading.main_thread():
         yield
         return
     previous = signal.signal(signal.SIGINT, _first_interrupt)

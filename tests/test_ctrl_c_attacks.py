@@ -180,3 +180,59 @@ def test_ctrl_c_while_starting_with_debug_adds_where_it_stood(inputs, tmp_path):
     assert rc == 130 and lines[0] == "interrupted", (rc, err[-3000:])
     assert any("serve/main.py" in line or "serve/run.py" in line for line in lines[1:]), err[-3000:]
     assert "Traceback" not in err  # a stack for the report, not an error
+
+
+IN_PROCESS = """
+import sys
+from serve.main import main
+try:
+    print("rc", main(sys.argv[1:]), flush=True)
+finally:
+    print("my cleanup ran", flush=True)
+"""
+
+
+def test_a_script_calling_main_in_process_keeps_its_ctrl_c_and_its_cleanup(inputs, tmp_path):  # noqa: F811
+    """A user's driver script (or a notebook) calling serve's main(): a Ctrl-C while it imports torch must
+    not os._exit the user's process: main() says "interrupted" and returns 130, their code goes on."""
+    script = tmp_path / "drive.py"
+    script.write_text(IN_PROCESS)
+    hook = tmp_path / "hook"
+    hook.mkdir()
+    (hook / "sitecustomize.py").write_text(HOLD)
+    env = _env(tmp_path, HOLD_IMPORT="torch")
+    env["PYTHONPATH"] = f"{hook}{os.pathsep}{REPO}"
+    argv = [str(script), *_commands(inputs, tmp_path)["serve.main"]]
+    rc, out = _signal_when_ready(_popen(argv, env, tmp_path), READY + "torch", [signal.SIGINT])
+    err = (tmp_path / "stderr.txt").read_text()
+    assert "rc 130" in out and "my cleanup ran" in out and rc == 0, (rc, out, err[-2000:])
+    assert err.strip().splitlines()[-1] == "interrupted", err[-2000:]
+
+
+LIBRARY_INTERRUPT = """
+import os, signal, threading
+from core.interrupt import interrupt_once
+try:
+    with interrupt_once():
+        os.kill(os.getpid(), signal.SIGINT)
+        signal.pause()
+except KeyboardInterrupt:
+    pass
+timers = [t for t in threading.enumerate() if isinstance(t, threading.Timer)]
+print(signal.getsignal(signal.SIGINT).__name__, len(timers), flush=True)
+"""
+
+
+def test_interrupt_once_in_a_library_process_leaves_its_ctrl_c_and_arms_no_exit(tmp_path):
+    """serve's run is wrapped in interrupt_once; called from a notebook, the first Ctrl-C used to leave
+    SIGINT ignored for good (the kernel's interrupt button dead) and arm an os._exit 30 s later."""
+    proc = subprocess.run(
+        [sys.executable, "-c", LIBRARY_INTERRUPT],
+        cwd=tmp_path,
+        env=_env(tmp_path),
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert proc.stdout.split() == ["default_int_handler", "0"], proc.stdout
