@@ -148,30 +148,34 @@ class DoneRows:
 
     def _linked_rows(self) -> set[str]:
         """The real keys of done rows spelled through a link (usually none)."""
-        folders: dict[str, frozenset[str] | bool] = {}  # a row's folder cell -> True (reached through
-        for cell in self.done:  # a link) or the names of the links it holds
+        folders: dict[str, tuple[str | None, frozenset[str]]] = {}  # a row's folder cell -> _links_in
+        for cell in self.done:
             folder = cell[: cell.rfind("/") + 1]
             if folder not in folders and not is_url(cell):
                 folders[folder] = self._links_in(folder)
-        if not any(folders.values()):
+        if not any(real is not None or links for real, links in folders.values()):
             return set()
         aliases = set()
         for cell in self.done:
             cut = cell.rfind("/") + 1
-            links = folders.get(cell[:cut], False)
-            if links is True or (links and cell[cut:] in links):
+            real, links = folders.get(cell[:cut], (None, frozenset()))
+            if cell[cut:] in links:
                 aliases.add(self.real_key(resolve_row(cell, self.base) or cell))
+            elif real is not None:  # the folder's real key, then the name: no system call per row
+                aliases.add(f"{real}/{cell[cut:]}" if real and not real.endswith("/") else real + cell[cut:])
         return aliases
 
-    def _links_in(self, folder_cell: str) -> frozenset[str] | bool:
+    def _links_in(self, folder_cell: str) -> tuple[str | None, frozenset[str]]:
+        """(the folder's real key, "" for the base, when a link leads to it, else None; the names of the
+        links it holds). One realpath and one listing."""
         folder = resolve_row(folder_cell, self.base)
         if folder is None:
-            return frozenset()
+            return None, frozenset()
+        real = row_path(os.path.realpath(folder), self.real_base, self.absolute)
         spelled = folder_cell[:-1] if len(folder_cell) > 1 else folder_cell or "."  # "1/" -> "1", "" -> "."
-        if row_path(os.path.realpath(folder), self.real_base, self.absolute) != spelled:
-            return True  # the folder is reached through a link: every row in it gets its real key
+        moved = None if real == spelled else ("" if real == "." else real)
         try:
             with os.scandir(folder) as entries:
-                return frozenset(escape_path(e.name) for e in entries if e.is_symlink())
-        except OSError:  # gone or unreadable: its rows cannot be reached under another name now
-            return frozenset()
+                return moved, frozenset(escape_path(e.name) for e in entries if e.is_symlink())
+        except OSError:  # gone or unreadable: no file in it is reached under another name now
+            return moved, frozenset()

@@ -192,3 +192,14 @@ def test_m19_resume_refuses_a_record_from_before_the_base_whose_cwd_is_damaged(b
     with pytest.raises(SystemExit) as exc:
         serve(bundle, a, "--out", out, "--resume", *QUIET)
     assert exc.value.code == 2 and "'cwd' is \"relative\"" in capsys.readouterr().err
+
+
+def test_m19_a_row_written_through_a_link_to_the_base_itself_is_found(tmp_path):
+    (tmp_path / "base" / "sub").mkdir(parents=True)
+    base = tmp_path / "base"
+    (base / "again").symlink_to(base, target_is_directory=True)
+    (base / "sub_again").symlink_to(base / "sub", target_is_directory=True)
+    rows = DoneRows({"again/x.png", "sub_again/y.png"}, str(base))
+    assert rows.has("x.png", str(base / "x.png"))
+    assert rows.has("sub/y.png", str(base / "sub" / "y.png"))
+    assert not rows.has("sub/x.png", str(base / "sub" / "x.png"))
