@@ -44,11 +44,11 @@ def evaluate_output(
     file is found from the output's `base` (serve.row_paths); error rows and images outside a class folder
     of `root` are left out and counted in data.excluded."""
     index = {c: i for i, c in enumerate(layout.classes)}
-    root = os.path.abspath(root)
+    where = _InRoot(root)
     probs, targets, accepted, excluded = [], [], [], 0
     for row in iter_rows(out, layout):
         source = resolve_row(row["path"], base)
-        rel = os.path.relpath(source, root).replace(os.sep, "/") if source and not is_url(source) else ""
+        rel = where.relative(source) if source and not is_url(source) else ""
         cls = rel.split("/")[0]
         if row["status"] != "ok" or cls not in index or "/" not in rel:
             excluded += 1
@@ -62,6 +62,25 @@ def evaluate_output(
         eval_dir, probs_a, targets_a, list(layout.classes), list(layout.display_names), source=source
     )
     return add_selective(metrics, eval_dir, probs_a, targets_a, np.asarray(accepted, dtype=bool), layout)
+
+
+class _InRoot:
+    """A row's file relative to the labelled folder. A row written under another spelling of that folder
+    (a symlink to it, classified earlier: resume skipped the image) is found through its folder's real
+    location, looked up once per folder."""
+
+    def __init__(self, root: str):
+        self.root, self.real_root = os.path.abspath(root), os.path.realpath(root)
+        self._real: dict[str, str] = {}
+
+    def relative(self, source: str) -> str:
+        rel = os.path.relpath(source, self.root)
+        if rel.startswith(".."):  # outside as spelled: maybe inside through a link
+            folder, name = os.path.split(source)
+            if folder not in self._real:
+                self._real[folder] = os.path.relpath(os.path.realpath(folder), self.real_root)
+            rel = os.path.join(self._real[folder], name)
+        return rel.replace(os.sep, "/")
 
 
 def add_selective(

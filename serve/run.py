@@ -34,7 +34,14 @@ from serve.embeddings import EmbeddingWriter
 from serve.pathnames import escape_path
 from serve.predict import predictions_and_features
 from serve.provenance import check_same_job, job_identity, meta_path, write_identity
-from serve.row_paths import choose_base, merged_inputs, read_record, recorded_base
+from serve.row_paths import (
+    BadRecord,
+    DoneRows,
+    choose_base,
+    merged_inputs,
+    read_record,
+    recorded_base,
+)
 from serve.threads import serve_threads
 from serve.writer import (
     SEQ,
@@ -97,13 +104,30 @@ def identity_of(job: ServeJob, layout: Layout) -> dict:
     """What --resume must find unchanged, and where a reader (imgclf-sort, --evaluate) finds each row's file:
     a resumed output keeps the base its rows were written against (serve.row_paths) and adds the new inputs."""
     base, inputs = choose_base(job.inputs), list(job.inputs)
-    recorded = read_record(meta_path(job.out)) if job.resume and job.out else None
+    resuming = job.resume and job.out and (job.out.exists() or existing_parts(job.out))
+    recorded = read_record(meta_path(job.out)) if resuming else None
     if recorded is not None:
-        base = recorded_base(recorded)[0]
-        inputs = merged_inputs([str(t) for t in recorded.get("inputs") or []], job.inputs)
+        earlier, base = resumed_base(job, recorded)
+        inputs = merged_inputs(earlier, job.inputs)
     return job_identity(
         job.model, layout.topk, layout.probs, layout.fmt, job.absolute, inputs, layout.threshold, base
     )
+
+
+def resumed_base(job: ServeJob, recorded: dict) -> tuple[list[str], str | None]:
+    """The recorded inputs and base of the output --resume continues; refused when the record was edited
+    or damaged (a guessed base would key every row anew: duplicates)."""
+    meta = meta_path(job.out)
+    try:
+        base = recorded_base(recorded)[0]
+    except BadRecord as exc:
+        raise UserError(
+            f"--resume: {meta} is damaged ({exc}), so the rows of {job.out.name} cannot be matched to "
+            "their files; restore that file, or pass --overwrite to classify again"
+        ) from None
+    if base is None:  # every row so far is a URL: the first local input picks the base now
+        base = choose_base(job.inputs)
+    return recorded.get("inputs") or [], base
 
 
 # ─── the output file's life: refuse, prepare (main process), merge ────────────────────────────
@@ -121,6 +145,15 @@ def check_output(job: ServeJob, layout: Layout, identity: dict, state: PartialSt
             check_layout(out, layout)
         for p in parts:
             check_layout(p, layout, seq=True)
+        base = identity["base"]
+        if base and not job.absolute and not os.path.isdir(base) and state.is_main_process:
+            print(
+                f"warning: {escape_path(base)}, the folder the rows of {out.name} are relative to, is gone; "
+                "an image written before and since moved is classified again under its new path (put the "
+                "folder back to skip it)",
+                file=sys.stderr,
+                flush=True,
+            )
 
 
 @contextlib.contextmanager
@@ -153,7 +186,8 @@ def my_items(job: ServeJob, done: set[str], state: PartialState, base: str | Non
     """This process's share: every world_size-th item of the sorted stream, after skipping done paths."""
     stream: Iterator[Item] = iter_items(list(job.inputs), job.absolute, job.max_bytes, base)
     if done:
-        stream = (it for it in stream if it.path not in done)
+        written = DoneRows(done, base, job.absolute)  # also under another spelling (a symlink)
+        stream = (it for it in stream if not written.has(it.path, it.source))
     if job.limit:
         stream = itertools.islice(stream, job.limit)
     rank, world = state.process_index, state.num_processes
@@ -322,7 +356,8 @@ def show(job: ServeJob, layout: Layout, spec, state: PartialState) -> int:
             base = identity["base"]
         item = next(iter_items(list(job.inputs), job.absolute, job.max_bytes, base))
         row = show_one(item, backend, spec, layout, job.figure, job.timeout)
-        if out:
+        done = done_paths(out, layout) if out and job.resume else set()
+        if out and not DoneRows(done, base, job.absolute).has(item.path, item.source):  # never twice
             write_identity(out, identity)
             with RowWriter(out, layout, append=job.resume) as writer:
                 writer.write([row])

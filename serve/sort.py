@@ -26,7 +26,7 @@ from core.images import SORT_QUEUES
 from core.interrupt import command, started
 from core.lock import OutputLock
 from serve.pathnames import escape_path
-from serve.row_paths import read_record, recorded_base, resolve_row
+from serve.row_paths import BadRecord, read_record, recorded_base, resolve_row
 from serve.sort_files import MANIFEST, MODES, Manifest, Placement, free_name, intent_fields, place, undo_one
 
 REVIEW, ERRORS = SORT_QUEUES
@@ -119,10 +119,17 @@ def path_base(predictions: Path, root: str | None) -> tuple[str | None, list[Pat
     lie outside them)."""
     if root:
         return str(Path(root).resolve()), [Path(root).resolve()]
-    recorded = read_record(predictions.with_name(predictions.name + ".meta.json"))
-    if recorded is None:
-        return None, []
-    base, inputs = recorded_base(recorded)
+    meta = predictions.with_name(predictions.name + ".meta.json")
+    recorded = read_record(meta)
+    try:
+        if recorded is None and meta.exists():
+            raise BadRecord("not a JSON object")
+        base, inputs = recorded_base(recorded or {})
+    except BadRecord as exc:
+        raise UserError(
+            f"{meta} is damaged ({exc}), so the rows' files cannot be found; restore it, or give "
+            "--root FOLDER (the folder the rows' paths are relative to)"
+        ) from None
     return base, [Path(p) for p in inputs]
 
 
