@@ -17,6 +17,7 @@ import numpy as np
 from PIL import Image, ImageDraw
 
 from core.errors import UserError
+from core.fsio import shown_as
 
 SHAPES = ("circle", "square", "triangle", "cross", "diamond", "ring")
 HUES = ((220, 50, 50), (50, 170, 60), (50, 90, 220), (230, 190, 40), (170, 60, 200), (40, 200, 200))
@@ -114,9 +115,16 @@ def write_once(root: Path, settings: dict) -> str:
     tmp = root.parent / f".{root.name}.tmp"
     if tmp.exists():
         shutil.rmtree(tmp)
-    make_demo_dataset(tmp, settings["classes"], settings["splits"], settings["size"], settings["seed"])
-    (tmp / MARKER).write_text(json.dumps(settings, indent=2) + "\n")
-    os.replace(tmp, root)  # onto an absent or empty folder
+    try:
+        with shown_as(tmp, root):  # a full disk names DST, not our hidden folder
+            make_demo_dataset(
+                tmp, settings["classes"], settings["splits"], settings["size"], settings["seed"]
+            )
+            (tmp / MARKER).write_text(json.dumps(settings, indent=2) + "\n")
+        os.replace(tmp, root)  # onto an absent or empty folder
+    except BaseException:  # a full disk or a Ctrl-C: the half-made folder would hold the space the user frees
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
     return f"wrote {_count(root)} images in {settings['classes']} classes to {root}"
 
 

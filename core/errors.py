@@ -33,24 +33,43 @@ def clip(value: object, limit: int = CLIP_CHARS) -> str:
     return text if len(text) <= limit else text[: limit - 1] + "…"
 
 
-DISK_FULL_ERRNOS = frozenset({errno.ENOSPC, getattr(errno, "EDQUOT", errno.ENOSPC)})
-# Libraries that write through C (torch.save, safetensors) wrap the OS error into their own exception
-# type and keep only its message; these are the C library's texts for the two errnos.
-_DISK_FULL_TEXTS = ("No space left on device", "Disk quota exceeded")
+# A write the file system refuses for want of room: a full disk, a quota, or a file past the size limit
+# (EFBIG: `ulimit -f`, or a FAT32 stick's 4 GB). Each is the user's to fix wherever the write happened.
+_FULL_TEXTS = {  # the C library's texts: torch.save, safetensors wrap the OS error and keep only its message
+    "No space left on device": errno.ENOSPC,
+    "Disk quota exceeded": getattr(errno, "EDQUOT", errno.ENOSPC),
+    "File too large": errno.EFBIG,
+}
+DISK_FULL_ERRNOS = frozenset(_FULL_TEXTS.values())
 
 
 def disk_full(exc: BaseException | None) -> OSError | BaseException | None:
-    """The disk-full error (ENOSPC/EDQUOT) in `exc` or its causes, or None: a full disk is the user's to fix
-    wherever the write happened, so every stage reports it the same way instead of as its own failure."""
+    """The disk-full error (ENOSPC/EDQUOT/EFBIG) in `exc` or its causes, or None: a full disk is the user's
+    to fix wherever the write happened, so every stage reports it the same way instead of as its own failure."""
     seen = set()
     while exc is not None and id(exc) not in seen:
         seen.add(id(exc))
         if isinstance(exc, OSError) and exc.errno in DISK_FULL_ERRNOS:
             return exc
-        if any(text in str(exc) for text in _DISK_FULL_TEXTS):
+        if any(text in str(exc) for text in _FULL_TEXTS):
             return exc
         exc = exc.__cause__ or exc.__context__
     return None
+
+
+def full_errno(exc: BaseException) -> int:
+    """The errno of a disk-full error, read from its text when a C writer's wrapper kept only that."""
+    code = getattr(exc, "errno", None)
+    if code in DISK_FULL_ERRNOS:
+        return code
+    return next((c for text, c in _FULL_TEXTS.items() if text in str(exc)), errno.ENOSPC)
+
+
+def full_problem(exc: BaseException) -> tuple[str, str]:
+    """What went wrong and what frees the write: a file past a size limit is not fixed by freeing space."""
+    if full_errno(exc) == errno.EFBIG:
+        return "file too large", "lift the file-size limit (ulimit -f; FAT32 holds 4 GB a file)"
+    return "disk full", "free space"
 
 
 def disk_full_line(exc: BaseException) -> str:
@@ -58,8 +77,9 @@ def disk_full_line(exc: BaseException) -> str:
     name = getattr(exc, "filename", None)
     where = f" writing {name}" if name else ""
     what = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc).strip().splitlines()[0]
+    problem, fix = full_problem(exc)
     return (
-        f"disk full{where} ({what[:200]}): free space or choose another output folder, then run again; "
+        f"{problem}{where} ({what[:200]}): {fix} or choose another output folder, then run again; "
         "files written before are kept"
     )
 

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import contextlib
 import csv
-import errno
 import json
 import os
 import shutil
@@ -13,7 +12,7 @@ from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
-from core.errors import disk_full
+from core.errors import disk_full, full_errno
 
 # mkstemp/mkdtemp create 0600/0700 entries; give results the mode a plain open()/mkdir() would,
 # so run outputs on a shared cluster stay readable by the group. Read once: os.umask both sets and gets.
@@ -53,7 +52,7 @@ def final_name(path: str | os.PathLike | None, temp: str | os.PathLike, final: s
 
 @contextlib.contextmanager
 def shown_as(temp: str | os.PathLike, final: str | os.PathLike) -> Iterator[None]:
-    """A full disk (ENOSPC/EDQUOT, also wrapped by a C writer that keeps only the message) while writing
+    """A full disk (ENOSPC/EDQUOT/EFBIG, also wrapped by a C writer that keeps only the message) while writing
     under `temp` is raised as an OSError naming `final`'s file: the user never made our temp names, and
     cannot act on them. An error that names no file (a buffered write's names none) names `final`; so
     `shown_as(path, path)` makes any write to `path` say where the disk is full."""
@@ -63,7 +62,7 @@ def shown_as(temp: str | os.PathLike, final: str | os.PathLike) -> Iterator[None
         full = disk_full(exc)
         if full is None:
             raise
-        code = getattr(full, "errno", None) or errno.ENOSPC
+        code = full_errno(full)
         reason = getattr(full, "strerror", None) or str(full).strip().splitlines()[0]
         raise OSError(code, reason, str(final_name(getattr(full, "filename", None), temp, final))) from exc
 

@@ -21,9 +21,12 @@ import os
 import signal
 import sys
 import threading
+import traceback
 from collections.abc import Callable, Iterator
 from types import FrameType
 from typing import TypeVar
+
+from core.errors import debug_enabled
 
 EXIT_INTERRUPTED = 130  # 128 + SIGINT, as a shell reports a Ctrl-C
 EXIT_GRACE_S = 30.0  # far above a clean teardown, even on a loaded machine
@@ -54,10 +57,13 @@ def _is_first_process() -> bool:
 
 
 def _exit_now(signum: int, frame: FrameType | None) -> None:
-    if _is_first_process():
-        os.write(2, f"{INTERRUPTED_LINE}\n".encode())  # one unbuffered write: safe inside a signal handler
-    # Nothing is written while a command starts, so nothing to clean up; and no exit hooks of half-imported code.
-    os._exit(EXIT_INTERRUPTED)
+    try:
+        if _is_first_process():
+            os.write(2, f"{INTERRUPTED_LINE}\n".encode())  # one unbuffered write: safe in a signal handler
+            if debug_enabled():  # IMGCLF_DEBUG=1: where the start stood, for a bug report on a slow start
+                os.write(2, "".join(traceback.format_stack(frame)).encode(errors="replace"))
+    finally:  # Nothing is written while a command starts: no cleanup, and no exit hooks of half-imported code.
+        os._exit(EXIT_INTERRUPTED)
 
 
 def _first_interrupt(signum: int, frame: FrameType | None) -> None:
@@ -68,6 +74,18 @@ def _first_interrupt(signum: int, frame: FrameType | None) -> None:
 
 def _in_main_thread() -> bool:
     return threading.current_thread() is threading.main_thread()
+
+
+_command_process = False  # this process was started as one of our commands (set by core/__init__.py)
+
+
+def take_over_start() -> None:
+    """core/__init__.py, in a process started as one of our commands: Ctrl-C is ours until `started()`,
+    and the process's exit is ours too (a deadline after the first Ctrl-C). A process that merely uses our
+    code (a user's script, a notebook calling main()) keeps its own Ctrl-C: no os._exit, no deadline."""
+    global _command_process
+    _command_process = True
+    exit_while_starting()
 
 
 def exit_while_starting() -> None:
@@ -84,23 +102,41 @@ def started() -> None:
         signal.signal(signal.SIGINT, _first_interrupt)
 
 
+_PACKAGE_ROOT = os.path.dirname(os.path.dirname(os.path.realpath(__file__)))  # where train/, serve/ ... live
+
+
 def started_as_command(argv0: str) -> bool:
-    """Whether this process was started as one of our commands (its argv[0], as the console script or
-    `python -m` sets it before the first import of `core`)."""
-    path = "/" + argv0.replace(os.sep, "/")
-    return os.path.basename(path) in COMMAND_SCRIPTS or path.endswith(tuple("/" + f for f in COMMAND_FILES))
+    """Whether this process was started as one of our commands: argv[0] (as the console script or `python -m`
+    sets it before the first import of `core`) is a console script's exact name or resolves to one of OUR
+    entry files. A user's own `train/main.py` that imports `core` as a library keeps its Ctrl-C (and its
+    `finally` blocks); so does a multiprocessing spawn/forkserver child, which re-runs the parent's main
+    file as `__mp_main__` with the parent's argv but never calls `started()`."""
+    rerun = sys.modules.get(
+        "__mp_main__"
+    )  # `import multiprocessing` aliases it to __main__; a child's is its own
+    if rerun is not None and rerun is not sys.modules.get("__main__"):
+        return False
+    if os.path.basename(argv0) in COMMAND_SCRIPTS:
+        return True
+    try:
+        resolved = os.path.realpath(argv0)
+    except (OSError, ValueError):  # an argv[0] with a NUL byte, or a cwd that is gone
+        return False
+    return resolved in {os.path.join(_PACKAGE_ROOT, *f.split("/")) for f in COMMAND_FILES}
 
 
 def command(fn: F) -> F:
-    """Decorate a command's main(): Ctrl-C at any moment of it is one line and exit 130. The body runs
-    under `exit_while_starting` until it calls `started()`; a KeyboardInterrupt after that (its cleanup
-    done on the way out) becomes the line. On return the SIGINT handler is the caller's again (main() is
-    also called in-process, by tests)."""
+    """Decorate a command's main(): Ctrl-C at any moment of it is one line and exit 130. In a process
+    started as the command the body runs under `exit_while_starting` until it calls `started()`; a
+    KeyboardInterrupt (after that, or any time when main() is called in-process by a script, a notebook
+    or a test) becomes the line, its cleanup done on the way out. On return the SIGINT handler is the
+    caller's again."""
 
     @functools.wraps(fn)
     def wrapper(*args, **kwargs):
         previous = signal.getsignal(signal.SIGINT)
-        exit_while_starting()
+        if _command_process:  # called in-process by someone else's code: their Ctrl-C stays theirs
+            exit_while_starting()
         try:
             return fn(*args, **kwargs)
         except KeyboardInterrupt:
@@ -133,8 +169,9 @@ def arm_exit_deadline(seconds: float, code: int = EXIT_INTERRUPTED) -> threading
 @contextlib.contextmanager
 def interrupt_once() -> Iterator[None]:
     """Within this block the first SIGINT raises KeyboardInterrupt and later ones are ignored (for the
-    rest of the process: it is on its way out). Outside the main thread: no change."""
-    if threading.current_thread() is not threading.main_thread():
+    rest of the process: it is on its way out). Outside the main thread, or in a process that only uses
+    our code (a user's script, a notebook): no change, so their later Ctrl-C and their process stay theirs."""
+    if not _command_process or threading.current_thread() is not threading.main_thread():
         yield
         return
     previous = signal.signal(signal.SIGINT, _first_interrupt)

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import copy
-import errno
 import json
 import time
 from collections.abc import Callable
@@ -14,7 +13,7 @@ import torch
 from torch import nn
 
 from core.bundle import WEIGHTS_FILE, BundleRecord
-from core.errors import UserError, disk_full
+from core.errors import UserError, disk_full, full_errno
 from core.model_record import (
     ONNX_EXPORT_KEY,
     ONNX_INPUT,
@@ -206,7 +205,7 @@ def _run_exporter(
     except Exception as exc:  # noqa: BLE001 - exporter internals raise anything; the user needs the gist
         full = disk_full(exc)
         if full is not None:  # the disk, not the exporter: say which file could not be written
-            raise OSError(getattr(full, "errno", None) or errno.ENOSPC, _strerror(full), str(dest)) from exc
+            raise OSError(full_errno(full), _strerror(full), str(dest)) from exc
         first = (str(exc).strip().splitlines() or [""])[0][:300]
         raise UserError(
             f"the {exporter} ONNX exporter failed ({type(exc).__name__}: {first}); try --exporter {other}"

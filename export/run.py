@@ -13,7 +13,7 @@ from pathlib import Path
 import torch
 
 from core.bundle import WEIGHTS_FILE, BundleRecord, load_bundle, resolve_bundle_dir
-from core.errors import UserError, disk_full
+from core.errors import UserError, disk_full, full_problem
 from core.fsio import shown_as
 from core.lock import OutputLock
 from core.model_record import bundle_near, read_onnx_record, sha256_file
@@ -154,7 +154,11 @@ def finish(pipe: stg.Pipeline, report: ExportReport) -> int:
     report.failed_variants = sorted(pipe.failed)
     report.status = "failed" if pipe.failed else "passed"
     report.files = {p.name: file_info(p) for p in made}
-    report.write(pipe.out / EXPORT_REPORT)
+    try:
+        report.write(pipe.out / EXPORT_REPORT)
+    except OSError:  # a full disk: a previous export's report would now describe files that were replaced
+        (pipe.out / EXPORT_REPORT).unlink(missing_ok=True)
+        raise
     for line in table_lines(report.variants):
         log(line)
     log(f"wrote {', '.join(str(p) for p in made) or 'no model file'} and {pipe.out / EXPORT_REPORT}")
@@ -197,8 +201,9 @@ def disk_full_in(out: Path, work: Path) -> Iterator[None]:
     except OSError as exc:
         if disk_full(exc) is None:
             raise
+        problem, fix = full_problem(exc)
         raise UserError(
-            f"disk full writing {exc.filename} ({exc.strerror}): free space there or choose another --out, "
+            f"{problem} writing {exc.filename} ({exc.strerror}): {fix} or choose another --out, "
             "then export again"
         ) from None
 

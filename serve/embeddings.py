@@ -7,6 +7,7 @@ end (atomically), so an interrupted run leaves neither half-written.
 
 from __future__ import annotations
 
+import contextlib
 import json
 from pathlib import Path
 
@@ -59,5 +60,9 @@ class EmbeddingWriter:
         self.work.unlink(missing_ok=True)
 
     def abort(self) -> None:
-        self.fh.close()
+        """The work file goes, its buffered tail unwritten: after a failed write (a full disk) flushing it
+        would fail again and hide the first error, which names the file."""
+        with contextlib.suppress(OSError, ValueError):
+            self.fh.raw.close()  # the raw file, so the buffer's flush has nowhere to go (no fd to reuse)
+            self.fh.close()
         self.work.unlink(missing_ok=True)

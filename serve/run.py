@@ -169,7 +169,7 @@ def prepare_output(job: ServeJob, layout: Layout, identity: dict, state: Partial
     out = job.out
     if state.is_main_process:
         if job.overwrite:
-            for p in [out, *existing_parts(out)]:
+            for p in [out, meta_path(out), *existing_parts(out)]:  # no stale sidecar if the new one fails
                 p.unlink(missing_ok=True)
         elif job.resume:
             if out.exists():

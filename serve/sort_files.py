@@ -8,6 +8,7 @@ line before each placement and a done line after it, so a kill between the two i
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import json
 import os
@@ -44,14 +45,16 @@ class Manifest:
         self.path = root / MANIFEST
         self.entries: dict[str, dict] = {}  # src → the latest record (with its final dest and mode)
         self.state: dict[str, str] = {}
+        self.whole: int | None = None  # where a torn last line starts: cut before the next line is added
         if self.path.is_file():
             self._load()
 
     def _load(self) -> None:
         with open(self.path, encoding="utf-8") as fh:
-            for n, line in enumerate(fh, 1):
-                if not line.endswith("\n"):
-                    break  # torn last line from a kill: its action never started
+            for n, line in enumerate(iter(fh.readline, ""), 1):
+                if not line.endswith("\n"):  # torn last line from a kill or a full disk: never acted on
+                    self.whole = os.path.getsize(self.path) - len(line.encode("utf-8", "surrogateescape"))
+                    break
                 try:
                     rec = json.loads(line)
                     src, op = rec["src"], rec["op"]
@@ -75,10 +78,21 @@ class Manifest:
         return self.state.get(src) == "intent" and not self.placed(src)
 
     def write(self, op: str, **fields) -> None:
-        with shown_as(self.path, self.path), open(self.path, "a", encoding="utf-8") as fh:  # disk full: named
-            fh.write(json.dumps({"op": op, **fields}) + "\n")
-            fh.flush()
-            os.fsync(fh.fileno())
+        """One whole line or none: a failed append (disk full) is cut back, and a torn line left by a kill
+        is cut before this one, so no line is ever written after a torn one (which would read as damage)."""
+        data = memoryview((json.dumps({"op": op, **fields}) + "\n").encode("utf-8"))
+        with shown_as(self.path, self.path), open(self.path, "ab", buffering=0) as fh:  # disk full: named
+            good = fh.seek(0, os.SEEK_END) if self.whole is None else self.whole
+            try:
+                fh.truncate(good)
+                while data:
+                    data = data[fh.write(data) :]
+                os.fsync(fh.fileno())
+            except OSError:
+                with contextlib.suppress(OSError):
+                    fh.truncate(good)
+                raise
+            self.whole = None
         if op == "intent":
             self.entries[fields["src"]] = {"op": op, **fields}
         self.state[fields["src"]] = op

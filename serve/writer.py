@@ -217,8 +217,9 @@ class RowWriter:
             self.fh.flush()
         except OSError as exc:
             self.failed = True
+            with contextlib.suppress(OSError, ValueError):  # drop what is still buffered: close() must not
+                self.fh.buffer.raw.close()  # write it; the raw file, so no fd of another thread's is closed
             with contextlib.suppress(OSError):
-                os.close(self.fh.fileno())  # drop what is still buffered: close() must not write it
                 os.truncate(self.path, good)
             raise OSError(exc.errno, exc.strerror, str(self.shown)) from exc
 

@@ -7,16 +7,19 @@ complete last/ or the new one, never a half-written folder that resume would pic
 
 from __future__ import annotations
 
+import contextlib
 import json
+import os
 import shutil
 import zipfile
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+import torch
 from accelerate import Accelerator
 
-from core.errors import UserError
+from core.errors import UserError, disk_full
 from core.fsio import recover_dir, shown_as, swap_dir, write_json_atomic
 
 LAST_DIR = "last"
@@ -67,13 +70,40 @@ def save_last(accelerator: Accelerator, run_dir: Path, state: TrainerState) -> P
         shutil.rmtree(tmp)
     accelerator.wait_for_everyone()
     with shown_as(tmp, dest):  # a full disk names last/, not the temp folder the user never made
-        accelerator.save_state(str(tmp))
+        with _torch_save_through_python():
+            accelerator.save_state(str(tmp))
         accelerator.wait_for_everyone()
         if accelerator.is_main_process:
             write_json_atomic(tmp / STATE_FILE, asdict(state))
             swap_dir(tmp, dest)  # core.fsio.recover_dir repairs a crash mid-swap
     accelerator.wait_for_everyone()
     return dest
+
+
+@contextlib.contextmanager
+def _torch_save_through_python():
+    """While Accelerate saves a state, torch.save given a path opens it here. Given a path, torch writes
+    through C++'s ofstream, whose failure on a full disk says only "iostream error" / "unexpected pos" (a
+    traceback); given a Python file, its write raises the OS error (ENOSPC, EDQUOT, EFBIG): named here."""
+    real = torch.save
+
+    def save(obj: Any, f: Any, *args: Any, **kwargs: Any) -> None:
+        if not isinstance(f, (str, os.PathLike)):
+            return real(obj, f, *args, **kwargs)
+        try:
+            with open(f, "wb") as fh:
+                return real(obj, fh, *args, **kwargs)
+        except Exception as exc:  # torch's zip writer may replace the OS error with its own on the way out
+            full = disk_full(exc)
+            if not isinstance(full, OSError):
+                raise
+            raise OSError(full.errno, full.strerror, full.filename or os.fspath(f)) from exc
+
+    torch.save = save
+    try:
+        yield
+    finally:
+        torch.save = real
 
 
 def read_state(last: Path) -> TrainerState:

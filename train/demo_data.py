@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from core import demo_data
-from core.errors import UserError, cli_entry
+from core.errors import UserError, cli_entry, disk_full
 from core.interrupt import command, started
 
 
@@ -14,6 +14,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return demo_data.main(argv)
     except OSError as exc:  # DST under a file, read-only, disk full: the user's to fix, so one line
+        if disk_full(exc) is not None:
+            raise  # cli_entry's disk-full line: it names DST and says to free space
         raise UserError(f"cannot write the demo data set ({exc}); pass a writable folder") from None
 
 
