@@ -118,6 +118,7 @@ class DoneRows:
         self.real_base = os.path.realpath(base) if base else None
         self._real_folders: dict[str, str] = {}
         self._aliases: set[str] | None = None
+        self.found = 0  # images of this run's inputs found already written (the summary's "skipped")
 
     def __bool__(self) -> bool:
         return bool(self.done)
@@ -127,6 +128,11 @@ class DoneRows:
 
     def has(self, path: str, source: str) -> bool:
         """Whether the image at `source` (its cell: `path`) is already written, under any spelling."""
+        found = self._has(path, source)
+        self.found += found
+        return found
+
+    def _has(self, path: str, source: str) -> bool:
         if path in self.done:
             return True
         if is_url(source):

@@ -182,11 +182,11 @@ def prepare_output(job: ServeJob, layout: Layout, identity: dict, state: Partial
     return done_paths(out, layout) if job.resume else set()
 
 
-def my_items(job: ServeJob, done: set[str], state: PartialState, base: str | None) -> Iterator[Item]:
-    """This process's share: every world_size-th item of the sorted stream, after skipping done paths."""
-    stream: Iterator[Item] = iter_items(list(job.inputs), job.absolute, job.max_bytes, base)
-    if done:
-        written = DoneRows(done, base, job.absolute)  # also under another spelling (a symlink)
+def my_items(job: ServeJob, written: DoneRows, state: PartialState) -> Iterator[Item]:
+    """This process's share: every world_size-th item of the sorted stream, after skipping the images
+    already written (also under another spelling: a symlink). Every process walks the whole stream."""
+    stream: Iterator[Item] = iter_items(list(job.inputs), job.absolute, job.max_bytes, written.base)
+    if written:
         stream = (it for it in stream if not written.has(it.path, it.source))
     if job.limit:
         stream = itertools.islice(stream, job.limit)
@@ -270,6 +270,7 @@ def run(
             if accept_note:  # which threshold `accepted` means, said once under the start line
                 print(accept_note, flush=True)
         done = prepare_output(job, layout, identity, state)
+        written = DoneRows(done, identity["base"], job.absolute)
         multi = state.num_processes > 1
         target = part_path(job.out, state.process_index) if multi else job.out
         share = -(-job.limit // state.num_processes) if job.limit else None
@@ -289,7 +290,7 @@ def run(
                     pipe,
                     backend,
                     layout,
-                    my_items(job, done, state, identity["base"]),
+                    my_items(job, written, state),
                     writer,
                     batch_size,
                     bar,
@@ -304,7 +305,7 @@ def run(
             embeddings.finish()
         if state.is_main_process and pipe.report():
             print(pipe.report() + (" (this process)" if multi else ""), flush=True)
-    return _gather(counts, state), len(done)
+    return _gather(counts, state), written.found  # counted in the whole stream, the same on every process
 
 
 def start_embeddings(job: ServeJob, backend: Backend, state: PartialState) -> EmbeddingWriter | None:

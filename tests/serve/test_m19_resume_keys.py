@@ -92,3 +92,16 @@ def test_m19_an_output_recorded_before_the_base_keeps_the_rule_that_wrote_it(tmp
     assert (base, inputs) == (str(tmp_path), [str(a)])
     assert recorded_base({"inputs": [str(a)], "base": str(tmp_path)})[0] == str(tmp_path)
     assert os.path.isabs(recorded_base({"base": "/x"})[0])
+
+
+def test_m19_the_skipped_count_is_this_runs_images_found_already_written(bundle, tmp_path, capsys):
+    a, b = tmp_path / "A", tmp_path / "B"
+    _tree(a, ["1/a1.png", "2/a2.png", "x.png"])
+    _tree(b, ["1/b1.png"])
+    out = tmp_path / "p.csv"
+    assert serve(bundle, a, b, "--out", out, "--workers", 0, "--no-progress") == 0
+    capsys.readouterr()
+    # only B again: 1 of its images is skipped, not the 4 rows the file holds
+    assert serve(bundle, b, "--out", out, "--resume", "--workers", 0, "--no-progress") == 0
+    assert "done: 0 ok, 0 errors, 1 already in p.csv skipped" in capsys.readouterr().out
+    assert len(read_rows(out)) == 4
