@@ -21,21 +21,20 @@ from accelerate.utils import (
     set_seed,
 )
 
-from core.bundle import load_bundle
 from core.config import Config
 from core.errors import UserError
 from core.evaluation import evaluation_source, write_evaluation
 from core.models import HeadSpec, build_model, set_backbone_trainable
-from core.preprocess import Normalize, WithPreprocessing
+from core.preprocess import Normalize
 from train.audit import audit_data
 from train.balance import class_weights, drop_last_batch, imbalance_note
 from train.calibrate import Calibrated, calibrate_best, calibration_report
 from train.checkpoint import LAST_DIR, TrainerState, load_last, read_state
 from train.cli import TrainJob
-from train.data import TrainData, eval_loader, load_data
+from train.data import TrainData, load_data
 from train.ema import WeightEma
 from train.engine import BEST_DIR, Parts, Trainer, bare_model
-from train.evaluate import evaluate
+from train.evaluate import evaluate_bundle
 from train.feed import FEEDS, Feed, decode_mode
 from train.optim import build_optimizer, build_scheduler
 from train.resume_notes import config_differs_warning, read_run_config, resume_line
@@ -189,13 +188,7 @@ def evaluate_test(
     """Evaluate the saved best bundle (what ships, not the in-memory model) on the test split."""
     if data.test is None or not (run_dir / BEST_DIR).is_dir():
         return None
-    model, record = load_bundle(run_dir / BEST_DIR)
-    model = accelerator.prepare_model(WithPreprocessing(model, record.preprocess), evaluation_mode=True)
-    batch = cfg.train.eval_batch_size or 2 * cfg.train.batch_size
-    loader = accelerator.prepare_data_loader(
-        eval_loader(data.test, batch, cfg.data.num_workers, pin=accelerator.device.type == "cuda")
-    )
-    result = evaluate(accelerator, model, loader, lambda x: x, keep_probs=True)
+    result, record = evaluate_bundle(cfg, data.test, run_dir / BEST_DIR, accelerator)
     if not accelerator.is_main_process:
         return None
     # Sample the predictions grid evenly over the test set (it is listed class by class), not its first rows.
