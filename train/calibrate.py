@@ -13,7 +13,7 @@ from typing import Any
 import numpy as np
 from accelerate import Accelerator
 
-from core.bundle import write_record
+from core.bundle import read_record, write_record
 from core.calibration import (
     CalibrationRecord,
     calibrate,
@@ -42,14 +42,21 @@ class Calibrated:
     valid_targets: np.ndarray
 
 
-def calibrate_best(cfg: Config, data, run_dir: Path, accelerator: Accelerator) -> Calibrated | None:
-    """Fit T and the threshold on validation and record them in best/bundle.json; None off the main process."""
+def score_valid(cfg: Config, data, run_dir: Path, accelerator: Accelerator) -> EvalResult | None:
+    """best/ on validation (collective), once for calibrate_best and write_suspects; None without best/."""
     best = run_dir / BEST_DIR
-    if not best.is_dir():
+    return evaluate_bundle(cfg, data.valid, best, accelerator)[0] if best.is_dir() else None
+
+
+def calibrate_best(
+    cfg: Config, run_dir: Path, accelerator: Accelerator, result: EvalResult | None
+) -> Calibrated | None:
+    """Fit T and the threshold on `result` (score_valid's) and record them in best/bundle.json; None off
+    the main process."""
+    if result is None or not accelerator.is_main_process or result.logits is None or not len(result.logits):
         return None
-    result, record = evaluate_bundle(cfg, data.valid, best, accelerator)
-    if not accelerator.is_main_process or result.logits is None or not len(result.logits):
-        return None
+    best = run_dir / BEST_DIR
+    record = read_record(best)
     fit = calibrate(result.logits, result.targets, cfg.calibration.target_precision)
     record.calibration = fit
     write_record(best, record)

@@ -28,7 +28,7 @@ from core.models import HeadSpec, build_model, set_backbone_trainable
 from core.preprocess import Normalize
 from train.audit import audit_data
 from train.balance import class_weights, drop_last_batch, imbalance_note
-from train.calibrate import Calibrated, calibrate_best, calibration_report
+from train.calibrate import Calibrated, calibrate_best, calibration_report, score_valid
 from train.checkpoint import LAST_DIR, TrainerState, load_last, read_state
 from train.cli import TrainJob
 from train.data import TrainData, load_data
@@ -337,12 +337,13 @@ def _fit_and_test(
     if not state.finished:
         return result
     accelerator.wait_for_everyone()
-    calibrated = calibrate_best(cfg, data, run_dir, accelerator)
+    valid = score_valid(cfg, data, run_dir, accelerator)  # collective; calibration and suspects share it
+    calibrated = calibrate_best(cfg, run_dir, accelerator, valid)
     accelerator.wait_for_everyone()
     result.test_metrics = evaluate_test(cfg, data, run_dir, accelerator, calibrated)
     if result.test_metrics is None:  # no test split: the reliability diagram shows validation alone
         calibration_report(run_dir, calibrated, None, None)
-    write_suspects(cfg, data, run_dir, accelerator)  # collective: every process scores its share
+    write_suspects(cfg, data, run_dir, accelerator, valid)  # collective: every process scores its share
     best, test = state.best or {}, result.test_metrics
     accelerator.print(
         f"best epoch {best.get('epoch')}: valid acc {best.get('valid_acc', 0):.3f} → "

@@ -22,7 +22,7 @@ from core.pathnames import escape_path
 from core.preprocess import eval_transform
 from train.data import ImageDataset, TrainData
 from train.engine import BEST_DIR
-from train.evaluate import evaluate_bundle
+from train.evaluate import EvalResult, evaluate_bundle
 
 SUSPECTS_CSV = "suspects.csv"
 SUSPECTS_PNG = "suspects.png"
@@ -102,15 +102,24 @@ def write_grid(
     return fig
 
 
-def write_suspects(cfg, data: TrainData, run_dir: Path, accelerator: Accelerator) -> Path | None:
-    """Collective (every process calls it): score train + valid with best/, write the files on the main process."""
+def write_suspects(
+    cfg, data: TrainData, run_dir: Path, accelerator: Accelerator, valid: EvalResult | None = None
+) -> Path | None:
+    """Collective (every process calls it): score train + valid with best/, write the files on the main
+    process. `valid`: best/ already scored on data.valid (train.calibrate.score_valid), the same view
+    when the bundle's preprocessing is the config's, so that pass is not run twice."""
     if not (run_dir / BEST_DIR).is_dir() or not hasattr(data.train.source, "paths"):
         return None  # no bundle, or CIFAR-10 (no files to move)
-    transform = eval_transform(read_record(run_dir / BEST_DIR).preprocess)
+    record = read_record(run_dir / BEST_DIR)
+    transform = eval_transform(record.preprocess)
+    same_view = record.preprocess.to_dict() == cfg.preprocess.spec().to_dict()
     found, sets = [], {}
     for split, ds in (("train", data.train), ("valid", data.valid)):
         sets[split] = ImageDataset(ds.source, transform, ds.seed)  # the eval view: no augmentation
-        result, record = evaluate_bundle(cfg, sets[split], run_dir / BEST_DIR, accelerator)
+        if split == "valid" and valid is not None and same_view:
+            result = valid
+        else:
+            result, _ = evaluate_bundle(cfg, sets[split], run_dir / BEST_DIR, accelerator)
         if accelerator.is_main_process and result.probs is not None:
             found += rank(
                 result.probs, result.targets, result.indices, record.classes, split, ds.source.paths
