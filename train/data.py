@@ -339,7 +339,7 @@ def train_sampler(balance: str, labels: Sequence[int], seed: int) -> Sampler:
     return BalancedSampler(labels, seed) if balance == "sampler" else EpochSampler(len(labels), seed)
 
 
-def _loader(
+def make_loader(
     ds: Dataset,
     batch_size: int,
     num_workers: int,
@@ -348,7 +348,8 @@ def _loader(
     pin=False,
     drop_last=False,
 ) -> DataLoader:
-    """Every loader of a run: train ones draw from `sampler`, eval ones (no sampler) read in order."""
+    """Every loader of a run (and of train/bench.py's feeds, so they time the same settings): train ones
+    draw from `sampler`, eval ones (no sampler) read in order."""
     return DataLoader(
         ds,
         batch_size=batch_size,
@@ -372,11 +373,11 @@ def train_loader(
 ) -> DataLoader:
     """drop_last: see train.balance.drop_last_batch (compile; a last batch of one image)."""
     sampler = train_sampler(balance, ds.source.labels, seed)
-    return _loader(ds, batch_size, num_workers, collate_train, sampler, pin, drop_last)
+    return make_loader(ds, batch_size, num_workers, collate_train, sampler, pin, drop_last)
 
 
 def eval_loader(ds: ImageDataset, batch_size: int, num_workers: int, pin: bool) -> DataLoader:
-    return _loader(ds, batch_size, num_workers, collate_eval, pin=pin)
+    return make_loader(ds, batch_size, num_workers, collate_eval, pin=pin)
 
 
 def encoded_train_loader(
@@ -391,14 +392,14 @@ def encoded_train_loader(
     """GPU path: file bytes in the CPU path's (epoch, index) order; the device decodes and augments them."""
     ds = EncodedImages(samples, READ_THREADS, device_decode=device_decode)
     sampler = train_sampler(balance, [y for _, y in samples], seed)
-    return _loader(ds, batch_size, num_workers, collate_encoded, sampler, drop_last=drop_last)
+    return make_loader(ds, batch_size, num_workers, collate_encoded, sampler, drop_last=drop_last)
 
 
 def encoded_eval_loader(
     samples: Sequence[tuple[str, int]], batch_size: int, num_workers: int, device_decode: bool = True
 ) -> DataLoader:
     ds = EncodedImages(samples, READ_THREADS, device_decode=device_decode)
-    return _loader(ds, batch_size, num_workers, collate_encoded)
+    return make_loader(ds, batch_size, num_workers, collate_encoded)
 
 
 def preview_batch(ds: ImageDataset, seed: int, n: int = 16) -> tuple[torch.Tensor, list[int]]:
