@@ -15,6 +15,7 @@ import torch
 from core.bundle import WEIGHTS_FILE, BundleRecord, load_bundle, resolve_bundle_dir
 from core.errors import UserError, disk_full, disk_full_line
 from core.fsio import shown_as
+from core.interrupt import EXIT_INTERRUPTED
 from core.lock import OutputLock
 from core.model_record import bundle_near, read_onnx_record, sha256_file
 from export import onnx_export, verify
@@ -27,7 +28,6 @@ from export.stages import GateFailed
 
 EXPORT_REPORT = "export_report.json"
 VERIFY_REPORT = "verify_report.json"
-EXIT_INTERRUPTED = 130  # 128 + SIGINT, as a shell reports a Ctrl-C
 
 
 def log(msg: str) -> None:
