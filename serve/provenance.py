@@ -16,7 +16,7 @@ from core.bundle import RECORD_FILE, WEIGHTS_FILE, resolve_bundle_dir
 from core.errors import UserError
 from core.fsio import write_json_atomic
 from core.model_record import sha256_file
-from serve.row_paths import merged_inputs, read_record
+from serve.row_paths import merged_inputs, meta_path, read_record
 
 MUST_MATCH = {
     "model_sha256": "model",
@@ -26,10 +26,6 @@ MUST_MATCH = {
     "absolute": "--absolute",
     "threshold": "acceptance threshold (--accept-above, else the model's)",
 }
-
-
-def meta_path(out: Path) -> Path:
-    return out.with_name(out.name + ".meta.json")
 
 
 def model_sha256(model: str | Path) -> str:
