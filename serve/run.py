@@ -96,7 +96,7 @@ def run_job(job: ServeJob) -> int:
             _summary(counts, skipped, time.perf_counter() - start, out)
             _warn_if_nothing_found(counts, skipped, job.inputs)
             if job.evaluate:
-                _evaluate(job, layout)
+                _evaluate(job, layout, identity["base"])
     return 0
 
 
@@ -393,9 +393,9 @@ def _warn_if_nothing_found(counts: Counts, skipped: int, inputs: tuple[str, ...]
         )
 
 
-def _evaluate(job: ServeJob, layout: Layout) -> None:
+def _evaluate(job: ServeJob, layout: Layout, base: str | None) -> None:
+    """`base`: the rows' folder, as this run recorded it beside the output (no need to read it back)."""
     from serve.evaluate import evaluate_output, summary
 
-    base = recorded_base(read_record(meta_path(job.out)) or {})[0]
     m = evaluate_output(job.out, layout, job.inputs[0], base, job.eval_dir, job.model)
     print(summary(m, job.eval_dir), flush=True)
