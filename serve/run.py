@@ -283,7 +283,7 @@ def run(
             seconds=SERVE_LOG_SECONDS,
             leave=True,
         )
-        embeddings = start_embeddings(job, backend, state)
+        embeddings = start_embeddings(job, backend)
         with RowWriter(target, layout, append=job.resume and not multi, seq=multi) as writer, bar:
             try:
                 counts = classify(
@@ -308,7 +308,7 @@ def run(
     return _gather(counts, state), written.found  # counted in the whole stream, the same on every process
 
 
-def start_embeddings(job: ServeJob, backend: Backend, state: PartialState) -> EmbeddingWriter | None:
+def start_embeddings(job: ServeJob, backend: Backend) -> EmbeddingWriter | None:
     """--embeddings: the torch backend keeps its head's input; one process writes one file."""
     if job.embeddings is None:
         return None
