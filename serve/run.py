@@ -241,11 +241,6 @@ def classify(
     return counts
 
 
-def default_workers(device: torch.device, world: int) -> int:
-    cores = (len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()) or 2
-    return max(1, min(16, cores // world - 1))
-
-
 def run(
     job: ServeJob, state: PartialState, layout: Layout, spec, identity: dict, accept_note: str = ""
 ) -> tuple[Counts, int]:
