@@ -21,7 +21,7 @@ from PIL import Image
 from core.errors import UserError
 from core.images import BadImage, decode_image, upright_rgb
 from core.preprocess import eval_transform
-from serve.accept import check_accept_above
+from serve.accept import check_accept_above, is_accepted
 from serve.backends import default_batch_size, load_record, open_backend, resolve_device
 from serve.discover import MAX_FILE_MB, is_url, iter_items
 from serve.model_file import resolve_model
@@ -43,14 +43,6 @@ class Prediction:
     topk: list[tuple[str, str, float]]  # (label, display name, probability), best first
     accepted: bool
     error: str | None = None
-
-
-def is_accepted(probability: float | None, threshold: float | None) -> bool:
-    """The one place a prediction is accepted or not: top-1 probability >= the threshold (the model's
-    calibrated one, or accept_above); without one every decoded image is accepted; an error never is."""
-    if probability is None:
-        return False
-    return threshold is None or probability >= threshold
 
 
 class Classifier:

@@ -24,6 +24,7 @@ from core.calibration import margin_entropy
 from core.errors import UserError
 from core.fsio import atomic_path, shown_as
 from core.record_checks import TOPK_SEPARATOR  # training refuses class names holding it
+from serve.accept import is_accepted
 
 FORMATS = ("csv", "jsonl")
 SEQ = "seq"  # extra first column of per-process part files: the stream position, for the merge
@@ -93,7 +94,7 @@ def ok_row(layout: Layout, path: str, probs: np.ndarray) -> dict[str, Any]:
         "label": layout.classes[best],
         "display_name": layout.display_names[best],
         "prob": float(probs[best]),
-        "accepted": layout.threshold is None or float(probs[best]) >= layout.threshold,
+        "accepted": is_accepted(float(probs[best]), layout.threshold),
         "margin": float(margin[0]),
         "entropy": float(entropy[0]),
         labels_col: [layout.classes[i] for i in order],
