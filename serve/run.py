@@ -52,7 +52,7 @@ from serve.writer import (
     error_row,
     existing_parts,
     merge_parts,
-    ok_row,
+    ok_rows,
     part_path,
     repair_tail,
 )
@@ -222,13 +222,11 @@ def classify(
 ) -> Counts:
     counts = Counts()
     for batch, probs, features in predictions_and_features(pipe, backend, items, batch_size):
-        rows, j = [], 0
+        decoded = [item.path for item, error in zip(batch.items, batch.errors) if not error]
+        ok = iter(ok_rows(layout, decoded, probs) if decoded else [])  # probs: one row per decoded image
+        rows = []
         for item, error in zip(batch.items, batch.errors):
-            if error:
-                rows.append(error_row(layout, item.path, error))
-            else:
-                rows.append(ok_row(layout, item.path, probs[j]))
-                j += 1
+            rows.append(error_row(layout, item.path, error) if error else next(ok))
             rows[-1][SEQ] = item.seq
         writer.write(rows)
         if embeddings is not None and features is not None:
