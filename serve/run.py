@@ -77,7 +77,9 @@ def run_job(job: ServeJob) -> int:
 
         check_labelled_folder(job.inputs[0], record.classes)
     out = job.out
-    with output_lock(out, state):  # held until the file is final: merged, summarised, evaluated
+    # the main process locks `out` until the file is final (merged, summarised, evaluated); every process
+    # refuses together when it is taken (core.lock.held_by_main)
+    with held_by_main(OutputLock(out), state):
         identity = identity_of(job, layout)
         check_output(job, layout, identity, state)
         start = time.perf_counter()
@@ -154,13 +156,6 @@ def check_output(job: ServeJob, layout: Layout, identity: dict, state: PartialSt
                 file=sys.stderr,
                 flush=True,
             )
-
-
-@contextlib.contextmanager
-def output_lock(out: Path, state: PartialState) -> Iterator[None]:
-    """The main process locks `out` for the whole run; every process refuses together when it is taken."""
-    with held_by_main(OutputLock(out), state):
-        yield
 
 
 def prepare_output(job: ServeJob, layout: Layout, identity: dict, state: PartialState) -> set[str]:
@@ -342,7 +337,7 @@ def show(job: ServeJob, layout: Layout, spec, state: PartialState) -> int:
     backend = open_backend(job.model, device, job.providers, job.allow_cpu)
     print(f"model: {job.model} | {backend.description}", flush=True)
     out = job.out
-    with output_lock(out, state) if out else contextlib.nullcontext():
+    with held_by_main(OutputLock(out), state) if out else contextlib.nullcontext():
         base = None
         if out:
             identity = identity_of(job, layout)
