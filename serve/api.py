@@ -66,10 +66,13 @@ class Classifier:
             raise UserError(f"topk and batch_size must be positive (got {topk}, {batch_size})")
         self.model = resolve_model(model)
         record = load_record(self.model)
-        self.layout = Layout(tuple(record.classes), tuple(record.display_names), topk)
-        self.transform = eval_transform(record.preprocess)
         # accept_above overrides the model's calibrated threshold (None: no calibration, or unreachable)
         self.threshold: float | None = record.threshold if accept_above is None else accept_above
+        # the rows carry `accepted` as serve's files do (serve.accept.is_accepted, in writer.ok_row)
+        self.layout = Layout(
+            tuple(record.classes), tuple(record.display_names), topk, threshold=self.threshold
+        )
+        self.transform = eval_transform(record.preprocess)
         self.backend = open_backend(self.model, resolve_device(device), providers, allow_cpu, threads)
         self.batch_size = batch_size or default_batch_size(self.backend.device)
         self.timeout, self.max_bytes = timeout, int(max_file_mb * 2**20)
@@ -122,7 +125,7 @@ class Classifier:
             display_name=row["display_name"],
             probability=row["prob"],
             topk=[(label, names[label], p) for label, p in zip(row[labels_col], row[probs_col])],
-            accepted=is_accepted(row["prob"], self.threshold),
+            accepted=bool(row["accepted"]),  # an error row's None: never accepted
             error=error or None,
         )
 
