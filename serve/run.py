@@ -16,7 +16,7 @@ import torch
 from accelerate import PartialState
 
 from core.errors import UserError
-from core.interrupt import interrupt_once
+from core.interrupt import EXIT_INTERRUPTED, interrupt_once
 from core.lock import OutputLock, held_by_main
 from core.progress import SERVE_LOG_SECONDS, Progress
 from serve.accept import resolve_threshold
@@ -56,8 +56,6 @@ from serve.writer import (
     part_path,
     repair_tail,
 )
-
-EXIT_INTERRUPTED = 130  # 128 + SIGINT, as a shell reports a Ctrl-C
 
 
 def run_job(job: ServeJob) -> int:
