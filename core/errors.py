@@ -65,6 +65,17 @@ def full_errno(exc: BaseException) -> int:
     return next((c for text, c in _FULL_TEXTS.items() if text in str(exc)), errno.ENOSPC)
 
 
+def full_reason(exc: BaseException) -> str:
+    """The OS's words for a disk-full error: its strerror, or the first line of the message a wrapper kept."""
+    return getattr(exc, "strerror", None) or str(exc).strip().splitlines()[0]
+
+
+def full_error(exc: BaseException, filename: str) -> OSError:
+    """The disk-full error `exc` (found by `disk_full`) as a plain OSError naming `filename`, the file the
+    user knows: what a writer raises in place of a temp name or a C writer's wrapped message."""
+    return OSError(full_errno(exc), full_reason(exc), filename)
+
+
 def full_problem(exc: BaseException) -> tuple[str, str]:
     """What went wrong and what frees the write: a file past a size limit is not fixed by freeing space."""
     if full_errno(exc) == errno.EFBIG:
@@ -72,16 +83,18 @@ def full_problem(exc: BaseException) -> tuple[str, str]:
     return "disk full", "free space"
 
 
-def disk_full_line(exc: BaseException) -> str:
-    """One line naming the file that could not be written (when the error knows it) and the fix."""
+def disk_full_line(
+    exc: BaseException,
+    elsewhere: str = "another output folder",
+    again: str = "run again; files written before are kept",
+) -> str:
+    """One line naming the file that could not be written (when the error knows it) and the fixes: free
+    the write, or choose `elsewhere`; then `again` (a stage says its own flag and verb)."""
     name = getattr(exc, "filename", None)
     where = f" writing {name}" if name else ""
-    what = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc).strip().splitlines()[0]
+    what = full_reason(exc)
     problem, fix = full_problem(exc)
-    return (
-        f"{problem}{where} ({what[:200]}): {fix} or choose another output folder, then run again; "
-        "files written before are kept"
-    )
+    return f"{problem}{where} ({what[:200]}): {fix} or choose {elsewhere}, then {again}"
 
 
 def cli_entry(fn: F) -> F:

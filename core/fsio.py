@@ -12,7 +12,7 @@ from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
-from core.errors import disk_full, full_errno
+from core.errors import disk_full, full_error
 
 # mkstemp/mkdtemp create 0600/0700 entries; give results the mode a plain open()/mkdir() would,
 # so run outputs on a shared cluster stay readable by the group. Read once: os.umask both sets and gets.
@@ -62,9 +62,7 @@ def shown_as(temp: str | os.PathLike, final: str | os.PathLike) -> Iterator[None
         full = disk_full(exc)
         if full is None:
             raise
-        code = full_errno(full)
-        reason = getattr(full, "strerror", None) or str(full).strip().splitlines()[0]
-        raise OSError(code, reason, str(final_name(getattr(full, "filename", None), temp, final))) from exc
+        raise full_error(full, str(final_name(getattr(full, "filename", None), temp, final))) from exc
 
 
 def write_bytes_atomic(dest: str | os.PathLike, data: bytes) -> None:

@@ -111,9 +111,8 @@ def started_as_command(argv0: str) -> bool:
     entry files. A user's own `train/main.py` that imports `core` as a library keeps its Ctrl-C (and its
     `finally` blocks); so does a multiprocessing spawn/forkserver child, which re-runs the parent's main
     file as `__mp_main__` with the parent's argv but never calls `started()`."""
-    rerun = sys.modules.get(
-        "__mp_main__"
-    )  # `import multiprocessing` aliases it to __main__; a child's is its own
+    # `import multiprocessing` aliases __mp_main__ to __main__; a spawn child's is its own
+    rerun = sys.modules.get("__mp_main__")
     if rerun is not None and rerun is not sys.modules.get("__main__"):
         return False
     if os.path.basename(argv0) in COMMAND_SCRIPTS:
@@ -171,7 +170,7 @@ def interrupt_once() -> Iterator[None]:
     """Within this block the first SIGINT raises KeyboardInterrupt and later ones are ignored (for the
     rest of the process: it is on its way out). Outside the main thread, or in a process that only uses
     our code (a user's script, a notebook): no change, so their later Ctrl-C and their process stay theirs."""
-    if not _command_process or threading.current_thread() is not threading.main_thread():
+    if not _command_process or not _in_main_thread():
         yield
         return
     previous = signal.signal(signal.SIGINT, _first_interrupt)

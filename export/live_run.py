@@ -16,15 +16,10 @@ from typing import Any
 
 import yaml
 
+from core.lock import lock_path
+
 LAST_DIR, STATE_FILE, CONFIG_FILE = "last", "trainer_state.json", "config.yaml"  # what train writes
 MISMATCH = "best/ may be replaced after this export, which would then no longer match it"
-
-
-def run_lock_path(run_dir: Path) -> Path:
-    """Where train's run lock lives: `<run>.lock` beside the run folder, as OutputLock.lock_path puts it
-    (serve/lock.py, moving to core/lock.py); keep the two in step."""
-    real = Path(os.path.realpath(run_dir))
-    return real.with_name(real.name + ".lock")
 
 
 def lock_holder(lock: Path) -> dict[str, Any] | None:
@@ -71,7 +66,7 @@ def unfinished_epochs(run_dir: Path) -> tuple[int, int] | None:
 def training_warning(bundle: Path) -> str | None:
     """One line for the user when the bundle's run is still training (or can be resumed), else None."""
     run_dir = Path(os.path.realpath(bundle)).parent
-    holder = lock_holder(run_lock_path(run_dir))
+    holder = lock_holder(lock_path(run_dir))  # train's run lock, where OutputLock puts it
     if holder is not None:
         who = _describe(holder)
         return (

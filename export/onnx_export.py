@@ -13,7 +13,7 @@ import torch
 from torch import nn
 
 from core.bundle import WEIGHTS_FILE, BundleRecord
-from core.errors import UserError, disk_full, full_errno
+from core.errors import UserError, disk_full, full_error
 from core.model_record import (
     ONNX_EXPORT_KEY,
     ONNX_INPUT,
@@ -205,15 +205,11 @@ def _run_exporter(
     except Exception as exc:  # noqa: BLE001 - exporter internals raise anything; the user needs the gist
         full = disk_full(exc)
         if full is not None:  # the disk, not the exporter: say which file could not be written
-            raise OSError(full_errno(full), _strerror(full), str(dest)) from exc
+            raise full_error(full, str(dest)) from exc
         first = (str(exc).strip().splitlines() or [""])[0][:300]
         raise UserError(
             f"the {exporter} ONNX exporter failed ({type(exc).__name__}: {first}); try --exporter {other}"
         ) from None
-
-
-def _strerror(exc: BaseException) -> str:
-    return getattr(exc, "strerror", None) or str(exc).strip().splitlines()[0]
 
 
 def embed_metadata(dest: Path, record: BundleRecord, facts: dict[str, Any]) -> None:

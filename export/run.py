@@ -13,8 +13,9 @@ from pathlib import Path
 import torch
 
 from core.bundle import WEIGHTS_FILE, BundleRecord, load_bundle, resolve_bundle_dir
-from core.errors import UserError, disk_full, full_problem
+from core.errors import UserError, disk_full, disk_full_line
 from core.fsio import shown_as
+from core.interrupt import EXIT_INTERRUPTED
 from core.lock import OutputLock
 from core.model_record import bundle_near, read_onnx_record, sha256_file
 from export import onnx_export, verify
@@ -27,7 +28,6 @@ from export.stages import GateFailed
 
 EXPORT_REPORT = "export_report.json"
 VERIFY_REPORT = "verify_report.json"
-EXIT_INTERRUPTED = 130  # 128 + SIGINT, as a shell reports a Ctrl-C
 
 
 def log(msg: str) -> None:
@@ -201,11 +201,7 @@ def disk_full_in(out: Path, work: Path) -> Iterator[None]:
     except OSError as exc:
         if disk_full(exc) is None:
             raise
-        problem, fix = full_problem(exc)
-        raise UserError(
-            f"{problem} writing {exc.filename} ({exc.strerror}): {fix} or choose another --out, "
-            "then export again"
-        ) from None
+        raise UserError(disk_full_line(exc, "another --out", "export again")) from None
 
 
 def export(job: ExportJob) -> int:

@@ -85,12 +85,9 @@ def provider_chain(provider: str, allow_cpu: bool) -> list[tuple[str, dict[str, 
 def ort_session(path: Path, provider: str, allow_cpu: bool):
     """An InferenceSession on exactly the asked provider, with torch's thread count (--threads: fair
     speeds); a CPU fallback is an error unless allowed."""
-    primary = ort_session_lib.PROVIDERS[PROVIDERS[provider][0]] if provider in PROVIDERS else provider
+    chain = provider_chain(provider, allow_cpu)  # without --allow-cpu it starts with the asked provider
     return ort_session_lib.open_session(
-        path,
-        provider_chain(provider, allow_cpu),
-        threads=torch.get_num_threads(),
-        must_start=() if allow_cpu else (primary,),
+        path, chain, threads=torch.get_num_threads(), must_start=() if allow_cpu else (chain[0][0],)
     )
 
 

@@ -20,6 +20,14 @@ def check_accept_above(value: float | None) -> None:
         raise UserError(f"--accept-above must be a probability in [0, 1] (got {value}); 0 accepts every row")
 
 
+def is_accepted(probability: float | None, threshold: float | None) -> bool:
+    """The one place a prediction is accepted or not: top-1 probability >= the threshold (the model's
+    calibrated one, or accept_above); without one every decoded image is accepted; an error never is."""
+    if probability is None:
+        return False
+    return threshold is None or probability >= threshold
+
+
 def resolve_threshold(
     accept_above: float | None, record: BundleRecord, model: str
 ) -> tuple[float | None, str]:

@@ -21,7 +21,7 @@ from PIL import Image
 from core.errors import UserError
 from core.images import BadImage, decode_image, upright_rgb
 from core.preprocess import eval_transform
-from serve.accept import check_accept_above
+from serve.accept import check_accept_above, is_accepted
 from serve.backends import default_batch_size, load_record, open_backend, resolve_device
 from serve.discover import MAX_FILE_MB, is_url, iter_items
 from serve.model_file import resolve_model
@@ -45,14 +45,6 @@ class Prediction:
     error: str | None = None
 
 
-def is_accepted(probability: float | None, threshold: float | None) -> bool:
-    """The one place a prediction is accepted or not: top-1 probability >= the threshold (the model's
-    calibrated one, or accept_above); without one every decoded image is accepted; an error never is."""
-    if probability is None:
-        return False
-    return threshold is None or probability >= threshold
-
-
 class Classifier:
     """A model opened once; `predict` classifies any number of images in batches."""
 
@@ -74,10 +66,13 @@ class Classifier:
             raise UserError(f"topk and batch_size must be positive (got {topk}, {batch_size})")
         self.model = resolve_model(model)
         record = load_record(self.model)
-        self.layout = Layout(tuple(record.classes), tuple(record.display_names), topk)
-        self.transform = eval_transform(record.preprocess)
         # accept_above overrides the model's calibrated threshold (None: no calibration, or unreachable)
         self.threshold: float | None = record.threshold if accept_above is None else accept_above
+        # the rows carry `accepted` as serve's files do (serve.accept.is_accepted, in writer.ok_row)
+        self.layout = Layout(
+            tuple(record.classes), tuple(record.display_names), topk, threshold=self.threshold
+        )
+        self.transform = eval_transform(record.preprocess)
         self.backend = open_backend(self.model, resolve_device(device), providers, allow_cpu, threads)
         self.batch_size = batch_size or default_batch_size(self.backend.device)
         self.timeout, self.max_bytes = timeout, int(max_file_mb * 2**20)
@@ -130,7 +125,7 @@ class Classifier:
             display_name=row["display_name"],
             probability=row["prob"],
             topk=[(label, names[label], p) for label, p in zip(row[labels_col], row[probs_col])],
-            accepted=is_accepted(row["prob"], self.threshold),
+            accepted=bool(row["accepted"]),  # an error row's None: never accepted
             error=error or None,
         )
 

@@ -98,6 +98,7 @@ def open_backend(
 class TorchBackend:
     def __init__(self, bundle: Path, device: torch.device):
         model, record = load_bundle(bundle, map_location=device)
+        self.record = record  # check_model's record: no second read
         self.net = WithPreprocessing(model, record.preprocess).to(device).eval()
         self.temperature = record.temperature  # exported files have it folded in; the bundle applies it here
         self.device = device
@@ -185,6 +186,7 @@ class OnnxBackend:
         threads: int | None = None,
     ):
         record, facts = read_onnx_record(model)  # refuses a file without imgclf metadata before the session
+        self.record = record  # check_model's record: no second parse of the whole .onnx protobuf
         wanted = choose_providers(providers, device, allow_cpu, available_providers())
         gpu = gpu_index(device) if device.type == "cuda" else None
         self.session = open_session(

@@ -30,10 +30,11 @@ from core.errors import cli_entry
 from core.jpeg import DecodeStats
 from core.models import HeadSpec, build_model
 from core.preprocess import EvalSpec, default_spec_for
-from serve.backends import default_batch_size, default_threads, load_record, open_backend, resolve_device
+from core.workers import plan_threads, usable_cpus
+from serve.backends import default_batch_size, load_record, open_backend, resolve_device
 from serve.decode import DecodePipeline
 from serve.discover import iter_items
-from serve.run import classify, default_workers
+from serve.run import classify
 from serve.writer import Layout, RowWriter
 
 UNIQUE_IMAGES = 32  # synthetic JPEGs are crops of a few unique ones: generating noise is slower than encoding
@@ -188,7 +189,9 @@ def time_naive(
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     device = resolve_device(args.device)
-    workers = default_workers(device, 1) if args.workers is None else args.workers
+    # the plan serve uses for a GPU model (all but one core decode, the rest run the model), as bench always
+    # did, also on a CPU: its figures stay comparable with earlier runs
+    workers, threads = plan_threads(usable_cpus(), "cuda", 1, args.workers, args.threads)
     with tempfile.TemporaryDirectory(prefix="imgclf-bench-") as tmp:
         tmp = Path(tmp)
         folder = (
@@ -198,7 +201,7 @@ def main(argv: list[str] | None = None) -> int:
         record = load_record(model_path)
         # the decode workers fork before the backend touches CUDA (a fork after CUDA init is unsafe)
         with DecodePipeline(record.preprocess, "cpu", workers) as pipe:
-            backend = open_backend(model_path, device, threads=args.threads or default_threads(workers))
+            backend = open_backend(model_path, device, threads=threads)
             bs = args.batch_size or default_batch_size(backend.device)
             naive = args.model is None or Path(model_path).is_dir()  # the baseline needs torch weights
             figures = run_stages(

@@ -33,7 +33,7 @@ RECORDS: dict[str, Callable[[Path], BundleRecord]] = {
 def check_model(backend: Any, model: str | Path, kind: str) -> Any:
     """Returns `backend` when the model agrees with its record; else one UserError naming the mismatch."""
     model = Path(model)
-    record = RECORDS[kind](model)
+    record = getattr(backend, "record", None) or RECORDS[kind](model)  # the one the backend opened with
     crop, classes, fix = record.preprocess.crop, len(record.classes), FIXES[kind]
     input_dims, output_dims = declared_dims(backend)
     if input_dims is not None:

@@ -6,7 +6,6 @@ columns, format and path style. The CSV itself stays plain (no comment lines) fo
 from __future__ import annotations
 
 import hashlib
-import json
 import os
 from collections.abc import Sequence
 from importlib import metadata
@@ -17,7 +16,7 @@ from core.bundle import RECORD_FILE, WEIGHTS_FILE, resolve_bundle_dir
 from core.errors import UserError
 from core.fsio import write_json_atomic
 from core.model_record import sha256_file
-from serve.row_paths import merged_inputs
+from serve.row_paths import merged_inputs, meta_path, read_record
 
 MUST_MATCH = {
     "model_sha256": "model",
@@ -27,10 +26,6 @@ MUST_MATCH = {
     "absolute": "--absolute",
     "threshold": "acceptance threshold (--accept-above, else the model's)",
 }
-
-
-def meta_path(out: Path) -> Path:
-    return out.with_name(out.name + ".meta.json")
 
 
 def model_sha256(model: str | Path) -> str:
@@ -95,11 +90,8 @@ def check_same_job(out: Path, identity: dict[str, Any]) -> bool:
             f"--resume: {out} has no {path.name}, so nothing ties its rows to a model and resuming could mix "
             "two models' labels; restore that file, or pass --overwrite to classify again"
         )
-    try:
-        recorded = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        recorded = None
-    if not isinstance(recorded, dict):
+    recorded = read_record(path)
+    if recorded is None:
         raise UserError(
             f"{path} is damaged, so --resume cannot tell what wrote {out.name}; "
             "pass --overwrite to start again, or choose another --out"

@@ -51,6 +51,11 @@ def resolve_row(cell: str, base: str | os.PathLike | None) -> str | None:
     return os.path.normpath(os.path.join(base, name))
 
 
+def meta_path(out: Path) -> Path:
+    """Where the record of what wrote the predictions file `out` lives (serve.provenance writes it)."""
+    return out.with_name(out.name + ".meta.json")
+
+
 def read_record(meta: Path) -> dict | None:
     """The JSON object in `<out>.meta.json`, or None when it is missing or damaged."""
     try:

@@ -16,7 +16,7 @@ import torch
 from accelerate import PartialState
 
 from core.errors import UserError
-from core.interrupt import interrupt_once
+from core.interrupt import EXIT_INTERRUPTED, interrupt_once
 from core.lock import OutputLock, held_by_main
 from core.progress import SERVE_LOG_SECONDS, Progress
 from serve.accept import resolve_threshold
@@ -52,12 +52,10 @@ from serve.writer import (
     error_row,
     existing_parts,
     merge_parts,
-    ok_row,
+    ok_rows,
     part_path,
     repair_tail,
 )
-
-EXIT_INTERRUPTED = 130  # 128 + SIGINT, as a shell reports a Ctrl-C
 
 
 def run_job(job: ServeJob) -> int:
@@ -77,7 +75,9 @@ def run_job(job: ServeJob) -> int:
 
         check_labelled_folder(job.inputs[0], record.classes)
     out = job.out
-    with output_lock(out, state):  # held until the file is final: merged, summarised, evaluated
+    # the main process locks `out` until the file is final (merged, summarised, evaluated); every process
+    # refuses together when it is taken (core.lock.held_by_main)
+    with held_by_main(OutputLock(out), state):
         identity = identity_of(job, layout)
         check_output(job, layout, identity, state)
         start = time.perf_counter()
@@ -96,7 +96,7 @@ def run_job(job: ServeJob) -> int:
             _summary(counts, skipped, time.perf_counter() - start, out)
             _warn_if_nothing_found(counts, skipped, job.inputs)
             if job.evaluate:
-                _evaluate(job, layout)
+                _evaluate(job, layout, identity["base"])
     return 0
 
 
@@ -154,13 +154,6 @@ def check_output(job: ServeJob, layout: Layout, identity: dict, state: PartialSt
                 file=sys.stderr,
                 flush=True,
             )
-
-
-@contextlib.contextmanager
-def output_lock(out: Path, state: PartialState) -> Iterator[None]:
-    """The main process locks `out` for the whole run; every process refuses together when it is taken."""
-    with held_by_main(OutputLock(out), state):
-        yield
 
 
 def prepare_output(job: ServeJob, layout: Layout, identity: dict, state: PartialState) -> set[str]:
@@ -222,13 +215,11 @@ def classify(
 ) -> Counts:
     counts = Counts()
     for batch, probs, features in predictions_and_features(pipe, backend, items, batch_size):
-        rows, j = [], 0
+        decoded = [item.path for item, error in zip(batch.items, batch.errors) if not error]
+        ok = iter(ok_rows(layout, decoded, probs) if decoded else [])  # probs: one row per decoded image
+        rows = []
         for item, error in zip(batch.items, batch.errors):
-            if error:
-                rows.append(error_row(layout, item.path, error))
-            else:
-                rows.append(ok_row(layout, item.path, probs[j]))
-                j += 1
+            rows.append(error_row(layout, item.path, error) if error else next(ok))
             rows[-1][SEQ] = item.seq
         writer.write(rows)
         if embeddings is not None and features is not None:
@@ -239,11 +230,6 @@ def classify(
         if throttle:
             time.sleep(throttle)
     return counts
-
-
-def default_workers(device: torch.device, world: int) -> int:
-    cores = (len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()) or 2
-    return max(1, min(16, cores // world - 1))
 
 
 def run(
@@ -283,7 +269,7 @@ def run(
             seconds=SERVE_LOG_SECONDS,
             leave=True,
         )
-        embeddings = start_embeddings(job, backend, state)
+        embeddings = start_embeddings(job, backend)
         with RowWriter(target, layout, append=job.resume and not multi, seq=multi) as writer, bar:
             try:
                 counts = classify(
@@ -308,7 +294,7 @@ def run(
     return _gather(counts, state), written.found  # counted in the whole stream, the same on every process
 
 
-def start_embeddings(job: ServeJob, backend: Backend, state: PartialState) -> EmbeddingWriter | None:
+def start_embeddings(job: ServeJob, backend: Backend) -> EmbeddingWriter | None:
     """--embeddings: the torch backend keeps its head's input; one process writes one file."""
     if job.embeddings is None:
         return None
@@ -349,7 +335,7 @@ def show(job: ServeJob, layout: Layout, spec, state: PartialState) -> int:
     backend = open_backend(job.model, device, job.providers, job.allow_cpu)
     print(f"model: {job.model} | {backend.description}", flush=True)
     out = job.out
-    with output_lock(out, state) if out else contextlib.nullcontext():
+    with held_by_main(OutputLock(out), state) if out else contextlib.nullcontext():
         base = None
         if out:
             identity = identity_of(job, layout)
@@ -393,9 +379,9 @@ def _warn_if_nothing_found(counts: Counts, skipped: int, inputs: tuple[str, ...]
         )
 
 
-def _evaluate(job: ServeJob, layout: Layout) -> None:
+def _evaluate(job: ServeJob, layout: Layout, base: str | None) -> None:
+    """`base`: the rows' folder, as this run recorded it beside the output (no need to read it back)."""
     from serve.evaluate import evaluate_output, summary
 
-    base = recorded_base(read_record(meta_path(job.out)) or {})[0]
     m = evaluate_output(job.out, layout, job.inputs[0], base, job.eval_dir, job.model)
     print(summary(m, job.eval_dir), flush=True)

@@ -26,7 +26,7 @@ from core.images import SORT_QUEUES
 from core.interrupt import command, started
 from core.lock import OutputLock
 from serve.pathnames import escape_path
-from serve.row_paths import BadRecord, read_record, recorded_base, resolve_row
+from serve.row_paths import BadRecord, meta_path, read_record, recorded_base, resolve_row
 from serve.sort_files import MANIFEST, MODES, Manifest, Placement, free_name, intent_fields, place, undo_one
 
 REVIEW, ERRORS = SORT_QUEUES
@@ -119,7 +119,7 @@ def path_base(predictions: Path, root: str | None) -> tuple[str | None, list[Pat
     lie outside them)."""
     if root:
         return str(Path(root).resolve()), [Path(root).resolve()]
-    meta = predictions.with_name(predictions.name + ".meta.json")
+    meta = meta_path(predictions)
     recorded = read_record(meta)
     try:
         if recorded is None and meta.exists():

@@ -28,7 +28,7 @@ def _import_tensorrt():
 
 class TensorRTBackend:
     def __init__(self, engine: Path, device: torch.device, streams: CudaStreams = CUDA_STREAMS):
-        _, facts = read_engine_sidecar(engine)
+        self.record, facts = read_engine_sidecar(engine)  # check_model's record too
         if device.type != "cuda":
             raise UserError("a TensorRT engine needs a CUDA GPU; serve model.onnx or the bundle on the CPU")
         trt = _import_tensorrt()

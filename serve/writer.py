@@ -24,6 +24,7 @@ from core.calibration import margin_entropy
 from core.errors import UserError
 from core.fsio import atomic_path, shown_as
 from core.record_checks import TOPK_SEPARATOR  # training refuses class names holding it
+from serve.accept import is_accepted
 
 FORMATS = ("csv", "jsonl")
 SEQ = "seq"  # extra first column of per-process part files: the stream position, for the merge
@@ -81,21 +82,32 @@ NOT_FINITE = "model produced NaN/Inf for this image; check the model (its weight
 def ok_row(layout: Layout, path: str, probs: np.ndarray) -> dict[str, Any]:
     """The row for one image's probabilities; an error row when any is NaN/Inf (never an `ok` row whose
     numbers cannot be trusted)."""
+    return ok_rows(layout, [path], np.asarray(probs)[None])[0]
+
+
+def ok_rows(layout: Layout, paths: list[str], probs: np.ndarray) -> list[dict[str, Any]]:
+    """`ok_row` for a batch [n, classes]: margin and entropy in one call for the batch, not one per image
+    (the same numbers: each row is reduced on its own)."""
+    with np.errstate(all="ignore"):  # a NaN/Inf row becomes an error row below; its numbers are unused
+        margins, entropies = margin_entropy(probs)
+    return [_ok_row(layout, *args) for args in zip(paths, probs, margins, entropies)]
+
+
+def _ok_row(layout: Layout, path: str, probs: np.ndarray, margin: float, entropy: float) -> dict[str, Any]:
     if not np.isfinite(probs).all():
         return error_row(layout, path, NOT_FINITE)
     order = np.argsort(-probs, kind="stable")[: layout.topk]
     best = int(order[0])
     labels_col, probs_col = layout.topk_columns
-    margin, entropy = margin_entropy(np.asarray(probs)[None])
     row = {
         "path": path,
         "status": "ok",
         "label": layout.classes[best],
         "display_name": layout.display_names[best],
         "prob": float(probs[best]),
-        "accepted": layout.threshold is None or float(probs[best]) >= layout.threshold,
-        "margin": float(margin[0]),
-        "entropy": float(entropy[0]),
+        "accepted": is_accepted(float(probs[best]), layout.threshold),
+        "margin": float(margin),
+        "entropy": float(entropy),
         labels_col: [layout.classes[i] for i in order],
         probs_col: [float(probs[i]) for i in order],
         "error": "",

@@ -33,6 +33,28 @@ def _env(tmp_path: Path, **extra: str) -> dict[str, str]:
     return {**env, "PYTHONPATH": str(REPO), **extra}
 
 
+def _held_env(module: str, tmp_path: Path, **extra: str) -> dict[str, str]:
+    """The environment that holds the import of `module` (tests/test_ctrl_c_imports.py's HOLD hook)."""
+    hook = tmp_path / "hook"
+    hook.mkdir(exist_ok=True)
+    (hook / "sitecustomize.py").write_text(HOLD)
+    env = _env(tmp_path, HOLD_IMPORT=module, **extra)
+    env["PYTHONPATH"] = f"{hook}{os.pathsep}{REPO}"
+    return env
+
+
+def _run_code(code: str, tmp_path: Path, cwd: Path, timeout: float) -> subprocess.CompletedProcess:
+    """`python -c code` to its end, output captured."""
+    return subprocess.run(
+        [sys.executable, "-c", code],
+        cwd=cwd,
+        env=_env(tmp_path),
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+
+
 def _popen(argv: list[str], env: dict[str, str], tmp_path: Path, cwd: Path = REPO) -> subprocess.Popen:
     return subprocess.Popen(
         [sys.executable, *argv],
@@ -62,12 +84,9 @@ def _signal_when_ready(proc: subprocess.Popen, ready: str, signals: list[int]) -
 
 def _held(module: str, argv: list[str], tmp_path: Path, signals: list[int], **env: str) -> tuple[int, str]:
     """Run `argv` with the import of `module` held (tests/test_ctrl_c_imports.py), send `signals` there."""
-    hook = tmp_path / "hook"
-    hook.mkdir(exist_ok=True)
-    (hook / "sitecustomize.py").write_text(HOLD)
-    env = _env(tmp_path, HOLD_IMPORT=module, **env)
-    env["PYTHONPATH"] = f"{hook}{os.pathsep}{REPO}"
-    rc, _ = _signal_when_ready(_popen(argv, env, tmp_path), READY + module, signals)
+    rc, _ = _signal_when_ready(
+        _popen(argv, _held_env(module, tmp_path, **env), tmp_path), READY + module, signals
+    )
     return rc, (tmp_path / "stderr.txt").read_text()
 
 
@@ -122,14 +141,7 @@ def test_a_spawned_child_of_a_command_does_not_take_the_exit_at_once_handler(tmp
     `__mp_main__` with the parent's argv, and never calls started(): it must keep Python's handler, or
     every worker would print "interrupted" and exit at once on a group Ctrl-C."""
     code = SPAWN_PARENT.format(main=str(REPO / "train" / "demo_data.py"))
-    out = subprocess.run(
-        [sys.executable, "-c", code],
-        cwd=REPO,
-        env=_env(tmp_path),
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
+    out = _run_code(code, tmp_path, cwd=REPO, timeout=300)
     assert out.returncode == 0, out.stderr[-3000:]
     assert "child: default_int_handler" in out.stdout, out.stdout
 
@@ -197,11 +209,7 @@ def test_a_script_calling_main_in_process_keeps_its_ctrl_c_and_its_cleanup(input
     not os._exit the user's process: main() says "interrupted" and returns 130, their code goes on."""
     script = tmp_path / "drive.py"
     script.write_text(IN_PROCESS)
-    hook = tmp_path / "hook"
-    hook.mkdir()
-    (hook / "sitecustomize.py").write_text(HOLD)
-    env = _env(tmp_path, HOLD_IMPORT="torch")
-    env["PYTHONPATH"] = f"{hook}{os.pathsep}{REPO}"
+    env = _held_env("torch", tmp_path)
     argv = [str(script), *_commands(inputs, tmp_path)["serve.main"]]
     rc, out = _signal_when_ready(_popen(argv, env, tmp_path), READY + "torch", [signal.SIGINT])
     err = (tmp_path / "stderr.txt").read_text()
@@ -226,13 +234,6 @@ print(signal.getsignal(signal.SIGINT).__name__, len(timers), flush=True)
 def test_interrupt_once_in_a_library_process_leaves_its_ctrl_c_and_arms_no_exit(tmp_path):
     """serve's run is wrapped in interrupt_once; called from a notebook, the first Ctrl-C used to leave
     SIGINT ignored for good (the kernel's interrupt button dead) and arm an os._exit 30 s later."""
-    proc = subprocess.run(
-        [sys.executable, "-c", LIBRARY_INTERRUPT],
-        cwd=tmp_path,
-        env=_env(tmp_path),
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
+    proc = _run_code(LIBRARY_INTERRUPT, tmp_path, cwd=tmp_path, timeout=120)
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert proc.stdout.split() == ["default_int_handler", "0"], proc.stdout

@@ -7,13 +7,9 @@ import json
 import pytest
 import yaml
 
-from export.live_run import run_lock_path, training_warning
+from core.lock import OutputLock, lock_path
+from export.live_run import training_warning
 from tests.export.export_helpers import run_export, save_tiny_bundle
-
-try:
-    from core.lock import OutputLock
-except ImportError:  # before the lock moved from serve/ to core/
-    from serve.lock import OutputLock
 
 
 def make_run(root, epochs_done: int | None = None, planned: int = 5, finished: bool = False):
@@ -39,7 +35,7 @@ def test_a_held_run_lock_is_still_training_naming_the_holder(tmp_path):
 
 def test_a_lock_file_left_by_a_killed_run_is_not_training(tmp_path):
     best = make_run(tmp_path, epochs_done=5)
-    run_lock_path(best.parent).write_text(json.dumps({"pid": 1, "host": "gone"}))
+    lock_path(best.parent).write_text(json.dumps({"pid": 1, "host": "gone"}))
     assert training_warning(best) is None
 
 
