@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import torch
 from torch import nn
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader, Dataset, RandomSampler
 
 from core.demo_data import make_image
 from core.errors import UserError
@@ -18,6 +18,7 @@ from core.images import BadImage, decode_image, is_image_file
 from core.jpeg import DecodeStats
 from core.preprocess import AugmentSpec, EvalSpec, train_transform
 from train.bench_step import Batches, Setup
+from train.data import make_loader
 from train.gpu_data import EncodedImages, GpuPipeline, collate_encoded, prefetch
 
 # ------------------------------------------------------------------------------ data
@@ -100,16 +101,8 @@ def cpu_batches(
     samples, aug: AugmentSpec, spec: EvalSpec, batch: int, workers: int, setup: Setup, normalize: nn.Module
 ) -> Batches:
     ds = DecodedImages(samples, train_transform(aug, spec))
-    loader = DataLoader(
-        ds,
-        batch_size=batch,
-        shuffle=True,
-        num_workers=workers,
-        drop_last=True,
-        collate_fn=collate_decoded,
-        pin_memory=setup.device.type == "cuda",
-        persistent_workers=workers > 0,
-    )
+    pin = setup.device.type == "cuda"
+    loader = make_loader(ds, batch, workers, collate_decoded, RandomSampler(ds), pin, drop_last=True)
 
     def epoch(_: int) -> Batches:
         for images, labels in loader:
@@ -130,15 +123,8 @@ def gpu_batches(
     setup: Setup,
     stats: list[DecodeStats],
 ) -> Batches:
-    loader = DataLoader(
-        EncodedImages(samples, threads=threads),
-        batch_size=batch,
-        shuffle=True,
-        num_workers=workers,
-        drop_last=True,
-        collate_fn=collate_encoded,
-        persistent_workers=workers > 0,
-    )
+    ds = EncodedImages(samples, threads=threads)
+    loader = make_loader(ds, batch, workers, collate_encoded, RandomSampler(ds), drop_last=True)
     pipe = GpuPipeline(spec, setup.device, aug, seed=0, channels_last=setup.channels_last)
     stats.append(pipe.stats)  # the caller prints how many images went to the CPU decoder instead
     # ONE prefetch over every epoch of the synthetic set: steady state only. A prefetch per epoch drained

@@ -13,7 +13,7 @@ from typing import Any
 import numpy as np
 from accelerate import Accelerator
 
-from core.bundle import load_bundle, write_record
+from core.bundle import read_record, write_record
 from core.calibration import (
     CalibrationRecord,
     calibrate,
@@ -27,10 +27,8 @@ from core.calibration import (
 from core.calibration_plot import plot_reliability
 from core.config import Config
 from core.fsio import write_json_atomic
-from core.preprocess import WithPreprocessing
-from train.data import eval_loader
 from train.engine import BEST_DIR
-from train.evaluate import EvalResult, evaluate
+from train.evaluate import EvalResult, evaluate_bundle
 
 FIGURE = "calibration.png"
 
@@ -44,27 +42,22 @@ class Calibrated:
     valid_targets: np.ndarray
 
 
-def bundle_logits(cfg: Config, dataset, bundle_dir: Path, accelerator: Accelerator) -> EvalResult:
-    """The saved bundle's raw logits on `dataset` (collective: every process calls it)."""
-    model, record = load_bundle(bundle_dir)
-    model = accelerator.prepare_model(WithPreprocessing(model, record.preprocess), evaluation_mode=True)
-    batch = cfg.train.eval_batch_size or 2 * cfg.train.batch_size
-    loader = accelerator.prepare_data_loader(
-        eval_loader(dataset, batch, cfg.data.num_workers, pin=accelerator.device.type == "cuda")
-    )
-    return evaluate(accelerator, model, loader, lambda x: x, keep_probs=True)
-
-
-def calibrate_best(cfg: Config, data, run_dir: Path, accelerator: Accelerator) -> Calibrated | None:
-    """Fit T and the threshold on validation and record them in best/bundle.json; None off the main process."""
+def score_valid(cfg: Config, data, run_dir: Path, accelerator: Accelerator) -> EvalResult | None:
+    """best/ on validation (collective), once for calibrate_best and write_suspects; None without best/."""
     best = run_dir / BEST_DIR
-    if not best.is_dir():
+    return evaluate_bundle(cfg, data.valid, best, accelerator)[0] if best.is_dir() else None
+
+
+def calibrate_best(
+    cfg: Config, run_dir: Path, accelerator: Accelerator, result: EvalResult | None
+) -> Calibrated | None:
+    """Fit T and the threshold on `result` (score_valid's) and record them in best/bundle.json; None off
+    the main process."""
+    if result is None or not accelerator.is_main_process or result.logits is None or not len(result.logits):
         return None
-    result = bundle_logits(cfg, data.valid, best, accelerator)
-    if not accelerator.is_main_process or result.logits is None or not len(result.logits):
-        return None
+    best = run_dir / BEST_DIR
+    record = read_record(best)
     fit = calibrate(result.logits, result.targets, cfg.calibration.target_precision)
-    _, record = load_bundle(best)
     record.calibration = fit
     write_record(best, record)
     if separable(result.logits, result.targets):

@@ -339,6 +339,29 @@ def train_sampler(balance: str, labels: Sequence[int], seed: int) -> Sampler:
     return BalancedSampler(labels, seed) if balance == "sampler" else EpochSampler(len(labels), seed)
 
 
+def make_loader(
+    ds: Dataset,
+    batch_size: int,
+    num_workers: int,
+    collate: Callable,
+    sampler=None,
+    pin=False,
+    drop_last=False,
+) -> DataLoader:
+    """Every loader of a run (and of train/bench.py's feeds, so they time the same settings): train ones
+    draw from `sampler`, eval ones (no sampler) read in order."""
+    return DataLoader(
+        ds,
+        batch_size=batch_size,
+        sampler=sampler,
+        num_workers=num_workers,
+        collate_fn=collate,
+        pin_memory=pin,
+        persistent_workers=num_workers > 0,
+        drop_last=drop_last,
+    )
+
+
 def train_loader(
     ds: ImageDataset,
     batch_size: int,
@@ -349,28 +372,12 @@ def train_loader(
     balance: str = "none",
 ) -> DataLoader:
     """drop_last: see train.balance.drop_last_batch (compile; a last batch of one image)."""
-    return DataLoader(
-        ds,
-        batch_size=batch_size,
-        sampler=train_sampler(balance, ds.source.labels, seed),
-        num_workers=num_workers,
-        collate_fn=collate_train,
-        pin_memory=pin,
-        persistent_workers=num_workers > 0,
-        drop_last=drop_last,
-    )
+    sampler = train_sampler(balance, ds.source.labels, seed)
+    return make_loader(ds, batch_size, num_workers, collate_train, sampler, pin, drop_last)
 
 
 def eval_loader(ds: ImageDataset, batch_size: int, num_workers: int, pin: bool) -> DataLoader:
-    return DataLoader(
-        ds,
-        batch_size=batch_size,
-        shuffle=False,
-        num_workers=num_workers,
-        collate_fn=collate_eval,
-        pin_memory=pin,
-        persistent_workers=num_workers > 0,
-    )
+    return make_loader(ds, batch_size, num_workers, collate_eval, pin=pin)
 
 
 def encoded_train_loader(
@@ -383,28 +390,16 @@ def encoded_train_loader(
     balance: str = "none",
 ) -> DataLoader:
     """GPU path: file bytes in the CPU path's (epoch, index) order; the device decodes and augments them."""
-    return DataLoader(
-        EncodedImages(samples, READ_THREADS, device_decode=device_decode),
-        batch_size=batch_size,
-        sampler=train_sampler(balance, [y for _, y in samples], seed),
-        num_workers=num_workers,
-        collate_fn=collate_encoded,
-        persistent_workers=num_workers > 0,
-        drop_last=drop_last,
-    )
+    ds = EncodedImages(samples, READ_THREADS, device_decode=device_decode)
+    sampler = train_sampler(balance, [y for _, y in samples], seed)
+    return make_loader(ds, batch_size, num_workers, collate_encoded, sampler, drop_last=drop_last)
 
 
 def encoded_eval_loader(
     samples: Sequence[tuple[str, int]], batch_size: int, num_workers: int, device_decode: bool = True
 ) -> DataLoader:
-    return DataLoader(
-        EncodedImages(samples, READ_THREADS, device_decode=device_decode),
-        batch_size=batch_size,
-        shuffle=False,
-        num_workers=num_workers,
-        collate_fn=collate_encoded,
-        persistent_workers=num_workers > 0,
-    )
+    ds = EncodedImages(samples, READ_THREADS, device_decode=device_decode)
+    return make_loader(ds, batch_size, num_workers, collate_encoded)
 
 
 def preview_batch(ds: ImageDataset, seed: int, n: int = 16) -> tuple[torch.Tensor, list[int]]:

@@ -15,7 +15,7 @@ def spread(n: int, k: int = SAMPLE) -> list[int]:
     """Up to `k` indices spread evenly over range(n), first and last included."""
     if n <= k:
         return list(range(n))
-    return sorted({round(i * (n - 1) / (k - 1)) for i in range(k)})
+    return sorted({round(i * (n - 1) / max(k - 1, 1)) for i in range(k)})
 
 
 def check_split_decodes(split: str, folder: Path, paths: list[str]) -> None:

@@ -385,7 +385,8 @@ def _undecodable(notes: list[str]) -> list[str]:
 def _bad_images_warning(notes: list[str], listed_in: Path) -> str:
     first = notes[0].replace("\t", ": ")
     first = first if len(first) <= 160 else first[:159] + "…"
-    bad, thin = len(_undecodable(notes)), len(notes) - len(_undecodable(notes))
+    bad = len(_undecodable(notes))
+    thin = len(notes) - bad
     counts = " and ".join(
         [f"{bad} training image(s) could not be decoded"] * bool(bad)
         + [f"{thin} training image(s) were too elongated to resize"] * bool(thin)

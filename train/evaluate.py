@@ -16,9 +16,11 @@ import torch.nn.functional as F
 from accelerate import Accelerator
 from torch import nn
 
+from core.bundle import BundleRecord, load_bundle
 from core.images import TOO_ELONGATED
 from core.metrics import TOPK
-from train.data import IGNORE_LABEL
+from core.preprocess import WithPreprocessing
+from train.data import IGNORE_LABEL, eval_loader
 
 
 @dataclass
@@ -110,6 +112,18 @@ def evaluate(
         # position is its dataset index.
         result.indices = keep.nonzero().flatten().numpy()
     return result
+
+
+def evaluate_bundle(cfg, dataset, bundle_dir, accelerator: Accelerator) -> tuple[EvalResult, BundleRecord]:
+    """The saved bundle (what ships, not the in-memory model) over `dataset`, logits and probs kept, and
+    its record. Collective: every process calls it; the arrays are whole on every process."""
+    model, record = load_bundle(bundle_dir)
+    model = accelerator.prepare_model(WithPreprocessing(model, record.preprocess), evaluation_mode=True)
+    batch = cfg.train.eval_batch_size or 2 * cfg.train.batch_size
+    loader = accelerator.prepare_data_loader(
+        eval_loader(dataset, batch, cfg.data.num_workers, pin=accelerator.device.type == "cuda")
+    )
+    return evaluate(accelerator, model, loader, lambda x: x, keep_probs=True), record
 
 
 _warned: set[tuple[int, int, int]] = set()

@@ -27,6 +27,7 @@ from train.data import (
     preview_batch,
     train_loader,
 )
+from train.decodable import spread
 from train.gpu_data import EncodedImages, GpuPipeline, collate_encoded, engine_batches, resolve_decode
 
 Batch = tuple[torch.Tensor, torch.Tensor, list[str]]
@@ -99,8 +100,7 @@ def cpu_share(samples: list[tuple[str, int]], probe: int = CPU_SHARE_PROBE) -> f
     """The fraction of a spread sample of files that core.jpeg routes to the CPU decoder (unreadable: CPU)."""
     if not samples:
         return 0.0
-    m = min(probe, len(samples))
-    picks = sorted({round(k * (len(samples) - 1) / max(m - 1, 1)) for k in range(m)})
+    picks = spread(len(samples), probe)
     to_cpu = 0
     for k in picks:
         try:

@@ -28,7 +28,7 @@ import torch
 import torch.nn.functional as F
 
 from core.preprocess import AugmentSpec, EvalSpec
-from core.resize import Plan, eval_resize_crop, resize_crop_many
+from core.resize import Plan, eval_resize_crop, resize_crop_many, to_uint8
 
 # ------------------------------------------------------------------------------ counter-based random numbers
 
@@ -278,10 +278,6 @@ def _inside(hw: torch.Tensor, canvas_hw: tuple[int, int]) -> torch.Tensor:
     return (rows & cols).unsqueeze(1).float()
 
 
-def _to_uint8(x: torch.Tensor) -> torch.Tensor:
-    return x.round_().clamp_(0, 255).to(torch.uint8)
-
-
 # Columns of the one per-batch parameter buffer (float64 on the host, float32 on the device).
 _GRID, _RESIZE, _HW, _FACTORS, _ORDER_COLS = (
     slice(0, 16),
@@ -340,7 +336,7 @@ def train_batch(
         out = out * F.grid_sample(
             inside, grid, mode=spec.interpolation, padding_mode="zeros", align_corners=False
         )
-    out = _to_uint8(out)
+    out = to_uint8(out)
     if aug.color_jitter:
         out = color_jitter(out, p[:, _FACTORS].float(), p[:, _ORDER_COLS].long())
     return out
@@ -385,13 +381,6 @@ def color_jitter(images: torch.Tensor, factors: torch.Tensor, order: torch.Tenso
 # ------------------------------------------------------------------------------ eval
 
 
-def resized_size(height: int, width: int, resize: int) -> tuple[int, int]:
-    """torchvision Resize(int): shorter side → resize, longer side scaled and truncated."""
-    if height <= width:
-        return resize, int(resize * width / height)
-    return int(resize * height / width), resize
-
-
 def eval_batch(images: Sequence[torch.Tensor], spec: EvalSpec) -> torch.Tensor:
     """uint8 [3, H_i, W_i] images → uint8 [N, 3, crop, crop]: resize shorter side (antialiased), center crop,
     ONE batched call for every size in the batch (core.resize, shared with serve)."""
@@ -404,7 +393,6 @@ __all__ = [
     "color_jitter",
     "eval_batch",
     "resized_crop_params",
-    "resized_size",
     "train_batch",
     "train_geometry",
     "uniforms",

@@ -21,21 +21,20 @@ from accelerate.utils import (
     set_seed,
 )
 
-from core.bundle import load_bundle
 from core.config import Config
 from core.errors import UserError
 from core.evaluation import evaluation_source, write_evaluation
 from core.models import HeadSpec, build_model, set_backbone_trainable
-from core.preprocess import Normalize, WithPreprocessing
+from core.preprocess import Normalize
 from train.audit import audit_data
 from train.balance import class_weights, drop_last_batch, imbalance_note
-from train.calibrate import Calibrated, calibrate_best, calibration_report
+from train.calibrate import Calibrated, calibrate_best, calibration_report, score_valid
 from train.checkpoint import LAST_DIR, TrainerState, load_last, read_state
 from train.cli import TrainJob
-from train.data import TrainData, eval_loader, load_data
+from train.data import TrainData, load_data
 from train.ema import WeightEma
 from train.engine import BEST_DIR, Parts, Trainer, bare_model
-from train.evaluate import evaluate
+from train.evaluate import evaluate_bundle
 from train.feed import FEEDS, Feed, decode_mode
 from train.optim import build_optimizer, build_scheduler
 from train.resume_notes import config_differs_warning, read_run_config, resume_line
@@ -189,13 +188,7 @@ def evaluate_test(
     """Evaluate the saved best bundle (what ships, not the in-memory model) on the test split."""
     if data.test is None or not (run_dir / BEST_DIR).is_dir():
         return None
-    model, record = load_bundle(run_dir / BEST_DIR)
-    model = accelerator.prepare_model(WithPreprocessing(model, record.preprocess), evaluation_mode=True)
-    batch = cfg.train.eval_batch_size or 2 * cfg.train.batch_size
-    loader = accelerator.prepare_data_loader(
-        eval_loader(data.test, batch, cfg.data.num_workers, pin=accelerator.device.type == "cuda")
-    )
-    result = evaluate(accelerator, model, loader, lambda x: x, keep_probs=True)
+    result, record = evaluate_bundle(cfg, data.test, run_dir / BEST_DIR, accelerator)
     if not accelerator.is_main_process:
         return None
     # Sample the predictions grid evenly over the test set (it is listed class by class), not its first rows.
@@ -344,12 +337,13 @@ def _fit_and_test(
     if not state.finished:
         return result
     accelerator.wait_for_everyone()
-    calibrated = calibrate_best(cfg, data, run_dir, accelerator)
+    valid = score_valid(cfg, data, run_dir, accelerator)  # collective; calibration and suspects share it
+    calibrated = calibrate_best(cfg, run_dir, accelerator, valid)
     accelerator.wait_for_everyone()
     result.test_metrics = evaluate_test(cfg, data, run_dir, accelerator, calibrated)
     if result.test_metrics is None:  # no test split: the reliability diagram shows validation alone
         calibration_report(run_dir, calibrated, None, None)
-    write_suspects(cfg, data, run_dir, accelerator)  # collective: every process scores its share
+    write_suspects(cfg, data, run_dir, accelerator, valid)  # collective: every process scores its share
     best, test = state.best or {}, result.test_metrics
     accelerator.print(
         f"best epoch {best.get('epoch')}: valid acc {best.get('valid_acc', 0):.3f} → "

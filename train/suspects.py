@@ -16,13 +16,13 @@ from accelerate import Accelerator
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
-from core.bundle import load_bundle
+from core.bundle import read_record
 from core.fsio import atomic_path, write_csv_atomic
 from core.pathnames import escape_path
-from core.preprocess import WithPreprocessing, eval_transform
-from train.data import ImageDataset, TrainData, eval_loader
+from core.preprocess import eval_transform
+from train.data import ImageDataset, TrainData
 from train.engine import BEST_DIR
-from train.evaluate import evaluate
+from train.evaluate import EvalResult, evaluate_bundle
 
 SUSPECTS_CSV = "suspects.csv"
 SUSPECTS_PNG = "suspects.png"
@@ -102,21 +102,24 @@ def write_grid(
     return fig
 
 
-def write_suspects(cfg, data: TrainData, run_dir: Path, accelerator: Accelerator) -> Path | None:
-    """Collective (every process calls it): score train + valid with best/, write the files on the main process."""
+def write_suspects(
+    cfg, data: TrainData, run_dir: Path, accelerator: Accelerator, valid: EvalResult | None = None
+) -> Path | None:
+    """Collective (every process calls it): score train + valid with best/, write the files on the main
+    process. `valid`: best/ already scored on data.valid (train.calibrate.score_valid), the same view
+    when the bundle's preprocessing is the config's, so that pass is not run twice."""
     if not (run_dir / BEST_DIR).is_dir() or not hasattr(data.train.source, "paths"):
         return None  # no bundle, or CIFAR-10 (no files to move)
-    model, record = load_bundle(run_dir / BEST_DIR)
-    model = accelerator.prepare_model(WithPreprocessing(model, record.preprocess), evaluation_mode=True)
-    batch = cfg.train.eval_batch_size or 2 * cfg.train.batch_size
+    record = read_record(run_dir / BEST_DIR)
     transform = eval_transform(record.preprocess)
+    same_view = record.preprocess.to_dict() == cfg.preprocess.spec().to_dict()
     found, sets = [], {}
     for split, ds in (("train", data.train), ("valid", data.valid)):
         sets[split] = ImageDataset(ds.source, transform, ds.seed)  # the eval view: no augmentation
-        loader = accelerator.prepare_data_loader(
-            eval_loader(sets[split], batch, cfg.data.num_workers, pin=accelerator.device.type == "cuda")
-        )
-        result = evaluate(accelerator, model, loader, lambda x: x, keep_probs=True)
+        if split == "valid" and valid is not None and same_view:
+            result = valid
+        else:
+            result, _ = evaluate_bundle(cfg, sets[split], run_dir / BEST_DIR, accelerator)
         if accelerator.is_main_process and result.probs is not None:
             found += rank(
                 result.probs, result.targets, result.indices, record.classes, split, ds.source.paths
